@@ -1,0 +1,92 @@
+"""The set of models one fusion pipeline needs, saved together as one *model directory*.
+
+    <dir>/model_index.json      {"vae": "vae", "text_encoder": "text_encoder", "dit_flow": ..., ...}
+    <dir>/vae/                  LatentVAE.save_pretrained (diffusers AutoencoderKL layout)
+    <dir>/text_encoder/         PromptEncoder.save_pretrained (transformers T5 layout + spiece.model)
+    <dir>/dit_flow/             MoEDiT.save_pretrained (flow head), optional
+    <dir>/dit_regression/       MoEDiT.save_pretrained (regression head), optional
+
+This is what ``--checkpoint DIR`` means for export and the runtime, and what training writes; like a
+diffusers pipeline folder, each component knows nothing of the others.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.atomic import atomic_dir
+from model.errors import LatentfuseError
+
+INDEX_NAME = "model_index.json"
+HEADS = ("flow", "regression")
+DEFAULT_MODEL_DIR = Path(__file__).with_name("weights") / "default"
+
+
+@dataclass
+class FusionComponents:
+    vae: "torch.nn.Module"
+    text_encoder: "torch.nn.Module"
+    dits: dict  # head name -> MoEDiT
+
+    def dit(self, head: str):
+        if head not in self.dits:
+            raise LatentfuseError(f"this model has no {head!r} DiT; available heads: {', '.join(sorted(self.dits)) or 'none'}")
+        return self.dits[head]
+
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", heads=HEADS, seed: int = 0) -> "FusionComponents":
+        """Randomly initialised components of a preset (tests, benchmarks, training from scratch)."""
+        from model.config import DiTConfig
+        from model.dit import MoEDiT
+        from model.text_encoder import PromptEncoder
+        from model.vae import LatentVAE
+
+        torch.manual_seed(seed)
+        vae = LatentVAE.from_preset(preset)
+        text_encoder = PromptEncoder.from_preset(preset)
+        dits = {}
+        for head in heads:
+            cfg = DiTConfig.from_preset(preset, head=head, text_dim=text_encoder.hidden_size,
+                                        latent_channels=vae.latent_channels)
+            dits[head] = MoEDiT(cfg)
+        return cls(vae.eval(), text_encoder.eval(), {h: d.eval() for h, d in dits.items()})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path = DEFAULT_MODEL_DIR) -> "FusionComponents":
+        from model.dit import MoEDiT
+        from model.text_encoder import PromptEncoder
+        from model.vae import LatentVAE
+
+        directory = Path(directory)
+        index_path = directory / INDEX_NAME
+        if not index_path.is_file():
+            raise LatentfuseError(f"{directory} is not a latentfuse model directory (no {INDEX_NAME})")
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as err:
+            raise LatentfuseError(f"{index_path} is not valid JSON: {err}") from None
+        for key in ("vae", "text_encoder"):
+            if key not in index:
+                raise LatentfuseError(f"{index_path} lacks the {key!r} entry")
+        dits = {h: MoEDiT.from_pretrained(directory / index[f"dit_{h}"]).eval() for h in HEADS if f"dit_{h}" in index}
+        if not dits:
+            raise LatentfuseError(f"{index_path} names no DiT (dit_flow / dit_regression)")
+        vae = LatentVAE.from_pretrained(directory / index["vae"]).eval()
+        text_encoder = PromptEncoder.from_pretrained(directory / index["text_encoder"]).eval()
+        return cls(vae, text_encoder, dits)
+
+    def save_pretrained(self, directory: str | Path, overwrite: bool = True) -> Path:
+        directory = Path(directory)
+        with atomic_dir(directory, overwrite=overwrite) as tmp:
+            index = {"vae": "vae", "text_encoder": "text_encoder"}
+            self.vae.save_pretrained(tmp / "vae")
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            for head, dit in self.dits.items():
+                dit.save_pretrained(tmp / f"dit_{head}")
+                index[f"dit_{head}"] = f"dit_{head}"
+            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        return directory
