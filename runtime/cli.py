@@ -12,6 +12,8 @@ import sys
 
 COMMAND_MODULES = (
     "model.cli",
+    "model.data.cli",
+    "model.metrics.cli",
 )
 
 

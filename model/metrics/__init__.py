@@ -1,0 +1,54 @@
+"""Image fusion metrics (paper Sec. 4.3), numpy/scipy, with VIFB-exact and corrected conventions.
+
+``compute(a, b, fused, names=None, convention="corrected") -> dict[str, float]`` computes the set
+``vif, qabf, qcv, qcb, en, sd, sf, ag, ei, ce, mi, ssim, psnr, rmse``; each metric is also a function
+``metric(a, b, f, convention=...)`` (plus ``vif_sb``, the Sheikh–Bovik pixel VIF summed over the
+sources). Inputs are float arrays on the [0, 255] scale, HxW or HxWx3. Each module's docstring names
+the reference and code it follows; ``README.md`` lists VIFB's quirks and what ``corrected`` changes.
+
+Names are resolved lazily (PEP 562) so that importing ``model.metrics.cli`` for ``latentfuse --help``
+does not pull in scipy.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "compute": "model.metrics.registry",
+    "resolve_names": "model.metrics.registry",
+    "METRICS": "model.metrics.registry",
+    "ALL_METRICS": "model.metrics.registry",
+    "DEFAULT_NAMES": "model.metrics.registry",
+    "LOWER_IS_BETTER": "model.metrics.registry",
+    "CONVENTIONS": "model.metrics._common",
+    "vif": "model.metrics.visual_information",
+    "vif_sb": "model.metrics.visual_information",
+    "qabf": "model.metrics.xydeas_petrovic",
+    "qcv": "model.metrics.chen_varshney",
+    "qcb": "model.metrics.chen_blum",
+    "en": "model.metrics.entropy",
+    "ce": "model.metrics.entropy",
+    "sd": "model.metrics.statistics",
+    "sf": "model.metrics.sharpness",
+    "ag": "model.metrics.sharpness",
+    "ei": "model.metrics.sharpness",
+    "mi": "model.metrics.mutual_info",
+    "ssim": "model.metrics.structural_similarity",
+    "psnr": "model.metrics.error",
+    "rmse": "model.metrics.error",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'model.metrics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
