@@ -14,6 +14,9 @@ COMMAND_MODULES = (
     "model.cli",
     "model.data.cli",
     "model.metrics.cli",
+    "export.cli",
+    "export.engines_cli",
+    "calibration.cli",
 )
 
 

@@ -1,0 +1,137 @@
+"""Graph inputs from the calibration set, produced by the bundle's own FP32 graphs.
+
+Each graph is calibrated on the inputs it receives in deployment, so the upstream graphs produce them
+(DESIGN.md "Data flow"): the FP32 ``vae_encoder`` encodes the degraded pairs into ``z_a`` / ``z_b``, the
+FP32 ``text_encoder`` turns the prompts into ``prompt_embeds``; the flow DiT sees ``z_t = (1-t)·ε + t·z1``
+(t = 0 noise, t = 1 data, the convention of DESIGN.md "Flow matching") at the sample's stratified t, with
+``z1`` the mean of the source latents standing in for the fused latent; the decoder sees the source
+latents and their mean. Running ONNX Runtime on the bundle's graphs (not PyTorch) keeps calibration
+self-contained: a bundle is all it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from calibration.dataset import CalibrationSample
+from model.errors import LatentfuseError
+
+# The input names of export.graphs' specs, per semantic role.
+ROLE_NAMES = {
+    "image": "image", "latent": "latent", "input_ids": "input_ids", "attention_mask": "attention_mask",
+    "z_t": "z_t", "t": "t", "z_a": "z_a", "z_b": "z_b", "prompt_embeds": "prompt_embeds", "prompt_mask": "prompt_mask",
+}
+
+
+def graph_kind(name: str, entry: Mapping) -> str:
+    kind = entry.get("kind") or next((k for k in ("vae_encoder", "vae_decoder", "text_encoder", "dit")
+                                      if name.startswith(k)), None)
+    if kind is None:
+        raise LatentfuseError(f"graph {name!r}: the manifest gives no 'kind' (vae_encoder, vae_decoder, text_encoder, dit)")
+    return kind
+
+
+def _feed(name: str, entry: Mapping, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Map role -> value onto the graph's declared input names, checking that every input is fed."""
+    declared = [i["name"] for i in entry.get("inputs", [])]
+    feed = {ROLE_NAMES[role]: v for role, v in values.items() if ROLE_NAMES[role] in declared}
+    missing = [n for n in declared if n not in feed]
+    if missing:
+        raise LatentfuseError(f"graph {name!r}: calibration does not know how to feed input(s) {missing} "
+                              f"(known: {sorted(ROLE_NAMES.values())})")
+    return feed
+
+
+class _Graph:
+    """An ONNX Runtime session over one FP32 graph of the bundle."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+
+
+def load_tokenizer(bundle: Path, manifest: Mapping):
+    """The bundle's SentencePiece tokenizer (``manifest["text"]["tokenizer"]``, a file or a folder)."""
+    from model.text_encoder import SpieceTokenizer
+
+    entry = (manifest.get("text") or {}).get("tokenizer") or manifest.get("tokenizer") or "spiece.model"
+    path = bundle / str(entry)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.model"))
+        path = candidates[0] if candidates else path / "spiece.model"
+    if not path.is_file():
+        raise LatentfuseError(f"{bundle}: tokenizer {path} not found (the manifest's 'tokenizer' entry)")
+    return SpieceTokenizer.from_file(path)
+
+
+def build_feeds(bundle: str | Path, manifest: Mapping, samples: Sequence[CalibrationSample],
+                prompts: Sequence[str], graph_files: Mapping[str, Path], *, seed: int = 0,
+                prompt_batch: int = 4) -> dict[str, list[dict[str, np.ndarray]]]:
+    """``{graph name: [feed, ...]}`` for every graph of the manifest, from the calibration set."""
+    bundle = Path(bundle)
+    graphs = manifest["graphs"]
+    kinds = {name: graph_kind(name, entry) for name, entry in graphs.items()}
+    by_kind = {kind: name for name, kind in kinds.items() if kind != "dit"}
+    for needed in ("text_encoder", "vae_encoder"):
+        if needed not in by_kind:
+            raise LatentfuseError(f"{bundle}: calibration needs the {needed} graph to produce the other graphs' inputs")
+    text = manifest.get("text") or {}
+    max_length = int(text.get("max_length", 128))
+    tokenizer = load_tokenizer(bundle, manifest)
+    encoder = _Graph(graph_files[by_kind["text_encoder"]])
+    vae = _Graph(graph_files[by_kind["vae_encoder"]])
+    te_entry = graphs[by_kind["text_encoder"]]
+
+    def tokenize(batch):
+        ids, mask = tokenizer(list(batch), max_length=max_length, truncate=True)
+        return ids.numpy().astype(np.int64), mask.numpy().astype(np.int64)
+
+    feeds: dict[str, list] = {name: [] for name in graphs}
+    # Text encoder: the canonical prompts and the samples' prompts, a few per batch (padding exercised).
+    embeds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for i in range(0, len(prompts), prompt_batch):
+        batch = prompts[i:i + prompt_batch]
+        ids, mask = tokenize(batch)
+        feed = _feed(by_kind["text_encoder"], te_entry, {"input_ids": ids, "attention_mask": mask})
+        feeds[by_kind["text_encoder"]].append(feed)
+        out = encoder(feed)
+        for row, prompt in enumerate(batch):
+            n = int(mask[row].sum())
+            embeds[prompt] = (out[row:row + 1, :n], mask[row:row + 1, :n])
+
+    rng = np.random.default_rng(seed)
+    for sample in samples:
+        images = np.stack([sample.image_a, sample.image_b]).astype(np.float32)
+        feed = _feed(by_kind["vae_encoder"], graphs[by_kind["vae_encoder"]], {"image": images})
+        feeds[by_kind["vae_encoder"]].append(feed)
+        latents = vae(feed)
+        z_a, z_b = latents[0:1], latents[1:2]
+        z1 = 0.5 * (z_a + z_b)
+        if sample.prompt not in embeds:
+            ids, mask = tokenize([sample.prompt])
+            embeds[sample.prompt] = (encoder(_feed(by_kind["text_encoder"], te_entry,
+                                                   {"input_ids": ids, "attention_mask": mask})), mask)
+        prompt_embeds, prompt_mask = embeds[sample.prompt]
+        for name, kind in kinds.items():
+            entry = graphs[name]
+            if kind == "dit":
+                values = {"z_a": z_a, "z_b": z_b, "prompt_embeds": prompt_embeds.astype(np.float32),
+                          "prompt_mask": prompt_mask}
+                if entry.get("head", "flow" if "flow" in name else "regression") == "flow":
+                    t = np.float32(sample.t)
+                    noise = rng.standard_normal(z_a.shape).astype(np.float32)
+                    values.update(z_t=((1 - t) * noise + t * z1).astype(np.float32), t=np.array([t], np.float32))
+                feeds[name].append(_feed(name, entry, values))
+            elif kind == "vae_decoder":
+                feeds[name].append(_feed(name, entry, {"latent": np.concatenate([z_a, z_b, z1]).astype(np.float32)}))
+    return feeds

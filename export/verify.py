@@ -1,0 +1,290 @@
+"""Verify exported graphs: ONNX Runtime vs PyTorch at new shapes, plus static ONNX checks.
+
+Parity: every graph runs on ONNX Runtime (CPUExecutionProvider) and in PyTorch on the same seeded
+inputs (:meth:`export.graphs.GraphSpec.sample_inputs`) at shapes that differ from the export example
+(batch 2, 96x128 px, 9 tokens): a square, a 16:9 and a portrait image, the last with batch 2, each
+with a different prompt length. ``max_abs`` and ``rel = max_abs / max|torch|`` are printed per graph
+and shape and checked against the spec's tolerance (``max_abs <= atol + rtol · max|torch|``).
+
+Static checks per graph: ``onnx.checker.check_model(path, full_check=True)`` (with the path, so the
+external weights and strict shape inference are covered), the symbolic-dims check, the
+data-dependent-shape check and the TensorRT op table (:mod:`export.checks`), and polygraphy's
+``check lint`` when its dependency onnx-graphsurgeon is installed (skipped with that reason otherwise).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from export import checks
+from export.graphs import TEXT_LENGTH, GraphSpec, Tolerance
+from model.errors import LatentfuseError
+
+
+@dataclass(frozen=True)
+class VerifyShape:
+    label: str
+    batch: int
+    height: int
+    width: int
+    text_length: int
+
+    def describe(self, text: bool = True) -> str:
+        return f"{self.batch}x{self.height}x{self.width}" + (f" L{self.text_length}" if text else "")
+
+
+# None of these equals the export example (2, 96, 128, 9): other aspect ratios, batch and lengths.
+DEFAULT_SHAPES = (
+    VerifyShape("square", 1, 64, 64, 5),
+    VerifyShape("16:9", 1, 64, 112, 12),
+    VerifyShape("portrait", 2, 96, 64, 17),
+)
+FP16_TOLERANCE = Tolerance(2e-2, 5e-2)      # FP16 graph on ORT CPU vs FP32 PyTorch
+
+
+@dataclass
+class ParityRow:
+    graph: str
+    shape: VerifyShape
+    max_abs: float
+    rel: float
+    bound: float
+    passed: bool
+    note: str = ""
+    text: bool = True       # the graph takes a text_length dim (the L column applies)
+
+
+@dataclass
+class CheckRow:
+    graph: str
+    check: str
+    status: str            # "pass" | "fail" | "skipped"
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    bundle: Path | None
+    parity: list[ParityRow] = field(default_factory=list)
+    checks: list[CheckRow] = field(default_factory=list)
+    parity_skipped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(r.passed for r in self.parity) and not any(c.status == "fail" for c in self.checks)
+
+    def failures(self) -> list[str]:
+        out = [f"{r.graph} @ {r.shape.label} ({r.shape.describe()}): max_abs {r.max_abs:.3g} > bound {r.bound:.3g}"
+               f"{' ' + r.note if r.note else ''}" for r in self.parity if not r.passed]
+        out += [f"{c.graph}: {c.check}: {c.detail}" for c in self.checks if c.status == "fail"]
+        return out
+
+    def format(self) -> str:
+        lines = []
+        if self.parity:
+            lines.append(f"{'graph':<16}{'shape':<10}{'B x H x W  text':<20}{'max_abs':>10}{'rel':>10}{'bound':>10}  ok")
+            for r in self.parity:
+                lines.append(f"{r.graph:<16}{r.shape.label:<10}{r.shape.describe(r.text):<20}{r.max_abs:>10.2e}"
+                             f"{r.rel:>10.2e}{r.bound:>10.2e}  {'pass' if r.passed else 'FAIL'}"
+                             f"{'  ' + r.note if r.note else ''}")
+        if self.parity_skipped:
+            lines.append(f"parity (ONNX Runtime vs PyTorch) skipped: {self.parity_skipped}")
+        if self.checks:
+            lines.append(f"{'graph':<16}{'check':<22}status")
+            for c in self.checks:
+                lines.append(f"{c.graph:<16}{c.check:<22}{c.status}{': ' + c.detail if c.detail else ''}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- parity
+def ort_session(path: str | os.PathLike):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from model.errors import MissingDependencyError
+
+        raise MissingDependencyError("onnxruntime", purpose="verifying exported graphs") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+        raise LatentfuseError(f"ONNX Runtime cannot load {path}: {err}") from None
+
+
+def parity(spec: GraphSpec, module: torch.nn.Module, onnx_path: str | os.PathLike,
+           shapes: Sequence[VerifyShape] = DEFAULT_SHAPES, tolerance: Tolerance | None = None,
+           seed: int = 1) -> list[ParityRow]:
+    """ONNX Runtime vs PyTorch on ``spec``'s graph at each shape (first output)."""
+    session = ort_session(onnx_path)
+    feeds_dtypes = {i.name: i.type for i in session.get_inputs()}
+    tol = tolerance or spec.tolerance
+    uses_text = any(TEXT_LENGTH in t.shape for t in spec.inputs)
+    rows = []
+    for shape in shapes:
+        inputs = spec.sample_inputs(shape.batch, shape.height, shape.width, shape.text_length, seed=seed)
+        with torch.no_grad():
+            ref = module.eval()(*inputs.values())
+        ref = ref.detach().float().cpu().numpy()
+        feeds = {}
+        for name, value in inputs.items():
+            array = value.numpy()
+            if feeds_dtypes.get(name) == "tensor(float16)":
+                array = array.astype(np.float16)
+            feeds[name] = array
+        out = np.asarray(session.run([spec.output_names[0]], feeds)[0], dtype=np.float32)
+        ref_max = float(np.abs(ref).max()) if ref.size else 0.0
+        if out.shape != ref.shape:
+            rows.append(ParityRow(spec.name, shape, math.inf, math.inf, tol.bound(ref_max), False,
+                                  f"shape {out.shape} != torch {ref.shape}", uses_text))
+            continue
+        max_abs = float(np.abs(out - ref).max()) if ref.size else 0.0
+        finite = bool(np.isfinite(out).all())
+        rel = max_abs / max(ref_max, 1e-12)
+        note = "" if finite else "non-finite values in the ONNX output"
+        if ref_max == 0.0:
+            note = note or "reference output is all zeros (untrained zero-init head?)"
+        rows.append(ParityRow(spec.name, shape, max_abs, rel, tol.bound(ref_max),
+                              finite and max_abs <= tol.bound(ref_max), note, uses_text))
+    return rows
+
+
+# ---------------------------------------------------------------------- static checks
+def _run_check(graph: str, name: str, fn: Callable[[], str | None]) -> CheckRow:
+    try:
+        detail = fn() or ""
+        return CheckRow(graph, name, "pass", detail)
+    except LatentfuseError as err:
+        return CheckRow(graph, name, "fail", str(err))
+    except Exception as err:  # noqa: BLE001 - onnx.checker raises ValidationError and friends
+        return CheckRow(graph, name, "fail", f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}")
+
+
+def polygraphy_lint(path: str | os.PathLike, input_shapes: dict[str, list[int]], graph: str = "graph",
+                    timeout: float = 600) -> CheckRow:
+    """``polygraphy check lint`` at one concrete shape; skipped (with the reason) when it cannot run."""
+    missing = [m for m in ("polygraphy", "onnx_graphsurgeon") if importlib.util.find_spec(m) is None]
+    if missing:
+        return CheckRow(graph, "polygraphy lint", "skipped",
+                        f"polygraphy check lint needs {' and '.join(missing).replace('_', '-')}, which is not "
+                        f"installed (pip install {' '.join(m.replace('_', '-') for m in missing)})")
+    exe = Path(sys.executable).with_name("polygraphy")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "polygraphy"]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "lint.json"
+        shapes = [f"{k}:[{','.join(str(d) for d in v)}]" for k, v in input_shapes.items()]
+        proc = subprocess.run([*cmd, "check", "lint", str(path), "--input-shapes", *shapes, "-o", str(report)],
+                              capture_output=True, text=True, timeout=timeout)
+        if not report.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return CheckRow(graph, "polygraphy lint", "fail", f"polygraphy exited {proc.returncode}: {tail[0][:300]}")
+        data = json.loads(report.read_text())
+    errors = [e for e in data.get("lint_entries", []) if e.get("level") == "error"]
+    summary = data.get("summary", {})
+    if errors:
+        first = errors[0]
+        return CheckRow(graph, "polygraphy lint", "fail",
+                        f"{len(errors)} errors, e.g. {first.get('nodes')}: {str(first.get('message'))[:200]}")
+    return CheckRow(graph, "polygraphy lint", "pass", f"{len(summary.get('passing', []))} nodes pass")
+
+
+def static_checks(path: str | os.PathLike, spec: GraphSpec, lint: bool = True) -> list[CheckRow]:
+    import onnx
+
+    path = Path(path)
+    name = spec.name
+
+    def checker():
+        onnx.checker.check_model(str(path), full_check=True)
+
+    def trt_ops():
+        checks.check_trt_ops(path, name)
+        table = checks.load_trt_ops()
+        return f"{len(checks.op_types(path))} op types, all in TensorRT {table.get('tensorrt_version')}'s table"
+
+    rows = [
+        _run_check(name, "onnx.checker (full)", checker),
+        _run_check(name, "symbolic dims", lambda: checks.check_symbolic_dims(path, spec)),
+        _run_check(name, "no data-dep. shapes", lambda: checks.check_no_data_dependent_shapes(path, name)),
+        _run_check(name, "TensorRT ops", trt_ops),
+    ]
+    if lint:
+        shape = DEFAULT_SHAPES[0]
+        rows.append(polygraphy_lint(path, spec.shapes(shape.batch, shape.height, shape.width, shape.text_length),
+                                    graph=name))
+    return rows
+
+
+# ---------------------------------------------------------------------- bundles
+def _checkpoint_for(manifest: dict, checkpoint) -> tuple[Path | None, str | None]:
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_dir():
+            raise LatentfuseError(f"checkpoint directory {path} does not exist")
+        return path, None
+    recorded = manifest.get("source_checkpoint")
+    if not recorded:
+        return None, "the manifest records no source checkpoint and none was given (--checkpoint DIR)"
+    if not Path(recorded).is_dir():
+        return None, f"the recorded source checkpoint {recorded} no longer exists (pass --checkpoint DIR)"
+    return Path(recorded), None
+
+
+def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
+                  components=None, shapes: Sequence[VerifyShape] = DEFAULT_SHAPES, lint: bool = True,
+                  verify_hashes: bool = True, progress: bool = True) -> VerifyReport:
+    """Check every graph of a bundle; parity needs the PyTorch model (``components``, ``checkpoint``,
+    or the manifest's ``source_checkpoint``), the ONNX-only checks run regardless."""
+    from tqdm import tqdm
+
+    from export.bundle import load_manifest
+    from export.graphs import graph_specs
+
+    root = Path(bundle_dir)
+    manifest = load_manifest(root, verify_hashes=verify_hashes)
+    report = VerifyReport(root)
+    report.checks.append(CheckRow("bundle", "file hashes", "pass" if verify_hashes else "skipped",
+                                  f"{len(manifest['files'])} files match manifest.json" if verify_hashes else
+                                  "not requested"))
+    specs = {name: GraphSpec.from_manifest(name, entry, manifest.get("resolution"), manifest.get("text"))
+             for name, entry in manifest["graphs"].items()}
+    if components is None:
+        ckpt, report.parity_skipped = _checkpoint_for(manifest, checkpoint)
+        if ckpt is not None:
+            from model.components import FusionComponents
+
+            components = FusionComponents.from_pretrained(ckpt)
+    torch_specs = {}
+    if components is not None:
+        heads = [e["head"] for e in manifest["graphs"].values() if e.get("kind") == "dit"]
+        torch_specs = graph_specs(components, heads)
+        for name, spec in torch_specs.items():
+            entry = manifest["graphs"].get(name)
+            if entry is None:
+                raise LatentfuseError(f"{root}: the bundle has no {name!r} graph but the checkpoint has one")
+            declared = spec.to_manifest()
+            if declared["inputs"] != entry["inputs"] or declared["outputs"] != entry["outputs"]:
+                raise LatentfuseError(f"{root}: graph {name!r} does not match the checkpoint's interface "
+                                      f"(inputs {entry['inputs']} vs {declared['inputs']}); re-export the bundle")
+    bar = tqdm(manifest["graphs"].items(), desc="verify", unit="graph", disable=not progress, leave=False)
+    for name, entry in bar:
+        bar.set_postfix_str(name)
+        path = root / entry["file"]
+        report.checks.extend(static_checks(path, specs[name], lint=lint))
+        if name in torch_specs:
+            spec = torch_specs[name]
+            tol = FP16_TOLERANCE if entry.get("precision") == "fp16" else spec.tolerance
+            report.parity.extend(parity(spec, spec.module(components), path, shapes, tolerance=tol))
+    return report
