@@ -12,11 +12,13 @@ import sys
 
 COMMAND_MODULES = (
     "model.cli",
+    "runtime.fuse_cli",
     "model.data.cli",
     "model.metrics.cli",
     "export.cli",
     "export.engines_cli",
     "calibration.cli",
+    "bench.cli",
 )
 
 

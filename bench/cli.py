@@ -1,0 +1,87 @@
+"""``latentfuse bench``: latency and cost of the latent pipelines against pixel-space
+restoration+fusion pipelines, side by side in one interleaved run (:mod:`bench.sweep`).
+
+    latentfuse bench --resolutions 256,512,768,1024 --aspect 1:1,16:9 --backends torch \\
+        --precision fp32,fp16 --preset paper --repeat 5 --warmup 2 --out bench-out/
+
+writes ``bench.json``, ``bench.md``, ``latency.png`` and ``speedup.png`` into ``--out`` and prints the
+markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    values = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="latency / FLOPs / memory of latent vs pixel-space pipelines (MMAIF Table 5)",
+        description="Time every pipeline (latent regression, latent flow with velocity reuse, latent Euler, "
+                    "NAFNet+DenseFuse, pixel-space MoE-DiT) at every size, backend and precision in one "
+                    "interleaved run; report medians, per-stage times, analytic FLOPs, peak memory, fitted "
+                    "cost exponents and speed-ups. Weights are random unless --checkpoint is given.")
+    p.add_argument("--resolutions", type=_ints, default=(256, 512, 768, 1024), help="long sides in px (default 256,512,768,1024)")
+    p.add_argument("--aspect", type=_names, default=("1:1",), help="aspect ratios W:H (default 1:1), e.g. 1:1,16:9")
+    p.add_argument("--backends", type=_names, default=("torch",), help="torch,onnxruntime,tensorrt (default torch)")
+    p.add_argument("--precision", type=_names, default=("fp32",), help="fp32,fp16 (default fp32; fp16 needs CUDA for torch)")
+    p.add_argument("--preset", default="tiny", help="model preset of the latent pipelines (tiny|paper, default tiny)")
+    p.add_argument("--checkpoint", default=None, help="model directory for the latent pipelines instead of random preset weights")
+    p.add_argument("--bundle", default=None, help="fp32 deployment bundle for --backends onnxruntime / tensorrt")
+    p.add_argument("--bundle-fp16", default=None, help="fp16 deployment bundle for --precision fp16 on onnxruntime / tensorrt")
+    p.add_argument("--export-bundle", action="store_true",
+                   help="without --bundle / --bundle-fp16, export the benchmarked model to OUT/bundle-<precision> "
+                        "for the onnxruntime / tensorrt backends (export.bundle)")
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per pipeline and size first (default 1)")
+    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--memory-budget-gb", type=float, default=None,
+                   help="skip (and report as infeasible) a pipeline whose estimated peak exceeds this "
+                        "(default: the GPU's memory, or the host's available memory)")
+    p.add_argument("--pipelines", type=_names, default=None, help="only these pipeline names (default all)")
+    p.add_argument("--flow-steps", type=int, default=5, help="velocity-reuse steps of the flow pipelines (default 5)")
+    p.add_argument("--euler-steps", type=int, default=25, help="Euler steps of the latent-euler pipeline (default 25)")
+    p.add_argument("--pixel-patch", type=int, default=8, help="patch size of the pixel-space DiT (default 8)")
+    p.add_argument("--analytic-only", action="store_true",
+                   help="parameter counts, analytic FLOPs and memory estimates only; time nothing")
+    p.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from bench.report import markdown, write_report
+    from bench.sweep import SweepConfig, run_sweep
+    from runtime.backends import check_backend_name
+
+    cfg = SweepConfig(
+        resolutions=args.resolutions, aspects=args.aspect,
+        backends=tuple(check_backend_name(b) for b in args.backends),
+        precisions=tuple(p.lower() for p in args.precision), preset=args.preset, repeat=args.repeat,
+        warmup=args.warmup, device=args.device, checkpoint=args.checkpoint, bundle=args.bundle,
+        bundle_fp16=args.bundle_fp16, export_dir=args.out if args.export_bundle else None,
+        memory_budget_gb=args.memory_budget_gb, pipelines=args.pipelines,
+        flow_steps=args.flow_steps, euler_steps=args.euler_steps, pixel_patch=args.pixel_patch,
+        threads=args.threads, analytic_only=args.analytic_only, progress=not args.no_progress)
+    result = run_sweep(cfg)
+    paths = write_report(result, args.out)
+    print(markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,463 @@
+"""The latency sweep: every pipeline (latent and pixel-space) at every resolution, aspect ratio,
+backend and precision, in one run (MMAIF 4.6.4 / Table 5, measured on this machine).
+
+For each image size the sweep first computes every pipeline's analytic cost (:mod:`bench.flops`) and
+drops nothing: a pipeline whose estimated peak memory exceeds the budget is recorded as
+``infeasible`` (with its FLOPs), one that runs out of memory as ``oom``, one that cannot run in a
+setting as ``unavailable``. The rest run ``warmup`` untimed calls each, then ``repeat`` timed rounds;
+each round visits every pipeline once (round-robin, the start rotating by one per round), so slow
+drifts of the machine (thermal, other load) hit all pipelines alike instead of whichever ran last.
+
+Per pipeline and size: median and inter-quartile range / min / max of the total and of every stage,
+peak memory (:mod:`bench.memory`), achieved FLOP/s per stage as a fraction of the measured matmul
+peak. Per pipeline over sizes: the fitted exponent k of latency ∝ pixels^k. Per size: the speed-up of
+each latent pipeline over the fastest pixel-space pipeline of the same precision.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from bench.flops import fit_exponent, matmul_peak_flops
+from bench.memory import PeakMemory, available_bytes
+from bench.pipelines import BenchPipeline, Unavailable, latent_variants
+from model.errors import LatentfuseError
+
+PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+WEIGHTS_NOTE = ("random weights: latency, FLOPs and memory depend on the architectures and sizes only, "
+                "not on trained values")
+
+
+@dataclass
+class SweepConfig:
+    resolutions: tuple[int, ...] = (256, 512, 768, 1024)
+    aspects: tuple[str, ...] = ("1:1",)
+    backends: tuple[str, ...] = ("torch",)
+    precisions: tuple[str, ...] = ("fp32",)
+    preset: str = "tiny"
+    repeat: int = 3
+    warmup: int = 1
+    device: str | None = None               # torch device; default cuda when available
+    checkpoint: str | None = None           # model directory for the latent torch pipelines (else random preset)
+    bundle: str | None = None               # fp32 deployment bundle for onnxruntime / tensorrt
+    bundle_fp16: str | None = None          # fp16 deployment bundle
+    export_dir: str | None = None           # export the benchmarked model here when a bundle is needed and none given
+    memory_budget_gb: float | None = None   # None: the device's memory (GPU total / host MemAvailable)
+    pipelines: tuple[str, ...] | None = None  # restrict to these names
+    flow_steps: int = 5
+    euler_steps: int = 25
+    pixel_patch: int = 8
+    threads: int | None = None
+    peak_matmul_n: int = 2048               # side of the matmul that measures the machine's peak
+    analytic_only: bool = False             # parameters, FLOPs and memory estimates only; time nothing
+    # The meta-tensor activation estimate ignores allocator slack and host-side copies; measured peaks
+    # on CPU ran up to ~1.5x it, so the feasibility check scales the activations by this factor.
+    memory_headroom: float = 1.5
+    progress: bool = True
+
+    def __post_init__(self):
+        problems = []
+        if not self.resolutions or any(int(r) < 16 for r in self.resolutions):
+            problems.append(f"resolutions must be >= 16 px, got {self.resolutions}")
+        for a in self.aspects:
+            parse_aspect(a)
+        bad = [b for b in self.backends if b not in BACKENDS]
+        if bad:
+            problems.append(f"unknown backend(s) {bad}: choose from {', '.join(BACKENDS)}")
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            problems.append(f"unknown precision(s) {bad}: choose from {', '.join(PRECISIONS)}")
+        if self.repeat < 1 or self.warmup < 0:
+            problems.append(f"repeat must be >= 1 and warmup >= 0, got {self.repeat} / {self.warmup}")
+        if self.flow_steps < 1 or self.euler_steps < 1:
+            problems.append("flow_steps and euler_steps must be >= 1")
+        if problems:
+            raise LatentfuseError("invalid bench settings: " + "; ".join(problems))
+
+
+def parse_aspect(text: str) -> tuple[int, int]:
+    """"16:9" -> (16, 9) (width : height)."""
+    try:
+        w, h = (int(x) for x in str(text).split(":"))
+    except ValueError:
+        raise LatentfuseError(f"aspect ratio must look like 16:9, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise LatentfuseError(f"aspect ratio sides must be positive, got {text!r}")
+    return w, h
+
+
+def image_size(resolution: int, aspect: str) -> tuple[int, int]:
+    """(height, width) with the long side = ``resolution``, the other from the aspect ratio, both
+    rounded to a multiple of 16 (the latent pipeline's grid, so no pipeline pays for padding)."""
+    aw, ah = parse_aspect(aspect)
+    long_side = max(16, int(resolution / 16 + 0.5) * 16)
+    short = max(16, int(long_side * min(aw, ah) / max(aw, ah) / 16 + 0.5) * 16)
+    return (short, long_side) if aw >= ah else (long_side, short)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def load_components(cfg: SweepConfig):
+    from model.components import FusionComponents
+
+    if cfg.checkpoint:
+        return FusionComponents.from_pretrained(cfg.checkpoint), "checkpoint " + str(cfg.checkpoint)
+    return FusionComponents.from_preset(cfg.preset), "random"
+
+
+def build_pipelines(cfg: SweepConfig, components, device: torch.device) -> list[Any]:
+    """Every (backend, precision) × pipeline: a BenchPipeline, or an Unavailable saying why."""
+    from bench.competitors import pixel_pipelines
+    from bench.pipelines import bundle_latent_pipelines, torch_latent_pipelines
+
+    variants = {n: v for n, v in latent_variants(cfg.flow_steps, cfg.euler_steps).items()
+                if cfg.pipelines is None or n in cfg.pipelines}
+    latent = tuple(variants)
+    pixel = ("nafnet+densefuse", "pixel-dit-reg", f"pixel-dit-flow-reuse{cfg.flow_steps}")
+    known = tuple(latent_variants(cfg.flow_steps, cfg.euler_steps)) + pixel
+    unknown = sorted(set(cfg.pipelines or ()) - set(known))
+    if unknown:
+        raise LatentfuseError(f"unknown pipeline(s) {', '.join(unknown)}; with these step counts the pipelines "
+                              f"are: {', '.join(known)}")
+    wanted = lambda n: cfg.pipelines is None or n in cfg.pipelines  # noqa: E731
+    out: list[Any] = []
+    for backend in cfg.backends:
+        for precision in cfg.precisions:
+            tag = dict(backend=backend, precision=precision)
+
+            def unavailable(names, space, reason):
+                for n in names:
+                    if wanted(n):
+                        u = Unavailable(n, space, reason)
+                        u.__dict__.update(tag)
+                        out.append(u)
+
+            if precision == "fp16" and device.type != "cuda" and backend == "torch":
+                reason = f"fp16 needs a CUDA device (this run is on {device.type}; CPU half kernels are not a deployment path)"
+                unavailable(latent, "latent", reason)
+                unavailable(pixel, "pixel", reason)
+                continue
+            if backend == "torch":
+                out += torch_latent_pipelines(components, precision, device, variants)
+                out += pixel_pipelines(components, precision, device, cfg.pixel_patch, cfg.flow_steps,
+                                       names=tuple(n for n in pixel if wanted(n)))
+                continue
+            bundle = cfg.bundle_fp16 if precision == "fp16" else cfg.bundle
+            flag = "--bundle-fp16" if precision == "fp16" else "--bundle"
+            if bundle is None and cfg.export_dir is not None:
+                try:
+                    bundle = _exported_bundle(cfg, components, precision)
+                except Exception as err:
+                    unavailable(latent, "latent", f"not available: exporting a {precision} bundle failed: "
+                                                  f"{type(err).__name__}: {err}")
+                    continue
+            if bundle is None:
+                unavailable(latent, "latent", f"not available: the {backend} backend needs an exported "
+                                              f"{precision} deployment bundle ({flag} DIR, or --export-bundle)")
+            else:
+                try:
+                    pipes = bundle_latent_pipelines(bundle, backend, components, precision, device, variants)
+                except Exception as err:  # missing dependency, engines not built, bad bundle: report, go on
+                    unavailable(latent, "latent", f"not available: {type(err).__name__}: {err}")
+                else:
+                    for p in pipes:
+                        if isinstance(p, Unavailable):
+                            p.__dict__.update(tag)
+                    out += pipes
+    return out
+
+
+_EXPORTED: dict[tuple[str, str], str] = {}
+
+
+def _exported_bundle(cfg: SweepConfig, components, precision: str) -> str:
+    """Export the benchmarked components once per precision into ``cfg.export_dir`` (export.bundle)."""
+    from pathlib import Path
+
+    from export.bundle import export_bundle
+
+    out = Path(cfg.export_dir) / f"bundle-{precision}"
+    key = (str(out), precision)
+    if key not in _EXPORTED:
+        if not (out / "manifest.json").is_file():
+            export_bundle(cfg.checkpoint or out, out, precision=precision, components=components,
+                          progress=cfg.progress, force=True)
+        _EXPORTED[key] = str(out)
+    return _EXPORTED[key]
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(err).lower()
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    return float(np.quantile(np.asarray(xs, dtype=np.float64), q))
+
+
+def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = list(runs[0])
+    out = {}
+    for k in keys:
+        xs = [r.get(k, 0.0) for r in runs]
+        out[k] = {"median": statistics.median(xs), "q25": _quantile(xs, 0.25), "q75": _quantile(xs, 0.75),
+                  "min": min(xs), "max": max(xs)}
+    return out
+
+
+def _pair(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random source pair (content does not change the cost of these networks)."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.random((height, width, 3), dtype=np.float32) for _ in range(2))  # type: ignore[return-value]
+
+
+def _row(p, resolution: int, aspect: str, height: int, width: int) -> dict:
+    return {"pipeline": p.name, "space": p.space, "backend": p.backend, "precision": p.precision,
+            "resolution": resolution, "aspect": aspect, "height": height, "width": width,
+            "pixels": height * width, "nfe": getattr(p, "nfe", None), "status": "ok", "reason": ""}
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    """Run the sweep; returns the JSON-ready result (see :mod:`bench.report` for the files)."""
+    from tqdm.auto import tqdm
+
+    saved_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LatentfuseError("--device cuda was asked for but torch sees no CUDA GPU")
+        components, weights = load_components(cfg)
+        pipelines = build_pipelines(cfg, components, device)
+        # a reference per name (any backend / precision) gives the FLOPs of unavailable rows
+        reference = {p.name: p for p in pipelines if isinstance(p, BenchPipeline)}
+        # An explicit budget bounds each pipeline's estimated peak (weights + activations). Without one,
+        # every model is already loaded, so a pipeline fits if its activations fit in the free memory.
+        explicit = cfg.memory_budget_gb is not None
+        budget = int(cfg.memory_budget_gb * 2 ** 30) if explicit else available_bytes(device)
+        peaks = {}
+        for precision in () if cfg.analytic_only else cfg.precisions:
+            if precision == "fp16" and device.type != "cuda":
+                continue
+            peaks[precision] = matmul_peak_flops(device, torch.float16 if precision == "fp16" else torch.float32,
+                                                 n=cfg.peak_matmul_n)
+
+        shapes = [(r, a, *image_size(r, a)) for a in cfg.aspects for r in cfg.resolutions]
+        rows: list[dict] = []
+        plan: list[tuple[tuple, list[tuple[BenchPipeline, dict]]]] = []
+        for shape in tqdm(shapes, desc="analytic cost", disable=not cfg.progress, leave=False):
+            res, aspect, h, w = shape
+            runnable = []
+            for p in pipelines:
+                row = _row(p, res, aspect, h, w)
+                limit = None
+                ref = p if isinstance(p, BenchPipeline) else reference.get(p.name)
+                if ref is not None:
+                    an = ref.analytic(h, w)
+                    row.update(flops=an.flops, total_flops=an.total_flops, flops_method=an.method,
+                               est_peak_bytes=an.peak_bytes if ref is p else None)
+                    limit = None if budget is None else (budget if explicit else budget + an.weight_bytes)
+                    if row["nfe"] is None:
+                        row["nfe"] = ref.nfe
+                if isinstance(p, Unavailable):
+                    row.update(status="unavailable", reason=p.reason)
+                elif cfg.analytic_only:
+                    row.update(status="analytic", reason="analytic only: not timed")
+                elif limit is not None and an.weight_bytes + cfg.memory_headroom * (an.peak_bytes - an.weight_bytes) > limit:
+                    row.update(status="infeasible", reason=(
+                        f"estimated peak {row['est_peak_bytes'] / 2**30:.2f} GiB (activations x{cfg.memory_headroom:g} "
+                        f"headroom) exceeds the memory budget "
+                        f"{limit / 2**30:.2f} GiB" + ("" if explicit else " (free memory + its weights)")))
+                else:
+                    runnable.append((p, row))
+                rows.append(row)
+            plan.append((shape, runnable))
+
+        total_calls = sum(len(run) * (cfg.warmup + cfg.repeat) for _, run in plan)
+        bar = tqdm(total=total_calls, desc="bench", unit="call", disable=not cfg.progress)
+        for (res, aspect, h, w), runnable in plan:
+            a, b = _pair(h, w)
+            bar.set_postfix_str(f"{w}x{h}")
+            alive = []
+            for p, row in runnable:
+                p.setup(a, b)
+                try:
+                    for _ in range(cfg.warmup):
+                        with PeakMemory(device) as mem:
+                            p.run()
+                        _record_memory(row, p, mem, device)
+                        bar.update(1)
+                    alive.append((p, row, []))
+                except Exception as err:
+                    _fail(row, err, device)
+                    bar.update(cfg.warmup + cfg.repeat)
+            for r in range(cfg.repeat):
+                order = alive[r % len(alive):] + alive[: r % len(alive)] if alive else []
+                for p, row, runs in order:
+                    if row["status"] != "ok":
+                        bar.update(1)
+                        continue
+                    try:
+                        with PeakMemory(device) as mem:
+                            times = p.run()
+                        runs.append(times)
+                        _record_memory(row, p, mem, device)
+                    except Exception as err:
+                        _fail(row, err, device)
+                    bar.update(1)
+            for p, row, runs in alive:
+                if row["status"] == "ok" and runs:
+                    # the torch matmul peak is the ceiling of torch on this device; an ONNX Runtime session
+                    # next to a GPU may run on another device (its execution provider), so no fraction there
+                    same_device = p.backend == "torch" or device.type == "cpu"
+                    _finish_row(row, runs, peaks.get(p.precision) if same_device else None)
+        bar.close()
+        result = {
+            "meta": _meta(cfg, device, weights, budget, peaks, components, explicit),
+            "params": _params(pipelines),
+            "rows": rows,
+        }
+        result["fits"] = fits(rows)
+        result["speedups"] = speedups(rows)
+        return result
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _record_memory(row: dict, p, mem: PeakMemory, device: torch.device) -> None:
+    if device.type == "cuda" and p.backend != "torch":
+        return  # ONNX Runtime / TensorRT allocate outside torch's CUDA allocator: not measurable here
+    row["measured_peak_bytes"] = max(row.get("measured_peak_bytes", 0), mem.peak_bytes)
+
+
+def _fail(row: dict, err: BaseException, device: torch.device) -> None:
+    row["status"] = "oom" if _is_oom(err) else "error"
+    row["reason"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _finish_row(row: dict, runs: list[dict[str, float]], peak: float | None) -> None:
+    stats = _summary(runs)
+    row["runs"] = len(runs)
+    row["total_s"] = [r["total"] for r in runs]
+    row["median_s"] = {k: v["median"] for k, v in stats.items()}
+    row["iqr_s"] = {k: (v["q25"], v["q75"]) for k, v in stats.items()}
+    row["min_max_s"] = {k: (v["min"], v["max"]) for k, v in stats.items()}
+    achieved, fraction = {}, {}
+    for stage, fl in (row.get("flops") or {}).items():
+        t = row["median_s"].get(stage)
+        if t and t > 0 and fl:
+            achieved[stage] = fl / t
+            if peak:
+                fraction[stage] = fl / t / peak
+    row["achieved_flops_per_s"] = achieved
+    row["peak_fraction"] = fraction
+
+
+def _meta(cfg: SweepConfig, device, weights: str, budget, peaks, components, explicit_budget: bool) -> dict:
+    notes = [f"pixel-space pipelines run in torch on {device}; latent pipelines on every requested backend"]
+    if device.type == "cpu":
+        notes.append("CPU run: absolute times are not comparable with the paper's RTX 4090 numbers; "
+                     "ratios and exponents are what carry over")
+    info = {
+        "notes": notes,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "weights": weights if weights != "random" else WEIGHTS_NOTE,
+        "preset": cfg.preset,
+        "memory_budget_bytes": budget,
+        "memory_budget_kind": ("per pipeline (--memory-budget-gb): estimated weights + activations" if explicit_budget
+                               else "free device memory after loading every model: estimated activations"),
+        "matmul_peak_flops_per_s": peaks,
+        "peak_method": f"best of 3 timed {cfg.peak_matmul_n}^3 torch.mm on the sweep device (2n^3 FLOPs)",
+        "flops_method": "torch.utils.flop_counter.FlopCounterMode on meta tensors (T5 on real tensors): "
+                        "matmul, conv, attention at 2 FLOPs/MAC; element-wise ops not counted; routed MoE "
+                        "experts scaled to top-k",
+        "memory_method": ("torch.cuda.max_memory_allocated delta" if device.type == "cuda" else
+                          "peak RSS above the RSS at call entry, sampled every 2 ms from /proc/self/statm"),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    }
+    return info
+
+
+def _params(pipelines) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for p in pipelines:
+        if isinstance(p, BenchPipeline) and p.name not in out:
+            out[p.name] = p.params()
+    return out
+
+
+def fits(rows: list[dict]) -> list[dict]:
+    """Exponent k of latency ∝ pixels^k per (pipeline, backend, precision, aspect), total and DiT stage."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "ok" and "median_s" in r:
+            groups.setdefault((r["pipeline"], r["backend"], r["precision"], r["aspect"]), []).append(r)
+    out = []
+    for (name, backend, precision, aspect), rs in groups.items():
+        fit = fit_exponent([r["pixels"] for r in rs], [r["median_s"]["total"] for r in rs])
+        if fit is None:
+            continue
+        entry = {"pipeline": name, "backend": backend, "precision": precision, "aspect": aspect,
+                 "k": fit.k, "c": fit.c, "r2": fit.r2, "points": fit.points}
+        if all("DiT" in r["median_s"] for r in rs):
+            dit = fit_exponent([r["pixels"] for r in rs], [r["median_s"]["DiT"] for r in rs])
+            if dit is not None:
+                entry["k_dit"] = dit.k
+        out.append(entry)
+    return out
+
+
+def pixel_twin(latent_name: str) -> str | None:
+    """The pixel-space DiT pipeline with the same head and sampler as a latent one (same parameters)."""
+    if latent_name == "latent-reg":
+        return "pixel-dit-reg"
+    if latent_name.startswith("latent-flow-reuse"):
+        return "pixel-dit-" + latent_name[len("latent-"):]
+    return None
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """Per size and precision: each latent pipeline's speed-up over the fastest pixel-space one (torch),
+    and over its pixel-space twin (same DiT size, head and sampler: the latent-space effect alone)."""
+    out = []
+    ok = [r for r in rows if r["status"] == "ok" and "median_s" in r]
+    keys = sorted({(r["precision"], r["aspect"], r["resolution"]) for r in ok})
+    for precision, aspect, res in keys:
+        same = [r for r in ok if (r["precision"], r["aspect"], r["resolution"]) == (precision, aspect, res)]
+        pixel = [r for r in same if r["space"] == "pixel"]
+        if not pixel:
+            continue
+        best = min(pixel, key=lambda r: r["median_s"]["total"])
+        for r in same:
+            if r["space"] != "latent":
+                continue
+            out.append({"pipeline": r["pipeline"], "backend": r["backend"], "precision": precision,
+                        "aspect": aspect, "resolution": res, "best_pixel": best["pipeline"],
+                        "best_pixel_s": best["median_s"]["total"], "latent_s": r["median_s"]["total"],
+                        "speedup": best["median_s"]["total"] / r["median_s"]["total"]})
+            twin = next((t for t in pixel if t["pipeline"] == pixel_twin(r["pipeline"])), None)
+            if twin is not None:
+                out[-1].update(twin=twin["pipeline"], twin_s=twin["median_s"]["total"],
+                               twin_speedup=twin["median_s"]["total"] / r["median_s"]["total"])
+    return out
+
+
+__all__ = ["SweepConfig", "run_sweep", "image_size", "parse_aspect", "build_pipelines", "fits", "speedups",
+           "WEIGHTS_NOTE"]

@@ -1,0 +1,170 @@
+"""ONNX Runtime backend: the bundle's four ONNX graphs, on CPU or through onnxruntime-gpu.
+
+Execution providers (``providers=``):
+
+    cpu       CPUExecutionProvider (the ``onnxruntime`` wheel; what CI runs)
+    cuda      CUDAExecutionProvider (``onnxruntime-gpu``), CPU fallback
+    tensorrt  TensorrtExecutionProvider with its documented options (ONNX Runtime "TensorRT
+              Execution Provider" page): ``trt_fp16_enable``, ``trt_engine_cache_enable`` +
+              ``trt_engine_cache_path`` (engines cached in the bundle), ``trt_timing_cache_enable``,
+              and explicit ``trt_profile_min_shapes`` / ``_opt_`` / ``_max_`` from the manifest
+              profile, so one engine serves the whole resolution range; CUDA then CPU fallback.
+
+``providers=None`` picks ``cuda`` when onnxruntime-gpu is installed and sees a GPU, else ``cpu``.
+Feeds are cast to the dtype each graph input declares (an fp16 bundle takes fp16 latents), outputs
+come back as float32, so the sampler arithmetic stays float32 on the host for every precision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from model.errors import LatentfuseError, MissingDependencyError
+from runtime.backends.base import Backend, as_f32
+from runtime.backends import bundle as bundle_io
+
+# ONNX Runtime's type strings -> numpy dtypes
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+}
+PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", purpose="the onnxruntime backend") from None
+    return onnxruntime
+
+
+def _shape_string(shapes: dict[str, Sequence[int]]) -> str:
+    """{"z_a": [1,16,32,32]} -> "z_a:1x16x32x32" (the TensorRT EP's profile-shape syntax)."""
+    return ",".join(f"{name}:{'x'.join(str(int(d)) for d in dims)}" for name, dims in shapes.items())
+
+
+class _Session:
+    """One graph: an InferenceSession plus its input dtypes; ``run(**feeds) -> first output``."""
+
+    def __init__(self, ort, path: Path, providers: list, options):
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as err:  # ORT raises its own exception types for bad / truncated files
+            raise LatentfuseError(f"ONNX Runtime cannot load {path}: {type(err).__name__}: {err}") from None
+        self.path = path
+        self.inputs = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self.output = self.session.get_outputs()[0].name
+
+    def run(self, **feeds: np.ndarray) -> np.ndarray:
+        missing = [n for n in self.inputs if n not in feeds]
+        if missing:
+            raise LatentfuseError(f"{self.path.name} needs inputs {missing}; the runtime provides {sorted(feeds)}")
+        cast = {n: np.ascontiguousarray(feeds[n], dtype=dt) for n, dt in self.inputs.items()}
+        (out,) = self.session.run([self.output], cast)
+        return np.asarray(out, dtype=np.float32)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, bundle_dir: str | Path, providers: str | Sequence | None = None, fp16: bool = False,
+                 engine_cache: str | Path | None = None, threads: int | None = None):
+        ort = _import_ort()
+        self.bundle = bundle_io.open_bundle(bundle_dir)
+        self.provider_key = self._pick_provider(ort, providers)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # warnings about unused initialisers etc. are noise to a user
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        cache = Path(engine_cache) if engine_cache else self.bundle.root / "ort_trt_cache"
+        self.sessions: dict[str, _Session] = {}
+        for graph in self.bundle.graph_names:
+            providers_list = self._providers(graph, fp16, cache)
+            self.sessions[graph] = _Session(ort, self.bundle.graph_path(graph), providers_list, options)
+        self.heads = tuple(h for h in ("flow", "regression") if self.bundle.dit_graph_or_none(h) in self.sessions)
+
+    @classmethod
+    def from_bundle(cls, directory: str | Path, **options) -> "OnnxRuntimeBackend":
+        return cls(directory, **options)
+
+    # ------------------------------------------------------------------ providers
+    @staticmethod
+    def _pick_provider(ort, providers) -> str:
+        available = ort.get_available_providers()
+        if providers is None:
+            return "cuda" if PROVIDER_NAMES["cuda"] in available else "cpu"
+        key = str(providers if isinstance(providers, str) else providers[0]).lower()
+        key = {v.lower(): k for k, v in PROVIDER_NAMES.items()}.get(key, key)
+        if key not in PROVIDER_NAMES:
+            raise LatentfuseError(f"unknown ONNX Runtime provider {providers!r}: choose one of {', '.join(PROVIDER_NAMES)}")
+        if PROVIDER_NAMES[key] not in available:
+            raise MissingDependencyError("onnxruntime-gpu", extra="gpu",
+                                         purpose=f"the {PROVIDER_NAMES[key]} (available here: {', '.join(available)})")
+        return key
+
+    def _providers(self, graph: str, fp16: bool, cache: Path) -> list:
+        cpu = PROVIDER_NAMES["cpu"]
+        if self.provider_key == "cpu":
+            return [cpu]
+        cuda = PROVIDER_NAMES["cuda"]
+        if self.provider_key == "cuda":
+            return [(cuda, {"cudnn_conv_algo_search": "HEURISTIC"}), cpu]
+        trt_options = {
+            "trt_fp16_enable": bool(fp16),
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+        }
+        profile = self.bundle.profile(graph)
+        if profile:
+            trt_options["trt_profile_min_shapes"] = _shape_string(profile["min"])
+            trt_options["trt_profile_opt_shapes"] = _shape_string(profile["opt"])
+            trt_options["trt_profile_max_shapes"] = _shape_string(profile["max"])
+        cache.mkdir(parents=True, exist_ok=True)
+        return [(PROVIDER_NAMES["tensorrt"], trt_options), cuda, cpu]
+
+    # ------------------------------------------------------------------ interface
+    def _run(self, graph: str, **feeds) -> np.ndarray:
+        if graph not in self.sessions:
+            raise LatentfuseError(f"{self.bundle.root}: the bundle has no {graph!r} graph")
+        # feeds are named as the graph specs (export.graphs) name the inputs
+        return self.sessions[graph].run(**feeds)
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        return self._run("vae_encoder", image=as_f32(images, "images"))
+
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.bundle.tokenize(list(prompts))
+        embeds = self._run("text_encoder", input_ids=ids, attention_mask=mask)
+        return embeds, mask.astype(np.int64)
+
+    def velocity(self, z_t, t, z_a, z_b, embeds, mask) -> np.ndarray:
+        self.require_head("flow")
+        return self._run(self.bundle.dit_graph("flow"), z_t=as_f32(z_t, "z_t"),
+                         t=np.asarray(t, np.float32).reshape(-1), z_a=z_a, z_b=z_b,
+                         prompt_embeds=embeds, prompt_mask=mask)
+
+    def regress(self, z_a, z_b, embeds, mask) -> np.ndarray:
+        self.require_head("regression")
+        return self._run(self.bundle.dit_graph("regression"), z_a=z_a, z_b=z_b,
+                         prompt_embeds=embeds, prompt_mask=mask)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        return self._run("vae_decoder", latent=as_f32(latents, "latents"))
+
+    def max_image_size(self):
+        return self.bundle.max_image_size()
+
+    def describe(self) -> str:
+        providers = self.sessions["vae_encoder"].session.get_providers() if self.sessions else []
+        return f"onnxruntime {_import_ort().__version__} ({', '.join(providers)}) from {self.bundle.root}"

@@ -1,0 +1,362 @@
+"""One fuse call, end to end (DESIGN.md "Data flow"; MMAIF section 3.4.2, Algorithm 1).
+
+    pipe = Pipeline.from_bundle("bundle/", backend="onnxruntime")      # or .from_checkpoint(dir)
+    result = pipe("vis.png", "ir.png", task="vif", prompt="remove the haze")
+    result.save("fused.png")                                            # result.nfe, result.timings
+
+The walk a reader follows: :class:`Pipeline` reads and pads the pair, asks the backend
+(:mod:`runtime.backends`) to encode both images and the prompt, hands the backend's velocity to a
+sampler (:mod:`runtime.samplers`, noise from :mod:`runtime.noise` on the host), has the backend
+decode the final latent, and crops the result back to the input size.
+
+Pre-processing: images are float32 [0, 1] (``model.image_io``: PNG / JPEG / TIFF, 8 or 16 bit, gray or
+RGB); a gray image (infrared) is repeated to 3 channels for the VAE; the pair must have the same size
+(or ``resize=True`` resamples B to A's size); both are padded by reflection to a multiple of 16
+pixels (VAE f=8 × DiT patch 2), and up to the backend's smallest supported size (a TensorRT profile
+minimum), and mapped to [-1, 1]. The result is cropped back, clipped to
+[0, 1], and returned gray when both inputs were gray.
+
+Prompts: the default is the task's canonical prompt (``model.data.prompts.CANONICAL_TASK_PROMPTS``).
+A bundle ships the embeddings of the canonical prompts (its prompt cache), so they cost no text
+encoder call (a checkpoint pipeline computes each canonical prompt once, then caches it the same
+way); other prompts are memoised for the pipeline's lifetime (not while benchmarking, so the
+latency table measures the text encoder whenever a real deployment would run it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from model.errors import LatentfuseError
+from runtime import samplers
+from runtime.backends import Backend, get_backend
+from runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
+
+PAD_MULTIPLE = 16  # VAE downsampling (8) × DiT patch size (2)
+MODES = ("flow", "regression")
+DEFAULT_SEED = 0
+
+
+
+# ------------------------------------------------------------------------------------ result
+
+
+@dataclass
+class FusionResult:
+    """The fused image (float32 [0, 1], HxWx3, or HxW when both inputs were gray) and how it was made."""
+
+    image: np.ndarray
+    nfe: int
+    timings: StageTimes
+    task: str = ""
+    prompt: str = ""
+    mode: str = "flow"
+    sampler: str = ""
+    steps: int = 0
+    seed: int = DEFAULT_SEED
+    info: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, bit_depth: int = 8) -> Path:
+        """Write the image (PNG / JPEG / TIFF by suffix) atomically, at 8 or 16 bits."""
+        from model.image_io import write_image
+
+        return write_image(path, self.image, bit_depth=bit_depth)
+
+
+# ----------------------------------------------------------------------------- pre-processing
+
+
+def load_image(image: Any, name: str = "image") -> np.ndarray:
+    """A path or an array -> float32 [0, 1], HxW or HxWx3."""
+    if isinstance(image, (str, os.PathLike)):
+        from model.image_io import read_image
+
+        return read_image(image)
+    if not isinstance(image, np.ndarray):
+        raise LatentfuseError(f"{name} must be an image path or a numpy array, got {type(image).__name__}")
+    arr = image
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]  # drop alpha, as read_image does
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+        raise LatentfuseError(f"{name}: expected an HxW or HxWx3 array, got shape {arr.shape}")
+    if arr.dtype in (np.uint8, np.uint16):
+        return (arr.astype(np.float32) / np.iinfo(arr.dtype).max).astype(np.float32)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise LatentfuseError(f"{name}: unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise LatentfuseError(f"{name}: array contains NaN or Inf values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise LatentfuseError(f"{name}: float array values span [{lo:g}, {hi:g}], expected [0, 1]")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def match_pair(a: np.ndarray, b: np.ndarray, resize: bool = False, names=("A", "B")) -> tuple[np.ndarray, np.ndarray]:
+    """Check that A and B have the same H×W; with ``resize`` resample B to A's size (bilinear, antialiased)."""
+    if a.shape[:2] == b.shape[:2]:
+        return a, b
+    if not resize:
+        (ha, wa), (hb, wb) = a.shape[:2], b.shape[:2]
+        raise LatentfuseError(
+            f"the pair differs in size: {names[0]} is {wa}x{ha}, {names[1]} is {wb}x{hb} (W x H); "
+            "register / crop them to the same size, or pass --resize to resample B to A's size")
+    from skimage.transform import resize as sk_resize
+
+    out = sk_resize(b, a.shape[:2] + b.shape[2:], order=1, anti_aliasing=True, preserve_range=True)
+    return a, np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """HxW gray (e.g. infrared) -> HxWx3 by repetition; the VAE takes 3 channels."""
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+
+
+def _padded(side: int, minimum: int = PAD_MULTIPLE, multiple: int = PAD_MULTIPLE) -> int:
+    """``side`` rounded up to a multiple of ``multiple`` and to at least ``minimum``."""
+    return max(side + (-side) % multiple, minimum + (-minimum) % multiple)
+
+
+def pad_to_size(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad HxWxC at the bottom / right to ``height`` x ``width`` (edge-pad a 1-px side)."""
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img
+    return np.pad(img, ((0, height - h), (0, width - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+
+
+def pad_to_multiple(img: np.ndarray, multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad HxWxC at the bottom / right to a multiple of ``multiple``; returns the original (H, W)."""
+    h, w = img.shape[:2]
+    return pad_to_size(img, _padded(h, multiple, multiple), _padded(w, multiple, multiple)), (h, w)
+
+
+def to_model_range(imgs: Sequence[np.ndarray]) -> np.ndarray:
+    """HxWx3 [0, 1] images -> [B, 3, H, W] float32 in [-1, 1]."""
+    batch = np.stack([np.transpose(i, (2, 0, 1)) for i in imgs]).astype(np.float32)
+    return batch * 2.0 - 1.0
+
+
+def from_model_range(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[1, 3, H', W'] in [-1, 1] -> HxWx3 [0, 1], cropped to ``size``."""
+    h, w = size
+    img = np.transpose(batch[0, :, :h, :w], (1, 2, 0))
+    return np.clip((img + 1.0) * 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an HxWx3 image."""
+    return (img @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------- pipeline
+
+
+class Pipeline:
+    """A backend plus the host-side steps (I/O, padding, prompt cache, sampler) of a fuse call."""
+
+    def __init__(self, backend: Backend, prompt_cache: dict | None = None, defaults: dict | None = None):
+        self.backend = backend
+        # prompt -> (embeds [1, L, d], mask [1, L]); the bundle's canonical prompts preloaded
+        self.prompt_cache: dict[str, tuple[np.ndarray, np.ndarray]] = dict(prompt_cache or {})
+        self._memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.memoize_prompts = True  # off while benchmarking, so T5 latency is measured, not memoised
+        self.defaults = {"sampler": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS,
+                         "g": None, "prior": "gaussian", "prior_sigma": None, **(defaults or {})}
+        self.min_size = int(backend.min_image_size() or PAD_MULTIPLE)
+        self.tile_overlap = 64  # pixels shared by neighbouring windows when tiling (runtime.backends.tiled)
+        self.text_encoder_calls = 0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_bundle(cls, directory: str | os.PathLike, backend: str = "onnxruntime", **options) -> "Pipeline":
+        """A pipeline over a deployment bundle (``latentfuse export``) on ``onnxruntime`` or ``tensorrt``."""
+        from runtime.backends import backend_source
+        from runtime.backends.bundle import open_bundle
+
+        if backend_source(backend) != "bundle":
+            raise LatentfuseError(f"the {backend} backend runs a model directory: use Pipeline.from_checkpoint")
+        be = get_backend(backend, bundle=directory, **options)
+        bundle = getattr(be, "bundle", None) or open_bundle(directory)
+        return cls(be, prompt_cache=bundle.prompt_cache_by_text(), defaults=bundle.sampler_defaults())
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike, backend: str = "torch", **options) -> "Pipeline":
+        """A pipeline over a model directory (``model.components``) on the reference torch backend."""
+        from runtime.backends import backend_source
+
+        if backend_source(backend) != "checkpoint":
+            raise LatentfuseError(f"the {backend} backend runs a deployment bundle: use Pipeline.from_bundle "
+                                  f"(export one with `latentfuse export --checkpoint {directory} --out BUNDLE`)")
+        return cls(get_backend(backend, checkpoint=directory, **options))
+
+    @classmethod
+    def from_components(cls, components, **options) -> "Pipeline":
+        """A torch pipeline over in-memory :class:`model.components.FusionComponents`."""
+        return cls(get_backend("torch", components=components, **options))
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(embeds [1, L, d], mask [1, L], cache_hit) for one prompt."""
+        key = " ".join(str(prompt).split())
+        if not key:
+            raise LatentfuseError("the prompt is empty")
+        if key in self.prompt_cache:
+            embeds, mask = self.prompt_cache[key]
+            return embeds, mask, True
+        if self.memoize_prompts and key in self._memo:
+            embeds, mask = self._memo[key]
+            return embeds, mask, True
+        embeds, mask = self.backend.encode_prompts([key])
+        self.text_encoder_calls += 1
+        if key in _canonical_prompts():
+            # what a bundle ships precomputed: a checkpoint pipeline computes it once, then caches it alike
+            self.prompt_cache[key] = (embeds, mask)
+        elif self.memoize_prompts:
+            self._memo[key] = (embeds, mask)
+        return embeds, mask, False
+
+    @staticmethod
+    def default_prompt(task: str) -> str:
+        from model.data.prompts import CANONICAL_TASK_PROMPTS
+        from model.data.tasks import check_task
+
+        return CANONICAL_TASK_PROMPTS[check_task(task)]
+
+    # ------------------------------------------------------------------ the call
+    def prepare(self, a: Any, b: Any, resize: bool = False, tile: bool = False
+                ) -> tuple[np.ndarray, tuple[int, int], bool, Backend]:
+        """Read, check, pad and scale the pair: ([2, 3, H', W'] in [-1, 1], original (H, W), both gray,
+        the backend to run: ``self.backend``, or a tiled view of it for an image over its size limit)."""
+        img_a = load_image(a, f"image A ({a})" if isinstance(a, (str, os.PathLike)) else "image A")
+        img_b = load_image(b, f"image B ({b})" if isinstance(b, (str, os.PathLike)) else "image B")
+        img_a, img_b = match_pair(img_a, img_b, resize, names=(_label(a, "A"), _label(b, "B")))
+        gray = img_a.ndim == 2 and img_b.ndim == 2
+        h, w = img_a.shape[:2]
+        ph, pw = _padded(h, self.min_size), _padded(w, self.min_size)
+        backend = self.backend
+        limit = self.backend.max_image_size()
+        if limit is not None:
+            max_h, max_w = limit
+            if ph > max_h or pw > max_w:
+                if not tile:
+                    raise LatentfuseError(
+                        f"the images are {w}x{h} (padded {pw}x{ph}); this {self.backend.name} bundle supports at "
+                        f"most {max_w}x{max_h} (W x H). Downscale the pair, pass --tile for tiled processing, or "
+                        "export / build with a larger profile")
+                from runtime.backends.tiled import TiledBackend
+
+                backend = TiledBackend(self.backend, limit, overlap=self.tile_overlap)
+        padded = [pad_to_size(to_rgb(img), ph, pw) for img in (img_a, img_b)]
+        return to_model_range(padded), (h, w), gray, backend
+
+    def __call__(
+        self,
+        a: Any,
+        b: Any,
+        task: str = "vif",
+        prompt: str | None = None,
+        mode: str = "flow",
+        sampler: str | None = None,
+        steps: int | None = None,
+        g: float | None = None,
+        seed: int = DEFAULT_SEED,
+        resize: bool = False,
+        prior: str | None = None,
+        tile: bool = False,
+    ) -> FusionResult:
+        """Fuse images ``a`` and ``b`` (paths or arrays) for ``task``; see the module docstring.
+
+        ``tile``: process an image larger than the backend's limit in overlapping windows
+        (:mod:`runtime.backends.tiled`) instead of raising an error that names the limit.
+        """
+        from model.data.tasks import check_task
+
+        task = check_task(task)
+        if mode not in MODES:
+            raise LatentfuseError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        self.backend.require_head(mode)
+        if mode == "regression":
+            if sampler not in (None, "regression"):
+                raise LatentfuseError(f"--mode regression makes one network call; it takes no sampler (got {sampler!r})")
+            sampler_name, steps = "regression", 1
+        else:
+            sampler_name = sampler or self.defaults["sampler"]
+            if sampler_name == "regression":
+                raise LatentfuseError("the regression sampler needs --mode regression")
+            samplers.get_sampler(sampler_name)  # unknown names fail before any work
+            steps = int(steps if steps is not None else self.defaults["steps"])
+        if g is None and samplers.get_sampler(sampler_name).stochastic:
+            g = self.defaults.get("g")
+            g = samplers.DEFAULT_G if g is None else float(g)
+        prompt = prompt if prompt is not None else self.default_prompt(task)
+
+        timer = StageTimer(self.backend.synchronize)
+        images, size, gray, backend = self.prepare(a, b, resize, tile)
+        with timer.stage("VAE-Enc"):
+            latents = backend.encode_images(images)
+        z_a, z_b = latents[:1], latents[1:2]
+        with timer.stage("T5"):
+            embeds, mask, hit = self.encode_prompt(prompt)
+        with timer.stage("DiT"):
+            if mode == "regression":
+                result = samplers.sample("regression", lambda _z, _t: backend.regress(z_a, z_b, embeds, mask),
+                                         z_a, seed=seed)
+            else:
+                prior_name = prior or self.defaults["prior"]
+                sigma = self.defaults.get("prior_sigma")
+                extra = {} if sigma is None else {"sigma": float(sigma)}
+                z0, params = samplers.initial_latent(prior_name, z_a, seed, z_a, z_b, **extra)
+                t_batch = np.empty((z_a.shape[0],), np.float32)
+
+                def velocity(z, t):
+                    t_batch.fill(t)
+                    return backend.velocity(z, t_batch, z_a, z_b, embeds, mask)
+
+                result = samplers.sample(sampler_name, velocity, z0, steps=steps, g=g, seed=seed, prior=params)
+        with timer.stage("VAE-Dec"):
+            decoded = backend.decode(np.asarray(result.latent, np.float32))
+        image = from_model_range(decoded, size)
+        if gray:
+            image = to_gray(image)
+        times = timer.finish(result.nfe, hit)
+        return FusionResult(image=image, nfe=result.nfe, timings=times, task=task, prompt=prompt, mode=mode,
+                            sampler=result.sampler, steps=steps, seed=seed,
+                            info={"backend": self.backend.name, "size": size, "tiled": backend is not self.backend,
+                                  "g": g if samplers.get_sampler(sampler_name).stochastic else 0.0})
+
+    # ------------------------------------------------------------------ timing
+    def benchmark(self, a: Any, b: Any, warmup: int = 1, runs: int = 3, label: str = "", **kwargs) -> LatencySummary:
+        """Run ``warmup`` untimed then ``runs`` timed fuse calls; median per stage (runtime.latency)."""
+        if runs < 1:
+            raise LatentfuseError(f"benchmark needs at least one timed run, got {runs}")
+        memo, self.memoize_prompts = self.memoize_prompts, False
+        try:
+            for _ in range(max(0, int(warmup))):
+                self(a, b, **kwargs)
+            times = [self(a, b, **kwargs).timings for _ in range(int(runs))]
+        finally:
+            self.memoize_prompts = memo
+        return summarize(times, label or self.backend.name)
+
+
+@functools.lru_cache(maxsize=1)
+def _canonical_prompts() -> frozenset[str]:
+    from model.data.prompts import canonical_prompts
+
+    return frozenset(" ".join(p.split()) for p in canonical_prompts().values())
+
+
+def _label(x: Any, default: str) -> str:
+    return str(x) if isinstance(x, (str, os.PathLike)) else default
+
+
+__all__ = ["FusionResult", "Pipeline", "load_image", "match_pair", "pad_to_multiple", "PAD_MULTIPLE", "MODES"]

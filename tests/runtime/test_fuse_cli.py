@@ -1,0 +1,116 @@
+"""`latentfuse fuse`, `fuse-dir` and `demo` on the tiny preset (random weights, tiny images)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from model.image_io import read_image, write_image
+from runtime.cli import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: on 2 shared cores, intra-op thread barriers cost more than the maths."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from model.components import FusionComponents
+
+    path = tmp_path_factory.mktemp("cli") / "tiny_model"
+    FusionComponents.from_preset("tiny", seed=0).save_pretrained(path)
+    return path
+
+
+def _pair(folder, name, h=24, w=40, seed=0):
+    rng = np.random.default_rng(seed)
+    write_image(folder / "a" / f"{name}.png", rng.random((h, w, 3)))
+    write_image(folder / "b" / f"{name}.png", rng.random((h, w)))
+
+
+def test_fuse_writes_the_image_at_the_input_size(tmp_path, checkpoint, capsys):
+    _pair(tmp_path, "x", h=21, w=37)
+    out = tmp_path / "fused.png"
+    code = main(["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif",
+                 "--checkpoint", str(checkpoint), "--mode", "regression", "-o", str(out)])
+    assert code == 0
+    assert read_image(out).shape == (21, 37, 3)
+    assert "NFE 1" in capsys.readouterr().out
+
+
+def test_fuse_mismatched_sizes_is_one_line_error(tmp_path, checkpoint, capsys):
+    rng = np.random.default_rng(1)
+    write_image(tmp_path / "a.png", rng.random((24, 40, 3)))
+    write_image(tmp_path / "b.png", rng.random((24, 48)))
+    code = main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--task", "mef",
+                 "--checkpoint", str(checkpoint), "-o", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--resize" in err and "40x24" in err
+
+
+def test_fuse_without_a_model_is_a_clear_error(tmp_path, capsys):
+    _pair(tmp_path, "x")
+    code = main(["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "-o", "o.png"])
+    assert code == 2 and "--bundle DIR" in capsys.readouterr().err
+
+
+def test_fuse_dir_skips_finished_outputs_and_continues_past_a_bad_file(tmp_path, checkpoint, capsys):
+    for k, name in enumerate(("p1", "p2", "p3")):
+        _pair(tmp_path, name, seed=k)
+    (tmp_path / "b" / "p2.png").write_bytes(b"corrupt")  # unreadable B image
+    out = tmp_path / "out"
+    out.mkdir()
+    write_image(out / "p3.png", np.zeros((24, 40)))  # finished earlier: must not be redone
+    before = os.stat(out / "p3.png").st_mtime_ns
+    code = main(["fuse-dir", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--task", "vif",
+                 "--checkpoint", str(checkpoint), "--mode", "regression"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert read_image(out / "p1.png").shape == (24, 40, 3)
+    assert not (out / "p2.png").exists()
+    assert os.stat(out / "p3.png").st_mtime_ns == before
+    assert "fused 1, skipped 1" in captured.out
+    assert "p2.png" in captured.err and "failed" in captured.err
+
+
+def test_side_by_side_puts_a_b_and_fused_in_a_row():
+    from runtime.fuse_cli import side_by_side
+
+    a, b, f = np.zeros((10, 12, 3)), np.ones((10, 12)), np.full((10, 12, 3), 0.5)
+    row = side_by_side([a, b, f], gap=2)
+    assert row.shape == (10, 12 * 3 + 4, 3)
+    assert row[0, 0, 0] == 0 and row[0, 15, 0] == 1 and row[0, 30, 0] == 0.5
+
+
+def test_demo_on_random_weights_says_so_loudly_and_writes_every_task(tmp_path, monkeypatch, capsys):
+    import model.components
+    import model.data.samples
+    from model.data.samples import SamplePair
+
+    monkeypatch.setattr(model.components, "DEFAULT_MODEL_DIR", tmp_path / "no_default_model")
+    pairs = {}
+    for k, task in enumerate(("vif", "mef", "mff")):
+        _pair(tmp_path / task, "s", h=24, w=40, seed=k)
+        pairs[task] = [SamplePair("s", task, tmp_path / task / "a/s.png", tmp_path / task / "b/s.png",
+                                  "remove the noise", ("noise",))]
+    monkeypatch.setattr(model.data.samples, "sample_pairs", lambda task: pairs[task])
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--backend", "torch", "--mode", "regression",
+                 "--warmup", "0", "--runs", "1"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "RANDOM, UNTRAINED weights" in captured.err
+    for task in ("vif", "mef", "mff"):
+        assert read_image(out / f"{task}_s_fused.png").shape == (24, 40, 3)
+        assert read_image(out / f"{task}_s_side_by_side.png").shape[1] > 3 * 40
+    for stage in ("VAE-Enc", "T5", "DiT x 1", "VAE-Dec", "Pipeline", "Images/s", "vif 40x24"):
+        assert stage in captured.out
