@@ -25,7 +25,8 @@ BACKEND_CHOICES = ("torch", "onnxruntime", "tensorrt")
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle", help="deployment bundle directory (latentfuse export); onnxruntime / tensorrt")
-    src.add_argument("--checkpoint", help="model directory (model_index.json + components); torch backend")
+    src.add_argument("--checkpoint", help="model directory (model_index.json + components); torch backend "
+                                          "(default: the bundled default model)")
     p.add_argument("--backend", choices=BACKEND_CHOICES,
                    help="inference backend (default: torch with --checkpoint, onnxruntime with --bundle)")
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"),
@@ -94,9 +95,15 @@ def build_pipeline(args: argparse.Namespace):
     from runtime.backends import backend_source
     from runtime.pipeline import Pipeline
 
-    backend = args.backend or ("torch" if args.checkpoint else "onnxruntime")
+    from model.components import DEFAULT_MODEL_DIR
+
     if not args.bundle and not args.checkpoint:
-        raise LatentfuseError("give the model: --bundle DIR (onnxruntime / tensorrt) or --checkpoint DIR (torch)")
+        # No model given: the bundled default model directory, run eagerly (no export step needed).
+        if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+            raise LatentfuseError("give the model: --bundle DIR (onnxruntime / tensorrt) or --checkpoint DIR (torch)")
+        args.checkpoint = str(DEFAULT_MODEL_DIR)
+        args.backend = args.backend or "torch"
+    backend = args.backend or ("torch" if args.checkpoint else "onnxruntime")
     options = {}
     if backend == "onnxruntime" and args.provider:
         options["providers"] = args.provider
