@@ -57,10 +57,26 @@ def test_fuse_mismatched_sizes_is_one_line_error(tmp_path, checkpoint, capsys):
     assert code == 2 and err.count("\n") == 0 and "--resize" in err and "40x24" in err
 
 
-def test_fuse_without_a_model_is_a_clear_error(tmp_path, capsys):
+def test_fuse_without_a_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import model.components
+
+    monkeypatch.setattr(model.components, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
     _pair(tmp_path, "x")
     code = main(["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "-o", "o.png"])
     assert code == 2 and "--bundle DIR" in capsys.readouterr().err
+
+
+def test_fuse_without_a_model_uses_the_bundled_default(tmp_path, capsys):
+    from model.components import DEFAULT_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        pytest.skip(f"no bundled default model at {DEFAULT_MODEL_DIR}")
+    _pair(tmp_path, "x")
+    out = tmp_path / "fused.png"
+    code = main(["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "mef", "--mode", "regression",
+                 "-o", str(out)])
+    assert code == 0 and out.is_file()
+    assert str(DEFAULT_MODEL_DIR) in capsys.readouterr().out
 
 
 def test_fuse_dir_skips_finished_outputs_and_continues_past_a_bad_file(tmp_path, checkpoint, capsys):
