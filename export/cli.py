@@ -1,7 +1,7 @@
 """``latentfuse export``: model directory -> verified deployment bundle, or ``--verify BUNDLE``.
 
     latentfuse export --checkpoint DIR --out BUNDLE [--heads flow,regression] [--precision fp32|fp16
-                      [--plan PLAN]] [--opset N] [--exporter auto|dynamo|torchscript] [--force] [--no-lint]
+                      [--plan PLAN]] [--opset N] [--exporter auto|dynamo|torchscript] [--force] [--no-lint] [--aoti]
     latentfuse export --verify BUNDLE [--checkpoint DIR] [--no-lint]
 """
 
@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-lint", dest="lint", action="store_false", help="skip polygraphy check lint")
     p.add_argument("--no-verify", dest="run_verify", action="store_false",
                    help="skip the verification after export (not recommended)")
+    p.add_argument("--aoti", action="store_true",
+                   help="also compile AOTInductor .pt2 packages of every graph for the C++ host (runtime/cpp)")
     p.set_defaults(func=run)
 
 
@@ -72,5 +74,10 @@ def run(args: argparse.Namespace) -> int:
     out = export_bundle(checkpoint, args.out, heads=heads, precision=args.precision, opset=args.opset,
                         force=args.force, plan=args.plan, exporter=args.exporter, verify=args.run_verify,
                         lint=args.lint)
+    if args.aoti:
+        from export.aoti import add_aoti_packages
+        from model.components import FusionComponents
+
+        add_aoti_packages(out, FusionComponents.from_pretrained(checkpoint))
     print(f"wrote {out}")
     return 0

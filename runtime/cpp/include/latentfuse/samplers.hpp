@@ -1,0 +1,60 @@
+// Flow-matching samplers (MMAIF 3.4.2, Algorithm 1): an exact mirror of runtime/samplers.py.
+//
+// Float semantics follow numpy's (NEP 50): each float64 scalar coefficient is rounded to float32 and
+// every array operation is one float32 multiply or add, evaluated in the same order as the Python
+// expression, so both hosts produce the same latents from the same velocities (build with
+// -ffp-contract=off: a fused multiply-add would round differently).
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "latentfuse/tensor.hpp"
+
+namespace latentfuse::samplers {
+
+inline constexpr const char* kDefaultSampler = "midpoint_reuse_sde";
+inline constexpr int kDefaultSteps = 5;
+inline constexpr double kDefaultG = 0.3;
+
+// v(z, t); t is the float64 grid time (the host fills the graph's [B] float32 t input from it).
+using Velocity = std::function<Tensor(const Tensor& z, double t)>;
+
+struct Prior {
+  std::optional<Tensor> mean;  // empty: the standard Gaussian (mu0 = 0)
+  double std = 1.0;
+};
+
+struct SampleResult {
+  Tensor latent;
+  int nfe = 0;
+  std::string sampler;
+};
+
+struct SamplerSpec {
+  std::string name;
+  std::string method;  // euler | midpoint | midpoint_reuse | regression
+  bool stochastic = false;
+  int nfe_per_step = 1;
+};
+
+// The registered sampler called `name`, or Error listing the valid names.
+const SamplerSpec& get_sampler(const std::string& name);
+std::vector<std::string> sampler_names();
+
+// t_k = k / steps, float64.
+std::vector<double> time_grid(int steps);
+
+// Z0 = mu0 + sigma0 * eps, eps = noise stream 0 (runtime.samplers.initial_latent); prior is
+// gaussian | source_a | source_b | source_mean.
+std::pair<Tensor, Prior> initial_latent(const std::string& prior, const Tensor& like, uint64_t seed,
+                                        const Tensor& z_a, const Tensor& z_b, double sigma = 0.5);
+
+// Run sampler `name` (not "regression") from z0; g < 0 means "the default" (kDefaultG for SDE
+// samplers, 0 otherwise); a g > 0 for a deterministic sampler is an Error, as in Python.
+SampleResult sample(const std::string& name, const Velocity& velocity, const Tensor& z0, int steps, double g,
+                    uint64_t seed, const Prior& prior = {});
+
+}  // namespace latentfuse::samplers

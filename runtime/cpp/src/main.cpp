@@ -1,0 +1,150 @@
+// latentfuse-host: the C++ twin of `latentfuse fuse`, running a deployment bundle without Python.
+//
+//   latentfuse-host A B --task vif --bundle DIR [--backend aoti|tensorrt] [--mode flow|regression]
+//                   [--sampler NAME] [--steps N] [--g G] [--seed S] [--prompt TEXT] [--prior NAME]
+//                   [--bit-depth 8|16] [--warmup N --runs M] [--no-verify] -o OUT
+//
+// Errors are one line on stderr and exit status 2 (usage errors too), as the Python CLI does.
+#include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "latentfuse/pipeline.hpp"
+#include "latentfuse/samplers.hpp"
+
+using namespace latentfuse;
+
+namespace {
+
+const char* kUsage =
+    "usage: latentfuse-host A B --task {vif,mef,mff} --bundle DIR -o OUT [--backend aoti|tensorrt]\n"
+    "                       [--mode flow|regression] [--sampler NAME] [--steps N] [--g G] [--seed S]\n"
+    "                       [--prompt TEXT] [--prior gaussian|source_a|source_b|source_mean]\n"
+    "                       [--bit-depth 8|16] [--warmup N] [--runs M] [--no-verify]\n";
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> opts;
+  bool verify = true;
+};
+
+Args parse(int argc, char** argv) {
+  static const std::vector<std::string> valued = {"--task", "--bundle", "--backend", "--mode", "--sampler", "--steps",
+                                                  "--g", "--seed", "--prompt", "--prior", "--bit-depth", "--warmup",
+                                                  "--runs", "-o", "--out"};
+  Args args;
+  for (int k = 1; k < argc; ++k) {
+    std::string a = argv[k];
+    if (a == "-h" || a == "--help") {
+      std::cout << kUsage << "samplers: ";
+      for (const auto& s : samplers::sampler_names()) std::cout << s << " ";
+      std::cout << "\nbackends built: ";
+      for (const auto& b : available_backends()) std::cout << b << " ";
+      std::cout << "\n";
+      std::exit(0);
+    }
+    if (a == "--no-verify") {
+      args.verify = false;
+      continue;
+    }
+    std::string value;
+    const auto eq = a.find('=');
+    if (a.rfind("--", 0) == 0 && eq != std::string::npos) value = a.substr(eq + 1), a = a.substr(0, eq);
+    if (std::find(valued.begin(), valued.end(), a) != valued.end()) {
+      if (eq == std::string::npos) {
+        if (k + 1 >= argc) throw Error("argument " + a + " needs a value");
+        value = argv[++k];
+      }
+      args.opts[a == "-o" ? "--out" : a] = value;
+    } else if (!a.empty() && a[0] == '-' && a.size() > 1) {
+      throw Error("unrecognized argument " + a + " (see --help)");
+    } else {
+      args.positional.push_back(a);
+    }
+  }
+  return args;
+}
+
+long long to_int(const std::string& flag, const std::string& v) {
+  try {
+    size_t used = 0;
+    const long long x = std::stoll(v, &used);
+    if (used == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw Error("argument " + flag + ": invalid integer '" + v + "'");
+}
+
+double to_double(const std::string& flag, const std::string& v) {
+  try {
+    size_t used = 0;
+    const double x = std::stod(v, &used);
+    if (used == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw Error("argument " + flag + ": invalid number '" + v + "'");
+}
+
+int run(int argc, char** argv) {
+  Args args = parse(argc, argv);
+  auto opt = [&](const std::string& k) { return args.opts.count(k) ? std::optional<std::string>(args.opts[k]) : std::nullopt; };
+  if (args.positional.size() != 2) throw Error("expected two input images A B, got " + std::to_string(args.positional.size()));
+  if (!opt("--task")) throw Error("the following argument is required: --task {vif,mef,mff}");
+  if (!opt("--bundle")) throw Error("the following argument is required: --bundle DIR");
+  if (!opt("--out")) throw Error("the following argument is required: -o/--out OUT");
+
+  FuseOptions o;
+  o.task = *opt("--task");
+  o.prompt = opt("--prompt");
+  o.mode = opt("--mode").value_or("flow");
+  o.sampler = opt("--sampler");
+  o.prior = opt("--prior");
+  if (opt("--steps")) o.steps = static_cast<int>(to_int("--steps", *opt("--steps")));
+  if (opt("--g")) {
+    o.g = to_double("--g", *opt("--g"));
+    if (!(*o.g >= 0)) throw Error("argument --g: the diffusion norm must be >= 0, got " + *opt("--g"));
+  }
+  if (opt("--seed")) {
+    const long long s = to_int("--seed", *opt("--seed"));
+    if (s < 0) throw Error("argument --seed: must be >= 0");
+    o.seed = static_cast<uint64_t>(s);
+  }
+  const int bits = static_cast<int>(to_int("--bit-depth", opt("--bit-depth").value_or("8")));
+  const int warmup = static_cast<int>(to_int("--warmup", opt("--warmup").value_or("0")));
+  const int runs = static_cast<int>(to_int("--runs", opt("--runs").value_or("3")));
+  const auto built = available_backends();
+  const std::string backend = opt("--backend").value_or(built.empty() ? "aoti" : built.front());
+
+  Bundle bundle = Bundle::open(*opt("--bundle"), args.verify);
+  std::unique_ptr<Runner> runner = make_runner(backend, bundle);
+  Pipeline pipe(std::move(bundle), std::move(runner));
+
+  for (int k = 0; k < warmup; ++k) pipe.fuse(args.positional[0], args.positional[1], o);
+  FuseResult result = pipe.fuse(args.positional[0], args.positional[1], o);
+  std::vector<StageTimes> timed = {result.times};
+  if (warmup > 0)
+    for (int k = 1; k < runs; ++k) timed.push_back(pipe.fuse(args.positional[0], args.positional[1], o).times);
+  write_image(*opt("--out"), result.image, bits);
+  std::cout << "wrote " << *opt("--out") << " (" << result.image.width << "x" << result.image.height << ", "
+            << result.sampler << ", NFE " << result.nfe << ", seed " << o.seed << ", backend " << backend << ")\n";
+  std::cout << format_latency(timed, backend + " " + result.sampler);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const Error& err) {
+    std::cerr << "latentfuse-host: error: " << err.what() << "\n";
+    return 2;
+  } catch (const std::exception& err) {
+    std::cerr << "latentfuse-host: error: " << err.what() << "\n";
+    return 2;
+  }
+}

@@ -1,0 +1,116 @@
+// Manifest parsing and tamper detection on a small hand-made bundle: sha256 against a known digest,
+// a valid bundle opens, and a tampered / missing / resized file, bad JSON, a foreign format and a
+// newer format_version are each one clear Error. Also the safetensors prompt cache.
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "check.hpp"
+#include "latentfuse/bundle.hpp"
+
+using namespace latentfuse;
+namespace fs = std::filesystem;
+
+static std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& err) {
+    return err.what();
+  }
+  return "";
+}
+
+static void write(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+static bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// A safetensors file with "vif.embeds" [1, 2, 3] F32 and "vif.mask" [1, 2] I64.
+static void write_cache(const fs::path& p) {
+  std::vector<float> embeds = {1, 2, 3, 4, 5, 6};
+  std::vector<int64_t> mask = {1, 1};
+  std::string header = R"({"vif.embeds":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]},)"
+                       R"("vif.mask":{"dtype":"I64","shape":[1,2],"data_offsets":[24,40]},"__metadata__":{"format":"x"}})";
+  const uint64_t n = header.size();
+  std::ofstream out(p, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << header;
+  out.write(reinterpret_cast<const char*>(embeds.data()), 24);
+  out.write(reinterpret_cast<const char*>(mask.data()), 16);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  const fs::path root = argv[1];
+  fs::remove_all(root);
+  fs::create_directories(root);
+  write(root / "abc.txt", "abc");
+  check::expect(sha256_file(root / "abc.txt") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                "sha256('abc') (FIPS 180-2 example)");
+
+  write(root / "vae_encoder.pt2", "graph bytes");
+  write_cache(root / "prompt_cache.safetensors");
+  json m = {{"format", "latentfuse-bundle"}, {"format_version", 1}};
+  m["graphs"]["vae_encoder"] = {{"kind", "vae_encoder"}, {"file", "vae_encoder.pt2"},
+                                {"inputs", {{{"name", "image"}, {"dtype", "float32"}, {"shape", {"batch", 3, "height", "width"}}}}},
+                                {"outputs", {{{"name", "latent"}, {"dtype", "float32"}, {"shape", {"batch", 16, "latent_height", "latent_width"}}}}}};
+  m["graphs"]["dit_flow"] = {{"kind", "dit"}, {"head", "flow"}, {"file", "vae_encoder.pt2"}, {"inputs", json::array()}, {"outputs", json::array()}};
+  for (const char* f : {"abc.txt", "vae_encoder.pt2", "prompt_cache.safetensors"})
+    m["files"][f] = {{"sha256", sha256_file(root / f)}, {"bytes", fs::file_size(root / f)}};
+  m["resolution"] = {{"min", 64}, {"max", 1024}, {"multiple", 16}, {"max_height", 512}, {"max_width", 768}};
+  m["text"] = {{"tokenizer", "spiece.model"}, {"max_length", 77}, {"hidden_size", 3}};
+  m["prompt_cache"] = {{"file", "prompt_cache.safetensors"}, {"prompts", {{"vif", "fuse  the infrared\tand visible images"}}}};
+  m["sampler"] = {{"name", "midpoint_reuse_sde"}, {"steps", 5}, {"g", 0.3}, {"prior", "gaussian"}};
+  m["aoti"] = {{"vae_encoder", {{"file", "vae_encoder.pt2"}, {"device", "cpu"}}}};
+  write(root / "manifest.json", m.dump(2));
+
+  const Bundle b = Bundle::open(root);
+  check::expect(b.graph("vae_encoder").inputs.at(0).shape == std::vector<std::string>({"batch", "3", "height", "width"}),
+                "graph input dims");
+  check::expect(b.dit_graph("flow") == "dit_flow", "dit graph by head");
+  check::expect(contains(error_of([&] { b.dit_graph("regression"); }), "no 'regression' DiT"), "missing head error");
+  check::expect(contains(error_of([&] { b.graph("nope"); }), "no 'nope' graph"), "missing graph error");
+  check::expect(b.max_height() == 512 && b.max_width() == 768 && b.max_text_length() == 77, "resolution / text");
+  check::expect(b.default_sampler() == "midpoint_reuse_sde" && b.default_steps() == 5 && b.default_g() == 0.3, "sampler defaults");
+  check::expect(b.artefacts("aoti").at("vae_encoder") == root / "vae_encoder.pt2", "aoti table");
+  const auto cache = b.prompt_cache_by_text();
+  check::expect(cache.count("fuse the infrared and visible images") == 1, "prompt cache keyed by normalised text");
+  if (cache.count("fuse the infrared and visible images")) {
+    const auto& e = cache.at("fuse the infrared and visible images");
+    check::expect(e.embeds.shape == std::vector<int64_t>({1, 2, 3}) && e.embeds.f.back() == 6.0f, "cached embeds");
+    check::expect(e.mask.dtype == DType::Int64 && e.mask.i == std::vector<int64_t>({1, 1}), "cached mask");
+  }
+
+  // tampering: same size, one byte changed -> sha256 mismatch naming the file
+  write(root / "vae_encoder.pt2", "graph bytez");
+  std::string err = error_of([&] { Bundle::open(root); });
+  check::expect(contains(err, "vae_encoder.pt2") && contains(err, "sha256"), "tampered file detected: " + err);
+  check::expect(error_of([&] { Bundle::open(root, false); }).empty(), "size-only check passes without hashes");
+  write(root / "vae_encoder.pt2", "graph bytes!");
+  err = error_of([&] { Bundle::open(root, false); });
+  check::expect(contains(err, "vae_encoder.pt2") && contains(err, "bytes"), "resized file detected: " + err);
+  fs::remove(root / "vae_encoder.pt2");
+  err = error_of([&] { Bundle::open(root); });
+  check::expect(contains(err, "vae_encoder.pt2 is missing"), "missing file detected: " + err);
+  write(root / "vae_encoder.pt2", "graph bytes");
+  check::expect(error_of([&] { Bundle::open(root); }).empty(), "restored bundle opens");
+
+  json bad = m;
+  bad["format_version"] = 2;
+  write(root / "manifest.json", bad.dump());
+  check::expect(contains(error_of([&] { Bundle::open(root); }), "format_version 2"), "newer format rejected");
+  bad = m;
+  bad["format"] = "something-else";
+  write(root / "manifest.json", bad.dump());
+  check::expect(contains(error_of([&] { Bundle::open(root); }), "not a latentfuse bundle"), "foreign manifest rejected");
+  bad = m;
+  bad["graphs"]["vae_encoder"]["file"] = "unlisted.pt2";
+  write(root / "manifest.json", bad.dump());
+  check::expect(contains(error_of([&] { Bundle::open(root); }), "not listed in 'files'"), "unlisted graph file rejected");
+  write(root / "manifest.json", "{not json");
+  check::expect(contains(error_of([&] { Bundle::open(root); }), "not valid JSON"), "bad JSON rejected");
+  fs::remove(root / "manifest.json");
+  check::expect(contains(error_of([&] { Bundle::open(root); }), "no manifest.json"), "no manifest rejected");
+  check::expect(contains(error_of([&] { Bundle::open(root / "nowhere"); }), "does not exist"), "missing dir rejected");
+  check::expect(normalize_prompt("  a \t b\n c ") == "a b c", "prompt normalisation");
+  return check::finish("test_bundle");
+}

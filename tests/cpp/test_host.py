@@ -1,0 +1,173 @@
+"""End to end: the C++ host (runtime/cpp, AOTInductor backend) against the Python pipeline.
+
+A tiny random-weight model (1-block DiTs) is compiled once per session into an AOTInductor bundle
+(:func:`export.aoti.export_aoti_bundle`); the host fuses a non-square pair (an 8-bit RGB visible
+image, a 16-bit gray infrared one) and its 16-bit PNG must equal :class:`runtime.pipeline.Pipeline`
+on the same model and seed to PSNR >= 40 dB, in flow mode (the default sampler, canonical prompt from
+the prompt cache) and regression mode (free text through the tokenizer and the text-encoder graph).
+Then the one-line errors: tampered bundle, image too large, prompt too long, missing backend.
+
+Skipped when the host is not built: run ``runtime/cpp/build.sh``.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = Path(os.environ.get("LATENTFUSE_HOST", ROOT / "runtime" / "cpp" / "build" / "latentfuse-host"))
+pytestmark = pytest.mark.slow  # one AOTInductor compile of five graphs per session
+
+SIZE = (40, 72)  # H x W: non-square, padded to 48 x 80
+SEED = 3
+
+
+def _built_backends() -> list[str]:
+    if not HOST.is_file():
+        pytest.skip(f"the C++ host is not built ({HOST} missing): run runtime/cpp/build.sh")
+    out = subprocess.run([str(HOST), "--help"], capture_output=True, text=True, timeout=60).stdout
+    line = next((ln for ln in out.splitlines() if ln.startswith("backends built:")), "")
+    return line.split(":", 1)[1].split()
+
+
+def host(*args, check=True):
+    proc = subprocess.run([str(HOST), *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@pytest.fixture(scope="module")
+def components():
+    """The tiny preset with 1-block DiTs: the AOTInductor compile time grows with the DiT depth."""
+    import torch
+
+    from model.components import FusionComponents
+    from model.dit import MoEDiT
+
+    comp = FusionComponents.from_preset("tiny", seed=0)
+    torch.manual_seed(1)
+    for head, dit in list(comp.dits.items()):
+        comp.dits[head] = MoEDiT(dit.config.replace(depth=1)).eval()
+    return comp
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, components):
+    if "aoti" not in _built_backends():
+        pytest.skip("the C++ host was built without the AOTInductor backend (torch not found by CMake): "
+                    "rerun runtime/cpp/build.sh with the project venv")
+    from export.aoti import export_aoti_bundle
+
+    start = time.perf_counter()
+    out = export_aoti_bundle(components, tmp_path_factory.mktemp("aoti") / "bundle", progress=False)
+    print(f"\nAOTInductor compile of the tiny bundle: {time.perf_counter() - start:.1f} s")
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    from model.image_io import write_image
+
+    h, w = SIZE
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    vis = np.clip(np.stack([xx, yy, 0.5 * (xx + yy)], -1) + 0.05 * rng.standard_normal((h, w, 3)), 0, 1)
+    ir = np.clip(np.exp(-((xx - 0.5) ** 2 + (yy - 0.3) ** 2) * 20) + 0.02 * rng.standard_normal((h, w)), 0, 1)
+    d = tmp_path_factory.mktemp("pair")
+    return write_image(d / "vis.png", vis.astype(np.float32)), write_image(d / "ir.png", ir.astype(np.float32), 16)
+
+
+def _compare(components, bundle, pair, tmp_path, mode, extra, **py_kwargs):
+    from model.image_io import read_image
+    from runtime.pipeline import Pipeline
+
+    out = tmp_path / f"{mode}.png"
+    start = time.perf_counter()
+    proc = host(*pair, "--task", "vif", "--bundle", bundle, "--backend", "aoti", "--mode", mode, "--seed", SEED,
+                "--bit-depth", 16, "-o", out, *extra)
+    print(f"\nC++ host ({mode}, {time.perf_counter() - start:.1f} s wall incl. package loading):\n{proc.stdout}")
+    got = read_image(out)
+    ref = Pipeline.from_components(components)(*pair, task="vif", mode=mode, seed=SEED, **py_kwargs)
+    assert got.shape == ref.image.shape == (*SIZE, 3)
+    value = psnr(got, ref.image)
+    print(f"PSNR C++ vs Python ({mode}): {value:.1f} dB")
+    assert value >= 40.0
+    return proc
+
+
+def test_flow_mode_matches_the_python_pipeline(components, bundle, pair, tmp_path):
+    proc = _compare(components, bundle, pair, tmp_path, "flow", ["--steps", 3], steps=3)
+    assert "NFE 3" in proc.stdout and "midpoint_reuse_sde" in proc.stdout
+    assert "T5 (cache)" in proc.stdout  # the canonical vif prompt comes from the prompt cache
+
+
+def test_regression_mode_with_free_text_matches_the_python_pipeline(components, bundle, pair, tmp_path):
+    prompt = "remove the haze   and the noise"
+    proc = _compare(components, bundle, pair, tmp_path, "regression", ["--prompt", prompt], prompt=prompt)
+    assert "NFE 1" in proc.stdout and "T5 (cache)" not in proc.stdout
+
+
+def _error(proc) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("latentfuse-host: error: "), proc.stderr
+    return lines[0]
+
+
+def test_tampered_or_missing_bundle_file_is_a_one_line_error(bundle, pair, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "spiece.model").read_bytes())
+    data[100] ^= 0xFF
+    (copy / "spiece.model").write_bytes(bytes(data))
+    args = [*pair, "--task", "vif", "--bundle", copy, "-o", tmp_path / "x.png"]
+    assert "spiece.model was modified after export" in _error(host(*args, check=False))
+    (copy / "spiece.model").unlink()
+    assert "spiece.model is missing" in _error(host(*args, check=False))
+    assert "no manifest.json" in _error(host(*pair, "--task", "vif", "--bundle", tmp_path, "-o", "x.png", check=False))
+
+
+def test_out_of_range_image_long_prompt_and_bad_arguments_are_one_line_errors(bundle, pair, tmp_path):
+    from model.image_io import write_image
+
+    big = write_image(tmp_path / "big.png", np.zeros((16, 1040), np.float32))
+    line = _error(host(big, big, "--task", "vif", "--bundle", bundle, "-o", tmp_path / "x.png", check=False))
+    assert "1040x16" in line and "at most 1024x1024" in line
+    long_prompt = " ".join(["remove the rain and the haze"] * 40)
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--prompt", long_prompt, "-o", tmp_path / "x.png",
+                       check=False))
+    assert "over the text graph's limit of 128" in line
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--sampler", "heun", "-o", tmp_path / "x.png",
+                       check=False))
+    assert "unknown sampler 'heun'" in line
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--mode", "regression", "--sampler", "euler",
+                       "-o", tmp_path / "x.png", check=False))
+    assert "takes no sampler" in line
+    assert "--task" in _error(host(*pair, "--bundle", bundle, "-o", tmp_path / "x.png", check=False))
+
+
+def test_missing_backend_is_a_one_line_error(bundle, pair, tmp_path):
+    if "tensorrt" in _built_backends():
+        pytest.skip("this host has the TensorRT backend; see test_tensorrt_backend")
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--backend", "tensorrt", "-o", tmp_path / "x.png",
+                       check=False))
+    assert "backend 'tensorrt' is not available" in line
+
+
+def test_tensorrt_backend(bundle, pair, tmp_path):
+    if "tensorrt" not in _built_backends():
+        pytest.skip("the C++ host was built without TensorRT (CMake found no TensorRT / CUDA toolkit here)")
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--backend", "tensorrt", "-o", tmp_path / "x.png",
+                       check=False))
+    assert "no TensorRT engines" in line  # an AOTInductor bundle has none; engines come from build-engines
