@@ -24,8 +24,11 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _normalise(raw: np.ndarray, path: Path) -> np.ndarray:
-    """Integer / float samples -> float32 [0, 1]; drop alpha; squeeze a single channel."""
+def normalise_image(raw: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Integer / float samples -> float32 [0, 1]; drop alpha; squeeze a single channel.
+
+    ``path`` names the source (a file, or e.g. "image A" for an in-memory array) in error messages.
+    """
     arr = np.asarray(raw)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar TIFF (C, H, W)
@@ -89,7 +92,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as err:  # PIL / tifffile raise many types for corrupt files
         raise LatentfuseError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
-    return _normalise(raw, path)
+    return normalise_image(raw, path)
 
 
 def _quantise(array: np.ndarray, bit_depth: int, path: Path) -> np.ndarray:

@@ -14,11 +14,12 @@ COMMAND_MODULES = (
     "model.cli",
     "runtime.fuse_cli",
     "model.data.cli",
+    "model.training.cli",
     "model.metrics.cli",
-    "export.cli",
-    "export.engines_cli",
-    "calibration.cli",
     "bench.cli",
+    "export.engines_cli",
+    "export.cli",
+    "calibration.cli",
 )
 
 

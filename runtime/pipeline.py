@@ -80,24 +80,9 @@ def load_image(image: Any, name: str = "image") -> np.ndarray:
         return read_image(image)
     if not isinstance(image, np.ndarray):
         raise LatentfuseError(f"{name} must be an image path or a numpy array, got {type(image).__name__}")
-    arr = image
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]  # drop alpha, as read_image does
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
-        raise LatentfuseError(f"{name}: expected an HxW or HxWx3 array, got shape {arr.shape}")
-    if arr.dtype in (np.uint8, np.uint16):
-        return (arr.astype(np.float32) / np.iinfo(arr.dtype).max).astype(np.float32)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise LatentfuseError(f"{name}: unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise LatentfuseError(f"{name}: array contains NaN or Inf values")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise LatentfuseError(f"{name}: float array values span [{lo:g}, {hi:g}], expected [0, 1]")
-    return np.clip(arr, 0.0, 1.0)
+    from model.image_io import normalise_image
+
+    return normalise_image(image, name)
 
 
 def match_pair(a: np.ndarray, b: np.ndarray, resize: bool = False, names=("A", "B")) -> tuple[np.ndarray, np.ndarray]:

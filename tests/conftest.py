@@ -4,8 +4,9 @@ import os
 
 
 def pytest_configure(config):
-    # Under pytest-xdist every worker is a process of its own: one intra-op thread each keeps the
-    # workers from oversubscribing the (2-core) CI machine, which slows small-tensor torch ops 10x+.
+    # Every pytest-xdist worker is a process of its own: one intra-op thread each keeps the workers
+    # from oversubscribing the 2-core CI machine, where thread barriers on tiny tensors cost more
+    # than the maths (10x+ slower small-model calls).
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

@@ -11,17 +11,6 @@ from runtime.backends.base import Backend
 from runtime.backends.tensorrt_backend import tensorrt_unavailable_reason
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: on 2 shared cores, intra-op thread barriers cost more than the maths."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registry_names_and_aliases():
     assert backend_names() == ("torch", "onnxruntime", "tensorrt")
     assert check_backend_name("ORT") == "onnxruntime"

@@ -11,17 +11,6 @@ from model.image_io import read_image, write_image
 from runtime.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: on 2 shared cores, intra-op thread barriers cost more than the maths."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from model.components import FusionComponents

@@ -14,17 +14,6 @@ from runtime.latency import STAGES, StageTimes, format_table, summarize
 from runtime.pipeline import PAD_MULTIPLE, load_image, match_pair, pad_to_multiple
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: on 2 shared cores, intra-op thread barriers cost more than the maths."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------ pre-processing (no model)
 
 
@@ -49,7 +38,7 @@ def test_load_image_accepts_uint8_uint16_and_float_arrays():
     with pytest.raises(LatentfuseError, match=r"span \[2, 2\]"):
         load_image(np.full((4, 5), 2.0, np.float32))
     with pytest.raises(LatentfuseError, match="shape"):
-        load_image(np.zeros((4, 5, 2), np.float32))
+        load_image(np.zeros((4, 5, 5), np.float32))  # (2 channels would be gray + alpha)
 
 
 def test_mismatched_sizes_are_a_clear_error_unless_resize():
