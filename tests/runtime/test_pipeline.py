@@ -38,7 +38,7 @@ def test_load_image_accepts_uint8_uint16_and_float_arrays():
     with pytest.raises(LatentfuseError, match=r"span \[2, 2\]"):
         load_image(np.full((4, 5), 2.0, np.float32))
     with pytest.raises(LatentfuseError, match="shape"):
-        load_image(np.zeros((4, 5, 5), np.float32))  # (2 channels would be gray + alpha)
+        load_image(np.zeros((6, 5, 5), np.float32))  # 5 channels (2 would be gray + alpha)
 
 
 def test_mismatched_sizes_are_a_clear_error_unless_resize():
