@@ -10,16 +10,16 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = (
-    "model.cli",
-    "runtime.fuse_cli",
-    "model.data.cli",
-    "model.training.cli",
-    "model.metrics.cli",
-    "bench.cli",
-    "export.engines_cli",
-    "export.cli",
-    "calibration.cli",
+COMMAND_MODULES = (  # in the order `latentfuse --help` lists them: use, deploy, build, inspect
+    "runtime.fuse_cli",        # fuse, fuse-dir, demo
+    "export.cli",              # export
+    "calibration.cli",         # calibrate
+    "export.engines_cli",      # build-engines
+    "model.data.cli",          # data synth | build
+    "model.training.cli",      # train
+    "model.metrics.cli",       # metrics
+    "model.cli",               # info
+    "bench.cli",               # bench
 )
 
 

@@ -1,0 +1,136 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import synthetic_latents, tiny_config, tiny_dit
+
+from model.errors import LatentfuseError
+from model.training import checkpoint as ckpt
+from model.training.config import TrainConfig
+from model.training.trainer import Trainer
+
+
+def _mean(rows, key):
+    return sum(r[key] for r in rows) / len(rows)
+
+
+@pytest.mark.parametrize("head", ["regression", "flow"])
+def test_short_run_lowers_every_loss_term(tmp_path, head):
+    from model.vae import LatentVAE
+
+    vae = LatentVAE.from_preset("tiny", seed=0)
+    data = synthetic_latents(n=16, size=2, tasks=("vif",), images=True)
+    cfg = tiny_config(tmp_path, head=head, data={"tasks": ["vif"]},
+                      optim={"steps": 40, "lr": 3e-3, "batch_size": 4},
+                      loss={"aux_weight": 0.05, "load_balance_weight": 0.05})
+    history = Trainer(cfg, tiny_dit(head), data, vae=vae).fit()
+    first, last = history[:6], history[-6:]
+    for term in ("main", "aux", "balance", "loss"):
+        assert _mean(last, term) < _mean(first, term), f"{term} did not decrease"
+    assert (tmp_path / "run" / "train_log.csv").is_file()
+
+
+def test_training_log_and_plot(tmp_path):
+    cfg = tiny_config(tmp_path, optim={"steps": 4}, run={"plot": True})
+    Trainer(cfg, tiny_dit(), synthetic_latents()).fit()
+    lines = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert lines[0].startswith("step,task,lr,loss,main,aux,balance,ewc")
+    assert len(lines) == 5
+    assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 1000
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.raw.state_dict().items()}
+
+
+@pytest.mark.parametrize("head", ["flow", "regression"])
+def test_resume_is_bit_exact(tmp_path, head):
+    sections = dict(optim={"steps": 8, "grad_accum": 2}, ema={"decay": 0.9},
+                    continual={"sequence": ["vif", "mef"], "ewc_lambda": 10.0, "replay_size": 8, "replay_ratio": 0.5,
+                               "fisher_batches": 2})
+    straight = Trainer(tiny_config(tmp_path / "a", head, **sections), tiny_dit(head), synthetic_latents())
+    straight.fit()
+
+    first = Trainer(tiny_config(tmp_path / "b", head, **sections), tiny_dit(head), synthetic_latents())
+    first.fit(stop_at=3)   # interrupted inside task 1; resumes across the task boundary (EWC, replay)
+    resumed = Trainer(tiny_config(tmp_path / "b", head, **sections), tiny_dit(head, seed=99), synthetic_latents())
+    resumed.load_checkpoint(tmp_path / "b" / "run")
+    assert resumed.step == 3
+    resumed.fit()
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k, v in straight.ema.shadow.items():
+        assert torch.equal(v, resumed.ema.shadow[k]), k
+    log = (tmp_path / "b" / "run" / "train_log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == [str(i) for i in range(1, 9)]
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    cfg = tiny_config(tmp_path, optim={"steps": 2})
+    trainer = Trainer(cfg, tiny_dit(), synthetic_latents())
+    trainer.fit()
+    directory = ckpt.resolve(tmp_path / "run")
+    state = directory / ckpt.STATE_NAME
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(LatentfuseError, match="corrupt or unreadable"):
+        Trainer(cfg, tiny_dit(), synthetic_latents()).load_checkpoint(directory)
+    weights = directory / ckpt.DIT_DIR / "model.safetensors"
+    weights.write_bytes(b"not safetensors")
+    with pytest.raises(LatentfuseError):
+        ckpt.load_checkpoint(directory)
+    with pytest.raises(LatentfuseError, match="not found"):
+        ckpt.resolve(tmp_path / "nowhere")
+
+
+def test_mismatched_checkpoint_gives_clear_error(tmp_path):
+    cfg = tiny_config(tmp_path, optim={"steps": 2})
+    Trainer(cfg, tiny_dit(), synthetic_latents()).fit()
+    other_lr = tiny_config(tmp_path, optim={"steps": 2, "lr": 1e-4})
+    with pytest.raises(LatentfuseError, match="optim.lr"):
+        Trainer(other_lr, tiny_dit(), synthetic_latents()).load_checkpoint(tmp_path / "run")
+    with pytest.raises(LatentfuseError, match="different DiT"):
+        Trainer(cfg, tiny_dit(depth=3), synthetic_latents()).load_checkpoint(tmp_path / "run")
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlearning_rate = 1e-3\n")
+    with pytest.raises(LatentfuseError, match=r"optim\.learning_rate.*valid keys"):
+        TrainConfig.load(bad)
+    (tmp_path / "bad2.yaml").write_text("optimiser:\n  lr: 1e-3\n")
+    with pytest.raises(LatentfuseError, match="unknown section"):
+        TrainConfig.load(tmp_path / "bad2.yaml")
+    (tmp_path / "bad3.toml").write_text("[optim]\nsteps = 'many'\n")
+    with pytest.raises(LatentfuseError, match="optim.steps must be int"):
+        TrainConfig.load(tmp_path / "bad3.toml")
+    (tmp_path / "bad4.toml").write_text("[flow]\nprior = 'uniform'\n")
+    with pytest.raises(LatentfuseError, match="prior"):
+        TrainConfig.load(tmp_path / "bad4.toml")
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("*.toml")) + sorted(root.glob("*.yaml"))
+    assert {"paper_flow.toml", "paper_regression.toml"} <= {f.name for f in files}
+    for f in files:
+        cfg = TrainConfig.load(f)
+        assert cfg.optim.steps > 0
+    paper = TrainConfig.load(root / "paper_flow.toml")
+    assert (paper.optim.lr, paper.optim.warmup_steps, paper.optim.batch_size, paper.optim.steps,
+            paper.optim.grad_accum, paper.run.precision, paper.model.gradient_checkpointing,
+            paper.optim.cautious) == (2e-4, 1000, 8, 200_000, 3, "bf16", True, True)
+
+
+def test_bf16_autocast_and_gradient_checkpointing_run(tmp_path):
+    cfg = tiny_config(tmp_path, run={"precision": "bf16"}, model={"gradient_checkpointing": True},
+                      optim={"steps": 2, "grad_accum": 2})
+    with pytest.warns(UserWarning, match="bf16 autocast on a CPU"):
+        trainer = Trainer(cfg, tiny_dit(gradient_checkpointing=True), synthetic_latents())
+    assert trainer.bf16  # CPU autocast supports bf16
+    rows = trainer.fit()
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert all(p.dtype == torch.float32 for p in trainer.raw.parameters())  # master weights stay fp32
