@@ -343,6 +343,8 @@ def convert_bundle_graph(
     on CPU and the error is reported. Returns ``{"policy", "nodes", "fp32_nodes", "casts", "files",
     "weight_bytes": {"fp32", "fp16"}, "error": {...} | None}``.
     """
+    import onnx
+
     from calibration.ranges import load_model
 
     fp32 = load_model(fp32_path)
@@ -356,5 +358,10 @@ def convert_bundle_graph(
         "error": compare(fp32, converted, feeds) if feeds else None,
     }
     del fp32
+    # The exporter's value_info still types the converted tensors float32, which onnx.checker's full
+    # check (strict type inference) rejects in the bundle: drop it and re-infer from the FP16 graph.
+    del converted.graph.value_info[:]
+    if converted.ByteSize() < 1_800_000_000:
+        converted = onnx.shape_inference.infer_shapes(converted)
     stats["files"] = [str(f) for f in save_model(converted, out_path)]  # (moves the weights out of ``converted``)
     return stats
