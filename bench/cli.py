@@ -3,6 +3,7 @@ restoration+fusion pipelines, side by side in one interleaved run (:mod:`bench.s
 
     latentfuse bench --resolutions 256,512,768,1024 --aspect 1:1,16:9 --backends torch \\
         --precision fp32,fp16 --preset paper --repeat 5 --warmup 2 --out bench-out/
+    latentfuse bench --preset tiny,paper --time-budget 20 --threads 2 --out bench-out/
 
 writes ``bench.json``, ``bench.md``, ``latency.png`` and ``speedup.png`` into ``--out`` and prints the
 markdown tables.
@@ -41,15 +42,24 @@ def register(subparsers) -> None:
     p.add_argument("--aspect", type=_names, default=("1:1",), help="aspect ratios W:H (default 1:1), e.g. 1:1,16:9")
     p.add_argument("--backends", type=_names, default=("torch",), help="torch,onnxruntime,tensorrt (default torch)")
     p.add_argument("--precision", type=_names, default=("fp32",), help="fp32,fp16 (default fp32; fp16 needs CUDA for torch)")
-    p.add_argument("--preset", default="tiny", help="model preset of the latent pipelines (tiny|paper, default tiny)")
+    p.add_argument("--preset", type=_names, default=("tiny",),
+                   help="model preset(s) of the latent pipelines and their pixel-space DiT twins, comma-separated "
+                        "(tiny|paper, default tiny), e.g. tiny,paper: one interleaved sweep; NAFNet+DenseFuse has "
+                        "no preset and is timed once per size")
     p.add_argument("--checkpoint", default=None, help="model directory for the latent pipelines instead of random preset weights")
     p.add_argument("--bundle", default=None, help="fp32 deployment bundle for --backends onnxruntime / tensorrt")
     p.add_argument("--bundle-fp16", default=None, help="fp16 deployment bundle for --precision fp16 on onnxruntime / tensorrt")
     p.add_argument("--export-bundle", action="store_true",
-                   help="without --bundle / --bundle-fp16, export the benchmarked model to OUT/bundle-<precision> "
+                   help="without --bundle / --bundle-fp16, export the benchmarked model to OUT/bundle-<preset>-<precision> "
                         "for the onnxruntime / tensorrt backends (export.bundle)")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per pipeline and size first (default 1)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="finish within about this many minutes (model building included): before each size the "
+                        "calls are projected from the smaller sizes and fitted into what is left, presets in the "
+                        "order given: warm-up goes first, then repeats down to 2, then 1; a pipeline that still does "
+                        "not fit is reported over-budget with its projected seconds and analytic FLOPs "
+                        "(default: unlimited, every call as --warmup / --repeat say)")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--memory-budget-gb", type=float, default=None,
@@ -74,12 +84,13 @@ def _run(args) -> int:
     cfg = SweepConfig(
         resolutions=args.resolutions, aspects=args.aspect,
         backends=tuple(check_backend_name(b) for b in args.backends),
-        precisions=tuple(p.lower() for p in args.precision), preset=args.preset, repeat=args.repeat,
+        precisions=tuple(p.lower() for p in args.precision), presets=args.preset, repeat=args.repeat,
         warmup=args.warmup, device=args.device, checkpoint=args.checkpoint, bundle=args.bundle,
         bundle_fp16=args.bundle_fp16, export_dir=args.out if args.export_bundle else None,
         memory_budget_gb=args.memory_budget_gb, pipelines=args.pipelines,
         flow_steps=args.flow_steps, euler_steps=args.euler_steps, pixel_patch=args.pixel_patch,
-        threads=args.threads, analytic_only=args.analytic_only, progress=not args.no_progress)
+        threads=args.threads, analytic_only=args.analytic_only, progress=not args.no_progress,
+        time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)
     result = run_sweep(cfg)
     paths = write_report(result, args.out)
     print(markdown(result))

@@ -12,18 +12,31 @@ Per pipeline and size: median and inter-quartile range / min / max of the total 
 peak memory (:mod:`bench.memory`), achieved FLOP/s per stage as a fraction of the measured matmul
 peak. Per pipeline over sizes: the fitted exponent k of latency ∝ pixels^k. Per size: the speed-up of
 each latent pipeline over the fastest pixel-space pipeline of the same precision.
+
+Several presets run in one sweep (``presets=("tiny", "paper")``): the latent pipelines and their
+parameter-matched pixel-space DiTs are built per preset, NAFNet+DenseFuse (which has no preset) once;
+every size interleaves all of them, every row carries its ``preset`` (``"any"`` for the
+preset-independent ones, which every preset's speed-ups use). Sizes run in ascending pixel order.
+
+With ``time_budget_s`` the warm-up and repeat counts become upper bounds: before each size
+:mod:`bench.budget` projects every remaining call and fits them into the seconds left (coverage
+first, presets in the order given), so a pipeline may get fewer calls, or none (``over-budget``).
+The clock starts when :func:`run_sweep` is called (model building and the analytic pass count).
 """
 
 from __future__ import annotations
 
 import platform
 import statistics
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from bench.budget import (FIRST_CALL_EFFICIENCY, WARMUP_SKIP_S, Call, Projection, plan_calls, project_from_rate,
+                          project_own)
 from bench.flops import fit_exponent, matmul_peak_flops
 from bench.memory import PeakMemory, available_bytes
 from bench.pipelines import BenchPipeline, Unavailable, latent_variants
@@ -33,6 +46,20 @@ PRECISIONS = ("fp32", "fp16")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 WEIGHTS_NOTE = ("random weights: latency, FLOPs and memory depend on the architectures and sizes only, "
                 "not on trained values")
+#: The ``preset`` of a row whose pipeline has no preset (timed once per size, compared with every preset).
+ANY_PRESET = "any"
+#: Pipelines that do not depend on the model preset.
+PRESET_INDEPENDENT = ("nafnet+densefuse",)
+PLANNER_NOTE = ("time budget: before each size every remaining (size, pipeline) call is projected and the "
+                "seconds left are filled in levels, presets in the order given and cheapest call first: one "
+                "timed call each, then a second (a spread), then the remaining repeats, then warm-up; the "
+                "current size runs its part, the rest is the reserve for the later sizes; re-planned before "
+                "each size, before each first call at a size and after its first round; a call that gets no "
+                "seconds is reported over-budget; the budget is soft (a running call is never interrupted)")
+WARMUP_NOTE = (f"on CPU the first call at a shape is not special (no autotuning or engine build), so under a "
+               f"time budget a call projected over {WARMUP_SKIP_S:g} s gets no warm-up")
+
+_clock = time.perf_counter  # the sweep's clock (tests replace it)
 
 
 @dataclass
@@ -41,7 +68,8 @@ class SweepConfig:
     aspects: tuple[str, ...] = ("1:1",)
     backends: tuple[str, ...] = ("torch",)
     precisions: tuple[str, ...] = ("fp32",)
-    preset: str = "tiny"
+    preset: str = "tiny"                    # the single preset; ``presets`` wins when given
+    presets: tuple[str, ...] | None = None  # several presets in one sweep (time budget shared in this order)
     repeat: int = 3
     warmup: int = 1
     device: str | None = None               # torch device; default cuda when available
@@ -60,10 +88,25 @@ class SweepConfig:
     # The meta-tensor activation estimate ignores allocator slack and host-side copies; measured peaks
     # on CPU ran up to ~1.5x it, so the feasibility check scales the activations by this factor.
     memory_headroom: float = 1.5
+    time_budget_s: float | None = None      # None: unlimited (every call as configured)
     progress: bool = True
 
     def __post_init__(self):
         problems = []
+        if self.presets is None:
+            self.presets = (self.preset,)
+        self.presets = tuple(str(p).strip() for p in self.presets)
+        if not self.presets or len(set(self.presets)) != len(self.presets) or not all(self.presets):
+            problems.append(f"presets must be distinct non-empty names, got {self.presets}")
+        else:
+            self.preset = self.presets[0]
+        if self.checkpoint and len(self.presets) > 1:
+            problems.append(f"--checkpoint gives one model; it cannot be combined with several presets "
+                            f"({', '.join(self.presets)})")
+        if (self.bundle or self.bundle_fp16) and len(self.presets) > 1:
+            problems.append("--bundle / --bundle-fp16 hold one model; with several presets use --export-bundle")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            problems.append(f"time budget must be > 0 s, got {self.time_budget_s}")
         if not self.resolutions or any(int(r) < 16 for r in self.resolutions):
             problems.append(f"resolutions must be >= 16 px, got {self.resolutions}")
         for a in self.aspects:
@@ -113,6 +156,16 @@ def load_components(cfg: SweepConfig):
     return FusionComponents.from_preset(cfg.preset), "random"
 
 
+def pipeline_names(cfg: SweepConfig) -> tuple[str, ...]:
+    """Every pipeline name with these step counts: the latent ones, then the pixel-space ones."""
+    return tuple(latent_variants(cfg.flow_steps, cfg.euler_steps)) + (
+        "nafnet+densefuse", "pixel-dit-reg", f"pixel-dit-flow-reuse{cfg.flow_steps}")
+
+
+def is_preset_independent(p) -> bool:
+    return bool(getattr(p, "preset_independent", False)) or p.name in PRESET_INDEPENDENT
+
+
 def build_pipelines(cfg: SweepConfig, components, device: torch.device) -> list[Any]:
     """Every (backend, precision) × pipeline: a BenchPipeline, or an Unavailable saying why."""
     from bench.competitors import pixel_pipelines
@@ -121,8 +174,8 @@ def build_pipelines(cfg: SweepConfig, components, device: torch.device) -> list[
     variants = {n: v for n, v in latent_variants(cfg.flow_steps, cfg.euler_steps).items()
                 if cfg.pipelines is None or n in cfg.pipelines}
     latent = tuple(variants)
-    pixel = ("nafnet+densefuse", "pixel-dit-reg", f"pixel-dit-flow-reuse{cfg.flow_steps}")
-    known = tuple(latent_variants(cfg.flow_steps, cfg.euler_steps)) + pixel
+    known = pipeline_names(cfg)
+    pixel = known[len(latent_variants(cfg.flow_steps, cfg.euler_steps)):]
     unknown = sorted(set(cfg.pipelines or ()) - set(known))
     if unknown:
         raise LatentfuseError(f"unknown pipeline(s) {', '.join(unknown)}; with these step counts the pipelines "
@@ -184,7 +237,7 @@ def _exported_bundle(cfg: SweepConfig, components, precision: str) -> str:
 
     from export.bundle import export_bundle
 
-    out = Path(cfg.export_dir) / f"bundle-{precision}"
+    out = Path(cfg.export_dir) / (f"bundle-{precision}" if cfg.checkpoint else f"bundle-{cfg.preset}-{precision}")
     key = (str(out), precision)
     if key not in _EXPORTED:
         if not (out / "manifest.json").is_file():
@@ -222,15 +275,50 @@ def _pair(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 
 def _row(p, resolution: int, aspect: str, height: int, width: int) -> dict:
-    return {"pipeline": p.name, "space": p.space, "backend": p.backend, "precision": p.precision,
-            "resolution": resolution, "aspect": aspect, "height": height, "width": width,
-            "pixels": height * width, "nfe": getattr(p, "nfe", None), "status": "ok", "reason": ""}
+    return {"pipeline": p.name, "preset": getattr(p, "preset", ANY_PRESET), "space": p.space,
+            "backend": p.backend, "precision": p.precision, "resolution": resolution, "aspect": aspect,
+            "height": height, "width": width, "pixels": height * width, "nfe": getattr(p, "nfe", None),
+            "status": "ok", "reason": ""}
+
+
+def _load_all(cfg: SweepConfig, device: torch.device) -> tuple[list[Any], str]:
+    """Pipelines of every preset, each tagged with ``.preset``; the preset-independent ones (no preset,
+    :data:`PRESET_INDEPENDENT`) are built with the first preset only and tagged :data:`ANY_PRESET`."""
+    pipelines: list[Any] = []
+    weights = "random"
+    for i, preset in enumerate(cfg.presets):
+        sub = replace(cfg, preset=preset, presets=(preset,))
+        if i > 0:
+            sub.pipelines = tuple(n for n in pipeline_names(cfg) if n not in PRESET_INDEPENDENT
+                                  and (cfg.pipelines is None or n in cfg.pipelines))
+            if not sub.pipelines:
+                continue
+        components, weights = load_components(sub)
+        for p in build_pipelines(sub, components, device):
+            if is_preset_independent(p):
+                if i > 0:
+                    continue
+                p.preset = ANY_PRESET
+            else:
+                p.preset = preset
+            pipelines.append(p)
+    return pipelines, weights
+
+
+def _over_budget(row: dict, seconds: float, free_s: float, left_s: float) -> None:
+    reason = f"projected {seconds:.1f} s per call, {max(free_s, 0.0):.0f} s of the budget left"
+    if left_s - free_s > 1.0:
+        reason += f" for it ({max(left_s, 0.0):.0f} s left in all, the rest planned for cheaper calls first)"
+    row.update(status="over-budget", reason=reason)
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
     """Run the sweep; returns the JSON-ready result (see :mod:`bench.report` for the files)."""
     from tqdm.auto import tqdm
 
+    from bench.budget import Allotment
+
+    start = _clock()
     saved_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -238,10 +326,9 @@ def run_sweep(cfg: SweepConfig) -> dict:
         device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise LatentfuseError("--device cuda was asked for but torch sees no CUDA GPU")
-        components, weights = load_components(cfg)
-        pipelines = build_pipelines(cfg, components, device)
-        # a reference per name (any backend / precision) gives the FLOPs of unavailable rows
-        reference = {p.name: p for p in pipelines if isinstance(p, BenchPipeline)}
+        pipelines, weights = _load_all(cfg, device)
+        # a reference per (preset, name) (any backend / precision) gives the FLOPs of unavailable rows
+        reference = {(p.preset, p.name): p for p in pipelines if isinstance(p, BenchPipeline)}
         # An explicit budget bounds each pipeline's estimated peak (weights + activations). Without one,
         # every model is already loaded, so a pipeline fits if its activations fit in the free memory.
         explicit = cfg.memory_budget_gb is not None
@@ -253,7 +340,9 @@ def run_sweep(cfg: SweepConfig) -> dict:
             peaks[precision] = matmul_peak_flops(device, torch.float16 if precision == "fp16" else torch.float32,
                                                  n=cfg.peak_matmul_n)
 
-        shapes = [(r, a, *image_size(r, a)) for a in cfg.aspects for r in cfg.resolutions]
+        # ascending pixels: what a size costs is projected from the smaller sizes already measured
+        shapes = sorted(((r, a, *image_size(r, a)) for a in cfg.aspects for r in cfg.resolutions),
+                        key=lambda s: s[2] * s[3])
         rows: list[dict] = []
         plan: list[tuple[tuple, list[tuple[BenchPipeline, dict]]]] = []
         for shape in tqdm(shapes, desc="analytic cost", disable=not cfg.progress, leave=False):
@@ -262,7 +351,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
             for p in pipelines:
                 row = _row(p, res, aspect, h, w)
                 limit = None
-                ref = p if isinstance(p, BenchPipeline) else reference.get(p.name)
+                ref = p if isinstance(p, BenchPipeline) else reference.get((p.preset, p.name))
                 if ref is not None:
                     an = ref.analytic(h, w)
                     row.update(flops=an.flops, total_flops=an.total_flops, flops_method=an.method,
@@ -284,52 +373,174 @@ def run_sweep(cfg: SweepConfig) -> dict:
                 rows.append(row)
             plan.append((shape, runnable))
 
+        budget_s = cfg.time_budget_s
+        measured: dict[tuple, list[tuple[int, int, float]]] = {}  # (preset, name, backend, precision) -> points
+        priority = {ANY_PRESET: 0, **{pr: i for i, pr in enumerate(cfg.presets)}}
+
+        def ident(p) -> tuple:
+            return (p.preset, p.name, p.backend, p.precision)
+
+        def project(p, row, extra: dict) -> Projection:
+            """``extra``: ident -> (pixels, flops, seconds) of the first calls at the current size."""
+            points = {k: list(v) for k, v in measured.items()}
+            for k, pt in extra.items():
+                points.setdefault(k, []).append(pt)
+            own = project_own(points.get(ident(p), []), row["pixels"], row.get("total_flops"))
+            if own is not None:
+                return own
+            # Nothing of its own yet. Other pipelines' achieved FLOP/s do not carry over (a tiny model
+            # reaches ~1% of the peak on CPU, a paper-size one ~20%); a guess is only used until its
+            # first call at the smallest size, and the plan is redone after every such call.
+            peak = peaks.get(p.precision) or max(peaks.values(), default=1e10)
+            return project_from_rate(row.get("total_flops"), FIRST_CALL_EFFICIENCY * peak,
+                                     f"{FIRST_CALL_EFFICIENCY:.0%} of the matmul peak: nothing measured yet")
+
+        def make_plan(si: int, current: list, first: dict | None = None):
+            """Allotments for the sizes si.. (``current``: size si's (pipeline, row) pairs still to plan);
+            ``first``: id(p) -> (ident, point, timed calls made) once size si's first round ran."""
+            first = first or {}
+            extra = {k: pt for k, pt, _ in first.values()}
+            proj, calls = {}, []
+            for sj in range(si, len(plan)):
+                for p, row in (current if sj == si else plan[sj][1]):
+                    key = (sj, id(p))
+                    if sj == si and id(p) in first:
+                        proj[key] = Projection(first[id(p)][1][2], "its first call at this size")
+                    else:
+                        proj[key] = project(p, row, extra)
+                    done = first[id(p)][2] if sj == si and id(p) in first else 0
+                    guess = ident(p) not in measured and not (sj == si and id(p) in first)
+                    calls.append(Call(key, priority.get(p.preset, 0), proj[key].seconds, done=done, guess=guess))
+            left = budget_s - (_clock() - start)
+            plans = plan_calls(calls, left, cfg.repeat, cfg.warmup, skip_slow_warmup=device.type == "cpu")
+            # the seconds planned for the later sizes are their reserve: this size may not eat them
+            reserve = sum(a.cost(proj[k].seconds) for k, a in plans.items() if k[0] > si)
+            bar.total = bar.n + sum(a.warmup + a.calls - (first[k[1]][2] if k[0] == si and k[1] in first else 0)
+                                    for k, a in plans.items())
+            return plans, proj, left, start + budget_s - reserve
+
         total_calls = sum(len(run) * (cfg.warmup + cfg.repeat) for _, run in plan)
         bar = tqdm(total=total_calls, desc="bench", unit="call", disable=not cfg.progress)
-        for (res, aspect, h, w), runnable in plan:
+        for si, ((res, aspect, h, w), runnable) in enumerate(plan):
+            deadline = hard_deadline = None
+            if budget_s is None:
+                allot = {id(p): Allotment(cfg.warmup, cfg.repeat) for p, _ in runnable}
+            else:
+                plans, proj, left, deadline = make_plan(si, runnable)
+                hard_deadline = start + budget_s
+                allot = {id(p): plans[(si, id(p))] for p, _ in runnable}
+                for p, row in runnable:
+                    pr, al = proj[(si, id(p))], allot[id(p)]
+                    row.update(projected_s=pr.seconds, projection_method=pr.method,
+                               planned_warmup=al.warmup, planned_calls=al.calls)
+                    if not al.calls:
+                        _over_budget(row, pr.seconds, al.free_s, left)
+                runnable = [(p, row) for p, row in runnable if allot[id(p)].calls]
             a, b = _pair(h, w)
-            bar.set_postfix_str(f"{w}x{h}")
+            est: dict[int, float] = {}  # seconds of one call: the last one at this size, else the projection
+
+            def in_time(p, limit) -> bool:
+                return limit is None or _clock() + est[id(p)] <= limit
+
+            def timed(p):
+                t0 = _clock()
+                with PeakMemory(device) as mem:
+                    times = p.run()
+                est[id(p)] = _clock() - t0
+                return times, mem
+
+            postfix = f"{w}x{h}"
+            if budget_s is not None:
+                postfix += f", budget left {max(0.0, hard_deadline - _clock()) / 60:.1f} min"
+            bar.set_postfix_str(postfix)
             alive = []
             for p, row in runnable:
+                al = allot[id(p)]
+                est[id(p)] = row.get("projected_s", 0.0)
+                row["warmup_calls"] = 0
                 p.setup(a, b)
                 try:
-                    for _ in range(cfg.warmup):
-                        with PeakMemory(device) as mem:
-                            p.run()
-                        _record_memory(row, p, mem, device)
+                    for _ in range(al.warmup):
+                        if in_time(p, deadline):
+                            _times, mem = timed(p)
+                            _record_memory(row, p, mem, device)
+                            row["warmup_calls"] += 1
                         bar.update(1)
                     alive.append((p, row, []))
                 except Exception as err:
                     _fail(row, err, device)
-                    bar.update(cfg.warmup + cfg.repeat)
-            for r in range(cfg.repeat):
+                    bar.update(al.warmup - row["warmup_calls"] + al.calls)
+            def firsts() -> dict:
+                return {id(p): (ident(p), (row["pixels"], row.get("total_flops") or 0,
+                                           statistics.median(t["total"] for t in runs)), len(runs))
+                        for p, row, runs in alive if row["status"] == "ok" and runs}
+
+            r = 0
+            while r < max((allot[id(p)].calls for p, _ in runnable), default=0):
+                if r == 1 and budget_s is not None:
+                    # every pipeline made its first timed call at this size: re-plan the repeats with them
+                    first = firsts()
+                    plans, proj, _, deadline = make_plan(si, [(p, row) for p, row, _ in alive if id(p) in first], first)
+                    for p, row, _ in alive:
+                        if id(p) in first:
+                            allot[id(p)] = Allotment(allot[id(p)].warmup, plans[(si, id(p))].calls)
+                            row["planned_calls"] = allot[id(p)].calls
                 order = alive[r % len(alive):] + alive[: r % len(alive)] if alive else []
                 for p, row, runs in order:
+                    if allot[id(p)].calls <= r:
+                        continue
                     if row["status"] != "ok":
                         bar.update(1)
                         continue
+                    if r == 0 and budget_s is not None and not runs:
+                        # re-plan before each first call with what this size measured so far: a guessed
+                        # projection of the calls before it does not spend the seconds of the presets after
+                        plans, proj, left_now, deadline = make_plan(
+                            si, [(q, qrow) for q, qrow, _ in alive if qrow["status"] == "ok"], firsts())
+                        pr, al = proj[(si, id(p))], plans[(si, id(p))]
+                        row.update(projected_s=pr.seconds, projection_method=pr.method)
+                        if not row["warmup_calls"]:
+                            est[id(p)] = pr.seconds
+                        if not al.calls:
+                            _over_budget(row, pr.seconds, al.free_s, left_now)
+                            bar.update(1)
+                            continue
+                    # a repeat may not eat the later sizes' reserve; a first timed call only the budget's end
+                    if not in_time(p, deadline if runs else hard_deadline):
+                        if not runs:
+                            _over_budget(row, est[id(p)], hard_deadline - _clock(), hard_deadline - _clock())
+                        bar.update(1)
+                        continue
                     try:
-                        with PeakMemory(device) as mem:
-                            times = p.run()
+                        times, mem = timed(p)
                         runs.append(times)
                         _record_memory(row, p, mem, device)
                     except Exception as err:
                         _fail(row, err, device)
                     bar.update(1)
+                r += 1
             for p, row, runs in alive:
+                row["timed_calls"] = len(runs)
                 if row["status"] == "ok" and runs:
                     # the torch matmul peak is the ceiling of torch on this device; an ONNX Runtime session
                     # next to a GPU may run on another device (its execution provider), so no fraction there
                     same_device = p.backend == "torch" or device.type == "cpu"
                     _finish_row(row, runs, peaks.get(p.precision) if same_device else None)
+                    measured.setdefault(ident(p), []).append(
+                        (row["pixels"], row.get("total_flops") or 0, row["median_s"]["total"]))
+                    if len(runs) < allot[id(p)].calls:
+                        row["reason"] = (f"time budget: {len(runs)} of {allot[id(p)].calls} planned timed calls "
+                                         "ran before this size's share of the budget ran out")
         bar.close()
         result = {
-            "meta": _meta(cfg, device, weights, budget, peaks, components, explicit),
+            "meta": _meta(cfg, device, weights, budget, peaks, explicit),
             "params": _params(pipelines),
             "rows": rows,
         }
+        result["meta"]["wall_s"] = _clock() - start
         result["fits"] = fits(rows)
         result["speedups"] = speedups(rows)
+        result["headline"] = headline(result["speedups"], rows)
         return result
     finally:
         torch.set_num_threads(saved_threads)
@@ -366,11 +577,20 @@ def _finish_row(row: dict, runs: list[dict[str, float]], peak: float | None) -> 
     row["peak_fraction"] = fraction
 
 
-def _meta(cfg: SweepConfig, device, weights: str, budget, peaks, components, explicit_budget: bool) -> dict:
+def _meta(cfg: SweepConfig, device, weights: str, budget, peaks, explicit_budget: bool) -> dict:
     notes = [f"pixel-space pipelines run in torch on {device}; latent pipelines on every requested backend"]
     if device.type == "cpu":
         notes.append("CPU run: absolute times are not comparable with the paper's RTX 4090 numbers; "
                      "ratios and exponents are what carry over")
+    if len(cfg.presets) > 1:
+        notes.append(f"presets {', '.join(cfg.presets)} in one interleaved sweep; "
+                     f"{', '.join(PRESET_INDEPENDENT)} has no preset (rows 'any'): timed once per size and "
+                     "compared with every preset")
+    if cfg.time_budget_s is not None:
+        notes.append(PLANNER_NOTE + f"; presets share the budget in the order {', '.join(cfg.presets)}")
+        if device.type == "cpu":
+            notes.append(WARMUP_NOTE)
+        notes.append("projected_s is a projection (see projection_method), never a measurement")
     info = {
         "notes": notes,
         "device": str(device),
@@ -379,7 +599,9 @@ def _meta(cfg: SweepConfig, device, weights: str, budget, peaks, components, exp
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "weights": weights if weights != "random" else WEIGHTS_NOTE,
-        "preset": cfg.preset,
+        "preset": ",".join(cfg.presets),
+        "presets": list(cfg.presets),
+        "time_budget_s": cfg.time_budget_s,
         "memory_budget_bytes": budget,
         "memory_budget_kind": ("per pipeline (--memory-budget-gb): estimated weights + activations" if explicit_budget
                                else "free device memory after loading every model: estimated activations"),
@@ -395,26 +617,32 @@ def _meta(cfg: SweepConfig, device, weights: str, budget, peaks, components, exp
     return info
 
 
-def _params(pipelines) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
+def _params(pipelines) -> dict[str, dict[str, dict[str, int]]]:
+    """Parameter counts per preset (``"any"`` for the preset-independent pipelines), then per pipeline."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
     for p in pipelines:
-        if isinstance(p, BenchPipeline) and p.name not in out:
-            out[p.name] = p.params()
-    return out
+        group = out.setdefault(getattr(p, "preset", ANY_PRESET), {})
+        if isinstance(p, BenchPipeline) and p.name not in group:
+            group[p.name] = p.params()
+    return {k: v for k, v in out.items() if v}
+
+
+def _preset(row: dict) -> str:
+    return row.get("preset") or ANY_PRESET
 
 
 def fits(rows: list[dict]) -> list[dict]:
-    """Exponent k of latency ∝ pixels^k per (pipeline, backend, precision, aspect), total and DiT stage."""
+    """Exponent k of latency ∝ pixels^k per (preset, pipeline, backend, precision, aspect), total and DiT stage."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["status"] == "ok" and "median_s" in r:
-            groups.setdefault((r["pipeline"], r["backend"], r["precision"], r["aspect"]), []).append(r)
+            groups.setdefault((_preset(r), r["pipeline"], r["backend"], r["precision"], r["aspect"]), []).append(r)
     out = []
-    for (name, backend, precision, aspect), rs in groups.items():
+    for (preset, name, backend, precision, aspect), rs in groups.items():
         fit = fit_exponent([r["pixels"] for r in rs], [r["median_s"]["total"] for r in rs])
         if fit is None:
             continue
-        entry = {"pipeline": name, "backend": backend, "precision": precision, "aspect": aspect,
+        entry = {"pipeline": name, "preset": preset, "backend": backend, "precision": precision, "aspect": aspect,
                  "k": fit.k, "c": fit.c, "r2": fit.r2, "points": fit.points}
         if all("DiT" in r["median_s"] for r in rs):
             dit = fit_exponent([r["pixels"] for r in rs], [r["median_s"]["DiT"] for r in rs])
@@ -434,22 +662,25 @@ def pixel_twin(latent_name: str) -> str | None:
 
 
 def speedups(rows: list[dict]) -> list[dict]:
-    """Per size and precision: each latent pipeline's speed-up over the fastest pixel-space one (torch),
-    and over its pixel-space twin (same DiT size, head and sampler: the latent-space effect alone)."""
+    """Per preset, size and precision: each latent pipeline's speed-up over the fastest pixel-space
+    pipeline (torch) of the same preset or of none (NAFNet+DenseFuse), and over its pixel-space twin
+    (same DiT size, head and sampler: the latent-space effect alone)."""
     out = []
     ok = [r for r in rows if r["status"] == "ok" and "median_s" in r]
-    keys = sorted({(r["precision"], r["aspect"], r["resolution"]) for r in ok})
-    for precision, aspect, res in keys:
-        same = [r for r in ok if (r["precision"], r["aspect"], r["resolution"]) == (precision, aspect, res)]
+    keys = sorted({(_preset(r), r["precision"], r["aspect"], r["resolution"]) for r in ok if r["space"] == "latent"})
+    for preset, precision, aspect, res in keys:
+        same = [r for r in ok if (r["precision"], r["aspect"], r["resolution"]) == (precision, aspect, res)
+                and _preset(r) in (preset, ANY_PRESET)]
         pixel = [r for r in same if r["space"] == "pixel"]
         if not pixel:
             continue
         best = min(pixel, key=lambda r: r["median_s"]["total"])
         for r in same:
-            if r["space"] != "latent":
+            if r["space"] != "latent" or _preset(r) != preset:
                 continue
-            out.append({"pipeline": r["pipeline"], "backend": r["backend"], "precision": precision,
+            out.append({"pipeline": r["pipeline"], "preset": preset, "backend": r["backend"], "precision": precision,
                         "aspect": aspect, "resolution": res, "best_pixel": best["pipeline"],
+                        "best_pixel_preset": _preset(best),
                         "best_pixel_s": best["median_s"]["total"], "latent_s": r["median_s"]["total"],
                         "speedup": best["median_s"]["total"] / r["median_s"]["total"]})
             twin = next((t for t in pixel if t["pipeline"] == pixel_twin(r["pipeline"])), None)
@@ -459,5 +690,35 @@ def speedups(rows: list[dict]) -> list[dict]:
     return out
 
 
-__all__ = ["SweepConfig", "run_sweep", "image_size", "parse_aspect", "build_pipelines", "fits", "speedups",
-           "WEIGHTS_NOTE"]
+def headline(speedups_: list[dict], rows: list[dict], pipeline: str = "latent-reg") -> list[dict]:
+    """Per preset (and backend / precision / aspect): ``pipeline`` against the fastest pixel-space
+    pipeline at the largest size where both were measured, and the largest size asked for, with what
+    kept it from being measured there (over-budget, infeasible, ...) when it is not the same size."""
+    out = []
+    groups: dict[tuple, list[dict]] = {}
+    for s in speedups_:
+        if s["pipeline"] == pipeline:
+            groups.setdefault((s["preset"], s["backend"], s["precision"], s["aspect"]), []).append(s)
+    for (preset, backend, precision, aspect), ss in groups.items():
+        top = max(ss, key=lambda s: s["resolution"])
+        entry = dict(top)
+        mine = [r for r in rows if r["pipeline"] == pipeline and _preset(r) == preset
+                and (r["backend"], r["precision"], r["aspect"]) == (backend, precision, aspect)]
+        largest = max((r["resolution"] for r in mine), default=top["resolution"])
+        entry["largest_requested"] = largest
+        # the pixel-space pipelines that were not measured at that size (the "fastest" is among the rest)
+        entry["pixel_not_measured"] = [
+            {"pipeline": r["pipeline"], "status": r["status"], "projected_s": r.get("projected_s")}
+            for r in rows if r["space"] == "pixel" and r["status"] != "ok" and _preset(r) in (preset, ANY_PRESET)
+            and (r["backend"], r["precision"], r["aspect"], r["resolution"]) == ("torch", top["precision"], aspect,
+                                                                                  top["resolution"])]
+        if largest != top["resolution"]:
+            at = [r for r in mine if r["resolution"] == largest]
+            entry["largest_status"] = at[0]["status"] if at else "?"
+            entry["largest_reason"] = at[0].get("reason", "") if at else ""
+        out.append(entry)
+    return out
+
+
+__all__ = ["SweepConfig", "run_sweep", "image_size", "parse_aspect", "build_pipelines", "pipeline_names", "fits",
+           "speedups", "headline", "WEIGHTS_NOTE", "ANY_PRESET", "PRESET_INDEPENDENT"]

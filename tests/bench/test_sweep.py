@@ -179,3 +179,200 @@ def test_unknown_pipeline_names_are_an_error():
     with pytest.raises(LatentfuseError, match="latent-euler25"):
         build_pipelines(SweepConfig(pipelines=("latent-euler7",), backends=("onnxruntime",)), None,
                         torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------- time budget, several presets
+
+
+class Clock:
+    """The sweep's clock, advanced only by the fake pipelines' calls: deterministic budgets."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class Costed(Fake):
+    """A fake whose call takes ``base`` s at 32x32 and grows as pixels^k, on a fake clock; its analytic
+    FLOPs are 1e4 x its seconds, so the sweep's first projection is exact (see _exact_rate)."""
+
+    def __init__(self, name, log, clock, base, k=1.0, space="pixel", preset_independent=False):
+        super().__init__(name, log, space=space)
+        self.clock, self.base, self.k = clock, base, k
+        self.preset_independent = preset_independent
+
+    def _flops(self, pixels):
+        return int(round(1e4 * self.base * (pixels / 1024) ** self.k))
+
+    def run(self):
+        self.log.append((getattr(self, "preset", None), self.name, self.pixels))
+        t = self._flops(self.pixels) / 1e4
+        self.clock.t += t
+        return {"Net": t, "total": t}
+
+    def _analytic_uncached(self, h, w):
+        return Analytic(flops={"Net": self._flops(h * w)}, peak_bytes=1)
+
+
+def _exact_rate(monkeypatch, clock):
+    from bench.budget import FIRST_CALL_EFFICIENCY
+
+    monkeypatch.setattr(sweep_mod, "_clock", clock)
+    # FIRST_CALL_EFFICIENCY x peak = 1e4 FLOP/s: the projection before any measurement is exact
+    monkeypatch.setattr(sweep_mod, "matmul_peak_flops", lambda *a, **k: 1e4 / FIRST_CALL_EFFICIENCY)
+    monkeypatch.setattr(sweep_mod, "load_components", lambda cfg: (cfg.preset, "random"))
+
+
+def test_time_budget_cuts_warmup_then_repeats_then_marks_over_budget(monkeypatch, tmp_path):
+    clock, log = Clock(), []
+    _exact_rate(monkeypatch, clock)
+    # cheap: 0.1 s at 32², 0.4 s at 64²; dear: 4 s at 32², 32 s at 64² (k = 1.5); 12 s of budget.
+    # Plan at 32²: one call each of cheap@32, cheap@64, dear@32 (4.5 s; dear@64 does not fit), a second
+    # each (9 s), cheap's repeats (9.5 s; dear's third does not fit); no warm-up on CPU for a call not yet
+    # projected from its own measurements, nor for one over 3 s (dear). 8.3 s later, at 64², 3.7 s are
+    # left: cheap (now measured) 1+3, dear over-budget.
+    monkeypatch.setattr(sweep_mod, "build_pipelines", lambda cfg, comp, dev: [
+        Costed("cheap", log, clock, 0.1, space="latent"), Costed("dear", log, clock, 4.0, k=1.5)])
+    cfg = SweepConfig(resolutions=(64, 32), repeat=3, warmup=1, progress=False, device="cpu",
+                      time_budget_s=12.0)
+    result = run_sweep(cfg)
+    rows = {(r["pipeline"], r["resolution"]): r for r in result["rows"]}
+    assert len(result["rows"]) == 4  # nothing dropped
+    got = {k: (r["status"], r.get("warmup_calls"), r.get("timed_calls")) for k, r in rows.items()}
+    assert got[("cheap", 32)] == ("ok", 0, 3) and got[("cheap", 64)] == ("ok", 1, 3)
+    assert got[("dear", 32)] == ("ok", 0, 2)
+    over = rows[("dear", 64)]
+    assert over["status"] == "over-budget" and "median_s" not in over
+    assert over["projected_s"] == pytest.approx(32.0) and over["total_flops"] == 320000
+    assert over["est_peak_bytes"] == 1 and "projected 32.0 s per call" in over["reason"]
+    assert "3 s of the budget left" in over["reason"]
+    assert rows[("dear", 32)]["projected_s"] == pytest.approx(4.0)  # projection kept apart from the median
+    assert rows[("dear", 32)]["median_s"]["total"] == pytest.approx(4.0)
+    assert ("tiny", "dear", 64 * 64) not in log
+    assert result["meta"]["time_budget_s"] == 12.0
+    assert result["meta"]["wall_s"] == pytest.approx(9.9) and clock.t <= 12.0
+    md = markdown(result)
+    assert "over budget (time)" in md and "1+3" in md and "0+2" in md and "time budget 0.2 min" in md
+    paths = write_report(result, tmp_path)
+    assert json.loads(paths["json"].read_text())["rows"][3]["status"] == "over-budget"
+
+
+def test_unlimited_budget_times_every_call(monkeypatch):
+    clock, log = Clock(), []
+    _exact_rate(monkeypatch, clock)
+    monkeypatch.setattr(sweep_mod, "build_pipelines", lambda cfg, comp, dev: [
+        Costed("cheap", log, clock, 0.1, space="latent"), Costed("dear", log, clock, 4.0, k=1.5)])
+    result = run_sweep(SweepConfig(resolutions=(32, 64), repeat=3, warmup=1, progress=False, device="cpu"))
+    assert all((r["status"], r["warmup_calls"], r["timed_calls"]) == ("ok", 1, 3) for r in result["rows"])
+    assert not any("projected_s" in r for r in result["rows"]) and result["meta"]["time_budget_s"] is None
+    assert len(log) == 2 * 2 * 4
+
+
+def _two_preset_pipelines(log, clock):
+    # paper's models are 10x slower; NAFNet+DenseFuse has no preset: tiny's pixel DiT is the fastest pixel
+    # pipeline of tiny, NAFNet+DenseFuse the fastest of paper
+    def build(cfg, components, device):
+        scale = {"tiny": 1.0, "paper": 10.0}[components]
+        return [Costed("latent-reg", log, clock, 0.1 * scale, space="latent"),
+                Costed("pixel-dit-reg", log, clock, 0.2 * scale, k=1.5),
+                Costed("nafnet+densefuse", log, clock, 0.5, k=1.2, preset_independent=True)]
+    return build
+
+
+def test_two_presets_share_the_preset_free_competitor(monkeypatch, tmp_path):
+    clock, log = Clock(), []
+    _exact_rate(monkeypatch, clock)
+    monkeypatch.setattr(sweep_mod, "build_pipelines", _two_preset_pipelines(log, clock))
+    cfg = SweepConfig(resolutions=(32, 64), presets=("tiny", "paper"), repeat=2, warmup=0, progress=False,
+                      device="cpu")
+    assert cfg.preset == "tiny"
+    result = run_sweep(cfg)
+    keys = sorted((r["preset"], r["pipeline"], r["resolution"]) for r in result["rows"])
+    assert keys == sorted([(p, n, s) for p in ("tiny", "paper") for n in ("latent-reg", "pixel-dit-reg")
+                           for s in (32, 64)] + [("any", "nafnet+densefuse", s) for s in (32, 64)])
+    # timed once per size (2 calls each), not once per preset
+    assert sum(1 for e in log if e[1] == "nafnet+densefuse") == 2 * 2
+    sp = {(s["preset"], s["resolution"]): s for s in speedups(result["rows"]) if s["pipeline"] == "latent-reg"}
+    assert set(sp) == {(p, s) for p in ("tiny", "paper") for s in (32, 64)}
+    assert sp[("tiny", 32)]["best_pixel"] == "pixel-dit-reg" and sp[("tiny", 32)]["speedup"] == pytest.approx(2.0)
+    assert sp[("paper", 32)]["best_pixel"] == "nafnet+densefuse"
+    assert sp[("paper", 32)]["speedup"] == pytest.approx(0.5)
+    assert sp[("paper", 32)]["twin_speedup"] == pytest.approx(2.0)  # paper's own pixel DiT, not tiny's
+    k = {(f["preset"], f["pipeline"]): f["k"] for f in fits(result["rows"])}
+    assert k[("paper", "pixel-dit-reg")] == pytest.approx(1.5, abs=0.01)
+    assert k[("any", "nafnet+densefuse")] == pytest.approx(1.2, abs=0.01)
+    heads = {h["preset"]: h for h in result["headline"]}
+    assert heads["tiny"]["resolution"] == 64 and heads["paper"]["best_pixel"] == "nafnet+densefuse"
+    assert set(result["params"]) == {"tiny", "paper", "any"} and result["meta"]["presets"] == ["tiny", "paper"]
+    paths = write_report(result, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "### preset tiny" in md and "### preset paper" in md and "nafnet+densefuse (any)" in md
+    assert "paper claims (MMAIF Table 5" in md and "3.3x" in md and "preset paper [torch/fp32, 1:1]" in md
+    assert paths["latency_plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_presets_share_one_budget_in_order(monkeypatch):
+    clock, log = Clock(), []
+    _exact_rate(monkeypatch, clock)
+    monkeypatch.setattr(sweep_mod, "build_pipelines", _two_preset_pipelines(log, clock))
+    # tiny + NAFNet, one call each at both sizes: 0.1+0.2+0.5 + 0.4+1.6+2.64 = 5.44 s; paper's calls:
+    # latent-reg 1 s / 4 s, pixel DiT 2 s / 16 s at 32² / 64²: of 7 s paper gets its 32² latent-reg only
+    cfg = SweepConfig(resolutions=(32, 64), presets=("tiny", "paper"), repeat=1, warmup=0, progress=False,
+                      device="cpu", time_budget_s=7.0)
+    result = run_sweep(cfg)
+    status = {(r["preset"], r["pipeline"], r["resolution"]): r["status"] for r in result["rows"]}
+    assert all(s == "ok" for (p, _, _), s in status.items() if p in ("tiny", "any"))
+    assert status[("paper", "latent-reg", 32)] == "ok" and status[("paper", "pixel-dit-reg", 32)] == "over-budget"
+    assert status[("paper", "latent-reg", 64)] == "over-budget"
+    assert status[("paper", "pixel-dit-reg", 64)] == "over-budget"
+    assert len(result["rows"]) == 10 and clock.t <= 7.0
+    heads = {h["preset"]: h for h in result["headline"]}
+    assert heads["paper"]["resolution"] == 32 and heads["paper"]["largest_status"] == "over-budget"
+    assert [m["pipeline"] for m in heads["paper"]["pixel_not_measured"]] == ["pixel-dit-reg"]
+    assert "not measured at that size: pixel-dit-reg (over budget (time), projected 2.0 s)" in markdown(result)
+    assert "over budget (time)" in markdown(result)
+
+
+def test_repeats_are_replanned_after_the_first_round(monkeypatch):
+    clock, log = Clock(), []
+    _exact_rate(monkeypatch, clock)
+
+    class Slow(Costed):  # its analytic FLOPs promise 0.1 s, a call takes 1 s
+        def _analytic_uncached(self, h, w):
+            return Analytic(flops={"Net": self._flops(h * w) // 10}, peak_bytes=1)
+
+    monkeypatch.setattr(sweep_mod, "build_pipelines", lambda cfg, comp, dev: [Slow("slow", log, clock, 1.0)])
+    result = run_sweep(SweepConfig(resolutions=(32,), repeat=3, warmup=0, progress=False, device="cpu",
+                                   time_budget_s=2.5))
+    (row,) = result["rows"]
+    # planned 3 x 0.1 s; after the first call (1 s) 1.5 s are left: one more call, re-planned, not cut short
+    assert row["projected_s"] == pytest.approx(0.1)
+    assert (row["planned_calls"], row["timed_calls"], row["reason"]) == (2, 2, "")
+    assert clock.t == pytest.approx(2.0)
+
+
+def test_a_wrong_guess_does_not_spend_the_later_presets_seconds(monkeypatch):
+    clock, log = Clock(), []
+    _exact_rate(monkeypatch, clock)
+
+    class Slow(Costed):  # analytic FLOPs promise a tenth of the real time (a small model on CPU)
+        def _analytic_uncached(self, h, w):
+            return Analytic(flops={"Net": self._flops(h * w) // 10}, peak_bytes=1)
+
+    def build(cfg, components, device):
+        cls = Slow if components == "tiny" else Costed
+        return [cls("latent-reg", log, clock, 1.0, space="latent")]
+
+    monkeypatch.setattr(sweep_mod, "build_pipelines", build)
+    # first plan (guesses): tiny 0.1 + 0.4 s, paper 1 + 4 s: all fits in 5.8 s. tiny's first call takes
+    # 1 s, so tiny at 64² now projects 4 s: paper's 32² call is re-planned away before it runs,
+    # instead of leaving tiny's 64² call without seconds
+    cfg = SweepConfig(resolutions=(32, 64), presets=("tiny", "paper"), repeat=1, warmup=0, progress=False,
+                      device="cpu", time_budget_s=5.8)
+    rows = {(r["preset"], r["resolution"]): r for r in run_sweep(cfg)["rows"]}
+    assert rows[("tiny", 32)]["status"] == "ok" and rows[("tiny", 64)]["status"] == "ok"
+    assert rows[("paper", 32)]["status"] == "over-budget" and "projected 1.0 s per call" in rows[("paper", 32)]["reason"]
+    assert rows[("paper", 64)]["status"] == "over-budget"
+    assert clock.t == pytest.approx(5.0)
