@@ -81,6 +81,7 @@ class LossSection:
     aux_weight: float = 0.1         # λ of Eq. 10; 0 disables the pixel-space auxiliary loss
     aux_min_t: float = 0.0          # flow: apply L_aux only where t >= aux_min_t (Z̃1 is poor near t=0)
     aux_samples: int = 0            # decode only the first N items of each process's batch (0: all)
+    label_weight: float = 0.0       # weight of L_label (pixel-space L1 + gradient L1 to the label, not in the paper)
     load_balance_weight: float = 0.01
 
 
@@ -171,7 +172,7 @@ class TrainConfig:
             problems.append(f"optim.steps={self.optim.steps} is fewer than the {len(c.sequence)} continual tasks")
         if self.loss.aux_samples < 0:
             problems.append(f"loss.aux_samples must be >= 0, got {self.loss.aux_samples}")
-        if self.loss.aux_weight < 0 or self.loss.load_balance_weight < 0:
+        if self.loss.aux_weight < 0 or self.loss.load_balance_weight < 0 or self.loss.label_weight < 0:
             problems.append("loss weights must be >= 0")
         if problems:
             raise LatentfuseError("invalid training config: " + "; ".join(problems))

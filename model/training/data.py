@@ -4,10 +4,11 @@ The VAE and the text encoder are frozen (MMAIF 3.2-3.4), so their outputs never 
 training: each tuple of a ``latentfuse data build`` folder is centre-cropped to ``crop`` pixels and
 encoded once (posterior mean), and each distinct prompt is encoded once by T5. The cache is one
 ``torch.save`` file; the auxiliary loss (Eq. 9) also needs the two source images in pixel space, kept
-as uint8 next to the latents.
+as uint8 next to the latents, and the optional pixel-space label term the label itself.
 
     z_a, z_b, z_gt   [N, 16, crop/8, crop/8] float32   latents of the degraded A, B and the label
     x_a, x_b         [N, 3, crop, crop] uint8          aux-loss sources (clean or degraded)
+    x_gt             [N, 3, crop, crop] uint8          the label (``loss.label_weight``)
     prompt_ids       [N]  index into prompt_embeds [P, L, d_t] / prompt_mask [P, L]
     task_ids         [N]  index into ``tasks``
 """
@@ -24,7 +25,7 @@ import torch
 from model.atomic import atomic_file
 from model.errors import LatentfuseError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: + x_gt
 MANIFEST_NAMES = ("manifest.jsonl", "train.jsonl", "index.jsonl")
 
 
@@ -41,6 +42,7 @@ class LatentDataset:
     x_a: torch.Tensor | None = None
     x_b: torch.Tensor | None = None
     prompts: tuple = ()
+    x_gt: torch.Tensor | None = None
 
     def __post_init__(self):
         n = self.z_a.shape[0]
@@ -85,6 +87,8 @@ class LatentDataset:
             # uint8 [0, 255] -> [-1, 1], the VAE's image range
             out["x_a"] = self.x_a[idx].to(device).float() / 127.5 - 1.0
             out["x_b"] = self.x_b[idx].to(device).float() / 127.5 - 1.0
+            if self.x_gt is not None:
+                out["x_gt"] = self.x_gt[idx].to(device).float() / 127.5 - 1.0
         return out
 
     # ------------------------------------------------------------------ cache file
@@ -236,7 +240,7 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
     device = next(vae.parameters()).device
 
     z = {"a": [], "b": [], "gt": []}
-    x = {"a": [], "b": []}
+    x = {"a": [], "b": [], "gt": []}
     it = range(0, len(rows), batch)
     for start in tqdm(it, desc="encoding latents", disable=not progress, unit="batch"):
         chunk = rows[start:start + batch]
@@ -244,7 +248,7 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
             imgs = np.stack([_load_rgb(r[col], crop) for r in chunk]).transpose(0, 3, 1, 2)
             t = to_vae_input(torch.from_numpy(np.ascontiguousarray(imgs)).float()).to(device)
             z[key].append(vae.encode(t).float().cpu())
-        for key, col in (("a", 4), ("b", 5)):
+        for key, col in (("a", 4), ("b", 5), ("gt", 3)):
             imgs = np.stack([_load_rgb(r[col], crop) for r in chunk]).transpose(0, 3, 1, 2)
             x[key].append(torch.from_numpy(np.round(imgs * 255.0).astype(np.uint8)))
     return LatentDataset(
@@ -252,5 +256,5 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
         prompt_ids=torch.tensor([prompts.index(r[6]) for r in rows], dtype=torch.long),
         task_ids=torch.tensor([task_names.index(r[0]) for r in rows], dtype=torch.long),
         prompt_embeds=embeds.float().cpu(), prompt_mask=mask.cpu(),
-        tasks=task_names, x_a=torch.cat(x["a"]), x_b=torch.cat(x["b"]), prompts=prompts,
+        tasks=task_names, x_a=torch.cat(x["a"]), x_b=torch.cat(x["b"]), prompts=prompts, x_gt=torch.cat(x["gt"]),
     )

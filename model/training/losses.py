@@ -5,6 +5,14 @@
     L_aux  = Σ_i ||X̃ - X_i||₁ + ||∇X̃ - ∇X_i||₁  over the two source images X_i  (Eq. 9)
     L      = L_reg|flow + λ·L_aux (+ w_lb·L_balance of the MoE router)          (Eq. 10)
 
+and one term the paper does not have, off by default (``loss.label_weight``):
+
+    L_label = ||X̃ - X_GT||₁ + ||∇X̃ - ∇X_GT||₁   the label in pixel space, through the frozen decoder
+
+Eq. 8/11 supervise latents, so a decoder that blurs (a small VAE trained from scratch) caps the edges
+of every fused image at those of D(E(X_GT)); a pixel-space term on the label lets the DiT choose
+latents that the decoder renders sharper, the way Eq. 9 already reaches through the decoder.
+
 X̃ = D(Z̃) is decoded by the frozen VAE decoder; for the flow head Z̃ = Z̃1 = Z_t + (1-t)·v_θ, the data
 point the predicted velocity points at (3.4.1 "converting the predicted velocity into a predicted Z̃1").
 Every norm is a mean over elements and batch items, so a loss is the same whether a batch is seen
@@ -40,6 +48,16 @@ def aux_fusion_loss(fused: torch.Tensor, sources: list[torch.Tensor], weights: t
         sx, sy = image_gradients(src)
         per = per + per_sample_l1(fused.float(), src.float())
         per = per + per_sample_l1(gx.float(), sx.float()) + per_sample_l1(gy.float(), sy.float())
+    if weights is not None:
+        per = per * weights
+    return per.mean()
+
+
+def label_loss(fused: torch.Tensor, label: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """L_label on [-1, 1] images [B, 3, H, W]: ||X̃ - X_GT||₁ + ||∇X̃ - ∇X_GT||₁ (batch mean, like Eq. 9)."""
+    gx, gy = image_gradients(fused.float())
+    lx, ly = image_gradients(label.float())
+    per = per_sample_l1(fused.float(), label.float()) + per_sample_l1(gx, lx) + per_sample_l1(gy, ly)
     if weights is not None:
         per = per * weights
     return per.mean()

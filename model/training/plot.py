@@ -7,7 +7,7 @@ from pathlib import Path
 
 from model.atomic import atomic_file
 
-TERMS = ("loss", "main", "aux", "balance", "ewc")
+TERMS = ("loss", "main", "aux", "label", "balance", "ewc")
 
 
 def plot_log(csv_path: str | Path, png_path: str | Path, smooth: int = 0) -> Path | None:

@@ -37,11 +37,11 @@ from model.training.config import TrainConfig
 from model.training.data import LatentDataset
 from model.training.ema import EMA
 from model.training.ewc import EWC, accumulate_squared_grads, fisher_accumulator
-from model.training.losses import aux_fusion_loss, flow_inputs, mse
+from model.training.losses import aux_fusion_loss, flow_inputs, label_loss, mse
 from model.training.optim import build_optimizer, build_scheduler
 from model.training.replay import ReservoirBuffer
 
-LOG_COLUMNS = ("step", "task", "lr", "loss", "main", "aux", "balance", "ewc", "grad_norm", "samples_per_s")
+LOG_COLUMNS = ("step", "task", "lr", "loss", "main", "aux", "label", "balance", "ewc", "grad_norm", "samples_per_s")
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: decorrelates neighbouring seeds
 
 
@@ -130,13 +130,16 @@ class Trainer:
             self.model = DDP(self.raw, device_ids=ids, find_unused_parameters=True)
         else:
             self.model = self.raw
-        self.use_aux = cfg.loss.aux_weight > 0
+        self.use_aux = cfg.loss.aux_weight > 0 or cfg.loss.label_weight > 0  # both decode Z̃
         self.vae = None
         if self.use_aux:
             if vae is None:
-                raise LatentfuseError("loss.aux_weight > 0 needs the VAE decoder (Eq. 9); none was given")
+                raise LatentfuseError("loss.aux_weight / label_weight > 0 need the VAE decoder (Eq. 9); none was given")
             if not dataset.has_images:
-                raise LatentfuseError("loss.aux_weight > 0 needs source images in the latent cache")
+                raise LatentfuseError("loss.aux_weight / label_weight > 0 need images in the latent cache")
+            if cfg.loss.label_weight > 0 and dataset.x_gt is None:
+                raise LatentfuseError("loss.label_weight > 0 needs the label images in the latent cache; "
+                                      "delete the cache to rebuild it")
             self.vae = vae.to(self.device).eval()
             self.vae.requires_grad_(False)  # frozen (paper 3.4.1); gradients still reach Z̃ through it
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
@@ -223,22 +226,31 @@ class Trainer:
                                       return_aux=True)
                 main = mse(pred, data["z_gt"])
                 z_tilde = pred
-            aux = main.new_zeros(())
+            aux = label = main.new_zeros(())
             if with_aux:
                 k = cfg.loss.aux_samples or z_tilde.shape[0]  # decoding is the costly part: maybe a subset
                 fused = decode_unclamped(self.vae, z_tilde[:k])
                 weights = None
                 if cfg.model.head == "flow" and cfg.loss.aux_min_t > 0:
                     weights = (t[:k] >= cfg.loss.aux_min_t).float()
-                aux = aux_fusion_loss(fused, [data["x_a"][:k], data["x_b"][:k]], weights)
-        return {"main": main, "aux": aux, "balance": balance.float()}
+                if cfg.loss.aux_weight > 0:
+                    aux = aux_fusion_loss(fused, [data["x_a"][:k], data["x_b"][:k]], weights)
+                if cfg.loss.label_weight > 0:
+                    label = label_loss(fused, data["x_gt"][:k], weights)
+        return {"main": main, "aux": aux, "label": label, "balance": balance.float()}
+
+    def _weighted(self, terms: dict):
+        """Eq. 10 (+ the optional label term): the objective from its parts."""
+        w = self.cfg.loss
+        return (terms["main"] + w.aux_weight * terms["aux"] + w.label_weight * terms["label"]
+                + w.load_balance_weight * terms["balance"])
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict:
         cfg = self.cfg
         phase, task, _ = self.phase_at(self.step)
         accum = cfg.optim.grad_accum
-        totals = {"main": 0.0, "aux": 0.0, "balance": 0.0}
+        totals = {"main": 0.0, "aux": 0.0, "label": 0.0, "balance": 0.0}
         for micro in range(accum):
             gen = step_generator(cfg.run.seed, 0, self.step, micro)
             sync = micro == accum - 1 or self.dist.world_size == 1
@@ -246,7 +258,7 @@ class Trainer:
             with ctx:
                 terms = self._forward_losses(task, gen, cfg.optim.batch_size,
                                              step_generator(cfg.run.seed, 3, self.step, micro), self.use_aux)
-                loss = terms["main"] + cfg.loss.aux_weight * terms["aux"] + cfg.loss.load_balance_weight * terms["balance"]
+                loss = self._weighted(terms)
                 (loss / accum).backward()
             for k in totals:
                 totals[k] += float(terms[k].detach()) / accum
@@ -269,7 +281,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.raw)
         totals = self._mean_over_processes(totals)
-        total = totals["main"] + cfg.loss.aux_weight * totals["aux"] + cfg.loss.load_balance_weight * totals["balance"] + ewc_value
+        total = self._weighted(totals) + ewc_value
         self.step += 1
         return {"step": self.step, "task": task or "all", "lr": lr, "loss": total, **totals, "ewc": ewc_value,
                 "grad_norm": grad_norm}
@@ -346,7 +358,7 @@ class Trainer:
             self.history.append(row)
             if self.dist.is_main and (self.step % cfg.run.log_every == 0 or self.step == end):
                 self._write_log(row)
-            if not all(math.isfinite(row[k]) for k in ("main", "aux", "balance")):
+            if not all(math.isfinite(row[k]) for k in ("main", "aux", "label", "balance")):
                 raise LatentfuseError(f"training diverged at step {self.step}: losses {row}")
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", task=row["task"])

@@ -39,8 +39,16 @@ class VAETrainConfig:
     l2_weight: float = 1.0
     edge_weight: float = 0.5
     kl_weight: float = 1e-6
+    # "all": the KL-autoencoder objective end to end; "decoder": the encoder (and so the latent space,
+    # and every DiT trained on it) stays frozen and only the decoder is fine-tuned, the recipe of
+    # Stability's sd-vae-ft-mse decoders; the KL term is then a constant and is left out
+    trainable: str = "all"
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self):
+        if self.trainable not in ("all", "decoder"):
+            raise LatentfuseError(f"VAETrainConfig.trainable must be 'all' or 'decoder', got {self.trainable!r}")
 
 
 def load_images(paths=(), natural: bool = True, limit: int = 0) -> list[np.ndarray]:
@@ -90,7 +98,8 @@ def random_patches(images: list[np.ndarray], n: int, size: int, rng: np.random.G
 
 def vae_loss(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Generator | None = None) -> dict:
     inner = vae.vae
-    posterior = inner.encode(x).latent_dist
+    with torch.set_grad_enabled(cfg.trainable == "all" and torch.is_grad_enabled()):
+        posterior = inner.encode(x).latent_dist
     z = posterior.sample(generator=generator)
     recon = inner.decode(z).sample
     gx, gy = image_gradients(recon)
@@ -101,8 +110,9 @@ def vae_loss(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Generat
         "edge": (gx - tx).abs().mean() + (gy - ty).abs().mean(),
         "kl": posterior.kl().mean() / x[0].numel(),  # per pixel, so w_kl does not depend on the patch size
     }
-    terms["loss"] = (cfg.l1_weight * terms["l1"] + cfg.l2_weight * terms["l2"] + cfg.edge_weight * terms["edge"]
-                     + cfg.kl_weight * terms["kl"])
+    terms["loss"] = cfg.l1_weight * terms["l1"] + cfg.l2_weight * terms["l2"] + cfg.edge_weight * terms["edge"]
+    if cfg.trainable == "all":
+        terms["loss"] = terms["loss"] + cfg.kl_weight * terms["kl"]
     return terms
 
 
@@ -115,9 +125,14 @@ def train_vae(vae, images: list[np.ndarray], cfg: VAETrainConfig, log_path: str 
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     vae.train().requires_grad_(True)
+    if cfg.trainable == "decoder":
+        inner = vae.vae
+        for frozen in (inner.encoder, inner.quant_conv):
+            if frozen is not None:
+                frozen.eval().requires_grad_(False)
     optim_cfg = OptimSection(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                              steps=cfg.steps, cautious=True)
-    optimizer = build_optimizer(vae.parameters(), optim_cfg)
+    optimizer = build_optimizer([p for p in vae.parameters() if p.requires_grad], optim_cfg)
     scheduler = build_scheduler(optimizer, optim_cfg)
     history = []
     bar = tqdm(range(cfg.steps), desc="train VAE", unit="step", disable=not cfg.progress, dynamic_ncols=True)
@@ -126,7 +141,7 @@ def train_vae(vae, images: list[np.ndarray], cfg: VAETrainConfig, log_path: str 
         x = random_patches(images, cfg.batch_size, cfg.patch, rng)
         terms = vae_loss(vae, x, cfg, gen)
         terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in vae.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ def test_training_log_and_plot(tmp_path):
     cfg = tiny_config(tmp_path, optim={"steps": 4}, run={"plot": True})
     Trainer(cfg, tiny_dit(), synthetic_latents()).fit()
     lines = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
-    assert lines[0].startswith("step,task,lr,loss,main,aux,balance,ewc")
+    assert lines[0].startswith("step,task,lr,loss,main,aux,label,balance,ewc")
     assert len(lines) == 5
     assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 1000
 
@@ -134,3 +134,24 @@ def test_bf16_autocast_and_gradient_checkpointing_run(tmp_path):
     rows = trainer.fit()
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert all(p.dtype == torch.float32 for p in trainer.raw.parameters())  # master weights stay fp32
+
+
+def test_pixel_space_label_term_is_learned(tmp_path):
+    from model.vae import LatentVAE
+
+    data = synthetic_latents(n=16, size=2, tasks=("vif",), images=True)
+    cfg = tiny_config(tmp_path, head="regression", data={"tasks": ["vif"]}, optim={"steps": 40, "lr": 3e-3},
+                      loss={"aux_weight": 0.0, "label_weight": 1.0})
+    history = Trainer(cfg, tiny_dit("regression"), data, vae=LatentVAE.from_preset("tiny", seed=0)).fit()
+    assert _mean(history[-6:], "label") < _mean(history[:6], "label")
+    assert all(r["aux"] == 0.0 for r in history)
+
+
+def test_label_term_needs_label_images(tmp_path):
+    from model.vae import LatentVAE
+
+    data = synthetic_latents(n=8, size=2, tasks=("vif",), images=True)
+    data.x_gt = None
+    cfg = tiny_config(tmp_path, data={"tasks": ["vif"]}, loss={"aux_weight": 0.0, "label_weight": 0.1})
+    with pytest.raises(LatentfuseError, match="label images"):
+        Trainer(cfg, tiny_dit(), data, vae=LatentVAE.from_preset("tiny", seed=0))

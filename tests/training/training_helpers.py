@@ -38,6 +38,9 @@ def synthetic_latents(n: int = 32, size: int = 4, tasks=("vif", "mef"), seed: in
                          prompt_embeds=torch.randn(len(tasks), 5, 16, generator=g),
                          prompt_mask=torch.ones(len(tasks), 5, dtype=torch.long), tasks=tuple(tasks),
                          x_a=x, x_b=None if x is None else x.flip(-1).contiguous(),
+                         # a smooth label (a ramp), which a decoder can actually render, unlike noise
+                         x_gt=None if x is None else torch.linspace(0, 255, size * 8).round().to(torch.uint8)
+                         .expand(n, 3, size * 8, size * 8).contiguous(),
                          prompts=tuple(f"fuse {t}" for t in tasks))
 
 
@@ -55,6 +58,10 @@ def tiny_config(tmp_path, head: str = "flow", **sections) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
+# Every expert active (top-k = number of experts): a near-tied top-2 choice can flip between the
+# 1-process and 2-process float reduction orders and send a token to another expert, so the exact
+# comparison of tests/training/test_ddp.py would test routing ties, not gradient averaging.
+DDP_DIT = dict(num_experts=2, top_k=2)
 DDP_SECTIONS = dict(
     optim={"steps": 6, "batch_size": 8, "grad_accum": 2, "lr": 3e-3},
     # the Switch load-balancing loss is not additive over shards (see model.training.trainer)
@@ -78,7 +85,7 @@ def ddp_worker(rank: int, world: int, port: int, out_dir: str, result: str) -> N
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         cfg = tiny_config(Path(out_dir), head="flow", **DDP_SECTIONS)
-        trainer = Trainer(cfg, tiny_dit("flow"), synthetic_latents())
+        trainer = Trainer(cfg, tiny_dit("flow", **DDP_DIT), synthetic_latents())
         trainer.fit()
         if rank == 0:
             torch.save({k: v.clone() for k, v in trainer.raw.state_dict().items()}, result)
