@@ -6,6 +6,8 @@ training), four fused images are scored:
 
     (a) regression   the regression DiT, one call (MMAIF Eq. 8 head)
     (b) flow         the flow DiT, 5 midpoint steps with velocity reuse (MMAIF Algorithm 1, ODE: g = 0)
+        flow_sde     the same with the runtime's default sampler (``runtime.samplers.DEFAULT_SAMPLER``,
+                     g = ``DEFAULT_G``): what ``latentfuse fuse`` runs when no flag is given
     (c) teacher      the selected + refined teacher label itself (the training target)
     (d) average      the plain average of the two degraded inputs
 
@@ -33,7 +35,7 @@ if str(REPO) not in sys.path:
 
 from model.errors import LatentfuseError  # noqa: E402
 
-METHODS = ("regression", "flow", "teacher", "average")
+METHODS = ("regression", "flow", "flow_sde", "teacher", "average")
 FLOW_SAMPLER, FLOW_STEPS = "midpoint_reuse", 5
 
 
@@ -53,8 +55,10 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fuse(components, head: str, a: np.ndarray, b: np.ndarray, prompt: str, seed: int = 0) -> np.ndarray:
-    """Fuse two [0, 1] RGB images with ``head`` ("regression" or "flow"); returns [0, 1] RGB."""
+def fuse(components, head: str, a: np.ndarray, b: np.ndarray, prompt: str, seed: int = 0,
+         sampler: str = FLOW_SAMPLER) -> np.ndarray:
+    """Fuse two [0, 1] RGB images with ``head`` ("regression" or "flow", sampled by ``sampler`` in
+    ``FLOW_STEPS`` steps); returns [0, 1] RGB."""
     from runtime import samplers
 
     vae, te = components.vae, components.text_encoder
@@ -70,7 +74,7 @@ def fuse(components, head: str, a: np.ndarray, b: np.ndarray, prompt: str, seed:
             return dit(za, zb, embeds, mask, z_t=zt, t=torch.full((zt.shape[0],), float(t)))
 
         z0, prior = samplers.initial_latent("gaussian", za, seed)
-        z = samplers.sample(FLOW_SAMPLER, velocity, z0, steps=FLOW_STEPS, seed=seed, prior=prior).latent
+        z = samplers.sample(sampler, velocity, z0, steps=FLOW_STEPS, seed=seed, prior=prior).latent
     out = vae.decode(z)[..., :h, :w]
     return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
@@ -99,6 +103,7 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
     from tqdm import tqdm
 
     from model.training.data import find_manifests, read_manifest
+    from runtime import samplers
 
     records = []
     for manifest in find_manifests(data_root):
@@ -119,9 +124,11 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
         a, b = _rgb(files["a"]), _rgb(files["b"])
         ca, cb, label = _rgb(files["clean_a"]), _rgb(files["clean_b"]), _rgb(files["gt"])
         outputs = {"teacher": label, "average": 0.5 * (a + b)}
-        for head in ("regression", "flow"):
-            if head in components.dits:
-                outputs[head] = fuse(components, head, a, b, rec["prompt"])
+        if "regression" in components.dits:
+            outputs["regression"] = fuse(components, "regression", a, b, rec["prompt"])
+        if "flow" in components.dits:
+            outputs["flow"] = fuse(components, "flow", a, b, rec["prompt"])
+            outputs["flow_sde"] = fuse(components, "flow", a, b, rec["prompt"], sampler=samplers.DEFAULT_SAMPLER)
         for method, fused in outputs.items():
             scores = _scores(ca, cb, fused.astype(np.float32), label)
             slot = sums.setdefault(rec["task"], {}).setdefault(method, {})
@@ -132,7 +139,9 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
                     for m, ms in sorted(methods.items(), key=lambda kv: METHODS.index(kv[0]))}
              for task, methods in sums.items()}
     table["_meta"] = {"samples": len(records), "seconds": round(time.perf_counter() - start, 1),
-                      "flow_sampler": f"{FLOW_SAMPLER}, {FLOW_STEPS} steps (5 NFE), Gaussian prior, seed 0",
+                      "flow_sampler": f"flow: {FLOW_SAMPLER}, {FLOW_STEPS} steps ({FLOW_STEPS} NFE, ODE); flow_sde: "
+                                      f"{samplers.DEFAULT_SAMPLER}, g = {samplers.DEFAULT_G}, {FLOW_STEPS} steps "
+                                      "(the runtime default); Gaussian prior, seed 0",
                       "metrics": "VIF, Q^AB/F vs the clean sources (corrected convention); SSIM vs the teacher label"}
     return table
 
