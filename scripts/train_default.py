@@ -14,8 +14,8 @@
 5. save     ``FusionComponents`` in fp16 safetensors, ``MODEL_CARD.md``, ``training_report.json``
 6. eval     ``scripts/evaluate_default.py`` on the held-out pairs
 
-Sized for a 2-core CPU in about an hour and a half (VAE stages on two threads, then the two DiTs side by
-side on one thread each, about 40 min each part); every size is a flag. Run it in the background:
+Sized for a 2-core CPU in about 75 minutes (VAE stages on two threads, then the two DiTs side by side
+on one thread each, about 35 min each part; measured 72.6 min); every size is a flag. Run it in the background:
 
     nohup .venv/bin/python scripts/train_default.py > runs/train_default.log 2>&1 &
 """
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model.atomic import atomic_file  # noqa: E402
 from model.components import DEFAULT_MODEL_DIR, FusionComponents  # noqa: E402
+from model.errors import LatentfuseError  # noqa: E402
 from model.data.tasks import TASKS  # noqa: E402
 
 PAPER_VAE = {"name": "Cosmos VAE (MMAIF Table 1)", "psnr": 34.02, "ssim": 0.9367}
@@ -237,7 +238,7 @@ def train_dits(args, dataset, vae, report: dict) -> dict:
         worker.join()
     failed = [f"{head} DiT:\n{error}" for head, _, _, error in results if error is not None]
     if failed:
-        raise RuntimeError("DiT training failed in a worker process:\n" + "\n".join(failed))
+        raise LatentfuseError("DiT training failed in a worker process:\n" + "\n".join(failed))
     report.update({f"dit_{head}": stage for head, _, stage, _ in results})
     return {head: pickle.loads(dit) for head, dit, _, _ in results}
 
