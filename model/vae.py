@@ -22,6 +22,7 @@ Images are float tensors ``(B, 3, H, W)`` in [-1, 1] with H, W multiples of 8 (t
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from pathlib import Path
@@ -156,6 +157,10 @@ class LatentVAE(nn.Module):
             raise LatentfuseError(f"{directory} already exists (pass overwrite=True to replace it)")
         with atomic_dir(directory, overwrite=overwrite) as tmp:
             self.vae.save_pretrained(tmp, safe_serialization=True)
+            # diffusers records the folder a model was loaded from: a local path that must not ship
+            config = json.loads((tmp / "config.json").read_text())
+            if config.pop("_name_or_path", None) is not None:
+                (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return directory
 
     # ----------------------------------------------------------------- properties

@@ -9,7 +9,12 @@ training), four fused images are scored:
         flow_sde     the same with the runtime's default sampler (``runtime.samplers.DEFAULT_SAMPLER``,
                      g = ``DEFAULT_G``): what ``latentfuse fuse`` runs when no flag is given
     (c) teacher      the selected + refined teacher label itself (the training target)
+        vae_label    the VAE round trip D(E(label)) of that label: the ceiling of any latent model with
+                     this VAE (a perfect DiT would predict E(label))
     (d) average      the plain average of the two degraded inputs
+
+and, per method, the share of samples on which its Q^AB/F beats the average's (a mean can hide a few
+pairs that decide it).
 
 Metrics: VIF and Q^AB/F (``model.metrics``, corrected convention) against the *clean* sources
 ``clean_a`` / ``clean_b`` (the task is restoration + fusion, so the reference information is the clean
@@ -35,7 +40,7 @@ if str(REPO) not in sys.path:
 
 from model.errors import LatentfuseError  # noqa: E402
 
-METHODS = ("regression", "flow", "flow_sde", "teacher", "average")
+METHODS = ("regression", "flow", "flow_sde", "teacher", "vae_label", "average")
 FLOW_SAMPLER, FLOW_STEPS = "midpoint_reuse", 5
 
 
@@ -52,6 +57,14 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, -1)
     return torch.from_numpy(img).permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+@torch.no_grad()
+def vae_round_trip(components, img: np.ndarray) -> np.ndarray:
+    """D(E(img)) for a [0, 1] RGB image; returns [0, 1] RGB."""
+    x, h, w = _pad16(_to_tensor(img))
+    out = components.vae.decode(components.vae.encode(x))[..., :h, :w]
+    return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
 
 @torch.no_grad()
@@ -123,14 +136,15 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
         files = {k: base / v for k, v in rec["files"].items()}
         a, b = _rgb(files["a"]), _rgb(files["b"])
         ca, cb, label = _rgb(files["clean_a"]), _rgb(files["clean_b"]), _rgb(files["gt"])
-        outputs = {"teacher": label, "average": 0.5 * (a + b)}
+        outputs = {"teacher": label, "vae_label": vae_round_trip(components, label), "average": 0.5 * (a + b)}
         if "regression" in components.dits:
             outputs["regression"] = fuse(components, "regression", a, b, rec["prompt"])
         if "flow" in components.dits:
             outputs["flow"] = fuse(components, "flow", a, b, rec["prompt"])
             outputs["flow_sde"] = fuse(components, "flow", a, b, rec["prompt"], sampler=samplers.DEFAULT_SAMPLER)
-        for method, fused in outputs.items():
-            scores = _scores(ca, cb, fused.astype(np.float32), label)
+        scored = {method: _scores(ca, cb, fused.astype(np.float32), label) for method, fused in outputs.items()}
+        for method, scores in scored.items():
+            scores["qabf_over_average"] = float(scores["qabf"] > scored["average"]["qabf"])
             slot = sums.setdefault(rec["task"], {}).setdefault(method, {})
             for k, v in scores.items():
                 slot[k] = slot.get(k, 0.0) + v
@@ -142,17 +156,20 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
                       "flow_sampler": f"flow: {FLOW_SAMPLER}, {FLOW_STEPS} steps ({FLOW_STEPS} NFE, ODE); flow_sde: "
                                       f"{samplers.DEFAULT_SAMPLER}, g = {samplers.DEFAULT_G}, {FLOW_STEPS} steps "
                                       "(the runtime default); Gaussian prior, seed 0",
-                      "metrics": "VIF, Q^AB/F vs the clean sources (corrected convention); SSIM vs the teacher label"}
+                      "metrics": "VIF, Q^AB/F vs the clean sources (corrected convention); SSIM vs the teacher label; "
+                                 "qabf_over_average: share of samples whose Q^AB/F beats the plain average's"}
     return table
 
 
 def markdown_table(table: dict) -> str:
-    lines = ["| task | method | VIF ↑ | Q^AB/F ↑ | SSIM to label ↑ |", "|---|---|---|---|---|"]
+    lines = ["| task | method | VIF ↑ | Q^AB/F ↑ | SSIM to label ↑ | Q^AB/F above the average on |",
+             "|---|---|---|---|---|---|"]
     for task in ("vif", "mef", "mff"):
         if task not in table:
             continue
         for method, m in table[task].items():
-            lines.append(f"| {task.upper()} | {method} | {m['vif']:.3f} | {m['qabf']:.3f} | {m['ssim_label']:.3f} |")
+            share = "" if method == "average" or "qabf_over_average" not in m else f"{100 * m['qabf_over_average']:.0f} %"
+            lines.append(f"| {task.upper()} | {method} | {m['vif']:.3f} | {m['qabf']:.3f} | {m['ssim_label']:.3f} | {share} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,7 @@
 """LatentVAE: shapes, latent normalisation arithmetic, storage, input errors, ONNX parity."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,10 @@ def test_save_load_round_trip(vae, tmp_path):
     with pytest.raises(LatentfuseError, match="already exists"):
         vae.save_pretrained(out)
     vae.save_pretrained(out, overwrite=True)
+    # a reloaded model saved again does not carry the local folder it was loaded from
+    loaded.save_pretrained(tmp_path / "again")
+    assert "_name_or_path" not in json.loads((tmp_path / "again" / "config.json").read_text())
+    assert LatentVAE.from_pretrained(tmp_path / "again").scaling_factor == vae.scaling_factor
 
 
 def test_from_pretrained_errors(tmp_path):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,23 +43,42 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     assert [st["trainable"] for st in report["vae"]["stages"]] == ["all", "decoder", "all"]
     assert set(report["evaluation"]) == {"vif", "mef", "mff"}
     for rows in report["evaluation"].values():
-        assert set(rows) == {"regression", "flow", "flow_sde", "teacher", "average"}
+        assert set(rows) == {"regression", "flow", "flow_sde", "teacher", "vae_label", "average"}
         assert rows["teacher"]["ssim_label"] == pytest.approx(1.0)
+        assert rows["average"]["qabf_over_average"] == 0.0 and 0.0 <= rows["flow"]["qabf_over_average"] <= 1.0
     card = (out / "MODEL_CARD.md").read_text()
     assert "| MEF | flow_sde |" in card and "issue's bar" in card and "scratch" in card
     FusionComponents.from_pretrained(out)  # fp16 weights load back
 
+    def dit_weights(root):
+        return {head: load_file(next((root / head).glob("*.safetensors"))) for head in ("dit_regression", "dit_flow")}
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(x.keys() == b[h].keys() and all(torch.equal(x[k], b[h][k]) for k in x)
+                                            for h, x in a.items())
+
     # a second run with the same VAE settings reloads every VAE stage instead of training it again, and
-    # the DiTs trained one after the other equal those trained side by side in forked workers
+    # the DiTs (their kept stages removed) trained one after the other equal those trained side by side
+    # in forked workers
     log = tmp_path / "log.txt"
     monkeypatch.setattr(train_default, "log", lambda msg: log.open("a").write(msg + "\n"))
+    for head in ("regression", "flow"):
+        shutil.rmtree(tmp_path / "work" / f"dit_{head}" / "final")
     assert train_default.main(args + ["--dit-workers", "1", "--out", str(tmp_path / "sequential")]) == 0
     assert log.read_text().count("reusing") == 3
-    for head in ("dit_regression", "dit_flow"):
-        forked, sequential = (load_file(next((root / head).glob("*.safetensors")))
-                              for root in (out, tmp_path / "sequential"))
-        assert forked.keys() == sequential.keys()
-        assert all(torch.equal(forked[k], sequential[k]) for k in forked), head
+    assert same(dit_weights(out), dit_weights(tmp_path / "sequential"))
+
+    # a third run with a larger held-out set reuses all five stages, measures them on the new set and says so
+    log.write_text("")
+    third = tmp_path / "more_held_out"
+    assert train_default.main(args + ["--test-pairs", "2", "--out", str(third)]) == 0
+    assert log.read_text().count("reusing") == 5
+    assert same(dit_weights(out), dit_weights(third))
+    report = json.loads((third / "training_report.json").read_text())
+    assert report["data"]["test_pairs"] == 2 and report["eval_meta"]["samples"] == 6
+    assert all(st["reused"] for st in report["vae"]["stages"]) and report["dit_flow"]["reused"]
+    assert "reusing the stages VAE scratch, VAE decoder, VAE joint, regression DiT, flow DiT" in \
+        (third / "MODEL_CARD.md").read_text()
 
 
 def test_shortfalls_name_rows_at_or_below_the_average():
@@ -66,3 +86,24 @@ def test_shortfalls_name_rows_at_or_below_the_average():
     evaluation = {"vif": {"regression": {"qabf": 0.4}, "flow": {"qabf": 0.3}, "average": {"qabf": 0.3}},
                   "mef": {"regression": {"qabf": 0.2}, "average": {"qabf": 0.3}}}
     assert train_default._shortfalls(evaluation) == ["VIF flow", "MEF regression"]
+
+
+def test_a_dit_worker_killed_without_reporting_fails_the_run_instead_of_hanging(monkeypatch):
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from model.errors import LatentfuseError
+
+    train_default = _script("train_default")
+
+    def train_stage_dit(args, head, steps, dataset, vae, report):  # runs in the forked worker
+        if head == "flow":
+            os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does: no traceback, no result
+        report[f"dit_{head}"] = {}
+        return "weights"
+
+    monkeypatch.setattr(train_default, "train_stage_dit", train_stage_dit)
+    with pytest.raises(LatentfuseError, match=r"flow DiT: worker exited with code -9 \(killed by a signal"):
+        train_default._train_dits(SimpleNamespace(dit_workers=2), [("regression", 1), ("flow", 1)],
+                                  dataset=None, vae=None, report={})
