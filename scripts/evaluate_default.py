@@ -59,12 +59,18 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
+def _decode_image(vae, z: torch.Tensor, h: int, w: int) -> np.ndarray:
+    """[0, 1] RGB HxWx3 of one latent, the padding of :func:`_pad16` cut off."""
+    from model.vae import from_vae_output
+
+    return from_vae_output(vae.decode(z)[..., :h, :w])[0].permute(1, 2, 0).numpy()
+
+
 @torch.no_grad()
 def vae_round_trip(components, img: np.ndarray) -> np.ndarray:
     """D(E(img)) for a [0, 1] RGB image; returns [0, 1] RGB."""
     x, h, w = _pad16(_to_tensor(img))
-    out = components.vae.decode(components.vae.encode(x))[..., :h, :w]
-    return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+    return _decode_image(components.vae, components.vae.encode(x), h, w)
 
 
 @torch.no_grad()
@@ -88,8 +94,7 @@ def fuse(components, head: str, a: np.ndarray, b: np.ndarray, prompt: str, seed:
 
         z0, prior = samplers.initial_latent("gaussian", za, seed)
         z = samplers.sample(sampler, velocity, z0, steps=FLOW_STEPS, seed=seed, prior=prior).latent
-    out = vae.decode(z)[..., :h, :w]
-    return ((out[0].permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+    return _decode_image(vae, z, h, w)
 
 
 def _scores(clean_a: np.ndarray, clean_b: np.ndarray, fused: np.ndarray, label: np.ndarray) -> dict:

@@ -69,22 +69,36 @@ def make_data(work: Path, split: str, pairs: int, per_pair: int, size: int, seed
     return root
 
 
+def _reload_stage(folder: Path, key: dict, load):
+    """(model, its stage report) kept in ``folder`` by a run with the same ``key``, else None."""
+    stage_file = folder / "stage.json"
+    if not stage_file.is_file():
+        return None
+    saved = json.loads(stage_file.read_text())
+    if saved.get("key") != json.loads(json.dumps(key, default=str)):  # as it was written
+        return None
+    log(f"  reusing {folder} (made with the same settings)")
+    return load(folder), saved["report"]
+
+
+def _keep_stage(folder: Path, key: dict, model, stage_report: dict) -> None:
+    """Keep a trained stage in ``folder`` for :func:`_reload_stage` (weights and stage.json atomically)."""
+    model.save_pretrained(folder, overwrite=True)
+    with atomic_file(folder / "stage.json") as tmp:
+        tmp.write_text(json.dumps({"key": key, "report": stage_report}, indent=1, default=str))
+
+
 def _cached_stage(folder: Path, key: dict, run, measure):
-    """(VAE, stage report): reloaded from ``folder`` if it was made with ``key``, else ``run()`` and saved.
+    """(VAE, stage report): reloaded from ``folder`` if it was made with ``key``, else ``run()`` and kept.
     A reloaded stage is measured again (``measure(vae)``): the held-out set is not part of the key."""
     from model.vae import LatentVAE
 
-    stage_file = folder / "stage.json"
-    if stage_file.is_file():
-        saved = json.loads(stage_file.read_text())
-        if saved.get("key") == key:
-            log(f"  reusing {folder} (made with the same settings)")
-            vae = LatentVAE.from_pretrained(folder)
-            return vae, {**saved["report"], "held_out": measure(vae), "reused": True}
+    kept = _reload_stage(folder, key, LatentVAE.from_pretrained)
+    if kept is not None:
+        vae, saved = kept
+        return vae, {**saved, "held_out": measure(vae), "reused": True}
     vae, stage_report = run()
-    vae.save_pretrained(folder, overwrite=True)
-    with atomic_file(stage_file) as tmp:
-        tmp.write_text(json.dumps({"key": key, "report": stage_report}, indent=1, default=str))
+    _keep_stage(folder, key, vae, stage_report)
     return vae, stage_report
 
 
@@ -279,7 +293,8 @@ def train_dits(args, dataset, vae, report: dict) -> dict:
             jobs.append((head, steps))
     trained = _train_dits(args, jobs, dataset, vae, report)
     for head, dit in trained.items():
-        _save_dit_stage(args, head, dit, report)
+        stage = report[f"dit_{head}"]
+        _keep_stage(_dit_folder(args, head), _dit_stage_key(args, head, stage["steps"], report), dit, stage)
     return {**dits, **trained}
 
 
@@ -295,24 +310,17 @@ def _cached_dit(args, head: str, steps: int, report: dict):
     """The DiT of an earlier run with the same :func:`_dit_stage_key`, or None."""
     from model.dit import MoEDiT
 
-    folder = args.work / f"dit_{head}" / "final"
-    stage_file = folder / "stage.json"
-    if not stage_file.is_file():
+    kept = _reload_stage(_dit_folder(args, head), _dit_stage_key(args, head, steps, report),
+                         lambda folder: MoEDiT.from_pretrained(folder).eval().float())
+    if kept is None:
         return None
-    saved = json.loads(stage_file.read_text())
-    if saved.get("key") != json.loads(json.dumps(_dit_stage_key(args, head, steps, report), default=str)):
-        return None
-    log(f"  reusing {folder} (made with the same settings)")
-    report[f"dit_{head}"] = {**saved["report"], "reused": True}
-    return MoEDiT.from_pretrained(folder).eval().float()
+    dit, saved = kept
+    report[f"dit_{head}"] = {**saved, "reused": True}
+    return dit
 
 
-def _save_dit_stage(args, head: str, dit, report: dict) -> None:
-    folder = args.work / f"dit_{head}" / "final"
-    dit.save_pretrained(folder, overwrite=True)
-    key = _dit_stage_key(args, head, report[f"dit_{head}"]["steps"], report)
-    with atomic_file(folder / "stage.json") as tmp:
-        tmp.write_text(json.dumps({"key": key, "report": report[f"dit_{head}"]}, indent=1, default=str))
+def _dit_folder(args, head: str) -> Path:
+    return args.work / f"dit_{head}" / "final"
 
 
 def _train_dits(args, jobs: list, dataset, vae, report: dict) -> dict:
