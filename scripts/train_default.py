@@ -511,6 +511,9 @@ def main(argv=None) -> int:
         write_model_card(args.out, report, markdown_table(report["evaluation"]))
         return 0
 
+    from model.config import DiTConfig
+
+    DiTConfig.from_preset("tiny", **dit_overrides(args))  # a bad --dit-width / --dit-depth fails now, not after the VAE
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -566,4 +569,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except LatentfuseError as err:
+        print(f"train_default: error: {err}", file=sys.stderr)
+        sys.exit(2)

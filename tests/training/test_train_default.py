@@ -107,3 +107,12 @@ def test_a_dit_worker_killed_without_reporting_fails_the_run_instead_of_hanging(
     with pytest.raises(LatentfuseError, match=r"flow DiT: worker exited with code -9 \(killed by a signal"):
         train_default._train_dits(SimpleNamespace(dit_workers=2), [("regression", 1), ("flow", 1)],
                                   dataset=None, vae=None, report={})
+
+
+def test_a_bad_dit_size_fails_before_any_work(tmp_path):
+    from model.errors import LatentfuseError
+
+    train_default = _script("train_default")
+    with pytest.raises(LatentfuseError, match="head dim 25 must be a multiple of 4"):
+        train_default.main(["--work", str(tmp_path / "work"), "--dit-width", "100"])
+    assert not (tmp_path / "work").exists()
