@@ -191,7 +191,8 @@ class LatentPipeline(BenchPipeline):
 
     def _analytic_uncached(self, height: int, width: int) -> Analytic:
         c = self.components
-        h, w = pad16(height), pad16(width)
+        k = c.work_scale  # the pipeline enlarges the pair before the VAE
+        h, w = pad16(k * height), pad16(k * width)
         enc = cached_cost(c.vae, ("encode", h, w), lambda: forward_cost(c.vae, torch.empty(2, 3, h, w),
                                                                          method="encode_graph"))
         dec = cached_cost(c.vae, ("decode", h, w), lambda: forward_cost(

@@ -129,8 +129,8 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
     from tqdm import tqdm
 
     from export.bundle import (FORMAT, FORMAT_VERSION, PROMPT_CACHE_NAME, TOKENIZER_NAME, _sampler_defaults,
-                               record_files, save_manifest, write_prompt_cache)
-    from export.graphs import DOWNSAMPLE, PATCH, graph_specs
+                               latent_section, record_files, save_manifest, write_prompt_cache)
+    from export.graphs import graph_specs
     from model.atomic import atomic_dir
     from model.data.prompts import canonical_prompts
 
@@ -152,13 +152,12 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
             graphs[name] = entry
             table[name] = {"file": f"{name}{AOTI_SUFFIX}", "device": device, "torch": torch.__version__,
                            "compile_seconds": round(seconds, 2)}
-        text, vae = components.text_encoder, components.vae
+        text = components.text_encoder
         text.tokenizer.save(tmp / TOKENIZER_NAME)
         write_prompt_cache(text, prompts, tmp / PROMPT_CACHE_NAME)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "graphs": graphs, "files": {},
-            "latent": {"channels": int(vae.latent_channels), "downsample": DOWNSAMPLE, "patch": PATCH,
-                       "scaling_factor": float(vae.scaling_factor), "shift_factor": float(vae.shift_factor)},
+            "latent": latent_section(components),
             "resolution": next(iter(specs.values())).resolution.to_manifest(),
             "text": {"tokenizer": TOKENIZER_NAME, "max_length": int(text.max_length),
                      "pad_id": int(text.tokenizer.pad_id), "eos_id": int(text.tokenizer.eos_id),

@@ -25,7 +25,8 @@ Layout::
          "profile": {"min": {"<input>": [dims]}, "opt": {...}, "max": {...}},
          "tolerance": {"atol": a, "rtol": r}, "export_seconds": s}},
      "files": {"<relative path>": {"sha256": "<hex>", "bytes": N}},        every file but manifest.json
-     "latent": {"channels": 16, "downsample": 8, "patch": 2, "scaling_factor": s, "shift_factor": f},
+     "latent": {"channels": 16, "downsample": 8, "patch": 2, "scaling_factor": s, "shift_factor": f,
+                "work_scale": k, "window": w},
      "resolution": {"min": 64, "max": 1024, "multiple": 16, "opt": 512,
                     "aspect_ratios": ["1:1", "4:3", "3:4", "16:9", "9:16"],
                     "min_height": 64, "min_width": 64, "max_height": 1024, "max_width": 1024},
@@ -39,7 +40,11 @@ Layout::
 Symbolic dims: ``batch``, ``height``/``width`` (pixels, multiples of 16), ``latent_height`` =
 height/8, ``latent_width`` = width/8, ``text_length`` (tokens incl. EOS, <= ``text.max_length``).
 Latents are normalised: ``z = (mean(E(x)) - shift_factor) · scaling_factor``. Prompt-cache embeddings
-are zero at padding, so a host may zero-pad them to any prompt length. ``engines`` is filled by the
+are zero at padding, so a host may zero-pad them to any prompt length. ``work_scale`` k is the model's
+working scale (``model.work_scale``): a host enlarges the pair k times (bicubic) before ``vae_encoder``
+and shrinks the decoded image back (k x k box means); the profiles are in enlarged pixels. ``window``
+w > 0: the model's networks run on at most w x w enlarged pixels, a larger pair in overlapping windows
+(``runtime.backends.tiled``); 0: whole images. ``engines`` is filled by the
 engine builder (its files are added to ``files``, see :func:`record_files`).
 """
 
@@ -269,6 +274,16 @@ def _versions(opset: int) -> dict:
     return out
 
 
+def latent_section(components) -> dict:
+    """The manifest's ``latent`` section: how images map to the latents the graphs exchange."""
+    from export.graphs import DOWNSAMPLE, PATCH
+
+    vae = components.vae
+    return {"channels": int(vae.latent_channels), "downsample": DOWNSAMPLE, "patch": PATCH,
+            "scaling_factor": float(vae.scaling_factor), "shift_factor": float(vae.shift_factor),
+            "work_scale": int(components.work_scale), "window": int(components.window)}
+
+
 def _sampler_defaults() -> dict:
     try:  # the runtime's defaults are the source of truth when the runtime is installed
         from runtime import samplers
@@ -344,7 +359,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
     import torch
     from tqdm import tqdm
 
-    from export.graphs import DOWNSAMPLE, PATCH, graph_specs
+    from export.graphs import graph_specs
     from export.onnx import DEFAULT_OPSET, export_graph
     from model.atomic import atomic_dir
 
@@ -387,7 +402,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
         components.text_encoder.tokenizer.save(tmp / TOKENIZER_NAME)
         write_prompt_cache(components.text_encoder, prompts, tmp / PROMPT_CACHE_NAME)
 
-        vae, text = components.vae, components.text_encoder
+        text = components.text_encoder
         graphs = {}
         for name, spec in specs.items():
             result = results[name]
@@ -409,8 +424,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "graphs": graphs,
             "files": {},
-            "latent": {"channels": int(vae.latent_channels), "downsample": DOWNSAMPLE, "patch": PATCH,
-                       "scaling_factor": float(vae.scaling_factor), "shift_factor": float(vae.shift_factor)},
+            "latent": latent_section(components),
             "resolution": any_spec.resolution.to_manifest(),
             "text": {"tokenizer": TOKENIZER_NAME, "max_length": int(text.max_length),
                      "pad_id": int(text.tokenizer.pad_id), "eos_id": int(text.tokenizer.eos_id),

@@ -1,6 +1,7 @@
 """The set of models one fusion pipeline needs, saved together as one *model directory*.
 
-    <dir>/model_index.json      {"vae": "vae", "text_encoder": "text_encoder", "dit_flow": ..., ...}
+    <dir>/model_index.json      {"vae": "vae", "text_encoder": "text_encoder", "dit_flow": ..., ...,
+                                 "work_scale": k, "window": w}   (``model.work_scale``; 1 / 0 when absent)
     <dir>/vae/                  LatentVAE.save_pretrained (diffusers AutoencoderKL layout)
     <dir>/text_encoder/         PromptEncoder.save_pretrained (transformers T5 layout + spiece.model)
     <dir>/dit_flow/             MoEDiT.save_pretrained (flow head), optional
@@ -20,6 +21,7 @@ import torch
 
 from model.atomic import atomic_dir
 from model.errors import LatentfuseError
+from model.work_scale import check_window, check_work_scale
 
 INDEX_NAME = "model_index.json"
 HEADS = ("flow", "regression")
@@ -31,6 +33,12 @@ class FusionComponents:
     vae: "torch.nn.Module"
     text_encoder: "torch.nn.Module"
     dits: dict  # head name -> MoEDiT
+    work_scale: int = 1  # the pair is enlarged k times before the VAE (model.work_scale)
+    window: int = 0  # networks run on windows of at most this many enlarged pixels (0: whole images)
+
+    def __post_init__(self):
+        self.work_scale = check_work_scale(self.work_scale)
+        self.window = check_window(self.window)
 
     def dit(self, head: str):
         if head not in self.dits:
@@ -72,12 +80,14 @@ class FusionComponents:
         for key in ("vae", "text_encoder"):
             if key not in index:
                 raise LatentfuseError(f"{index_path} lacks the {key!r} entry")
+        work_scale = check_work_scale(index.get("work_scale", 1), f"{index_path}: work_scale")
+        window = check_window(index.get("window", 0), f"{index_path}: window")
         dits = {h: MoEDiT.from_pretrained(directory / index[f"dit_{h}"]).eval() for h in HEADS if f"dit_{h}" in index}
         if not dits:
             raise LatentfuseError(f"{index_path} names no DiT (dit_flow / dit_regression)")
         vae = LatentVAE.from_pretrained(directory / index["vae"]).eval()
         text_encoder = PromptEncoder.from_pretrained(directory / index["text_encoder"]).eval()
-        return cls(vae, text_encoder, dits)
+        return cls(vae, text_encoder, dits, work_scale, window)
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = True) -> Path:
         directory = Path(directory)
@@ -88,5 +98,9 @@ class FusionComponents:
             for head, dit in self.dits.items():
                 dit.save_pretrained(tmp / f"dit_{head}")
                 index[f"dit_{head}"] = f"dit_{head}"
+            if self.work_scale != 1:
+                index["work_scale"] = self.work_scale
+            if self.window:
+                index["window"] = self.window
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return directory

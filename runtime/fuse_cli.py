@@ -126,7 +126,10 @@ def _call_kwargs(args: argparse.Namespace) -> dict:
 
 def _describe(result) -> str:
     sampler = "regression" if result.mode == "regression" else f"{result.sampler} x {result.steps} steps"
-    return f"{sampler}, NFE {result.nfe}, prompt {result.prompt!r}" + (" (cached)" if result.timings.cache_hit else "")
+    scale = result.info.get("work_scale", 1)
+    worked = f", worked at {scale}x" if scale > 1 else ""
+    return (f"{sampler}, NFE {result.nfe}{worked}, prompt {result.prompt!r}"
+            + (" (cached)" if result.timings.cache_hit else ""))
 
 
 # ------------------------------------------------------------------------------ handlers

@@ -11,10 +11,13 @@ decode the final latent, and crops the result back to the input size.
 
 Pre-processing: images are float32 [0, 1] (``model.image_io``: PNG / JPEG / TIFF, 8 or 16 bit, gray or
 RGB); a gray image (infrared) is repeated to 3 channels for the VAE; the pair must have the same size
-(or ``resize=True`` resamples B to A's size); both are padded by reflection to a multiple of 16
-pixels (VAE f=8 × DiT patch 2), and up to the backend's smallest supported size (a TensorRT profile
-minimum), and mapped to [-1, 1]. The result is cropped back, clipped to
-[0, 1], and returned gray when both inputs were gray.
+(or ``resize=True`` resamples B to A's size); both are enlarged by the model's working scale k
+(``model.work_scale``: bicubic, k = 1 leaves them as they are), padded by reflection to a multiple of
+16 pixels (VAE f=8 × DiT patch 2), and up to the backend's smallest supported size (a TensorRT profile
+minimum), and mapped to [-1, 1]. A pair larger than the model's window (``model.work_scale``) or, with
+``tile``, than the backend's size limit runs in overlapping windows (:mod:`runtime.backends.tiled`).
+The result is cropped back, shrunk by k (k x k box means), clipped to [0, 1], and returned gray when
+both inputs were gray.
 
 Prompts: the default is the task's canonical prompt (``model.data.prompts.CANONICAL_TASK_PROMPTS``).
 A bundle ships the embeddings of the canonical prompts (its prompt cache), so they cost no text
@@ -34,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from model.errors import LatentfuseError
+from model.work_scale import check_window, check_work_scale, downscale, upscale
 from runtime import samplers
 from runtime.backends import Backend, get_backend
 from runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
@@ -157,6 +161,8 @@ class Pipeline:
         self.defaults = {"sampler": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS,
                          "g": None, "prior": "gaussian", "prior_sigma": None, **(defaults or {})}
         self.min_size = int(backend.min_image_size() or PAD_MULTIPLE)
+        self.work_scale = check_work_scale(backend.work_scale(), f"the {backend.name} backend's work_scale")
+        self.window = check_window(backend.window(), f"the {backend.name} backend's window")
         self.tile_overlap = 64  # pixels shared by neighbouring windows when tiling (runtime.backends.tiled)
         self.text_encoder_calls = 0
 
@@ -219,28 +225,31 @@ class Pipeline:
     # ------------------------------------------------------------------ the call
     def prepare(self, a: Any, b: Any, resize: bool = False, tile: bool = False
                 ) -> tuple[np.ndarray, tuple[int, int], bool, Backend]:
-        """Read, check, pad and scale the pair: ([2, 3, H', W'] in [-1, 1], original (H, W), both gray,
-        the backend to run: ``self.backend``, or a tiled view of it for an image over its size limit)."""
+        """Read, check, enlarge, pad and scale the pair: ([2, 3, H', W'] in [-1, 1], original (H, W), both
+        gray, the backend to run: ``self.backend``, or a tiled view of it for an image over its size limit)."""
         img_a = load_image(a, f"image A ({a})" if isinstance(a, (str, os.PathLike)) else "image A")
         img_b = load_image(b, f"image B ({b})" if isinstance(b, (str, os.PathLike)) else "image B")
         img_a, img_b = match_pair(img_a, img_b, resize, names=(_label(a, "A"), _label(b, "B")))
         gray = img_a.ndim == 2 and img_b.ndim == 2
         h, w = img_a.shape[:2]
-        ph, pw = _padded(h, self.min_size), _padded(w, self.min_size)
-        backend = self.backend
+        k = self.work_scale
+        ph, pw = _padded(k * h, self.min_size), _padded(k * w, self.min_size)
         limit = self.backend.max_image_size()
-        if limit is not None:
-            max_h, max_w = limit
-            if ph > max_h or pw > max_w:
-                if not tile:
-                    raise LatentfuseError(
-                        f"the images are {w}x{h} (padded {pw}x{ph}); this {self.backend.name} bundle supports at "
-                        f"most {max_w}x{max_h} (W x H). Downscale the pair, pass --tile for tiled processing, or "
-                        "export / build with a larger profile")
-                from runtime.backends.tiled import TiledBackend
+        if limit is not None and (ph > limit[0] or pw > limit[1]) and not tile:
+            worked = f"worked at {k}x: {k * w}x{k * h}, " if k > 1 else ""
+            raise LatentfuseError(
+                f"the images are {w}x{h} ({worked}padded {pw}x{ph}); this {self.backend.name} bundle supports "
+                f"at most {limit[1]}x{limit[0]} (W x H). Downscale the pair, pass --tile for tiled processing, "
+                "or export / build with a larger profile")
+        # windows: the engine's size limit (with --tile) and the model's own window, the smaller of each side
+        bounds = [b for b in (limit, (self.window, self.window) if self.window else None) if b is not None]
+        max_h, max_w = (min(b[0] for b in bounds), min(b[1] for b in bounds)) if bounds else (ph, pw)
+        backend = self.backend
+        if ph > max_h or pw > max_w:
+            from runtime.backends.tiled import TiledBackend
 
-                backend = TiledBackend(self.backend, limit, overlap=self.tile_overlap)
-        padded = [pad_to_size(to_rgb(img), ph, pw) for img in (img_a, img_b)]
+            backend = TiledBackend(self.backend, (max_h, max_w), overlap=self.tile_overlap)
+        padded = [pad_to_size(upscale(to_rgb(img), k), ph, pw) for img in (img_a, img_b)]
         return to_model_range(padded), (h, w), gray, backend
 
     def __call__(
@@ -309,13 +318,15 @@ class Pipeline:
                 result = samplers.sample(sampler_name, velocity, z0, steps=steps, g=g, seed=seed, prior=params)
         with timer.stage("VAE-Dec"):
             decoded = backend.decode(np.asarray(result.latent, np.float32))
-        image = from_model_range(decoded, size)
+        k = self.work_scale
+        image = downscale(from_model_range(decoded, (k * size[0], k * size[1])), k)
         if gray:
             image = to_gray(image)
         times = timer.finish(result.nfe, hit)
         return FusionResult(image=image, nfe=result.nfe, timings=times, task=task, prompt=prompt, mode=mode,
                             sampler=result.sampler, steps=steps, seed=seed,
-                            info={"backend": self.backend.name, "size": size, "tiled": backend is not self.backend,
+                            info={"backend": self.backend.name, "size": size, "work_scale": k,
+                                  "tiled": backend is not self.backend,
                                   "g": g if samplers.get_sampler(sampler_name).stochastic else 0.0})
 
     # ------------------------------------------------------------------ timing

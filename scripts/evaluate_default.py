@@ -9,8 +9,8 @@ training), four fused images are scored:
         flow_sde     the same with the runtime's default sampler (``runtime.samplers.DEFAULT_SAMPLER``,
                      g = ``DEFAULT_G``): what ``latentfuse fuse`` runs when no flag is given
     (c) teacher      the selected + refined teacher label itself (the training target)
-        vae_label    the VAE round trip D(E(label)) of that label: the ceiling of any latent model with
-                     this VAE (a perfect DiT would predict E(label))
+        vae_label    the VAE round trip D(E(label)) of that label at the model's working scale: the
+                     ceiling of any latent model with this VAE (a perfect DiT would predict E(label))
     (d) average      the plain average of the two degraded inputs
 
 and, per method, the share of samples on which its Q^AB/F beats the average's (a mean can hide a few
@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from model.errors import LatentfuseError  # noqa: E402
+from model.work_scale import downscale, upscale  # noqa: E402
 
 METHODS = ("regression", "flow", "flow_sde", "teacher", "vae_label", "average")
 FLOW_SAMPLER, FLOW_STEPS = "midpoint_reuse", 5
@@ -68,33 +69,20 @@ def _decode_image(vae, z: torch.Tensor, h: int, w: int) -> np.ndarray:
 
 @torch.no_grad()
 def vae_round_trip(components, img: np.ndarray) -> np.ndarray:
-    """D(E(img)) for a [0, 1] RGB image; returns [0, 1] RGB."""
-    x, h, w = _pad16(_to_tensor(img))
-    return _decode_image(components.vae, components.vae.encode(x), h, w)
+    """D(E(img)) for a [0, 1] RGB image, at the model's working scale; returns [0, 1] RGB."""
+    k = components.work_scale
+    x, h, w = _pad16(_to_tensor(upscale(img, k)))
+    return downscale(_decode_image(components.vae, components.vae.encode(x), h, w), k)
 
 
-@torch.no_grad()
-def fuse(components, head: str, a: np.ndarray, b: np.ndarray, prompt: str, seed: int = 0,
+def fuse(pipe, head: str, a: np.ndarray, b: np.ndarray, task: str, prompt: str, seed: int = 0,
          sampler: str = FLOW_SAMPLER) -> np.ndarray:
     """Fuse two [0, 1] RGB images with ``head`` ("regression" or "flow", sampled by ``sampler`` in
-    ``FLOW_STEPS`` steps); returns [0, 1] RGB."""
-    from runtime import samplers
-
-    vae, te = components.vae, components.text_encoder
-    xa, h, w = _pad16(_to_tensor(a))
-    xb, _, _ = _pad16(_to_tensor(b))
-    za, zb = vae.encode(xa), vae.encode(xb)
-    embeds, mask = te.encode([prompt])
-    dit = components.dit(head)
+    ``FLOW_STEPS`` steps) through ``pipe`` (:class:`runtime.pipeline.Pipeline`): the runtime's own
+    working scale, windows, padding and noise. Returns [0, 1] RGB."""
     if head == "regression":
-        z = dit(za, zb, embeds, mask)
-    else:
-        def velocity(zt, t):
-            return dit(za, zb, embeds, mask, z_t=zt, t=torch.full((zt.shape[0],), float(t)))
-
-        z0, prior = samplers.initial_latent("gaussian", za, seed)
-        z = samplers.sample(sampler, velocity, z0, steps=FLOW_STEPS, seed=seed, prior=prior).latent
-    return _decode_image(vae, z, h, w)
+        return pipe(a, b, task=task, prompt=prompt, mode="regression", seed=seed).image
+    return pipe(a, b, task=task, prompt=prompt, mode="flow", sampler=sampler, steps=FLOW_STEPS, seed=seed).image
 
 
 def _scores(clean_a: np.ndarray, clean_b: np.ndarray, fused: np.ndarray, label: np.ndarray) -> dict:
@@ -122,6 +110,7 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
 
     from model.training.data import find_manifests, read_manifest
     from runtime import samplers
+    from runtime.pipeline import Pipeline
 
     records = []
     for manifest in find_manifests(data_root):
@@ -136,17 +125,19 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
         raise LatentfuseError(f"no held-out samples under {data_root}")
     sums: dict = {}
     counts: dict = {}
+    pipe = Pipeline.from_components(components)
     start = time.perf_counter()
     for base, rec in tqdm(records, desc="evaluate", unit="sample", disable=not progress):
         files = {k: base / v for k, v in rec["files"].items()}
         a, b = _rgb(files["a"]), _rgb(files["b"])
         ca, cb, label = _rgb(files["clean_a"]), _rgb(files["clean_b"]), _rgb(files["gt"])
         outputs = {"teacher": label, "vae_label": vae_round_trip(components, label), "average": 0.5 * (a + b)}
+        task, prompt = rec["task"], rec["prompt"]
         if "regression" in components.dits:
-            outputs["regression"] = fuse(components, "regression", a, b, rec["prompt"])
+            outputs["regression"] = fuse(pipe, "regression", a, b, task, prompt)
         if "flow" in components.dits:
-            outputs["flow"] = fuse(components, "flow", a, b, rec["prompt"])
-            outputs["flow_sde"] = fuse(components, "flow", a, b, rec["prompt"], sampler=samplers.DEFAULT_SAMPLER)
+            outputs["flow"] = fuse(pipe, "flow", a, b, task, prompt)
+            outputs["flow_sde"] = fuse(pipe, "flow", a, b, task, prompt, sampler=samplers.DEFAULT_SAMPLER)
         scored = {method: _scores(ca, cb, fused.astype(np.float32), label) for method, fused in outputs.items()}
         for method, scores in scored.items():
             scores["qabf_over_average"] = float(scores["qabf"] > scored["average"]["qabf"])
@@ -158,6 +149,8 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
                     for m, ms in sorted(methods.items(), key=lambda kv: METHODS.index(kv[0]))}
              for task, methods in sums.items()}
     table["_meta"] = {"samples": len(records), "seconds": round(time.perf_counter() - start, 1),
+                      "pipeline": f"runtime.pipeline.Pipeline on the torch backend: working scale {pipe.work_scale}, "
+                                  + (f"{pipe.window} px windows" if pipe.window else "whole images"),
                       "flow_sampler": f"flow: {FLOW_SAMPLER}, {FLOW_STEPS} steps ({FLOW_STEPS} NFE, ODE); flow_sde: "
                                       f"{samplers.DEFAULT_SAMPLER}, g = {samplers.DEFAULT_G}, {FLOW_STEPS} steps "
                                       "(the runtime default); Gaussian prior, seed 0",

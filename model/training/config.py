@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.errors import LatentfuseError
+from model.work_scale import check_work_scale
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -55,7 +56,8 @@ class ModelSection:
 class DataSection:
     root: str = ""                  # a `latentfuse data build` folder (JSONL manifest)
     tasks: list = field(default_factory=lambda: ["vif", "mef", "mff"])
-    crop: int = 256                 # training crop in pixels (a multiple of 16)
+    crop: int = 256                 # training crop in pixels of the enlarged images (a multiple of 16)
+    work_scale: int = 1             # images enlarged k times before the VAE (model.work_scale); 1: as they are
     cache: str = ""                 # latent cache file; "" = <root>/latents_<crop>.pt
     max_samples: int = 0            # 0: all
     aux_sources: str = "clean"      # images X_i of the auxiliary loss: "clean" or "degraded" sources
@@ -150,6 +152,10 @@ class TrainConfig:
             problems.append(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
         if self.data.crop % 16:
             problems.append(f"data.crop must be a multiple of 16 pixels, got {self.data.crop}")
+        try:
+            check_work_scale(self.data.work_scale, "data.work_scale")
+        except LatentfuseError as err:
+            problems.append(str(err))
         if self.data.aux_sources not in ("clean", "degraded"):
             problems.append(f"data.aux_sources must be 'clean' or 'degraded', got {self.data.aux_sources!r}")
         for task in list(self.data.tasks) + list(self.continual.sequence):

@@ -1,8 +1,9 @@
 """The training set in latent space: VAE latents of every (A, B, GT) tuple, encoded once and cached.
 
 The VAE and the text encoder are frozen (MMAIF 3.2-3.4), so their outputs never change during DiT
-training: each tuple of a ``latentfuse data build`` folder is centre-cropped to ``crop`` pixels and
-encoded once (posterior mean), and each distinct prompt is encoded once by T5. The cache is one
+training: each tuple of a ``latentfuse data build`` folder is enlarged by the model's working scale
+(``model.work_scale``, as its pipeline will), centre-cropped to ``crop`` pixels and encoded once
+(posterior mean), and each distinct prompt is encoded once by T5. The cache is one
 ``torch.save`` file; the auxiliary loss (Eq. 9) also needs the two source images in pixel space, kept
 as uint8 next to the latents, and the optional pixel-space label term the label itself.
 
@@ -24,6 +25,7 @@ import torch
 
 from model.atomic import atomic_file
 from model.errors import LatentfuseError
+from model.work_scale import check_work_scale, upscale
 
 CACHE_FORMAT = 2  # 2: + x_gt
 MANIFEST_NAMES = ("manifest.jsonl", "train.jsonl", "index.jsonl")
@@ -174,13 +176,14 @@ def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[top:top + size, left:left + size]
 
 
-def _load_rgb(path: Path, size: int) -> np.ndarray:
+def _load_rgb(path: Path, size: int, work_scale: int = 1) -> np.ndarray:
+    """The centre size×size crop of an image enlarged ``work_scale`` times (as a pipeline enlarges it)."""
     from model.image_io import read_image
 
     img = np.asarray(read_image(path), dtype=np.float32)  # float [0, 1]
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
-    return np.clip(_center_crop(img, size), 0.0, 1.0)
+    return np.clip(_center_crop(upscale(img, work_scale), size), 0.0, 1.0)
 
 
 def _records(root):
@@ -203,12 +206,15 @@ def _balanced(rows: list, limit: int) -> list:
 
 @torch.no_grad()
 def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=None, max_samples: int = 0,
-                       aux_sources: str = "clean", batch: int = 8, progress: bool = True) -> LatentDataset:
-    """Encode a ``latentfuse data build`` folder into a :class:`LatentDataset` (see the module doc)."""
+                       aux_sources: str = "clean", batch: int = 8, progress: bool = True,
+                       work_scale: int = 1) -> LatentDataset:
+    """Encode a ``latentfuse data build`` folder into a :class:`LatentDataset` (see the module doc);
+    ``work_scale`` enlarges every image before cropping, as the pipeline of the trained model will."""
     from tqdm import tqdm
 
     from model.vae import to_vae_input
 
+    work_scale = check_work_scale(work_scale, "work_scale")
     keep_tasks = tuple(tasks) if tasks else None
     rows = []
     for path, base, lineno, rec in _records(root):
@@ -245,11 +251,11 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
     for start in tqdm(it, desc="encoding latents", disable=not progress, unit="batch"):
         chunk = rows[start:start + batch]
         for key, col in (("a", 1), ("b", 2), ("gt", 3)):
-            imgs = np.stack([_load_rgb(r[col], crop) for r in chunk]).transpose(0, 3, 1, 2)
+            imgs = np.stack([_load_rgb(r[col], crop, work_scale) for r in chunk]).transpose(0, 3, 1, 2)
             t = to_vae_input(torch.from_numpy(np.ascontiguousarray(imgs)).float()).to(device)
             z[key].append(vae.encode(t).float().cpu())
         for key, col in (("a", 4), ("b", 5), ("gt", 3)):
-            imgs = np.stack([_load_rgb(r[col], crop) for r in chunk]).transpose(0, 3, 1, 2)
+            imgs = np.stack([_load_rgb(r[col], crop, work_scale) for r in chunk]).transpose(0, 3, 1, 2)
             x[key].append(torch.from_numpy(np.round(imgs * 255.0).astype(np.uint8)))
     return LatentDataset(
         z_a=torch.cat(z["a"]), z_b=torch.cat(z["b"]), z_gt=torch.cat(z["gt"]),

@@ -27,6 +27,7 @@ def load_frozen_components(cfg: TrainConfig):
         for sub in ("vae", "text_encoder"):
             if not (root / sub).is_dir():
                 raise LatentfuseError(f"model.components = {root} has no {sub}/ folder (a latentfuse model directory)")
+        _check_work_scale_matches(cfg, root)
         vae = LatentVAE.from_pretrained(root / "vae")
         text_encoder = PromptEncoder.from_pretrained(root / "text_encoder")
     else:
@@ -35,6 +36,24 @@ def load_frozen_components(cfg: TrainConfig):
     vae.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     return vae, text_encoder
+
+
+def _check_work_scale_matches(cfg: TrainConfig, root: Path) -> None:
+    """A DiT trained for a model directory must see latents at that model's working scale."""
+    from model.components import INDEX_NAME
+
+    index = root / INDEX_NAME
+    if not index.is_file():
+        return  # a bare vae/ + text_encoder/ folder: nothing says how its pipeline scales images
+    try:
+        scale = json.loads(index.read_text()).get("work_scale", 1)
+    except (json.JSONDecodeError, AttributeError):
+        raise LatentfuseError(f"{index} is not a valid model index (JSON object)") from None
+    if scale != cfg.data.work_scale:
+        raise LatentfuseError(
+            f"model.components = {root} works at scale {scale} ({INDEX_NAME}), but data.work_scale = "
+            f"{cfg.data.work_scale}: set data.work_scale = {scale} so the DiT trains on latents at the scale "
+            "its pipeline will use")
 
 
 def build_dit(cfg: TrainConfig, text_dim: int, latent_channels: int):
@@ -75,6 +94,7 @@ def prepare_dataset(cfg: TrainConfig, vae, text_encoder, info: DistInfo) -> Late
     manifests = find_manifests(cfg.data.root)
     key = {"manifests": [str(m.resolve()) for m in manifests],
            "mtimes": [m.stat().st_mtime_ns for m in manifests], "crop": cfg.data.crop,
+           "work_scale": cfg.data.work_scale,
            "tasks": sorted(cfg.data.tasks), "max_samples": cfg.data.max_samples,
            "aux_sources": cfg.data.aux_sources, "vae": module_fingerprint(vae),
            "text_encoder": module_fingerprint(text_encoder)}
@@ -84,7 +104,8 @@ def prepare_dataset(cfg: TrainConfig, vae, text_encoder, info: DistInfo) -> Late
     fresh = cache.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key
     if not fresh and info.is_main:
         dataset = build_latent_cache(cfg.data.root, vae, text_encoder, cfg.data.crop, cfg.data.tasks,
-                                     cfg.data.max_samples, cfg.data.aux_sources, progress=cfg.run.progress)
+                                     cfg.data.max_samples, cfg.data.aux_sources, progress=cfg.run.progress,
+                                     work_scale=cfg.data.work_scale)
         dataset.save(cache)
         key_path.write_text(json.dumps(key, indent=2) + "\n")
     if info.world_size > 1:

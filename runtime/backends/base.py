@@ -65,6 +65,16 @@ class Backend(abc.ABC):
         the pipeline pads smaller images up to it and crops back."""
         return None
 
+    def work_scale(self) -> int:
+        """The model's working scale k (``model.work_scale``): the pipeline enlarges the pair k times
+        before :meth:`encode_images` and shrinks the decoded image back."""
+        return 1
+
+    def window(self) -> int:
+        """The model's window (``model.work_scale``): the largest side, in enlarged pixels, its networks
+        run on; the pipeline tiles a larger pair (0: whole images)."""
+        return 0
+
     def require_head(self, head: str) -> None:
         if head not in self.heads:
             raise LatentfuseError(

@@ -49,6 +49,20 @@ class RuntimeBundle(Bundle):
             return int(res["max_height"]), int(res["max_width"])
         return None
 
+    def work_scale(self) -> int:
+        """The working scale of the exported model (``model.work_scale``; 1 in bundles that predate it)."""
+        from model.work_scale import check_work_scale
+
+        value = (self.manifest.get("latent") or {}).get("work_scale", 1)
+        return check_work_scale(value, f"{self.root}/manifest.json latent.work_scale")
+
+    def window(self) -> int:
+        """The window of the exported model (``model.work_scale``; 0, whole images, when absent)."""
+        from model.work_scale import check_window
+
+        value = (self.manifest.get("latent") or {}).get("window", 0)
+        return check_window(value, f"{self.root}/manifest.json latent.window")
+
     # ------------------------------------------------------------------ engines
     def engine_paths(self, trt_version: str | None = None, gpu_name: str | None = None) -> dict[str, Path]:
         """Graph -> engine file, for the engines ``latentfuse build-engines`` recorded for this TensorRT

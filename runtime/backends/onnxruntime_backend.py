@@ -162,6 +162,12 @@ class OnnxRuntimeBackend(Backend):
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return self._run("vae_decoder", latent=as_f32(latents, "latents"))
 
+    def work_scale(self) -> int:
+        return self.bundle.work_scale()
+
+    def window(self) -> int:
+        return self.bundle.window()
+
     def max_image_size(self):
         return self.bundle.max_image_size()
 

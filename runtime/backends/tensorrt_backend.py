@@ -212,6 +212,12 @@ class TensorRTBackend(Backend):
     def synchronize(self) -> None:
         self.stream.synchronize()
 
+    def work_scale(self) -> int:
+        return self.bundle.work_scale()
+
+    def window(self) -> int:
+        return self.bundle.window()
+
     def max_image_size(self):
         """The VAE encoder engine's profile max (H, W): the hard limit of this backend."""
         engine = self.engines["vae_encoder"]

@@ -132,5 +132,11 @@ class TiledBackend(Backend):
     def min_image_size(self):
         return self.inner.min_image_size()
 
+    def work_scale(self) -> int:
+        return self.inner.work_scale()
+
+    def window(self) -> int:
+        return self.inner.window()
+
     def describe(self) -> str:
         return f"{self.inner.describe()}, tiled {self.max_size[1]}x{self.max_size[0]} px windows, {self.overlap} px overlap"

@@ -125,6 +125,12 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
 
+    def work_scale(self) -> int:
+        return self.components.work_scale
+
+    def window(self) -> int:
+        return self.components.window
+
     def describe(self) -> str:
         extra = ", torch.compile" if self._compiled else ""
         src = f" from {self._source}" if self._source else ""

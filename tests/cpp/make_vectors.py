@@ -10,7 +10,9 @@ Each file is produced by the Python runtime itself, so C++ is compared with the 
 * ``tokenizer.json``: ``model.text_encoder.SpieceTokenizer.ids`` (sentencepiece ids + EOS 1) of the
   shipped tokenizer ``model/assets/tokenizer/spiece.model`` on assorted prompts.
 * ``padding.json``: :func:`runtime.pipeline.pad_to_size` (numpy reflect / edge padding) at the sizes
-  :func:`runtime.pipeline._padded` picks, including pads longer than the image side.
+  :func:`runtime.pipeline._padded` picks, including pads longer than the image side; under ``resample``
+  the working-scale resampling (:func:`model.work_scale.upscale` / :func:`~model.work_scale.downscale`)
+  of small gray and RGB images at k = 2 and 3.
 
 ``tests/cpp/test_vectors.py`` fails when a committed file no longer matches what this script writes.
 """
@@ -97,7 +99,16 @@ def padding_vectors() -> dict:
         out = pad_to_size(img, ph, pw)
         cases.append({"height": h, "width": w, "channels": c, "minimum": minimum, "padded_height": ph,
                       "padded_width": pw, "image": _floats(img), "padded": _floats(out)})
-    return {"generator": "tests/cpp/make_vectors.py (runtime.pipeline.pad_to_size, numpy reflect)", "cases": cases}
+    from model.work_scale import downscale, upscale
+
+    resample = []
+    for h, w, c, k in ((5, 7, 1, 2), (4, 6, 3, 2), (3, 5, 3, 3), (1, 2, 1, 2)):
+        img = (rng.integers(0, 256, (h, w, c)) / 256).astype(np.float32)
+        up = upscale(img, k)
+        resample.append({"height": h, "width": w, "channels": c, "factor": k, "image": _floats(img),
+                         "upscaled": _floats(up), "downscaled": _floats(downscale(up, k))})
+    return {"generator": "tests/cpp/make_vectors.py (runtime.pipeline.pad_to_size, numpy reflect; "
+                         "model.work_scale)", "cases": cases, "resample": resample}
 
 
 def all_vectors() -> dict[str, dict]:

@@ -1,7 +1,7 @@
 """End to end: the C++ host (runtime/cpp, AOTInductor backend) against the Python pipeline.
 
-A tiny random-weight model (1-block DiTs) is compiled once per session into an AOTInductor bundle
-(:func:`export.aoti.export_aoti_bundle`); the host fuses a non-square pair (an 8-bit RGB visible
+A tiny random-weight model (1-block DiTs, working scale 2 like the bundled default) is compiled once
+per session into an AOTInductor bundle (:func:`export.aoti.export_aoti_bundle`); the host fuses a non-square pair (an 8-bit RGB visible
 image, a 16-bit gray infrared one) and its 16-bit PNG must equal :class:`runtime.pipeline.Pipeline`
 on the same model and seed to PSNR >= 40 dB, in flow mode (the default sampler, canonical prompt from
 the prompt cache) and regression mode (free text through the tokenizer and the text-encoder graph).
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST = Path(os.environ.get("LATENTFUSE_HOST", ROOT / "runtime" / "cpp" / "build" / "latentfuse-host"))
 pytestmark = pytest.mark.slow  # one AOTInductor compile of five graphs per session
 
-SIZE = (40, 72)  # H x W: non-square, padded to 48 x 80
+SIZE = (40, 72)  # H x W: non-square; enlarged to 80 x 144 by the working scale
 SEED = 3
 
 
@@ -49,13 +49,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def components():
-    """The tiny preset with 1-block DiTs: the AOTInductor compile time grows with the DiT depth."""
+    """The tiny preset with 1-block DiTs (the AOTInductor compile time grows with the DiT depth) at
+    working scale 2, so the host's resampling (runtime/cpp/src/image.cpp) is compared too."""
     import torch
 
     from model.components import FusionComponents
     from model.dit import MoEDiT
 
     comp = FusionComponents.from_preset("tiny", seed=0)
+    comp.work_scale = 2
     torch.manual_seed(1)
     for head, dit in list(comp.dits.items()):
         comp.dits[head] = MoEDiT(dit.config.replace(depth=1)).eval()
@@ -143,7 +145,7 @@ def test_out_of_range_image_long_prompt_and_bad_arguments_are_one_line_errors(bu
 
     big = write_image(tmp_path / "big.png", np.zeros((16, 1040), np.float32))
     line = _error(host(big, big, "--task", "vif", "--bundle", bundle, "-o", tmp_path / "x.png", check=False))
-    assert "1040x16" in line and "at most 1024x1024" in line
+    assert "1040x16 (worked at 2x: 2080x32" in line and "at most 1024x1024" in line
     long_prompt = " ".join(["remove the rain and the haze"] * 40)
     line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--prompt", long_prompt, "-o", tmp_path / "x.png",
                        check=False))
@@ -171,3 +173,15 @@ def test_tensorrt_backend(bundle, pair, tmp_path):
     line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--backend", "tensorrt", "-o", tmp_path / "x.png",
                        check=False))
     assert "no TensorRT engines" in line  # an AOTInductor bundle has none; engines come from build-engines
+
+
+def test_a_model_window_the_host_cannot_tile_is_a_one_line_error(bundle, pair, tmp_path):
+    import json
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["latent"]["window"] = 64  # the 72x40 pair works at 144x80
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    line = _error(host(*pair, "--task", "vif", "--bundle", copy, "-o", tmp_path / "x.png", check=False))
+    assert "windows of at most 64x64" in line and "does not tile yet" in line

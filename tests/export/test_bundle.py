@@ -69,6 +69,7 @@ def test_bundle_layout_and_manifest(exported):
     assert manifest["graphs"]["vae_encoder"]["inputs"][0] == {"name": "image", "dtype": "float32",
                                                               "shape": ["batch", 3, "height", "width"]}
     assert manifest["latent"]["channels"] == 16 and manifest["latent"]["downsample"] == 8
+    assert manifest["latent"]["work_scale"] == 1  # tiny_components: a model at its own size
     assert manifest["text"]["tokenizer"] == "spiece.model" and (bundle / "spiece.model").is_file()
     assert manifest["text"]["pad_id"] == 0 and manifest["text"]["eos_id"] == 1
     assert manifest["prompt_cache"]["prompts"] == canonical_prompts()

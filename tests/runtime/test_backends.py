@@ -68,7 +68,10 @@ def model_and_bundle(tmp_path_factory):
     from model.components import FusionComponents
 
     root = tmp_path_factory.mktemp("parity")
-    model_dir = FusionComponents.from_preset("tiny", seed=0).save_pretrained(root / "model")
+    components = FusionComponents.from_preset("tiny", seed=0)
+    # as the bundled default (smaller window): the bundle must carry both to every runtime
+    components.work_scale, components.window = 2, 64
+    model_dir = components.save_pretrained(root / "model")
     bundle = root / "bundle"
     _export(model_dir, bundle)
     return model_dir, bundle
@@ -102,6 +105,9 @@ def test_torch_and_onnxruntime_give_the_same_image(pipelines, mode, sampler, ste
     out = {name: p(a, b, task="vif", mode=mode, sampler=sampler, steps=steps, seed=11)
            for name, p in pipelines.items()}
     ref, ort = out["torch"], out["onnxruntime"]
+    assert pipelines["torch"].work_scale == pipelines["onnxruntime"].work_scale == 2
+    assert pipelines["torch"].window == pipelines["onnxruntime"].window == 64
+    assert ref.info["tiled"] and ort.info["tiled"]  # 106x150 once enlarged: run in 64 px windows
     assert ref.image.shape == ort.image.shape == (53, 75, 3)
     assert ref.nfe == ort.nfe == (steps or 1)
     err = np.abs(ref.image - ort.image).max()
@@ -135,8 +141,8 @@ def test_bundle_prompt_cache_serves_canonical_prompts_without_the_text_encoder(p
 def test_onnxruntime_rejects_images_over_the_bundle_limit(pipelines):
     ort = pipelines["onnxruntime"]
     max_h, max_w = ort.backend.max_image_size()
-    a = np.zeros((16, max_w + 1, 3), np.float32)
-    with pytest.raises(LatentfuseError, match=f"at most {max_w}x{max_h}"):
+    a = np.zeros((16, max_w // 2 + 1, 3), np.float32)  # over the limit once enlarged by the working scale
+    with pytest.raises(LatentfuseError, match=f"worked at 2x: .* at most {max_w}x{max_h}"):
         ort(a, a, task="vif")
 
 
@@ -189,3 +195,18 @@ def test_onnxruntime_gpu_provider_missing_says_what_to_install(model_and_bundle)
         pytest.skip("onnxruntime-gpu with CUDA is installed here")
     with pytest.raises(MissingDependencyError, match="onnxruntime-gpu"):
         get_backend("onnxruntime", bundle=model_and_bundle[1], providers="cuda")
+
+
+def test_a_bad_working_scale_in_the_manifest_is_named(model_and_bundle, tmp_path):
+    import json
+    import shutil
+
+    from runtime.pipeline import Pipeline
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(model_and_bundle[1], bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["latent"]["work_scale"] = 1.5
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LatentfuseError, match=r"manifest.json latent.work_scale must be an integer from 1 to 4, got 1.5"):
+        Pipeline.from_bundle(bundle, backend="onnxruntime", providers="cpu")

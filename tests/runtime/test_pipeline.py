@@ -225,8 +225,15 @@ class _LocalBackend:
 
     name, heads = "local", ("flow", "regression")
 
-    def __init__(self):
+    def __init__(self, scale: int = 1, window: int = 0):
         self.shapes = []
+        self.scale, self.size = scale, window
+
+    def work_scale(self):
+        return self.scale
+
+    def window(self):
+        return self.size
 
     def encode_images(self, x):
         self.shapes.append(x.shape[-2:])
@@ -298,3 +305,54 @@ def test_tiled_torch_pipeline_returns_the_full_size(pipe, monkeypatch):
     result = pipe(_rand((40, 60, 3)), _rand((40, 60, 3), seed=1), task="mef", mode="regression", tile=True)
     assert result.image.shape == (40, 60, 3) and result.info["tiled"]
     assert np.isfinite(result.image).all()
+
+
+def test_working_scale_enlarges_the_pair_for_the_backend_and_shrinks_the_result_back(monkeypatch):
+    from model.work_scale import downscale, upscale
+    from runtime.pipeline import Pipeline, from_model_range, to_model_range
+
+    a, b = _rand((40, 56, 3)), _rand((40, 56), seed=1)
+    local = _LocalBackend(scale=2)
+    result = Pipeline(local)(a, b, task="vif", mode="regression")
+    assert result.image.shape == (40, 56, 3) and result.info["size"] == (40, 56)
+    assert local.shapes[0] == (80, 112)  # the VAE encoder saw the pair at twice the size
+    # the same steps by hand: enlarge, encode, fuse, decode, shrink
+    x = to_model_range([upscale(a, 2), upscale(np.repeat(b[..., None], 3, -1), 2)])
+    z = local.encode_images(x)
+    expected = downscale(from_model_range(local.decode(local.regress(z[:1], z[1:], None, None)), (80, 112)), 2)
+    np.testing.assert_allclose(result.image, expected, atol=1e-6)
+
+    monkeypatch.setattr(local, "max_image_size", lambda: (64, 96))
+    with pytest.raises(LatentfuseError, match=r"the images are 56x40 \(worked at 2x: 112x80, padded 112x80\); "
+                                              r"this local bundle supports at most 96x64"):
+        Pipeline(local)(a, b, task="vif", mode="regression")
+    tiled = Pipeline(local)(a, b, task="vif", mode="regression", tile=True)
+    assert tiled.image.shape == (40, 56, 3)
+
+
+def test_torch_pipeline_runs_a_model_at_its_working_scale():
+    from model.components import FusionComponents
+    from runtime.pipeline import Pipeline
+
+    comps = FusionComponents.from_preset("tiny", heads=("regression",), seed=0)
+    comps.work_scale = 2
+    pipe = Pipeline.from_components(comps)
+    seen = []
+    encode = pipe.backend.encode_images
+    pipe.backend.encode_images = lambda x: seen.append(x.shape) or encode(x)
+    result = pipe(_rand((24, 40, 3)), _rand((24, 40, 3), seed=1), task="mff", mode="regression")
+    assert seen == [(2, 3, 48, 80)] and result.image.shape == (24, 40, 3)
+
+
+def test_a_model_window_runs_larger_pairs_in_windows_of_that_size():
+    from runtime.pipeline import Pipeline
+
+    a, b = _rand((40, 56, 3)), _rand((40, 56), seed=1)
+    plain = Pipeline(_LocalBackend(scale=2))(a, b, task="vif", mode="flow", steps=2)
+    local = _LocalBackend(scale=2, window=48)
+    windowed = Pipeline(local)(a, b, task="vif", mode="flow", steps=2)  # no --tile needed: the model asks
+    assert windowed.info["tiled"] and windowed.image.shape == (40, 56, 3)
+    assert max(max(s) for s in local.shapes) <= 48 and len(local.shapes) > 4
+    np.testing.assert_allclose(windowed.image, plain.image, atol=1e-5)  # a local model: windows change nothing
+    small = _LocalBackend(scale=2, window=48)
+    assert not Pipeline(small)(a[:24, :24], b[:24, :24], task="vif", mode="regression").info["tiled"]

@@ -48,7 +48,9 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
         assert rows["average"]["qabf_over_average"] == 0.0 and 0.0 <= rows["flow"]["qabf_over_average"] <= 1.0
     card = (out / "MODEL_CARD.md").read_text()
     assert "| MEF | flow_sde |" in card and "issue's bar" in card and "scratch" in card
-    FusionComponents.from_pretrained(out)  # fp16 weights load back
+    # fp16 weights load back, with the working scale the DiTs were trained at (the recipe's default, 2)
+    assert FusionComponents.from_pretrained(out).work_scale == 2
+    assert report["dit_regression"]["config"]["data"]["work_scale"] == 2
 
     def dit_weights(root):
         return {head: load_file(next((root / head).glob("*.safetensors"))) for head in ("dit_regression", "dit_flow")}

@@ -110,6 +110,9 @@ def test_unknown_config_key_is_rejected(tmp_path):
     (tmp_path / "bad4.toml").write_text("[flow]\nprior = 'uniform'\n")
     with pytest.raises(LatentfuseError, match="prior"):
         TrainConfig.load(tmp_path / "bad4.toml")
+    (tmp_path / "bad5.toml").write_text("[data]\nwork_scale = 0\n")
+    with pytest.raises(LatentfuseError, match="data.work_scale must be an integer from 1 to 4, got 0"):
+        TrainConfig.load(tmp_path / "bad5.toml")
 
 
 def test_shipped_configs_load():
@@ -155,3 +158,19 @@ def test_label_term_needs_label_images(tmp_path):
     cfg = tiny_config(tmp_path, data={"tasks": ["vif"]}, loss={"aux_weight": 0.0, "label_weight": 0.1})
     with pytest.raises(LatentfuseError, match="label images"):
         Trainer(cfg, tiny_dit(), data, vae=LatentVAE.from_preset("tiny", seed=0))
+
+
+def test_a_dit_trains_at_the_working_scale_of_its_model_directory(tmp_path):
+    from model.components import FusionComponents
+    from model.training.run import load_frozen_components
+
+    comps = FusionComponents.from_preset("tiny", heads=("regression",), seed=0)
+    comps.work_scale = 2
+    comps.save_pretrained(tmp_path / "model")
+    cfg = tiny_config(tmp_path, model={"components": str(tmp_path / "model")})
+    with pytest.raises(LatentfuseError, match=r"works at scale 2 \(model_index.json\), but data.work_scale = 1: set "
+                                              r"data.work_scale = 2"):
+        load_frozen_components(cfg)
+    cfg = tiny_config(tmp_path, model={"components": str(tmp_path / "model")}, data={"work_scale": 2})
+    vae, text_encoder = load_frozen_components(cfg)
+    assert not any(p.requires_grad for p in vae.parameters())

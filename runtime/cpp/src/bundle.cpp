@@ -143,6 +143,23 @@ int Bundle::max_width() const {
 }
 int Bundle::multiple() const { return get_or<int>(manifest_.value("resolution", json::object()), "multiple", 16); }
 int Bundle::max_text_length() const { return get_or<int>(manifest_.value("text", json::object()), "max_length", 128); }
+int Bundle::work_scale() const {
+  const json latent = manifest_.value("latent", json::object());
+  const json value = latent.is_object() && latent.contains("work_scale") ? latent["work_scale"] : json(1);
+  if (!value.is_number_integer() || value.get<int>() < 1 || value.get<int>() > 4)
+    throw Error((root_ / "manifest.json").string() + ": latent.work_scale must be an integer from 1 to 4, got " +
+                value.dump());
+  return value.get<int>();
+}
+int Bundle::window() const {
+  const json latent = manifest_.value("latent", json::object());
+  const json value = latent.is_object() && latent.contains("window") ? latent["window"] : json(0);
+  const int w = value.is_number_integer() ? value.get<int>() : -1;
+  if (w != 0 && (w < 32 || w % 16))
+    throw Error((root_ / "manifest.json").string() +
+                ": latent.window must be 0 or a multiple of 16 of at least 32, got " + value.dump());
+  return w;
+}
 int64_t Bundle::text_hidden_size() const {
   return get_or<int64_t>(manifest_.value("text", json::object()), "hidden_size", 0);
 }

@@ -162,6 +162,75 @@ Image to_gray(const Image& img) {
   return out;
 }
 
+namespace {
+
+// Source rows (clamped) and float32 weights of a k-times bicubic enlargement of n samples, 4 taps per
+// output sample, computed in double and rounded as model.work_scale._cubic_taps does.
+void cubic_taps(int n, int k, std::vector<int>& index, std::vector<float>& weight) {
+  constexpr double A = -0.75;
+  auto near = [](double t) { return ((A + 2) * t - (A + 3)) * t * t + 1; };       // |x| <= 1
+  auto far = [](double t) { return ((A * t - 5 * A) * t + 8 * A) * t - 4 * A; };  // 1 < |x| < 2
+  index.resize(static_cast<size_t>(n) * k * 4);
+  weight.resize(index.size());
+  for (int o = 0; o < n * k; ++o) {
+    const double src = (o + 0.5) / k - 0.5, base = std::floor(src), t = src - base;
+    const double w[4] = {far(t + 1), near(t), near(1 - t), far(2 - t)};
+    for (int j = 0; j < 4; ++j) {
+      index[4 * o + j] = std::clamp(static_cast<int>(base) - 1 + j, 0, n - 1);
+      weight[4 * o + j] = static_cast<float>(w[j]);
+    }
+  }
+}
+
+}  // namespace
+
+Image upscale(const Image& img, int k) {
+  if (k < 1) throw Error("upscale factor must be >= 1, got " + std::to_string(k));
+  if (k == 1) return img;
+  std::vector<int> ri, ci;
+  std::vector<float> rw, cw;
+  cubic_taps(img.height, k, ri, rw);
+  cubic_taps(img.width, k, ci, cw);
+  const int C = img.channels, H = img.height * k, W = img.width * k;
+  Image tall{H, img.width, C, std::vector<float>(static_cast<size_t>(H) * img.width * C)};
+  for (int y = 0; y < H; ++y)  // rows first, taps summed in order, as the numpy reference
+    for (int x = 0; x < img.width; ++x)
+      for (int c = 0; c < C; ++c) {
+        float acc = 0.0f;
+        for (int j = 0; j < 4; ++j) acc += img.at(ri[4 * y + j], x, c) * rw[4 * y + j];
+        tall.at(y, x, c) = acc;
+      }
+  Image out{H, W, C, std::vector<float>(static_cast<size_t>(H) * W * C)};
+  for (int y = 0; y < H; ++y)
+    for (int x = 0; x < W; ++x)
+      for (int c = 0; c < C; ++c) {
+        float acc = 0.0f;
+        for (int j = 0; j < 4; ++j) acc += tall.at(y, ci[4 * x + j], c) * cw[4 * x + j];
+        out.at(y, x, c) = std::clamp(acc, 0.0f, 1.0f);
+      }
+  return out;
+}
+
+Image downscale(const Image& img, int k) {
+  if (k < 1) throw Error("downscale factor must be >= 1, got " + std::to_string(k));
+  if (k == 1) return img;
+  if (img.height % k || img.width % k)
+    throw Error("downscale: a " + std::to_string(img.width) + "x" + std::to_string(img.height) +
+                " image does not divide by the factor " + std::to_string(k));
+  const int C = img.channels, H = img.height / k, W = img.width / k;
+  Image out{H, W, C, std::vector<float>(static_cast<size_t>(H) * W * C)};
+  const float count = static_cast<float>(k * k);
+  for (int y = 0; y < H; ++y)
+    for (int x = 0; x < W; ++x)
+      for (int c = 0; c < C; ++c) {
+        float acc = 0.0f;
+        for (int dy = 0; dy < k; ++dy)
+          for (int dx = 0; dx < k; ++dx) acc += img.at(k * y + dy, k * x + dx, c);
+        out.at(y, x, c) = acc / count;
+      }
+  return out;
+}
+
 int padded_side(int side, int minimum, int multiple) {
   auto up = [multiple](int v) { return v + ((multiple - v % multiple) % multiple); };
   return std::max(up(side), up(minimum));

@@ -90,23 +90,32 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
 
   StageTimes times;
   const auto start = Clock::now();
-  // ---- read, check, pad, scale
+  // ---- read, check, enlarge by the working scale, pad, scale
   Image img_a = read_image(a), img_b = read_image(b);
   if (img_a.height != img_b.height || img_a.width != img_b.width)
     throw Error("the pair differs in size: A is " + size_str(img_a.width, img_a.height) + ", B is " +
                 size_str(img_b.width, img_b.height) + " (W x H); register / crop them to the same size");
   const bool gray = img_a.channels == 1 && img_b.channels == 1;
-  const int h = img_a.height, w = img_a.width;
+  const int h = img_a.height, w = img_a.width, k = bundle_.work_scale();
   const int minimum = std::max(runner_->min_side(), 16);
-  const int ph = padded_side(h, minimum), pw = padded_side(w, minimum);
+  const int ph = padded_side(k * h, minimum), pw = padded_side(k * w, minimum);
   int max_h = bundle_.max_height(), max_w = bundle_.max_width();
   const auto [rh, rw] = runner_->max_size();
   if (rh > 0) max_h = std::min(max_h, rh), max_w = std::min(max_w, rw);
   if (ph > max_h || pw > max_w)
-    throw Error("the images are " + size_str(w, h) + " (padded " + size_str(pw, ph) + "); this " + runner_->name() +
+    throw Error("the images are " + size_str(w, h) + " (" +
+                (k > 1 ? "worked at " + std::to_string(k) + "x: " + size_str(k * w, k * h) + ", " : std::string()) +
+                "padded " + size_str(pw, ph) + "); this " + runner_->name() +
                 " bundle supports at most " + size_str(max_w, max_h) + " (W x H). Downscale the pair, or export / "
                 "build with a larger profile");
-  const Tensor images = to_model_range({pad_to_size(to_rgb(img_a), ph, pw), pad_to_size(to_rgb(img_b), ph, pw)});
+  const int window = bundle_.window();
+  if (window > 0 && (ph > window || pw > window))
+    throw Error("the images are " + size_str(w, h) + " (worked at " + std::to_string(k) + "x, padded " +
+                size_str(pw, ph) + "); this bundle's model runs on windows of at most " + size_str(window, window) +
+                " enlarged pixels (manifest latent.window), which the C++ host does not tile yet: use `latentfuse "
+                "fuse` (Python) for this pair, or a pair of at most " + size_str(window / k, window / k));
+  const Tensor images = to_model_range({pad_to_size(upscale(to_rgb(img_a), k), ph, pw),
+                                        pad_to_size(upscale(to_rgb(img_b), k), ph, pw)});
 
   // ---- VAE encoder: both sources in one batch
   auto t0 = Clock::now();
@@ -145,12 +154,12 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   times.dit = ms_since(t0);
   times.nfe = result.nfe;
 
-  // ---- VAE decoder, crop back
+  // ---- VAE decoder, crop back, shrink to the input size
   t0 = Clock::now();
   const Tensor decoded = run("vae_decoder", {{"latent", result.latent}}).at(0);
   runner_->synchronize();
   times.vae_dec = ms_since(t0);
-  Image image = from_model_range(decoded, h, w);
+  Image image = downscale(from_model_range(decoded, k * h, k * w), k);
   if (gray) image = to_gray(image);
   times.total = ms_since(start);
   return FuseResult{std::move(image), result.nfe, result.sampler, times};

@@ -1,5 +1,8 @@
-// Padding against numpy (tests/vectors/padding.json from runtime.pipeline.pad_to_size), the
-// pad -> crop round trip, model-range conversion, and PNG 8/16-bit + JPEG write/read round trips.
+// Padding and the working-scale resampling against numpy (tests/vectors/padding.json from
+// runtime.pipeline.pad_to_size and model.work_scale), the pad -> crop round trip, model-range
+// conversion, and PNG 8/16-bit + JPEG write/read round trips.
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 
@@ -34,6 +37,26 @@ int main(int argc, char** argv) {
     check::expect(back.px == img.px, tag + ": pad -> crop round trip");
     check::expect(ph % 16 == 0 && pw % 16 == 0, tag + ": multiple of 16");
   }
+  auto max_diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    if (a.size() != b.size()) return 1e9;
+    double worst = 0;
+    for (size_t k = 0; k < a.size(); ++k) worst = std::max(worst, std::abs(double(a[k]) - double(b[k])));
+    return worst;
+  };
+  for (const auto& cs : v["resample"]) {
+    Image img{cs["height"], cs["width"], cs["channels"], cs["image"].get<std::vector<float>>()};
+    const int k = cs["factor"];
+    const std::string tag = std::to_string(img.width) + "x" + std::to_string(img.height) + "x" +
+                            std::to_string(img.channels) + " at " + std::to_string(k) + "x";
+    const Image up = upscale(img, k);
+    check::expect(up.height == k * img.height && up.width == k * img.width, tag + ": upscaled size");
+    check::expect(max_diff(up.px, cs["upscaled"].get<std::vector<float>>()) <= 1e-6, tag + ": bicubic equals numpy");
+    const Image down = downscale(up, k);
+    check::expect(max_diff(down.px, cs["downscaled"].get<std::vector<float>>()) <= 1e-6, tag + ": box mean equals numpy");
+  }
+  check::expect(upscale(Image{1, 1, 1, {0.25f}}, 1).px == std::vector<float>{0.25f}, "upscale by 1 is the identity");
+  check::expect(throws([&] { downscale(Image{3, 4, 1, std::vector<float>(12)}, 2); }), "downscale of an odd size is an error");
+
   // model range round trip: [0,1] -> [-1,1] NCHW -> [0,1] HWC
   Image rgb{5, 7, 3, std::vector<float>(105)};
   for (size_t k = 0; k < rgb.px.size(); ++k) rgb.px[k] = static_cast<float>(k % 17) / 16.0f;

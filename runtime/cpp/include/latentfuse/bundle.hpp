@@ -55,6 +55,12 @@ class Bundle {
   int max_width() const;
   int multiple() const;
   int max_text_length() const;
+  // The model's working scale k (manifest latent.work_scale, 1 when absent): the host enlarges the pair
+  // k times before the VAE encoder and shrinks the decoded image back (model/work_scale.py).
+  int work_scale() const;
+  // The model's window (manifest latent.window, 0 when absent): the largest side, in enlarged pixels, its
+  // networks run on. The Python runtime tiles a larger pair; this host does not tile yet and refuses it.
+  int window() const;
   int64_t text_hidden_size() const;
   fs::path tokenizer_path() const;
 

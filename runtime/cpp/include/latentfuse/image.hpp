@@ -1,5 +1,6 @@
 // Image I/O and the pre/post-processing of runtime/pipeline.py: 8/16-bit PNG and JPEG read (stb_image),
-// PNG (8/16-bit) and JPEG write, reflect padding to a multiple of 16 and the crop back.
+// PNG (8/16-bit) and JPEG write, the working-scale resampling, reflect padding to a multiple of 16 and
+// the crop back.
 #pragma once
 
 #include <filesystem>
@@ -31,6 +32,13 @@ Image to_rgb(const Image& img);
 
 // ITU-R BT.601 luma of an RGB image.
 Image to_gray(const Image& img);
+
+// model.work_scale.upscale: k-times bicubic enlargement (Keys a = -0.75, half-pixel centres, edge clamp),
+// clipped to [0, 1]; k = 1 returns the image.
+Image upscale(const Image& img, int k);
+
+// model.work_scale.downscale: the mean of each k x k block; height and width must divide by k.
+Image downscale(const Image& img, int k);
 
 // side rounded up to a multiple of `multiple` and to at least `minimum` (runtime.pipeline._padded).
 int padded_side(int side, int minimum, int multiple = 16);
