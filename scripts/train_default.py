@@ -15,8 +15,8 @@
 5. save     ``FusionComponents`` in fp16 safetensors, ``MODEL_CARD.md``, ``training_report.json``
 6. eval     ``scripts/evaluate_default.py`` on the held-out pairs
 
-Sized for a 2-core CPU in about 75 minutes (VAE stages on two threads, then the two DiTs side by side
-on one thread each, about 35 min each part; measured 72.6 min); every size is a flag. Run it in the background:
+Sized for a 2-core CPU in under two hours (VAE stages on two threads, 36 min; the two DiTs side by side
+on one thread each, 66 min; the evaluation, 9 min); every size is a flag. Run it in the background:
 
     nohup .venv/bin/python scripts/train_default.py > runs/train_default.log 2>&1 &
 """
@@ -416,8 +416,8 @@ def write_model_card(out: Path, report: dict, table_md: str) -> None:
     ev = report["evaluation"]
     reach = " / ".join(f"{ev[t]['regression']['qabf'] / ev[t]['vae_label']['qabf']:.0%}" if t in ev else "n/a"
                        for t in TASKS)
-    scale_why = (f"; working at scale {k} divides that cell by {k} on each side, at {k * k}× the latent tokens and "
-                 f"so about {k * k}× the VAE and DiT time of a pair" if k > 1 else "")
+    scale_why = (f"; working at scale {k} divides that cell by {k} on each side, at {k * k}× the latent tokens (more "
+                 "where windows overlap) and as much more VAE and DiT time per pair" if k > 1 else "")
     card = f"""# latentfuse default model (tiny)
 
 A small, CPU-trained instance of the MMAIF pipeline (latent MoE-DiT, regression and flow heads) shipped
