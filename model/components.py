@@ -28,6 +28,24 @@ HEADS = ("flow", "regression")
 DEFAULT_MODEL_DIR = Path(__file__).with_name("weights") / "default"
 
 
+def read_index(directory: str | Path) -> dict:
+    """The checked ``model_index.json`` of a model directory, ``work_scale`` and ``window`` filled in."""
+    index_path = Path(directory) / INDEX_NAME
+    if not index_path.is_file():
+        raise LatentfuseError(f"{directory} is not a latentfuse model directory (no {INDEX_NAME})")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise LatentfuseError(f"{index_path} is not valid JSON: {err}") from None
+    if not isinstance(index, dict):
+        raise LatentfuseError(f"{index_path} must hold a JSON object")
+    for key in ("vae", "text_encoder"):
+        if key not in index:
+            raise LatentfuseError(f"{index_path} lacks the {key!r} entry")
+    return {**index, "work_scale": check_work_scale(index.get("work_scale", 1), f"{index_path}: work_scale"),
+            "window": check_window(index.get("window", 0), f"{index_path}: window")}
+
+
 @dataclass
 class FusionComponents:
     vae: "torch.nn.Module"
@@ -70,21 +88,11 @@ class FusionComponents:
         from model.vae import LatentVAE
 
         directory = Path(directory)
-        index_path = directory / INDEX_NAME
-        if not index_path.is_file():
-            raise LatentfuseError(f"{directory} is not a latentfuse model directory (no {INDEX_NAME})")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as err:
-            raise LatentfuseError(f"{index_path} is not valid JSON: {err}") from None
-        for key in ("vae", "text_encoder"):
-            if key not in index:
-                raise LatentfuseError(f"{index_path} lacks the {key!r} entry")
-        work_scale = check_work_scale(index.get("work_scale", 1), f"{index_path}: work_scale")
-        window = check_window(index.get("window", 0), f"{index_path}: window")
+        index = read_index(directory)
+        work_scale, window = index["work_scale"], index["window"]
         dits = {h: MoEDiT.from_pretrained(directory / index[f"dit_{h}"]).eval() for h in HEADS if f"dit_{h}" in index}
         if not dits:
-            raise LatentfuseError(f"{index_path} names no DiT (dit_flow / dit_regression)")
+            raise LatentfuseError(f"{directory / INDEX_NAME} names no DiT (dit_flow / dit_regression)")
         vae = LatentVAE.from_pretrained(directory / index["vae"]).eval()
         text_encoder = PromptEncoder.from_pretrained(directory / index["text_encoder"]).eval()
         return cls(vae, text_encoder, dits, work_scale, window)

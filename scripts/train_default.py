@@ -388,12 +388,12 @@ def write_model_card(out: Path, report: dict, table_md: str) -> None:
         f"steps, batch {st['batch']}, {st['patch']} px, edge weight {st['edge_weight']:g}, "
         f"{st['held_out']['psnr']:.2f} dB ({st['seconds']:.0f} s)" for st in v["stages"])
     loss = r["config"]["loss"]
-    k = r["config"]["data"].get("work_scale", 1)
+    pipeline = report.get("pipeline", {"work_scale": 1, "window": 0})  # reports before it: scale 1, whole images
+    k, window = pipeline["work_scale"], pipeline["window"]
     scale_line = (f"Working scale {k} (`model/work_scale.py`): the pipeline enlarges every pair {k}× (bicubic) before the\n"
                   f"VAE and shrinks the fused image back ({k}×{k} means), so a latent cell covers {8 / k:.3g}×{8 / k:.3g} input pixels,\n"
                   f"not 8×8, at {k * k}× the latent tokens; training crops are {r['crop_px']} px of the enlarged images."
                   if k > 1 else "Working scale 1: the pair goes to the VAE at its own size.")
-    window = report.get("pipeline", {}).get("window", 0)
     if window:
         scale_line += (f"\nWindow {window} px: the networks run on at most {window}×{window} enlarged pixels, a larger pair in "
                        "overlapping windows\n(`runtime.backends.tiled`): the DiT does not carry what it learnt on its "

@@ -40,15 +40,11 @@ def load_frozen_components(cfg: TrainConfig):
 
 def _check_work_scale_matches(cfg: TrainConfig, root: Path) -> None:
     """A DiT trained for a model directory must see latents at that model's working scale."""
-    from model.components import INDEX_NAME
+    from model.components import INDEX_NAME, read_index
 
-    index = root / INDEX_NAME
-    if not index.is_file():
+    if not (root / INDEX_NAME).is_file():
         return  # a bare vae/ + text_encoder/ folder: nothing says how its pipeline scales images
-    try:
-        scale = json.loads(index.read_text()).get("work_scale", 1)
-    except (json.JSONDecodeError, AttributeError):
-        raise LatentfuseError(f"{index} is not a valid model index (JSON object)") from None
+    scale = read_index(root)["work_scale"]
     if scale != cfg.data.work_scale:
         raise LatentfuseError(
             f"model.components = {root} works at scale {scale} ({INDEX_NAME}), but data.work_scale = "
