@@ -128,7 +128,7 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
     import torch
     from tqdm import tqdm
 
-    from export.bundle import (FORMAT, FORMAT_VERSION, PROMPT_CACHE_NAME, TOKENIZER_NAME, _sampler_defaults,
+    from export.bundle import (FORMAT, FORMAT_VERSION, PROMPT_CACHE_NAME, TOKENIZER_NAME, sampler_section,
                                latent_section, record_files, save_manifest, write_prompt_cache)
     from export.graphs import graph_specs
     from model.atomic import atomic_dir
@@ -163,7 +163,7 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
                      "pad_id": int(text.tokenizer.pad_id), "eos_id": int(text.tokenizer.eos_id),
                      "hidden_size": int(text.hidden_size), "vocab_size": int(text.tokenizer.vocab_size)},
             "prompt_cache": {"file": PROMPT_CACHE_NAME, "prompts": dict(prompts)},
-            "sampler": _sampler_defaults(),
+            "sampler": sampler_section(components),
             "versions": {"torch": torch.__version__},
             "source_checkpoint": str(checkpoint) if checkpoint else None,
             "engines": {},

@@ -33,7 +33,8 @@ Layout::
      "text": {"tokenizer": "spiece.model", "max_length": L, "pad_id": 0, "eos_id": 1, "hidden_size": d,
               "vocab_size": V},
      "prompt_cache": {"file": "prompt_cache.safetensors", "prompts": {"<id>": "<text>"}},
-     "sampler": {"name": ..., "steps": 5, "g": g, "prior": "gaussian"},
+     "sampler": {"name": ..., "steps": 5, "g": g, "prior": "gaussian|source_a|source_b|source_mean",
+                 "prior_sigma": s (source priors only)},       the prior the flow DiT was trained from
      "versions": {"latentfuse": ..., "torch": ..., "onnx": ..., "onnxruntime": ..., "opset": N},
      "source_checkpoint": "<abs path>", "engines": {}}
 
@@ -284,14 +285,16 @@ def latent_section(components) -> dict:
             "work_scale": int(components.work_scale), "window": int(components.window)}
 
 
-def _sampler_defaults() -> dict:
-    try:  # the runtime's defaults are the source of truth when the runtime is installed
-        from runtime import samplers
+def sampler_section(components) -> dict:
+    """The manifest's ``sampler`` section: the runtime's defaults and the prior the flow DiT was trained from."""
+    from runtime import samplers
 
-        return {"name": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS,
-                "g": getattr(samplers, "DEFAULT_G", 0.0), "prior": "gaussian"}
-    except ImportError:
-        return {"name": "midpoint_reuse", "steps": 5, "g": 0.0, "prior": "gaussian"}
+    section = {"name": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS, "g": samplers.DEFAULT_G,
+               "prior": "gaussian"}
+    flow = components.dits.get("flow")
+    if flow is not None and flow.config.prior != "gaussian":
+        section.update(prior=flow.config.prior, prior_sigma=float(flow.config.prior_sigma))
+    return section
 
 
 def write_prompt_cache(text_encoder, prompts: dict[str, str], path: Path) -> None:
@@ -430,7 +433,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
                      "pad_id": int(text.tokenizer.pad_id), "eos_id": int(text.tokenizer.eos_id),
                      "hidden_size": int(text.hidden_size), "vocab_size": int(text.tokenizer.vocab_size)},
             "prompt_cache": {"file": PROMPT_CACHE_NAME, "prompts": dict(prompts)},
-            "sampler": _sampler_defaults(),
+            "sampler": sampler_section(components),
             "versions": _versions(opset),
             "source_checkpoint": str(checkpoint),
             "engines": {},

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.errors import LatentfuseError
+from model.flow import check_prior
 
 PRESET_DIR = Path(__file__).with_name("presets")
 HEADS = ("flow", "regression")
@@ -41,6 +42,10 @@ class DiTConfig:
     timestep_freq_dim: int = 256    # sinusoidal timestep features (flow head only)
     moe_dispatch: str = "sparse"    # "sparse" (index dispatch) or "dense" (masked, TensorRT-safe)
     gradient_checkpointing: bool = False
+    # flow head: the prior p0 its velocity field starts from (model.flow), set by the trainer from
+    # [flow]; every runtime samples from it unless told otherwise
+    prior: str = "gaussian"
+    prior_sigma: float = 0.5        # σ_p of a source prior
 
     def __post_init__(self):
         problems = []
@@ -52,6 +57,10 @@ class DiTConfig:
             problems.append(f"head dim {self.hidden_size // self.num_heads} must be a multiple of 4 (2D RoPE rotates pairs on two axes)")
         if not 1 <= self.top_k <= self.num_experts:
             problems.append(f"top_k {self.top_k} must be in [1, num_experts={self.num_experts}]")
+        try:
+            check_prior(self.prior, self.prior_sigma)
+        except LatentfuseError as err:
+            problems.append(f"prior: {err}")
         if self.moe_dispatch not in ("sparse", "dense"):
             problems.append(f"moe_dispatch must be 'sparse' or 'dense', got {self.moe_dispatch!r}")
         for name in ("latent_channels", "patch_size", "depth", "lora_rank", "text_dim", "expert_hidden"):

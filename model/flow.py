@@ -149,6 +149,28 @@ class PriorParams:
     std: float
 
 
+def _check_sigma(prior: Prior, sigma: float) -> float:
+    sigma = float(sigma)
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise LatentfuseError(
+            f"source prior {prior.value!r} needs a noise level sigma > 0 (got {sigma}); sigma = 0 is "
+            "the deterministic path the paper found to give artefacts (section 4.6.3)"
+        )
+    return sigma
+
+
+def check_prior(prior: str | Prior, sigma: float = DEFAULT_SOURCE_SIGMA) -> tuple[str, float]:
+    """(name, σ_p) of a valid prior; a source prior needs σ_p > 0 (σ_p is unused by the Gaussian)."""
+    parsed = Prior.parse(prior)
+    return parsed.value, (float(sigma) if parsed is Prior.GAUSSIAN else _check_sigma(parsed, sigma))
+
+
+def describe_prior(prior: str | Prior = "gaussian", sigma: float = DEFAULT_SOURCE_SIGMA) -> str:
+    """Words for a model card or report: "Gaussian prior", "source_mean prior (σ_p = 0.5)"."""
+    parsed = Prior.parse(prior)
+    return "Gaussian prior" if parsed is Prior.GAUSSIAN else f"{parsed.value} prior (σ_p = {float(sigma):g})"
+
+
 def prior_params(
     prior: str | Prior,
     z_a: Array | None = None,
@@ -159,12 +181,7 @@ def prior_params(
     prior = Prior.parse(prior)
     if prior is Prior.GAUSSIAN:
         return PriorParams(mean=None, std=1.0)
-    sigma = float(sigma)
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise LatentfuseError(
-            f"source prior {prior.value!r} needs a noise level sigma > 0 (got {sigma}); sigma = 0 is "
-            "the deterministic path the paper found to give artefacts (section 4.6.3)"
-        )
+    sigma = _check_sigma(prior, sigma)
     needed = {Prior.SOURCE_A: ("z_a",), Prior.SOURCE_B: ("z_b",), Prior.SOURCE_MEAN: ("z_a", "z_b")}[prior]
     given = {"z_a": z_a, "z_b": z_b}
     missing = [name for name in needed if given[name] is None]

@@ -44,7 +44,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--g", type=float, help="SDE diffusion norm g (kappa = g sin^2(pi t))")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--prior", choices=("gaussian", "source_a", "source_b", "source_mean"),
-                   help="flow prior p0 the model was trained with (default: the bundle's, gaussian)")
+                   help="flow prior p0 (default: the one the model's flow DiT was trained from, which its "
+                        "config / the bundle's sampler section declares)")
     p.add_argument("--resize", action="store_true", help="resample B to A's size when the pair differs in size")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="output bits per sample (default 8)")
     p.add_argument("--tile", action="store_true",

@@ -159,7 +159,8 @@ class Pipeline:
         self._memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.memoize_prompts = True  # off while benchmarking, so T5 latency is measured, not memoised
         self.defaults = {"sampler": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS,
-                         "g": None, "prior": "gaussian", "prior_sigma": None, **(defaults or {})}
+                         "g": None, "prior": "gaussian", "prior_sigma": None, **backend.sampler_defaults(),
+                         **(defaults or {})}
         self.min_size = int(backend.min_image_size() or PAD_MULTIPLE)
         self.work_scale = check_work_scale(backend.work_scale(), f"the {backend.name} backend's work_scale")
         self.window = check_window(backend.window(), f"the {backend.name} backend's window")
@@ -177,7 +178,7 @@ class Pipeline:
             raise LatentfuseError(f"the {backend} backend runs a model directory: use Pipeline.from_checkpoint")
         be = get_backend(backend, bundle=directory, **options)
         bundle = getattr(be, "bundle", None) or open_bundle(directory)
-        return cls(be, prompt_cache=bundle.prompt_cache_by_text(), defaults=bundle.sampler_defaults())
+        return cls(be, prompt_cache=bundle.prompt_cache_by_text())
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, backend: str = "torch", **options) -> "Pipeline":

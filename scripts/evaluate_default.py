@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from model.errors import LatentfuseError  # noqa: E402
+from model.flow import describe_prior  # noqa: E402
 from model.work_scale import downscale, upscale  # noqa: E402
 
 METHODS = ("regression", "flow", "flow_sde", "teacher", "vae_label", "average")
@@ -153,7 +154,7 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
                                   + (f"{pipe.window} px windows" if pipe.window else "whole images"),
                       "flow_sampler": f"flow: {FLOW_SAMPLER}, {FLOW_STEPS} steps ({FLOW_STEPS} NFE, ODE); flow_sde: "
                                       f"{samplers.DEFAULT_SAMPLER}, g = {samplers.DEFAULT_G}, {FLOW_STEPS} steps "
-                                      "(the runtime default); Gaussian prior, seed 0",
+                                      f"(the runtime default); {describe_prior(pipe.defaults['prior'], pipe.defaults['prior_sigma'])}, seed 0",
                       "metrics": "VIF, Q^AB/F vs the clean sources (corrected convention); SSIM vs the teacher label; "
                                  "qabf_over_average: share of samples whose Q^AB/F beats the plain average's"}
     return table

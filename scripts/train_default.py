@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model.atomic import atomic_file  # noqa: E402
 from model.components import DEFAULT_MODEL_DIR, FusionComponents  # noqa: E402
 from model.errors import LatentfuseError  # noqa: E402
+from model.flow import describe_prior  # noqa: E402
 from model.data.tasks import TASKS  # noqa: E402
 
 PAPER_VAE = {"name": "Cosmos VAE (MMAIF Table 1)", "psnr": 34.02, "ssim": 0.9367}
@@ -210,7 +211,7 @@ def dit_train_config(args, head: str, steps: int):
         "ema": {"decay": args.ema},
     }
     if head == "flow":
-        sections["flow"] = {"prior": "gaussian", "timesteps": "logit_normal"}
+        sections["flow"] = {"prior": args.flow_prior, "prior_sigma": args.prior_sigma, "timesteps": "logit_normal"}
     return TrainConfig.from_dict(sections)
 
 
@@ -388,6 +389,7 @@ def write_model_card(out: Path, report: dict, table_md: str) -> None:
         f"steps, batch {st['batch']}, {st['patch']} px, edge weight {st['edge_weight']:g}, "
         f"{st['held_out']['psnr']:.2f} dB ({st['seconds']:.0f} s)" for st in v["stages"])
     loss = r["config"]["loss"]
+    flow_prior = f["config"].get("flow", {})
     pipeline = report.get("pipeline", {"work_scale": 1, "window": 0})  # reports before it: scale 1, whole images
     k, window = pipeline["work_scale"], pipeline["window"]
     scale_line = (f"Working scale {k} (`model/work_scale.py`): the pipeline enlarges every pair {k}× (bicubic) before the\n"
@@ -442,7 +444,7 @@ DiT recipe: cautious AdamW (lr {r['config']['optim']['lr']}, cosine with warmup)
 λ_aux = {loss['aux_weight']} (Eq. 9-10) and a pixel-space label term (L1 + gradient L1 of the decoded
 prediction to the label, `model.training.losses.label_loss`, not in the paper) of weight {loss['label_weight']},
 both on {loss['aux_samples'] or 'all'} decoded item(s) per batch; EMA {r['config']['ema']['decay']};
-flow: Gaussian prior, logit-normal timesteps, pixel-space terms only for t ≥ 0.5.
+flow: {describe_prior(flow_prior.get('prior', 'gaussian'), flow_prior.get('prior_sigma', 0.5))}, logit-normal timesteps, pixel-space terms only for t ≥ 0.5.
 {scale_line}
 Main loss: regression {r['first_main_loss']:.4f} → {r['final_main_loss']:.4f}; flow {f['first_main_loss']:.4f} → {f['final_main_loss']:.4f}.
 
@@ -518,6 +520,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--reg-steps", type=int, default=10000)
     p.add_argument("--flow-steps", type=int, default=10000)
+    p.add_argument("--flow-prior", default="gaussian", choices=("gaussian", "source_a", "source_b", "source_mean"),
+                   help="the flow DiT's prior p0 (model.flow); the model declares it, so every runtime samples from it")
+    p.add_argument("--prior-sigma", type=float, default=0.5, help="σ_p of a source prior (model.flow)")
     p.add_argument("--aux-weight", type=float, default=0.05)
     p.add_argument("--aux-samples", type=int, default=2, help="decoded items per batch for the pixel-space terms (0: all)")
     p.add_argument("--label-weight", type=float, default=1.0, help="weight of the pixel-space label term (losses.label_loss)")

@@ -133,7 +133,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         from model.data.tasks import TASKS
-        from model.flow import TIMESTEP_SCHEMES, Prior
+        from model.flow import TIMESTEP_SCHEMES, check_prior
 
         problems = []
         if self.run.precision not in PRECISIONS:
@@ -162,7 +162,7 @@ class TrainConfig:
             if task not in TASKS:
                 problems.append(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
         try:
-            Prior.parse(self.flow.prior)
+            check_prior(self.flow.prior, self.flow.prior_sigma)
         except LatentfuseError as err:
             problems.append(f"flow.prior: {err}")
         if self.flow.timesteps not in TIMESTEP_SCHEMES:

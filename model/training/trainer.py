@@ -121,6 +121,9 @@ class Trainer:
         self.local_batch = cfg.optim.batch_size // self.dist.world_size
         if dit.config.head != cfg.model.head:
             raise LatentfuseError(f"the DiT has a {dit.config.head!r} head but model.head = {cfg.model.head!r}")
+        if cfg.model.head == "flow":  # the saved DiT declares the prior its velocity field starts from
+            prior, sigma = fm.check_prior(cfg.flow.prior, cfg.flow.prior_sigma)
+            dit.config = dit.config.replace(prior=prior, prior_sigma=sigma)
         self.raw = dit.to(self.device).train()
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP

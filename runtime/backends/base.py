@@ -75,6 +75,11 @@ class Backend(abc.ABC):
         run on; the pipeline tiles a larger pair (0: whole images)."""
         return 0
 
+    def sampler_defaults(self) -> dict:
+        """The model's own sampler settings in :class:`runtime.pipeline.Pipeline`'s terms (``prior`` /
+        ``prior_sigma`` of its flow DiT, a bundle's sampler section); an explicit argument wins."""
+        return {}
+
     def require_head(self, head: str) -> None:
         if head not in self.heads:
             raise LatentfuseError(

@@ -168,6 +168,9 @@ class OnnxRuntimeBackend(Backend):
     def window(self) -> int:
         return self.bundle.window()
 
+    def sampler_defaults(self) -> dict:
+        return self.bundle.sampler_defaults()
+
     def max_image_size(self):
         return self.bundle.max_image_size()
 

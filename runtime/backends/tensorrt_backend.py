@@ -218,6 +218,9 @@ class TensorRTBackend(Backend):
     def window(self) -> int:
         return self.bundle.window()
 
+    def sampler_defaults(self) -> dict:
+        return self.bundle.sampler_defaults()
+
     def max_image_size(self):
         """The VAE encoder engine's profile max (H, W): the hard limit of this backend."""
         engine = self.engines["vae_encoder"]

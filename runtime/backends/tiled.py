@@ -138,5 +138,8 @@ class TiledBackend(Backend):
     def window(self) -> int:
         return self.inner.window()
 
+    def sampler_defaults(self) -> dict:
+        return self.inner.sampler_defaults()
+
     def describe(self) -> str:
         return f"{self.inner.describe()}, tiled {self.max_size[1]}x{self.max_size[0]} px windows, {self.overlap} px overlap"

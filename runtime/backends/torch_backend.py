@@ -131,6 +131,10 @@ class TorchBackend(Backend):
     def window(self) -> int:
         return self.components.window
 
+    def sampler_defaults(self) -> dict:
+        flow = self.components.dits.get("flow")
+        return {} if flow is None else {"prior": flow.config.prior, "prior_sigma": flow.config.prior_sigma}
+
     def describe(self) -> str:
         extra = ", torch.compile" if self._compiled else ""
         src = f" from {self._source}" if self._source else ""

@@ -81,6 +81,18 @@ def test_bundle_layout_and_manifest(exported):
     assert not list(bundle.parent.glob(".bundle.tmp-*"))
 
 
+def test_the_manifest_declares_the_prior_the_flow_dit_was_trained_from():
+    from export.bundle import sampler_section
+    from runtime import samplers
+
+    comps = FusionComponents.from_preset("tiny", heads=("flow",), seed=0)
+    assert sampler_section(comps) == {"name": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS,
+                                      "g": samplers.DEFAULT_G, "prior": "gaussian"}
+    comps.dits["flow"].config = comps.dits["flow"].config.replace(prior="source_b", prior_sigma=0.25)
+    section = sampler_section(comps)
+    assert (section["prior"], section["prior_sigma"]) == ("source_b", 0.25)
+
+
 def test_parity_at_three_new_shapes(exported):
     """The verification run inside the export: every graph at a square, a 16:9 and a portrait batch-2
     shape (none is the export example), within the spec tolerance, and every static check passing."""

@@ -69,8 +69,10 @@ def model_and_bundle(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("parity")
     components = FusionComponents.from_preset("tiny", seed=0)
-    # as the bundled default (smaller window): the bundle must carry both to every runtime
+    # as the bundled default (smaller window): the bundle must carry these to every runtime
     components.work_scale, components.window = 2, 64
+    flow = components.dits["flow"]
+    flow.config = flow.config.replace(prior="source_mean", prior_sigma=0.4)
     model_dir = components.save_pretrained(root / "model")
     bundle = root / "bundle"
     _export(model_dir, bundle)
@@ -116,6 +118,11 @@ def test_torch_and_onnxruntime_give_the_same_image(pipelines, mode, sampler, ste
     if mode == "flow":
         other = pipelines["onnxruntime"](a, b, task="vif", sampler=sampler, steps=steps, seed=12)
         assert np.abs(other.image - ort.image).max() > 10 * err + 1e-3
+
+
+def test_every_runtime_samples_from_the_prior_the_model_declares(pipelines):
+    for name, pipe in pipelines.items():
+        assert (pipe.defaults["prior"], pipe.defaults["prior_sigma"]) == ("source_mean", 0.4), name
 
 
 def test_bundle_prompt_cache_serves_canonical_prompts_without_the_text_encoder(pipelines):

@@ -132,6 +132,20 @@ def test_same_seed_same_image_other_seed_other_image(pipe):
     assert source.image.shape == r1.image.shape and np.abs(source.image - r1.image).max() > 1e-4
 
 
+def test_a_pipeline_samples_from_the_prior_its_flow_dit_declares():
+    from model.components import FusionComponents
+    from runtime.pipeline import Pipeline
+
+    comps = FusionComponents.from_preset("tiny", heads=("flow",), seed=0)
+    comps.dits["flow"].config = comps.dits["flow"].config.replace(prior="source_mean", prior_sigma=0.3)
+    pipe = Pipeline.from_components(comps)
+    assert (pipe.defaults["prior"], pipe.defaults["prior_sigma"]) == ("source_mean", 0.3)
+    a, b = _rand((32, 48, 3)), _rand((32, 48, 3), seed=1)
+    declared = pipe(a, b, task="mef", steps=2, seed=3)
+    np.testing.assert_array_equal(declared.image, pipe(a, b, task="mef", steps=2, seed=3, prior="source_mean").image)
+    assert np.abs(declared.image - pipe(a, b, task="mef", steps=2, seed=3, prior="gaussian").image).max() > 1e-4
+
+
 def test_tiny_images_are_padded_up_and_cropped_back(pipe, monkeypatch):
     monkeypatch.setattr(pipe, "min_size", 64)  # e.g. a TensorRT profile minimum of 64 px
     result = pipe(_rand((8, 21, 3)), _rand((8, 21)), task="vif", mode="regression")

@@ -160,6 +160,19 @@ def test_label_term_needs_label_images(tmp_path):
         Trainer(cfg, tiny_dit(), data, vae=LatentVAE.from_preset("tiny", seed=0))
 
 
+def test_a_flow_dit_declares_the_prior_it_was_trained_from(tmp_path):
+    from model.dit import MoEDiT
+
+    cfg = tiny_config(tmp_path, "flow", optim={"steps": 2}, flow={"prior": "source-mean", "prior_sigma": 0.3})
+    trainer = Trainer(cfg, tiny_dit("flow"), synthetic_latents())
+    trainer.fit()
+    trainer.raw.save_pretrained(tmp_path / "dit")
+    declared = MoEDiT.from_pretrained(tmp_path / "dit").config
+    assert (declared.prior, declared.prior_sigma) == ("source_mean", 0.3)
+    with pytest.raises(LatentfuseError, match="prior: source prior 'source_a' needs a noise level sigma > 0"):
+        declared.replace(prior="source_a", prior_sigma=0.0)
+
+
 def test_a_dit_trains_at_the_working_scale_of_its_model_directory(tmp_path):
     from model.components import FusionComponents
     from model.training.run import load_frozen_components
