@@ -1,6 +1,6 @@
 """Write the vectors the C++ host's ctest suite checks itself against (runtime/cpp/tests).
 
-    .venv/bin/python tests/cpp/make_vectors.py        # rewrites tests/vectors/{samplers,tokenizer,padding}.json
+    .venv/bin/python tests/cpp/make_vectors.py        # rewrites tests/vectors/{samplers,tokenizer,padding,tiling}.json
 
 Each file is produced by the Python runtime itself, so C++ is compared with the code it mirrors:
 
@@ -13,6 +13,10 @@ Each file is produced by the Python runtime itself, so C++ is compared with the 
   :func:`runtime.pipeline._padded` picks, including pads longer than the image side; under ``resample``
   the working-scale resampling (:func:`model.work_scale.upscale` / :func:`~model.work_scale.downscale`)
   of small gray and RGB images at k = 2 and 3.
+* ``tiling.json``: :func:`runtime.backends.tiled.window_starts` and ``ramp``, and whole tiled calls of
+  :class:`runtime.backends.tiled.TiledBackend` over a stand-in backend whose graphs are *not* local
+  (every output depends on the mean of its window, see :class:`WindowMeanBackend`), so the vectors pin
+  down the windows, the unit conversions and the blending, not only a shape.
 
 ``tests/cpp/test_vectors.py`` fails when a committed file no longer matches what this script writes.
 """
@@ -31,6 +35,11 @@ TOKENIZER = ROOT / "model" / "assets" / "tokenizer" / "spiece.model"
 
 def _floats(x) -> list[float]:
     return [float(v) for v in np.asarray(x, np.float32).ravel()]
+
+
+def _short(x) -> list[float]:
+    """7 significant digits: for values compared with a tolerance, at a third of the file size."""
+    return [float(f"{v:.7g}") for v in np.asarray(x, np.float32).ravel()]
 
 
 def sampler_vectors() -> dict:
@@ -111,9 +120,55 @@ def padding_vectors() -> dict:
                          "model.work_scale)", "cases": cases, "resample": resample}
 
 
+class WindowMeanBackend:
+    """Stand-ins for the four graphs, each shifted by the mean of its input window (test_tiling.cpp
+    computes the same): the encoder an 8x8 box mean, the decoder an 8x nearest-neighbour enlargement."""
+
+    name, heads = "window-mean", ("flow", "regression")
+
+    def encode_images(self, x):
+        b, c, h, w = x.shape
+        return x.reshape(b, c, h // 8, 8, w // 8, 8).mean(axis=(3, 5)) + x.mean()
+
+    def velocity(self, z_t, t, z_a, z_b, embeds, mask):
+        return z_t * np.float32(t[0]) + z_a - z_b.mean()
+
+    def regress(self, z_a, z_b, embeds, mask):
+        return np.float32(0.5) * z_a + z_b.mean()
+
+    def decode(self, z):
+        return np.repeat(np.repeat(z, 8, axis=2), 8, axis=3) - z.mean()
+
+
+def tiling_vectors() -> dict:
+    from runtime.backends.tiled import TiledBackend, ramp, window_starts
+
+    starts = [{"size": s, "window": w, "overlap": o, "step": st, "starts": window_starts(s, w, o, st)}
+              for s, w, o, st in ((80, 32, 16, 16), (144, 64, 32, 16), (10, 4, 2, 2), (18, 8, 8, 2), (32, 64, 16, 16),
+                                  (100, 48, 16, 16))]
+    ramps = [{"n": n, "overlap": o, "weights": _floats(ramp(n, o))} for n, o in ((8, 2), (5, 4), (4, 0), (32, 16))]
+    rng = np.random.default_rng(7)
+    image = (rng.integers(0, 256, (1, 1, 48, 48)) / 128 - 1).astype(np.float32)
+    z_a, z_b, z_t = ((rng.integers(0, 256, (1, 2, 6, 6)) / 64 - 2).astype(np.float32) for _ in range(3))
+    calls = []
+    for max_h, max_w, overlap in ((32, 32, 64), (32, 48, 32), (48, 32, 16)):
+        tiled = TiledBackend(WindowMeanBackend(), (max_h, max_w), overlap=overlap)
+        calls.append({"max_height": max_h, "max_width": max_w, "overlap": overlap, "effective_overlap": tiled.overlap,
+                      "encode": _short(tiled.encode_images(image)),
+                      "velocity": _short(tiled.velocity(z_t, np.array([0.25], np.float32), z_a, z_b, None, None)),
+                      "regress": _short(tiled.regress(z_a, z_b, None, None)),
+                      "decode": _short(tiled.decode(z_a[:, :1])), "calls": tiled.calls})
+    return {"generator": "tests/cpp/make_vectors.py (runtime.backends.tiled over WindowMeanBackend)",
+            "window_starts": starts, "ramps": ramps,
+            "image": {"shape": list(image.shape), "values": _floats(image)},
+            "latents": {"shape": list(z_a.shape), "z_a": _floats(z_a), "z_b": _floats(z_b), "z_t": _floats(z_t),
+                        "t": 0.25},
+            "calls": calls}
+
+
 def all_vectors() -> dict[str, dict]:
     return {"samplers.json": sampler_vectors(), "tokenizer.json": tokenizer_vectors(),
-            "padding.json": padding_vectors()}
+            "padding.json": padding_vectors(), "tiling.json": tiling_vectors()}
 
 
 def dumps(obj, indent: str = "") -> str:

@@ -50,7 +50,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def components():
     """The tiny preset with 1-block DiTs (the AOTInductor compile time grows with the DiT depth) at
-    working scale 2, so the host's resampling (runtime/cpp/src/image.cpp) is compared too."""
+    working scale 2, so the host's resampling (runtime/cpp/src/image.cpp) is compared too, and a flow DiT
+    that declares a source prior, so the host must take its prior from the manifest."""
     import torch
 
     from model.components import FusionComponents
@@ -60,7 +61,8 @@ def components():
     comp.work_scale = 2
     torch.manual_seed(1)
     for head, dit in list(comp.dits.items()):
-        comp.dits[head] = MoEDiT(dit.config.replace(depth=1)).eval()
+        prior = {"prior": "source_mean", "prior_sigma": 0.4} if head == "flow" else {}
+        comp.dits[head] = MoEDiT(dit.config.replace(depth=1, **prior)).eval()
     return comp
 
 
@@ -175,13 +177,16 @@ def test_tensorrt_backend(bundle, pair, tmp_path):
     assert "no TensorRT engines" in line  # an AOTInductor bundle has none; engines come from build-engines
 
 
-def test_a_model_window_the_host_cannot_tile_is_a_one_line_error(bundle, pair, tmp_path):
+def test_a_pair_over_the_model_window_runs_in_windows_as_in_python(components, bundle, pair, tmp_path):
+    import dataclasses
     import json
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["latent"]["window"] = 64  # the 72x40 pair works at 144x80
+    manifest["latent"]["window"] = 64  # the 72x40 pair works at 144x80: 2 x 4 windows of 64 px
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    line = _error(host(*pair, "--task", "vif", "--bundle", copy, "-o", tmp_path / "x.png", check=False))
-    assert "windows of at most 64x64" in line and "does not tile yet" in line
+    windowed = dataclasses.replace(components, window=64)
+    proc = _compare(windowed, copy, pair, tmp_path, "flow", ["--steps", 2], steps=2)
+    # 8 windows for each of VAE-Enc, 2 DiT calls and VAE-Dec
+    assert "32 network calls on 64 px windows" in proc.stdout

@@ -21,7 +21,7 @@ def _make_vectors():
     return module
 
 
-@pytest.mark.parametrize("name", ["samplers.json", "tokenizer.json", "padding.json"])
+@pytest.mark.parametrize("name", ["samplers.json", "tokenizer.json", "padding.json", "tiling.json"])
 def test_committed_vectors_match_the_python_runtime(name):
     mv = _make_vectors()
     fresh = mv.all_vectors()[name]

@@ -130,7 +130,11 @@ int run(int argc, char** argv) {
     for (int k = 1; k < runs; ++k) timed.push_back(pipe.fuse(args.positional[0], args.positional[1], o).times);
   write_image(*opt("--out"), result.image, bits);
   std::cout << "wrote " << *opt("--out") << " (" << result.image.width << "x" << result.image.height << ", "
-            << result.sampler << ", NFE " << result.nfe << ", seed " << o.seed << ", backend " << backend << ")\n";
+            << result.sampler << ", NFE " << result.nfe << ", seed " << o.seed << ", backend " << backend;
+  if (pipe.bundle().work_scale() > 1) std::cout << ", worked at " << pipe.bundle().work_scale() << "x";
+  if (result.window_calls > 0)
+    std::cout << ", " << result.window_calls << " network calls on " << pipe.bundle().window() << " px windows";
+  std::cout << ")\n";
   std::cout << format_latency(timed, backend + " " + result.sampler);
   return 0;
 }

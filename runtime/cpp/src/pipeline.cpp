@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "latentfuse/samplers.hpp"
+#include "latentfuse/tiling.hpp"
 
 namespace latentfuse {
 
@@ -28,6 +29,15 @@ const std::map<std::string, std::string>& canonical_task_prompts() {
 }
 
 std::string size_str(int w, int h) { return std::to_string(w) + "x" + std::to_string(h); }
+
+// pixels shared by neighbouring windows (runtime.pipeline.Pipeline.tile_overlap)
+constexpr int kTileOverlap = 64;
+
+// `call` on the whole inputs, or through the tiler when the pair is tiled
+Tensor tiled(std::optional<Tiler>& tiler, const std::vector<Tensor>& inputs, int in_unit, int out_unit,
+             const Tiler::Call& call) {
+  return tiler ? tiler->run(inputs, in_unit, out_unit, call) : call(inputs);
+}
 
 }  // namespace
 
@@ -108,18 +118,18 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
                 "padded " + size_str(pw, ph) + "); this " + runner_->name() +
                 " bundle supports at most " + size_str(max_w, max_h) + " (W x H). Downscale the pair, or export / "
                 "build with a larger profile");
+  // a pair larger than the model's window runs in overlapping windows of it (runtime.backends.tiled)
   const int window = bundle_.window();
-  if (window > 0 && (ph > window || pw > window))
-    throw Error("the images are " + size_str(w, h) + " (worked at " + std::to_string(k) + "x, padded " +
-                size_str(pw, ph) + "); this bundle's model runs on windows of at most " + size_str(window, window) +
-                " enlarged pixels (manifest latent.window), which the C++ host does not tile yet: use `latentfuse "
-                "fuse` (Python) for this pair, or a pair of at most " + size_str(window / k, window / k));
+  std::optional<Tiler> tiler;
+  if (window > 0 && (ph > window || pw > window)) tiler.emplace(std::min(window, max_h), std::min(window, max_w), kTileOverlap);
   const Tensor images = to_model_range({pad_to_size(upscale(to_rgb(img_a), k), ph, pw),
                                         pad_to_size(upscale(to_rgb(img_b), k), ph, pw)});
 
   // ---- VAE encoder: both sources in one batch
   auto t0 = Clock::now();
-  const Tensor latents = run("vae_encoder", {{"image", images}}).at(0);
+  const Tensor latents = tiled(tiler, {images}, 1, kLatentFactor, [&](const std::vector<Tensor>& x) {
+    return run("vae_encoder", {{"image", x[0]}}).at(0);
+  });
   runner_->synchronize();
   times.vae_enc = ms_since(t0);
   const Tensor z_a = latents.slice0(0, 1), z_b = latents.slice0(1, 2);
@@ -134,19 +144,23 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   // ---- DiT: sampler loop (flow) or one call (regression)
   t0 = Clock::now();
   samplers::SampleResult result;
-  const std::map<std::string, Tensor> cond = {{"z_a", z_a}, {"z_b", z_b}, {"prompt_embeds", embeds}, {"prompt_mask", mask}};
+  std::map<std::string, Tensor> feeds = {{"prompt_embeds", embeds}, {"prompt_mask", mask}};
+  // z_a, z_b (and z_t) of one window, the prompt whole
+  auto dit_call = [&](const std::vector<Tensor>& x) {
+    feeds["z_a"] = x[0], feeds["z_b"] = x[1];
+    if (x.size() > 2) feeds["z_t"] = x[2];
+    return run(dit, feeds).at(0);
+  };
   if (o.mode == "regression") {
-    result.latent = run(dit, cond).at(0);
+    result.latent = tiled(tiler, {z_a, z_b}, kLatentFactor, kLatentFactor, dit_call);
     result.nfe = 1;
     result.sampler = "regression";
   } else {
     auto [z0, prior] = samplers::initial_latent(o.prior.value_or(bundle_.default_prior()), z_a, o.seed, z_a, z_b,
                                                 bundle_.prior_sigma());
-    auto feeds = cond;
     samplers::Velocity velocity = [&](const Tensor& z, double t) {
-      feeds["z_t"] = z;
       feeds["t"] = Tensor::from_float({z.shape.at(0)}, std::vector<float>(z.shape.at(0), static_cast<float>(t)));
-      return run(dit, feeds).at(0);
+      return tiled(tiler, {z_a, z_b, z}, kLatentFactor, kLatentFactor, dit_call);
     };
     result = samplers::sample(sampler_name, velocity, z0, steps, g, o.seed, prior);
   }
@@ -156,13 +170,15 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
 
   // ---- VAE decoder, crop back, shrink to the input size
   t0 = Clock::now();
-  const Tensor decoded = run("vae_decoder", {{"latent", result.latent}}).at(0);
+  const Tensor decoded = tiled(tiler, {result.latent}, kLatentFactor, 1, [&](const std::vector<Tensor>& x) {
+    return run("vae_decoder", {{"latent", x[0]}}).at(0);
+  });
   runner_->synchronize();
   times.vae_dec = ms_since(t0);
   Image image = downscale(from_model_range(decoded, k * h, k * w), k);
   if (gray) image = to_gray(image);
   times.total = ms_since(start);
-  return FuseResult{std::move(image), result.nfe, result.sampler, times};
+  return FuseResult{std::move(image), result.nfe, result.sampler, times, tiler ? tiler->calls() : 0};
 }
 
 std::string format_latency(const std::vector<StageTimes>& runs, const std::string& label) {

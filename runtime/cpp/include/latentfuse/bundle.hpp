@@ -59,7 +59,7 @@ class Bundle {
   // k times before the VAE encoder and shrinks the decoded image back (model/work_scale.py).
   int work_scale() const;
   // The model's window (manifest latent.window, 0 when absent): the largest side, in enlarged pixels, its
-  // networks run on. The Python runtime tiles a larger pair; this host does not tile yet and refuses it.
+  // networks run on; a larger pair runs in overlapping windows (tiling.hpp).
   int window() const;
   int64_t text_hidden_size() const;
   fs::path tokenizer_path() const;

@@ -1,6 +1,7 @@
-// One fuse call end to end, as runtime/pipeline.py does it: read + pad the pair, VAE-encode both,
-// prompt -> embedding (bundle prompt cache, else tokenizer + text_encoder graph), sampler over the
-// flow DiT (or one regression call), VAE-decode, crop back; per-stage wall times.
+// One fuse call end to end, as runtime/pipeline.py does it: read, enlarge by the working scale + pad
+// the pair, VAE-encode both, prompt -> embedding (bundle prompt cache, else tokenizer + text_encoder
+// graph), sampler over the flow DiT (or one regression call), VAE-decode, crop back, shrink; a pair
+// larger than the model's window runs in overlapping windows (tiling.hpp); per-stage wall times.
 #pragma once
 
 #include <filesystem>
@@ -22,7 +23,7 @@ struct FuseOptions {
   std::optional<std::string> sampler;  // default: the manifest's
   std::optional<int> steps;            // default: the manifest's
   std::optional<double> g;             // default: the manifest's for SDE samplers, 0 otherwise
-  std::optional<std::string> prior;    // default: the manifest's (gaussian)
+  std::optional<std::string> prior;    // default: the manifest's (the flow DiT's training prior)
   uint64_t seed = 0;
 };
 
@@ -38,6 +39,7 @@ struct FuseResult {
   int nfe = 0;
   std::string sampler;
   StageTimes times;
+  int window_calls = 0;  // network calls made on windows (0: the pair ran whole)
 };
 
 class Pipeline {
