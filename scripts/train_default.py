@@ -215,11 +215,23 @@ def dit_train_config(args, head: str, steps: int):
     return TrainConfig.from_dict(sections)
 
 
-def train_stage_dit(args, head: str, steps: int, dataset, vae, report: dict):
+def flow_finetune_config(args):
+    """The flow DiT's second stage: from its first stage's weights, ``--flow-finetune-steps`` more at
+    ``--flow-finetune-lr`` (a fresh warmup + cosine), on new data order (seed + 7)."""
+    from model.training.config import TrainConfig
+
+    sections = dit_train_config(args, "flow", args.flow_finetune_steps).to_dict()
+    sections["run"].update(output_dir=str(args.work / "dit_flow_finetune"), seed=args.seed + 7)
+    sections["model"]["init_from"] = str(_dit_folder(args, "flow"))
+    sections["optim"]["lr"] = args.flow_finetune_lr
+    return TrainConfig.from_dict(sections)
+
+
+def train_stage_dit(args, head: str, steps: int, dataset, vae, report: dict, cfg=None):
     from model.training.run import build_dit
     from model.training.trainer import Trainer
 
-    cfg = dit_train_config(args, head, steps)
+    cfg = cfg or dit_train_config(args, head, steps)
     dit = build_dit(cfg, dataset.prompt_embeds.shape[-1], vae.latent_channels)
     trainer = Trainer(cfg, dit, dataset, vae=vae)
     start = time.perf_counter()
@@ -297,7 +309,34 @@ def train_dits(args, dataset, vae, report: dict) -> dict:
     for head, dit in trained.items():
         stage = report[f"dit_{head}"]
         _keep_stage(_dit_folder(args, head), _dit_stage_key(args, head, stage["steps"], report), dit, stage)
-    return {**dits, **trained}
+    dits.update(trained)
+    if args.flow_finetune_steps > 0:
+        dits["flow"] = _finetune_flow(args, dataset, vae, report)
+    return dits
+
+
+def _finetune_flow(args, dataset, vae, report: dict):
+    """:func:`flow_finetune_config` on the first stage kept in ``--work``; kept and reused the same way.
+    Its stage report goes under ``report["dit_flow"]["finetune"]``."""
+    from model.dit import MoEDiT
+
+    cfg = flow_finetune_config(args)
+    config = cfg.to_dict()
+    config["run"] = {"seed": config["run"]["seed"]}
+    key = {"first_stage": _dit_stage_key(args, "flow", args.flow_steps, report), "config": config}
+    folder = args.work / "dit_flow_finetune" / "final"
+    kept = _reload_stage(folder, key, lambda f: MoEDiT.from_pretrained(f).eval().float())
+    if kept is not None:
+        dit, stage = kept
+        stage = {**stage, "reused": True}
+    else:
+        log(f"  fine-tuning the flow DiT: {args.flow_finetune_steps} steps at lr {args.flow_finetune_lr:g}")
+        stage_report: dict = {}
+        dit = train_stage_dit(args, "flow", args.flow_finetune_steps, dataset, vae, stage_report, cfg=cfg)
+        stage = {**stage_report["dit_flow"], "lr": args.flow_finetune_lr}
+        _keep_stage(folder, key, dit, stage)
+    report["dit_flow"] = {**report["dit_flow"], "finetune": stage}
+    return dit
 
 
 def _dit_stage_key(args, head: str, steps: int, report: dict) -> dict:
@@ -405,9 +444,13 @@ def write_model_card(out: Path, report: dict, table_md: str) -> None:
                "the rows that do not beat the plain average on Q^AB/F: " + ", ".join(short))
     side_by_side = report.get("dit_workers", 1) > 1
     dit_runs = "the two DiTs side by side, one thread each" if side_by_side else "the two DiTs one after the other"
-    dit_minutes = (max if side_by_side else sum)((r["seconds"], f["seconds"])) / 60
+    ft = f.get("finetune")  # the flow's second stage runs alone, after the first two
+    dit_minutes = ((max if side_by_side else sum)((r["seconds"], f["seconds"])) + (ft["seconds"] if ft else 0)) / 60
     reused = [f"VAE {st['stage']}" for st in v["stages"] if st.get("reused")] + \
-        [f"{head} DiT" for head, st in (("regression", r), ("flow", f)) if st.get("reused")]
+        [f"{head} DiT" for head, st in (("regression", r), ("flow", f)) if st.get("reused")] + \
+        (["flow fine-tune"] if ft and ft.get("reused") else [])
+    flow_ft = (f"; then {ft['steps']} steps from those weights at lr {ft['lr']:g} (cosine, fresh warmup; "
+               f"{ft['seconds']:.0f} s)" if ft else "")
     reuse = f" (reusing the stages {', '.join(reused)} kept in --work by an earlier run with the same settings)" if reused else ""
 
     def per_task(method: str) -> str:
@@ -438,7 +481,7 @@ Command: `{report.get('command', 'python scripts/train_default.py')}`; every num
 | `vae/` | diffusers AutoencoderKL, tiny preset (f=8, z=16) | {report['params']['vae'] / 1e6:.2f} M | {vae_training} |
 | `text_encoder/` | T5 encoder, tiny preset (2 layers, d=128) + shipped sentencepiece | {report['params']['text_encoder'] / 1e6:.2f} M | none: random, frozen (prompts only need distinct embeddings) |
 | `dit_regression/` | MoE-DiT {_dit_architecture(r)} | {r['params']['total'] / 1e6:.2f} M ({r['params']['active'] / 1e6:.2f} M active) | {r['steps']} steps, batch {r['batch']}, {r['crop_px']} px crops, Eq. 8 + λ·Eq. 9 + label term ({r['seconds']:.0f} s) |
-| `dit_flow/` | MoE-DiT {_dit_architecture(f)}, flow head | {f['params']['total'] / 1e6:.2f} M ({f['params']['active'] / 1e6:.2f} M active) | {f['steps']} steps, batch {f['batch']}, {f['crop_px']} px crops, Eq. 11 + λ·Eq. 9 + label term ({f['seconds']:.0f} s) |
+| `dit_flow/` | MoE-DiT {_dit_architecture(f)}, flow head | {f['params']['total'] / 1e6:.2f} M ({f['params']['active'] / 1e6:.2f} M active) | {f['steps']} steps, batch {f['batch']}, {f['crop_px']} px crops, Eq. 11 + λ·Eq. 9 + label term ({f['seconds']:.0f} s){flow_ft} |
 
 DiT recipe: cautious AdamW (lr {r['config']['optim']['lr']}, cosine with warmup), load-balance weight {loss['load_balance_weight']},
 λ_aux = {loss['aux_weight']} (Eq. 9-10) and a pixel-space label term (L1 + gradient L1 of the decoded
@@ -446,7 +489,7 @@ prediction to the label, `model.training.losses.label_loss`, not in the paper) o
 both on {loss['aux_samples'] or 'all'} decoded item(s) per batch; EMA {r['config']['ema']['decay']};
 flow: {describe_prior(flow_prior.get('prior', 'gaussian'), flow_prior.get('prior_sigma', 0.5))}, logit-normal timesteps, pixel-space terms only for t ≥ 0.5.
 {scale_line}
-Main loss: regression {r['first_main_loss']:.4f} → {r['final_main_loss']:.4f}; flow {f['first_main_loss']:.4f} → {f['final_main_loss']:.4f}.
+Main loss: regression {r['first_main_loss']:.4f} → {r['final_main_loss']:.4f}; flow {f['first_main_loss']:.4f} → {f['final_main_loss']:.4f}{f" → {ft['final_main_loss']:.4f} (second stage)" if ft else ""}.
 
 ## Data
 Synthetic clean pairs rendered from the photographs bundled with scikit-image (`latentfuse data synth`:
@@ -520,6 +563,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--reg-steps", type=int, default=10000)
     p.add_argument("--flow-steps", type=int, default=10000)
+    p.add_argument("--flow-finetune-steps", type=int, default=5000,
+                   help="a second flow stage from the first one's weights (0: none)")
+    p.add_argument("--flow-finetune-lr", type=float, default=3e-4, help="learning rate of the flow's second stage")
     p.add_argument("--flow-prior", default="gaussian", choices=("gaussian", "source_a", "source_b", "source_mean"),
                    help="the flow DiT's prior p0 (model.flow); the model declares it, so every runtime samples from it")
     p.add_argument("--prior-sigma", type=float, default=0.5, help="σ_p of a source prior (model.flow)")

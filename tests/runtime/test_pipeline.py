@@ -249,6 +249,9 @@ class _LocalBackend:
     def window(self):
         return self.size
 
+    def sampler_defaults(self):
+        return {}
+
     def encode_images(self, x):
         self.shapes.append(x.shape[-2:])
         b, c, h, w = x.shape

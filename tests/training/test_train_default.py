@@ -34,7 +34,8 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     args = ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--pairs", "2", "--per-pair", "1",
             "--test-pairs", "1", "--size", "160", "--vae-steps", "2", "--vae-patch", "32", "--vae-batch", "2",
             "--vae-decoder-steps", "2", "--vae-joint-steps", "2", "--vae-ft-patch", "32", "--vae-eval-patches", "2",
-            "--crop", "32", "--batch", "2", "--reg-steps", "2", "--flow-steps", "2", "--ema", "0", "--threads", "1"]
+            "--crop", "32", "--batch", "2", "--reg-steps", "2", "--flow-steps", "2", "--flow-finetune-steps", "0",
+            "--ema", "0", "--threads", "1"]
     assert train_default.main(args) == 0
 
     out = tmp_path / "model"
@@ -81,6 +82,22 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     assert all(st["reused"] for st in report["vae"]["stages"]) and report["dit_flow"]["reused"]
     assert "reusing the stages VAE scratch, VAE decoder, VAE joint, regression DiT, flow DiT" in \
         (third / "MODEL_CARD.md").read_text()
+
+    # a second flow stage starts from the first one's weights, is kept, and a later run reuses it
+    tuned = tmp_path / "finetuned"
+    finetune = ["--flow-finetune-steps", "2", "--flow-finetune-lr", "1e-3"]
+    assert train_default.main(args + finetune + ["--out", str(tuned)]) == 0
+    report = json.loads((tuned / "training_report.json").read_text())
+    assert report["dit_flow"]["finetune"]["steps"] == 2 and report["dit_flow"]["reused"]
+    assert report["dit_flow"]["finetune"]["config"]["model"]["init_from"].endswith("dit_flow/final")
+    assert "then 2 steps from those weights at lr 0.001" in (tuned / "MODEL_CARD.md").read_text()
+    tuned_weights, first_weights = dit_weights(tuned), dit_weights(out)
+    assert same({"dit_regression": tuned_weights["dit_regression"]}, {"dit_regression": first_weights["dit_regression"]})
+    assert not same({"dit_flow": tuned_weights["dit_flow"]}, {"dit_flow": first_weights["dit_flow"]})
+    log.write_text("")
+    assert train_default.main(args + finetune + ["--out", str(tmp_path / "finetuned_again")]) == 0
+    assert log.read_text().count("reusing") == 6
+    assert same(tuned_weights, dit_weights(tmp_path / "finetuned_again"))
 
 
 def test_shortfalls_name_rows_at_or_below_the_average():
