@@ -11,12 +11,15 @@
 4. DiTs     the tiny regression DiT (Eq. 8 + aux Eq. 9-10) and the tiny flow DiT (Eq. 11 + aux), both
             with the pixel-space label term (``losses.label_loss``), joint over the three tasks,
             cautious AdamW + cosine warmup, EMA; at working scale 2 (``model.work_scale``: every
-            image enlarged twice before the VAE, as the pipeline of the saved model will)
+            image enlarged twice before the VAE, as the pipeline of the saved model will); then a
+            second flow stage from the first one's weights at a lower learning rate
+            (:func:`flow_finetune_config`)
 5. save     ``FusionComponents`` in fp16 safetensors, ``MODEL_CARD.md``, ``training_report.json``
 6. eval     ``scripts/evaluate_default.py`` on the held-out pairs
 
-Sized for a 2-core CPU in under two hours (VAE stages on two threads, 36 min; the two DiTs side by side
-on one thread each, 66 min; the evaluation, 9 min); every size is a flag. Run it in the background:
+Sized for a 2-core CPU in about two and a half hours (VAE stages on two threads, 36 min; the two DiTs
+side by side on one thread each, 66 min; the flow's second stage, 26 min; the evaluation, 9 min); every
+size is a flag, and every stage is kept in ``--work`` and reused. Run it in the background:
 
     nohup .venv/bin/python scripts/train_default.py > runs/train_default.log 2>&1 &
 """
