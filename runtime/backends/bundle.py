@@ -18,6 +18,7 @@ import numpy as np
 
 from export.bundle import Bundle
 from model.errors import LatentfuseError
+from runtime.backends.base import Backend
 
 
 class RuntimeBundle(Bundle):
@@ -113,3 +114,19 @@ def open_bundle(directory: str | os.PathLike) -> RuntimeBundle:
         raise LatentfuseError(f"{root} is not a deployment bundle (no manifest.json); "
                               "make one with `latentfuse export --checkpoint DIR --out BUNDLE`")
     return RuntimeBundle.open(root)
+
+
+class BundleBackend(Backend):
+    """A backend over a deployment bundle (``self.bundle``, a :class:`RuntimeBundle`): the model's
+    working scale, window and sampler defaults come from its manifest."""
+
+    bundle: RuntimeBundle
+
+    def work_scale(self) -> int:
+        return self.bundle.work_scale()
+
+    def window(self) -> int:
+        return self.bundle.window()
+
+    def sampler_defaults(self) -> dict:
+        return self.bundle.sampler_defaults()

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from model.errors import LatentfuseError, MissingDependencyError
-from runtime.backends.base import Backend, as_f32
+from runtime.backends.base import as_f32
 from runtime.backends import bundle as bundle_io
 
 # ONNX Runtime's type strings -> numpy dtypes
@@ -72,7 +72,7 @@ class _Session:
         return np.asarray(out, dtype=np.float32)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(bundle_io.BundleBackend):
     name = "onnxruntime"
 
     def __init__(self, bundle_dir: str | Path, providers: str | Sequence | None = None, fp16: bool = False,
@@ -161,15 +161,6 @@ class OnnxRuntimeBackend(Backend):
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return self._run("vae_decoder", latent=as_f32(latents, "latents"))
-
-    def work_scale(self) -> int:
-        return self.bundle.work_scale()
-
-    def window(self) -> int:
-        return self.bundle.window()
-
-    def sampler_defaults(self) -> dict:
-        return self.bundle.sampler_defaults()
 
     def max_image_size(self):
         return self.bundle.max_image_size()

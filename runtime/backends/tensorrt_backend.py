@@ -30,7 +30,7 @@ import numpy as np
 
 from model.errors import LatentfuseError, MissingDependencyError
 from runtime.backends import bundle as bundle_io
-from runtime.backends.base import Backend, as_f32
+from runtime.backends.base import as_f32
 
 
 def import_tensorrt():
@@ -151,7 +151,7 @@ class TrtEngine:
         return out.numpy()
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(bundle_io.BundleBackend):
     name = "tensorrt"
 
     def __init__(self, bundle_dir: str | Path, cuda_graph: bool = True, device: int = 0):
@@ -211,15 +211,6 @@ class TensorRTBackend(Backend):
 
     def synchronize(self) -> None:
         self.stream.synchronize()
-
-    def work_scale(self) -> int:
-        return self.bundle.work_scale()
-
-    def window(self) -> int:
-        return self.bundle.window()
-
-    def sampler_defaults(self) -> dict:
-        return self.bundle.sampler_defaults()
 
     def max_image_size(self):
         """The VAE encoder engine's profile max (H, W): the hard limit of this backend."""
