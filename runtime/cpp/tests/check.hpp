@@ -6,9 +6,12 @@
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "latentfuse/tensor.hpp"
 
 namespace check {
 
@@ -21,6 +24,16 @@ inline void expect(bool ok, const std::string& what) {
     ++failures;
     std::cerr << "FAIL: " << what << "\n";
   }
+}
+
+// True when `f` throws latentfuse::Error (the one-line user-facing failure).
+inline bool throws(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const latentfuse::Error&) {
+    return true;
+  }
+  return false;
 }
 
 inline nlohmann::json load(const char* path) {

@@ -12,15 +12,6 @@
 using namespace latentfuse;
 namespace fs = std::filesystem;
 
-static bool throws(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error&) {
-    return true;
-  }
-  return false;
-}
-
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
   const auto v = check::load(argv[1]);
@@ -55,7 +46,7 @@ int main(int argc, char** argv) {
     check::expect(max_diff(down.px, cs["downscaled"].get<std::vector<float>>()) <= 1e-6, tag + ": box mean equals numpy");
   }
   check::expect(upscale(Image{1, 1, 1, {0.25f}}, 1).px == std::vector<float>{0.25f}, "upscale by 1 is the identity");
-  check::expect(throws([&] { downscale(Image{3, 4, 1, std::vector<float>(12)}, 2); }), "downscale of an odd size is an error");
+  check::expect(check::throws([&] { downscale(Image{3, 4, 1, std::vector<float>(12)}, 2); }), "downscale of an odd size is an error");
 
   // model range round trip: [0,1] -> [-1,1] NCHW -> [0,1] HWC
   Image rgb{5, 7, 3, std::vector<float>(105)};
@@ -90,9 +81,9 @@ int main(int argc, char** argv) {
   for (size_t k = 0; k < jpg.px.size(); ++k) err = std::max(err, std::abs(double(jpg.px[k]) - double(smooth.px[k])));
   check::expect(jpg.channels == 3 && err < 0.05, "JPEG round trip (quality 95)");
   check::expect(to_gray(to_rgb(Image{1, 1, 1, {0.5f}})).px[0] == 0.5f * 0.299f + 0.5f * 0.587f + 0.5f * 0.114f, "luma");
-  check::expect(throws([&] { read_image(tmp / "missing.png"); }), "missing image is an error");
-  check::expect(throws([&] { read_image(argv[1]); }), "a non-image file is an error");
-  check::expect(throws([&] { write_image(tmp / "x.tif", smooth); }), "unknown suffix is an error");
-  check::expect(throws([&] { write_image(tmp / "x.jpg", smooth, 16); }), "16-bit JPEG is an error");
+  check::expect(check::throws([&] { read_image(tmp / "missing.png"); }), "missing image is an error");
+  check::expect(check::throws([&] { read_image(argv[1]); }), "a non-image file is an error");
+  check::expect(check::throws([&] { write_image(tmp / "x.tif", smooth); }), "unknown suffix is an error");
+  check::expect(check::throws([&] { write_image(tmp / "x.jpg", smooth, 16); }), "16-bit JPEG is an error");
   return check::finish("test_image");
 }

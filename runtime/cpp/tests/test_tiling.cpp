@@ -12,15 +12,6 @@
 
 using namespace latentfuse;
 
-static bool throws(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error&) {
-    return true;
-  }
-  return false;
-}
-
 static float mean(const Tensor& t) {
   double sum = 0;
   for (float v : t.f) sum += v;
@@ -113,8 +104,8 @@ int main(int argc, char** argv) {
   Tiler tiler(32, 32, 64);
   const Tensor same = tiler.run({image}, 1, 1, [](const std::vector<Tensor>& x) { return x[0]; });
   check::expect(max_diff(same.f, nlohmann::json(image.f)) <= 1e-6, "tiling an identity graph is the identity");
-  check::expect(throws([] { Tiler(16, 64); }), "a window under 32 px is an error");
-  check::expect(throws([] { Tiler(64, 64, 8); }), "an overlap under 16 px is an error");
-  check::expect(throws([&] { crop_hw(image, 40, 0, 16, 16); }), "a window outside the tensor is an error");
+  check::expect(check::throws([] { Tiler(16, 64); }), "a window under 32 px is an error");
+  check::expect(check::throws([] { Tiler(64, 64, 8); }), "an overlap under 16 px is an error");
+  check::expect(check::throws([&] { crop_hw(image, 40, 0, 16, 16); }), "a window outside the tensor is an error");
   return check::finish("test_tiling");
 }
