@@ -592,8 +592,11 @@ def main(argv=None) -> int:
 
     from model.work_scale import check_window, check_work_scale
 
-    # a bad --dit-width / --dit-depth / --work-scale / --window fails now, not after the VAE
+    # a bad --dit-width / --dit-depth / --work-scale / --window / flow setting fails now, not after the VAE
     DiTConfig.from_preset("tiny", **dit_overrides(args))
+    dit_train_config(args, "flow", args.flow_steps)
+    if args.flow_finetune_steps > 0:
+        flow_finetune_config(args)
     check_work_scale(args.work_scale, "--work-scale")
     check_window(args.window, "--window")
     torch.set_num_threads(args.threads)

@@ -128,10 +128,14 @@ def test_a_dit_worker_killed_without_reporting_fails_the_run_instead_of_hanging(
                                   dataset=None, vae=None, report={})
 
 
-def test_a_bad_dit_size_fails_before_any_work(tmp_path):
+def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path):
     from model.errors import LatentfuseError
 
     train_default = _script("train_default")
     with pytest.raises(LatentfuseError, match="head dim 25 must be a multiple of 4"):
         train_default.main(["--work", str(tmp_path / "work"), "--dit-width", "100"])
+    with pytest.raises(LatentfuseError, match="flow.prior: source prior 'source_mean' needs a noise level sigma > 0"):
+        train_default.main(["--work", str(tmp_path / "work"), "--flow-prior", "source_mean", "--prior-sigma", "0"])
+    with pytest.raises(LatentfuseError, match="optim.lr must be positive"):
+        train_default.main(["--work", str(tmp_path / "work"), "--flow-finetune-lr", "0"])
     assert not (tmp_path / "work").exists()
