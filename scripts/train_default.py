@@ -136,20 +136,20 @@ def train_stage_vae(args, train_root: Path, test_root: Path, report: dict):
     """Train the VAE stages of :func:`vae_stages`. Each stage's result is kept in ``--work`` with the
     settings of every stage up to it, so a re-run with the same settings (e.g. to try DiT recipes)
     reuses it instead of training it again."""
-    from model.training.data import find_manifests, read_manifest
+    from model.training.data import find_manifests, read_manifest, read_training_manifest
     from model.training.vae_trainer import (calibrate_scaling, load_images, random_patches, reconstruction_metrics,
                                             train_vae)
     from model.vae import LatentVAE
 
-    def clean_files(root):
+    def clean_files(root, training=True):
         out = []
         for m in find_manifests(root):
-            for rec in read_manifest(m):
+            for rec in (read_training_manifest(m) if training else read_manifest(m)):
                 out += [m.parent / rec["files"][k] for k in ("clean_a", "clean_b", "gt")]
         return out
 
     train_images = load_images(clean_files(train_root), natural=True)
-    test_images = load_images(clean_files(test_root), natural=False)
+    test_images = load_images(clean_files(test_root, training=False), natural=False)
     held_out = random_patches(test_images, args.vae_eval_patches, 64, np.random.default_rng(args.seed + 7))
 
     def run_stage(vae, name, cfg):

@@ -7,6 +7,12 @@ Output layout (``latentfuse data build``)::
     OUT/samples/<id>/              a.png b.png clean_a.png clean_b.png gt.png meta.json
     OUT/manifest.jsonl             one JSON record per sample (the samples' meta.json, sorted by id)
 
+Real pairs are split by scene name (:mod:`model.data.split`): by default only training scenes are
+written (``split="train"``); ``"heldout"`` writes the held-out scenes (for evaluation), ``"all"`` both.
+Every record carries its scene's side (``"split": "train" | "heldout"``) and the training data loader
+refuses held-out records. Synthetic folders (``latentfuse data synth``) are not split: their held-out
+pairs come from another seed.
+
 Every sample directory is written atomically (:func:`model.atomic.atomic_dir`), so a sample either
 exists completely or not at all; re-running the same command skips finished samples and rewrites the
 manifest from their ``meta.json``. Sample ``<pair>_<k>`` draws everything from a generator seeded by
@@ -29,6 +35,7 @@ from model.data.depth import DepthEstimator
 from model.data.labels import pseudo_label
 from model.data.pairs import ImagePair, discover_pairs, load_pair, validate_pairs
 from model.data.pipeline import N_CHOICES, degrade_pair
+from model.data.split import check_split, select, split_of
 from model.data.tasks import check_task
 from model.data.teachers import Teacher, teachers_for
 from model.errors import LatentfuseError
@@ -52,10 +59,23 @@ def sample_rng(seed: int, pair: str, k: int) -> np.random.Generator:
 
 
 def _config(src: Path, task: str, layout: str, n_degradations: Sequence[int], seed: int, per_pair: int,
-            long_side: int | None, crop: bool, teachers: list[str]) -> dict:
-    return {"format": FORMAT_VERSION, "task": task, "src": str(src.resolve()), "layout": layout,
-            "n_degradations": [int(n) for n in n_degradations], "seed": int(seed), "per_pair": int(per_pair),
-            "long_side": long_side, "crop": bool(crop), "teachers": teachers}
+            long_side: int | None, crop: bool, teachers: list[str], split: str | None) -> dict:
+    config = {"format": FORMAT_VERSION, "task": task, "src": str(src.resolve()), "layout": layout,
+              "n_degradations": [int(n) for n in n_degradations], "seed": int(seed), "per_pair": int(per_pair),
+              "long_side": long_side, "crop": bool(crop), "teachers": teachers}
+    if split is not None:  # synthetic sources are not split (and keep the build.json they always had)
+        config["split"] = split
+    return config
+
+
+def resolve_split(split: str | None, synthetic: bool, src: Path) -> str | None:
+    """The split a build writes: ``train`` by default for real pairs; None (unsplit) for synthetic ones."""
+    if synthetic:
+        if split not in (None, "all"):
+            raise LatentfuseError(f"{src} holds synthetic pairs, which are not split by scene (hold out "
+                                  f"another seed instead); drop --split {split}")
+        return None
+    return check_split(split or "train")
 
 
 def _check_resume(out: Path, config: dict) -> None:
@@ -91,9 +111,11 @@ def _ground_truth(pair: ImagePair, a: np.ndarray, b: np.ndarray, gt: np.ndarray 
     return label.image, meta
 
 
-def _write_sample(out: Path, sid: str, pair: ImagePair, k: int, sample, label_meta: dict, seed: int) -> dict:
+def _write_sample(out: Path, sid: str, pair: ImagePair, k: int, sample, label_meta: dict, seed: int,
+                  split: str | None) -> dict:
     record = {
         "id": sid, "pair": pair.name, "variant": k, "task": sample.task, "seed": seed,
+        **({"split": split_of(pair.name)} if split is not None else {}),
         "degradations": sample.degradations, "prompt": sample.prompt, "params": sample.params,
         "crop": sample.crop, "height": int(sample.a.shape[0]), "width": int(sample.a.shape[1]),
         "source": {"a": str(pair.a), "b": str(pair.b)}, "label": label_meta,
@@ -122,8 +144,9 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, task: str,
                   n_degradations: Sequence[int] = N_CHOICES, seed: int = 0, per_pair: int = 1,
                   long_side: int | None = None, crop: bool = True, teacher_names: list[str] | None = None,
                   extra_teachers: Sequence[Teacher] = (), depth_estimator: DepthEstimator | None = None,
-                  limit: int | None = None, progress: bool = True) -> BuildReport:
-    """Degrade every clean pair of ``src`` ``per_pair`` times into ``out`` (see module docstring)."""
+                  limit: int | None = None, progress: bool = True, split: str | None = None) -> BuildReport:
+    """Degrade every clean pair of ``src`` in ``split`` (default: the training scenes of real pairs, every
+    synthetic pair) ``per_pair`` times into ``out`` (see module docstring)."""
     task = check_task(task)
     if per_pair < 1:
         raise LatentfuseError(f"--per-pair must be >= 1, got {per_pair}")
@@ -131,10 +154,14 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, task: str,
         raise LatentfuseError(f"--n-degradations takes values in 0..3, got {list(n_degradations)}")
     src, out = Path(src), Path(out)
     pairset = validate_pairs(discover_pairs(src, task))
-    pairs = pairset.pairs[:limit] if limit else pairset.pairs
+    split = resolve_split(split, pairset.layout.startswith("synthetic"), src)
+    pairs = pairset.pairs if split is None else select(pairset.pairs, split)
+    if not pairs:
+        raise LatentfuseError(f"none of the {len(pairset.pairs)} {task} pairs in {src} is in the {split} split")
+    pairs = pairs[:limit] if limit else pairs
     teachers = teachers_for(task, teacher_names, list(extra_teachers))
     config = _config(src, task, pairset.layout, n_degradations, seed, per_pair, long_side, crop,
-                     [t.name for t in teachers])
+                     [t.name for t in teachers], split)
     _check_resume(out, config)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "build.json") as tmp:
@@ -163,7 +190,7 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, task: str,
                     rng = sample_rng(seed, pair.name, k)
                     sample = degrade_pair(a, b, target, task, rng, n=n_degradations, long_side=long_side,
                                           crop=crop, depth_estimator=depth_estimator)
-                    record = _write_sample(out, sid, pair, k, sample, label_meta, seed)
+                    record = _write_sample(out, sid, pair, k, sample, label_meta, seed, split)
                     log.write(json.dumps(record, default=float) + "\n")
                     log.flush()
                     built += 1

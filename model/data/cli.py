@@ -40,7 +40,7 @@ def _build(args: argparse.Namespace) -> int:
         args.src, args.out, args.task, n_degradations=args.n_degradations, seed=args.seed,
         per_pair=args.per_pair, long_side=args.size, crop=not args.no_crop,
         teacher_names=args.teachers, extra_teachers=_teacher_dirs(args.teacher_dir),
-        depth_estimator=load_depth_estimator(args.depth_model), limit=args.limit,
+        depth_estimator=load_depth_estimator(args.depth_model), limit=args.limit, split=args.split,
     )
     print(f"{report.built} sample(s) built, {report.skipped} already present, "
           f"{report.total} in total; manifest: {report.manifest}")
@@ -83,4 +83,8 @@ def register(subparsers) -> None:
     build.add_argument("--depth-model", default=None,
                        help="local transformers depth-estimation model dir (default: the depth prior)")
     build.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    build.add_argument("--split", choices=("train", "heldout", "all"), default=None,
+                       help="scenes of real pairs to write, split by a hash of the scene name (about 20 %% "
+                            "held out, model/data/split.py): train (default), heldout (for evaluation) or all; "
+                            "synthetic folders are not split")
     build.set_defaults(func=_build)

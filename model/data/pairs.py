@@ -14,6 +14,11 @@
 * **SICE** (MEF) -- numbered scene folders holding an exposure sequence ``1.JPG … N.JPG`` (SICE numbers
   exposures from darkest to brightest): the first is the under-, the last the over-exposed image, and
   ``Label/<scene>.*`` is the ground truth when present;
+* **scene folders** (any task) -- MEFB / MFIFB ``input/<scene>/<scene>_A.*`` + ``<scene>_B.*``: every
+  sub-folder of the root (or of one folder below it, e.g. ``input/``) that holds one ``*_A`` / ``*-A``
+  and one ``*_B`` / ``*-B`` image is a scene, named after the folder; the side letter and the stems are
+  matched case-insensitively (MEFB ships ``Farmhouse/Farmhouse_A.png`` + ``FarmHouse_B.png`` and
+  ``Sky/sKY_a.png`` + ``Sky_B.png``);
 * **suffix pairs** (any task) -- ``<name>-A.*`` / ``<name>-B.*`` or ``<name>_A.*`` / ``<name>_B.*`` in one
   folder (Lytro / MFFW ``lytro-01-A.jpg``; MEFB ``<scene>_A.png``).
 
@@ -155,6 +160,37 @@ def _suffix_layout(root: Path, problems: list[str]) -> tuple[str, list[ImagePair
     return "suffix pairs *-A / *-B", pairs
 
 
+def _sides(folder: Path) -> dict[str, list[Path]]:
+    """``{"A": [...], "B": [...]}``: the image files directly in ``folder`` named ``*_A`` / ``*-B`` (any case)."""
+    sides: dict[str, list[Path]] = {"A": [], "B": []}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            m = SUFFIX_PAIR.match(path.stem)
+            if m:
+                sides[m.group("side").upper()].append(path)
+    return sides
+
+
+def _scene_layout(root: Path, problems: list[str]) -> tuple[str, list[ImagePair]] | None:
+    """MEFB / MFIFB scene folders ``[input/]<scene>/<scene>_A|B.*``, one pair per folder."""
+    for parent in [root] + list(_subdirs(root).values()):
+        scenes = {d.name: _sides(d) for d in _subdirs(parent).values()}
+        scenes = {name: sides for name, sides in scenes.items() if sides["A"] or sides["B"]}
+        if not scenes or any(len(s["A"]) > 1 or len(s["B"]) > 1 for s in scenes.values()):
+            continue  # several pairs in one folder: the plain suffix layout
+        pairs = []
+        for name, sides in sorted(scenes.items()):
+            if sides["A"] and sides["B"]:
+                pairs.append(ImagePair(name, sides["A"][0], sides["B"][0], None))
+            else:
+                have = (sides["A"] or sides["B"])[0]
+                problems.append(f"missing partner: scene folder {have.parent} has {have.name} but no "
+                                f"*_{'B' if sides['A'] else 'A'} image")
+        rel = parent.relative_to(root).as_posix()
+        return f"scene folders {'' if rel == '.' else rel + '/'}<scene>/<scene>_A|B", pairs
+    return None
+
+
 def _synthetic_layout(root: Path, problems: list[str]) -> tuple[str, list[ImagePair], str | None] | None:
     dirs = _subdirs(root)
     if "a" not in dirs or "b" not in dirs or not ((root / "synth.json").is_file() or "gt" in dirs):
@@ -184,6 +220,7 @@ def discover_pairs(root: str | os.PathLike, task: str) -> PairSet:
         return PairSet(task, layout, root, pairs, problems)
     for finder in (lambda: _folder_layout(root, task, problems),
                    lambda: _sice_layout(root, problems) if task == "mef" else None,
+                   lambda: _scene_layout(root, problems),
                    lambda: _suffix_layout(root, problems)):
         found = finder()
         if found is not None:
@@ -192,7 +229,7 @@ def discover_pairs(root: str | os.PathLike, task: str) -> PairSet:
     extra = "; SICE numbered scene folders" if task == "mef" else ""
     raise LatentfuseError(
         f"no {task} image pairs found in {root}: expected folder pairs ({expected}){extra}; "
-        f"files named <name>-A.* / <name>-B.*; or a synthetic folder with a/, b/ (latentfuse data synth)"
+        f"scene folders <scene>/<scene>_A.* + <scene>_B.*; files named <name>-A.* / <name>-B.*; or a synthetic folder with a/, b/ (latentfuse data synth)"
     )
 
 

@@ -186,9 +186,21 @@ def _load_rgb(path: Path, size: int, work_scale: int = 1) -> np.ndarray:
     return np.clip(_center_crop(upscale(img, work_scale), size), 0.0, 1.0)
 
 
+def read_training_manifest(path: Path) -> list[dict]:
+    """:func:`read_manifest` for a training step: a record of a held-out scene (``"split": "heldout"``,
+    :mod:`model.data.split`) is refused, so no training step ever reads one."""
+    records = read_manifest(path)
+    for lineno, rec in enumerate(records, 1):
+        if rec.get("split") == "heldout":
+            raise LatentfuseError(f"{path} sample {lineno} ({rec.get('pair', '?')}) is from a held-out scene "
+                                  "(model/data/split.py): training never reads held-out scenes; build the "
+                                  "training data with `latentfuse data build --split train`")
+    return records
+
+
 def _records(root):
     for path in find_manifests(root):
-        for lineno, rec in enumerate(read_manifest(path), 1):
+        for lineno, rec in enumerate(read_training_manifest(path), 1):
             yield path, path.parent, lineno, rec
 
 
