@@ -6,8 +6,9 @@
 
 ``fuse-dir`` pairs files by name stem, skips pairs whose output already exists (so an interrupted run
 resumes), continues past a file that fails and lists every failure at the end (exit 1 if any).
-``demo`` runs the bundled default model on the shipped sample pairs of each task through ONNX Runtime,
-exporting a bundle into the output folder first if there is none, and prints the latency table.
+``demo`` runs the bundled default model on the shipped sample pairs of each task through ONNX Runtime
+and prints the latency table. A bundle backend given a model directory (``--backend onnxruntime`` with
+no ``--bundle``, and ``demo``) exports it once into the user cache (:mod:`runtime.bundle_cache`).
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "config / the bundle's sampler section declares)")
     p.add_argument("--resize", action="store_true", help="resample B to A's size when the pair differs in size")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="output bits per sample (default 8)")
-    p.add_argument("--tile", action="store_true",
-                   help="process images larger than the bundle's maximum size in overlapping windows "
-                        "(default: a clear error naming the limit)")
+    p.add_argument("--tile", type=int, nargs="?", const=True, metavar="PX",
+                   help="run the VAE in tiles of at most PX working pixels per side, to bound memory (default: "
+                        "whole images, tiled only over the graph's size limit; any size runs without it)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads per graph (ONNX Runtime intra-op threads, torch.set_num_threads; "
+                        "default: all cores)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,12 +82,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="fuse the shipped samples of every task with the bundled default model")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out/)")
     p.add_argument("--checkpoint", help="model directory to demo instead of the bundled default")
+    p.add_argument("--bundle", help="deployment bundle to demo (e.g. an int8 one from latentfuse export --precision "
+                                    "int8) on onnxruntime / tensorrt, instead of exporting the model")
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime")
     p.add_argument("--mode", choices=("flow", "regression"), default="flow")
     p.add_argument("--steps", type=int, help="sampler steps (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs before timing (default 1)")
     p.add_argument("--runs", type=int, default=3, help="timed runs for the latency table (default 3)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per graph (default: all cores)")
     p.set_defaults(func=run_demo)
 
 
@@ -99,7 +106,7 @@ def build_pipeline(args: argparse.Namespace):
     from model.components import DEFAULT_MODEL_DIR
 
     if not args.bundle and not args.checkpoint:
-        # No model given: the bundled default model directory, run eagerly (no export step needed).
+        # No model given: the bundled default model directory (eager torch, or a cached bundle of it)
         if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
             raise LatentfuseError("give the model: --bundle DIR (onnxruntime / tensorrt) or --checkpoint DIR (torch)")
         args.checkpoint = str(DEFAULT_MODEL_DIR)
@@ -110,10 +117,17 @@ def build_pipeline(args: argparse.Namespace):
         options["providers"] = args.provider
     if backend == "torch" and args.compile:
         options["compile"] = True
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise LatentfuseError(f"--threads must be at least 1, got {args.threads}")
+        if backend != "tensorrt":
+            options["threads"] = args.threads
     if backend_source(backend) == "bundle":
         if not args.bundle:
-            raise LatentfuseError(f"the {backend} backend runs a deployment bundle: pass --bundle DIR "
-                                  f"(make one with `latentfuse export --checkpoint {args.checkpoint} --out BUNDLE`)")
+            # a model directory on a bundle backend: export it once into the user cache and reuse that
+            from runtime.bundle_cache import cached_bundle
+
+            args.bundle = str(cached_bundle(args.checkpoint, backend))
         return Pipeline.from_bundle(args.bundle, backend=backend, **options)
     if not args.checkpoint:
         raise LatentfuseError("the torch backend runs a model directory: pass --checkpoint DIR")
@@ -252,23 +266,6 @@ def demo_model_dir(out: Path, checkpoint: str | None) -> tuple[Path, bool]:
     return random_dir, True
 
 
-def demo_bundle(model_dir: Path, out: Path) -> Path:
-    """``out/bundle``, exported from ``model_dir`` when it is missing (or was exported from another model)."""
-    import json
-
-    from export.bundle import export_bundle
-
-    bundle = out / "bundle"
-    stamp = out / "bundle.source.json"
-    source = {"model_dir": str(model_dir.resolve()), "index_mtime": (model_dir / "model_index.json").stat().st_mtime}
-    if (bundle / "manifest.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == source:
-        return bundle
-    print(f"exporting a deployment bundle from {model_dir} to {bundle} (once) ...", flush=True)
-    export_bundle(model_dir, bundle, force=bundle.exists())
-    stamp.write_text(json.dumps(source) + "\n")
-    return bundle
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -283,11 +280,21 @@ def run_demo(args: argparse.Namespace) -> int:
     quiet_loaders()  # no library progress bars / hints between the demo's own lines
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir, random_weights = demo_model_dir(out, args.checkpoint)
-    if args.backend == "torch":
-        pipe = Pipeline.from_checkpoint(model_dir)
+    if getattr(args, "bundle", None) and (args.checkpoint or args.backend == "torch"):
+        from model.errors import LatentfuseError
+
+        raise LatentfuseError("demo --bundle runs a deployment bundle on onnxruntime / tensorrt: drop --checkpoint "
+                              "and --backend torch")
+    model_dir, random_weights = (None, False) if getattr(args, "bundle", None) else demo_model_dir(out, args.checkpoint)
+    options = {"threads": args.threads} if args.threads and args.backend != "tensorrt" else {}
+    if getattr(args, "bundle", None):
+        pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, **options)
+    elif args.backend == "torch":
+        pipe = Pipeline.from_checkpoint(model_dir, **options)
     else:
-        pipe = Pipeline.from_bundle(demo_bundle(model_dir, out), backend=args.backend)
+        from runtime.bundle_cache import cached_bundle
+
+        pipe = Pipeline.from_bundle(cached_bundle(model_dir, args.backend), backend=args.backend, **options)
     print(f"backend: {pipe.backend.describe()}")
     kwargs = dict(mode=args.mode, steps=args.steps, seed=args.seed)
     jobs = [(task, pair) for task in TASKS for pair in sample_pairs(task)]

@@ -14,8 +14,9 @@ RGB); a gray image (infrared) is repeated to 3 channels for the VAE; the pair mu
 (or ``resize=True`` resamples B to A's size); both are enlarged by the model's working scale k
 (``model.work_scale``: bicubic, k = 1 leaves them as they are), padded by reflection to a multiple of
 16 pixels (VAE f=8 × DiT patch 2), and up to the backend's smallest supported size (a TensorRT profile
-minimum), and mapped to [-1, 1]. A pair larger than the model's window (``model.work_scale``) or, with
-``tile``, than the backend's size limit runs in overlapping windows (:mod:`runtime.backends.tiled`).
+minimum), and mapped to [-1, 1]. Any size runs (:meth:`Pipeline.plan_windows`,
+:mod:`runtime.backends.tiled`): the VAE encodes and decodes each image once, in tiles only over a
+graph's size limit; the DiT runs in the model's window (``model.work_scale``), batched.
 The result is cropped back, shrunk by k (k x k box means), clipped to [0, 1], and returned gray when
 both inputs were gray.
 
@@ -43,6 +44,14 @@ from runtime.backends import Backend, get_backend
 from runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
 
 PAD_MULTIPLE = 16  # VAE downsampling (8) × DiT patch size (2)
+# Where a backend states no size limit (torch): the largest side, in working pixels, one DiT call takes,
+# as a bundle exported with the default resolution range (it bounds the DiT's attention memory).
+MAX_SIDE = 1024
+# The largest side one VAE call takes by default (``--tile`` raises it up to the graph's limit): the VAE's
+# mid-block attention is quadratic in latent tokens; measured on ONNX Runtime CPU, a 1024^2 pair peaks at
+# 7 GB and 8.7 s of encoder, a 768^2 pair at 2.5 GB and 3.7 s (slim tiny VAE, 2 threads).
+VAE_MAX_SIDE = 768
+MAX_DIT_BATCH = 64  # DiT windows per graph call (the exported graphs' batch bound)
 MODES = ("flow", "regression")
 DEFAULT_SEED = 0
 
@@ -164,7 +173,8 @@ class Pipeline:
         self.min_size = int(backend.min_image_size() or PAD_MULTIPLE)
         self.work_scale = check_work_scale(backend.work_scale(), f"the {backend.name} backend's work_scale")
         self.window = check_window(backend.window(), f"the {backend.name} backend's window")
-        self.tile_overlap = 64  # pixels shared by neighbouring windows when tiling (runtime.backends.tiled)
+        self.tile_overlap = 64  # pixels shared by neighbouring DiT windows (runtime.backends.tiled)
+        self.max_dit_batch = MAX_DIT_BATCH  # DiT windows per graph call (also capped by the backend's)
         self.text_encoder_calls = 0
 
     # ------------------------------------------------------------------ construction
@@ -224,10 +234,10 @@ class Pipeline:
         return CANONICAL_TASK_PROMPTS[check_task(task)]
 
     # ------------------------------------------------------------------ the call
-    def prepare(self, a: Any, b: Any, resize: bool = False, tile: bool = False
+    def prepare(self, a: Any, b: Any, resize: bool = False, tile: bool | int | None = None
                 ) -> tuple[np.ndarray, tuple[int, int], bool, Backend]:
         """Read, check, enlarge, pad and scale the pair: ([2, 3, H', W'] in [-1, 1], original (H, W), both
-        gray, the backend to run: ``self.backend``, or a tiled view of it for an image over its size limit)."""
+        gray, the backend to run: ``self.backend``, or a windowed / tiled view of it, :meth:`plan_windows`)."""
         img_a = load_image(a, f"image A ({a})" if isinstance(a, (str, os.PathLike)) else "image A")
         img_b = load_image(b, f"image B ({b})" if isinstance(b, (str, os.PathLike)) else "image B")
         img_a, img_b = match_pair(img_a, img_b, resize, names=(_label(a, "A"), _label(b, "B")))
@@ -235,23 +245,33 @@ class Pipeline:
         h, w = img_a.shape[:2]
         k = self.work_scale
         ph, pw = _padded(k * h, self.min_size), _padded(k * w, self.min_size)
-        limit = self.backend.max_image_size()
-        if limit is not None and (ph > limit[0] or pw > limit[1]) and not tile:
-            worked = f"worked at {k}x: {k * w}x{k * h}, " if k > 1 else ""
-            raise LatentfuseError(
-                f"the images are {w}x{h} ({worked}padded {pw}x{ph}); this {self.backend.name} bundle supports "
-                f"at most {limit[1]}x{limit[0]} (W x H). Downscale the pair, pass --tile for tiled processing, "
-                "or export / build with a larger profile")
-        # windows: the engine's size limit (with --tile) and the model's own window, the smaller of each side
-        bounds = [b for b in (limit, (self.window, self.window) if self.window else None) if b is not None]
-        max_h, max_w = (min(b[0] for b in bounds), min(b[1] for b in bounds)) if bounds else (ph, pw)
+        window, vae_tile = self.plan_windows(ph, pw, tile)
         backend = self.backend
-        if ph > max_h or pw > max_w:
+        if window or vae_tile:
             from runtime.backends.tiled import TiledBackend
 
-            backend = TiledBackend(self.backend, (max_h, max_w), overlap=self.tile_overlap)
+            cap = self.backend.max_batch_size()
+            batch = self.max_dit_batch if cap is None else min(self.max_dit_batch, cap)
+            backend = TiledBackend(self.backend, window, vae_tile, overlap=self.tile_overlap, max_batch=batch)
         padded = [pad_to_size(upscale(to_rgb(img), k), ph, pw) for img in (img_a, img_b)]
         return to_model_range(padded), (h, w), gray, backend
+
+    def plan_windows(self, height: int, width: int, tile: Any = None) -> tuple[tuple[int, int] | None,
+                                                                              tuple[int, int] | None]:
+        """(DiT window, VAE tile) in pixels for a padded ``height`` x ``width`` pair; None where the
+        whole image goes through in one call. The DiT runs in the model's window, within the graph's
+        size limit (:data:`MAX_SIDE` where the backend states none); the VAE sees whole images up to
+        :data:`VAE_MAX_SIDE` or an explicit ``tile`` side, within that limit."""
+        limit = self.backend.max_image_size() or (MAX_SIDE, MAX_SIDE)
+        dit = limit
+        if self.window:
+            dit = (min(dit[0], self.window), min(dit[1], self.window))
+        side = VAE_MAX_SIDE if tile in (None, False, True) else int(tile)
+        if side < 2 * PAD_MULTIPLE:
+            raise LatentfuseError(f"--tile needs at least {2 * PAD_MULTIPLE} px, got {side}")
+        vae = (min(side, limit[0]), min(side, limit[1]))
+        fits = lambda bound: height <= bound[0] and width <= bound[1]  # noqa: E731
+        return (None if fits(dit) else dit), (None if fits(vae) else vae)
 
     def __call__(
         self,
@@ -266,12 +286,12 @@ class Pipeline:
         seed: int = DEFAULT_SEED,
         resize: bool = False,
         prior: str | None = None,
-        tile: bool = False,
+        tile: bool | int | None = None,
     ) -> FusionResult:
         """Fuse images ``a`` and ``b`` (paths or arrays) for ``task``; see the module docstring.
 
-        ``tile``: process an image larger than the backend's limit in overlapping windows
-        (:mod:`runtime.backends.tiled`) instead of raising an error that names the limit.
+        ``tile``: the largest VAE tile side in working pixels (an int), overriding the automatic choice
+        (whole images up to the backend's limit, :meth:`plan_windows`); ``True`` / ``None``: automatic.
         """
         from model.data.tasks import check_task
 

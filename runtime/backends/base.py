@@ -60,6 +60,11 @@ class Backend(abc.ABC):
         """Largest (H, W) in pixels the backend accepts (an engine / profile limit), or None."""
         return None
 
+    def max_batch_size(self) -> int | None:
+        """Most rows one DiT call takes (a TensorRT profile's maximum batch), or None for no limit; the
+        pipeline's batched DiT windows are chunked to it."""
+        return None
+
     def min_image_size(self) -> int | None:
         """Smallest padded side in pixels the backend accepts (an engine profile minimum), or None;
         the pipeline pads smaller images up to it and crops back."""

@@ -218,6 +218,11 @@ class TensorRTBackend(bundle_io.BundleBackend):
         _, _, hi = engine.profile_range(engine.inputs[0])
         return int(hi[-2]), int(hi[-1])
 
+    def max_batch_size(self) -> int:
+        """The DiT engines' profile max batch: batched windows are chunked to it."""
+        dits = [e for name, e in self.engines.items() if name.startswith("dit_")]
+        return min(int(e.profile_range(e.inputs[0])[2][0]) for e in dits)
+
     def min_image_size(self) -> int:
         engine = self.engines["vae_encoder"]
         lo, _, _ = engine.profile_range(engine.inputs[0])

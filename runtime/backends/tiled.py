@@ -1,33 +1,42 @@
-"""Tiled processing for images larger than a backend accepts (a bundle's or an engine profile's maximum).
+"""Windows: the DiT in the model's window, batched; the VAE on whole images, tiled only over a graph limit.
 
 A wrapper with the :class:`~runtime.backends.base.Backend` interface, so the pipeline and the samplers
-run unchanged: every graph call on a large input becomes calls on overlapping windows no larger than
-the limit, blended with weights that ramp linearly over the overlap ("feathering").
+run unchanged. It splits the two kinds of work differently:
 
-* VAE encoder: pixel windows -> latent windows, blended in latent space;
-* DiT (velocity / regression): latent windows of Z_t, Z_a, Z_b, blended per call. Blending the
-  *velocity* at every sampler step, not the final images, is MultiDiffusion's joint-diffusion rule
-  (Bar-Tal et al. 2023, Eq. 5 with per-pixel averaging weights): the windows agree on one latent
-  trajectory, so no seams appear between independently sampled tiles;
-* VAE decoder: latent windows -> pixel windows, blended in pixel space (the tiled-VAE scheme of
-  diffusers' ``AutoencoderKL.tiled_decode``).
+* **DiT** (velocity / regression): the model's window (``model.work_scale``: the crop its DiT was
+  trained on) or a graph's size limit, applied in latent space. Every sampler call cuts Z_t, Z_a, Z_b
+  into overlapping latent windows, runs them through the graph **as one batch** (or chunks of at most
+  ``max_batch`` rows: the graph's dynamic batch dim, a TensorRT profile's maximum batch), and blends
+  the outputs with weights that ramp linearly over the overlap ("feathering"). Blending the *velocity*
+  at every sampler step, not the final images, is MultiDiffusion's joint-diffusion rule (Bar-Tal et
+  al. 2023, Eq. 5 with per-pixel averaging weights): the windows agree on one latent trajectory, so no
+  seams appear between independently sampled windows.
+* **VAE**: each image is encoded once and the result decoded once. Only an image larger than the
+  graph accepts (a bundle's verified maximum, an engine profile's, or an explicit ``vae_tile``) is
+  split, into tiles of that limit whose overlap (``vae_overlap``, 128 px by default) covers most of the
+  VAE's receptive field: encoder tiles are blended in latent space, decoder tiles in pixel space (the
+  tiled-VAE scheme of diffusers' ``AutoencoderKL.tiled_decode``); the seam error this leaves is
+  measured in ``bench`` and checked in ``tests/runtime/test_tiled.py``.
 
 Windows start on the 16-pixel / 2-latent grid, so the DiT's patches and the VAE's downsampling align
-across windows. Each window sees only its own context (attention does not cross windows), which is
-the price of tiling: use it when the image is larger than the deployment allows, not otherwise.
+across windows. Each DiT window sees only its own context (attention does not cross windows): that is
+what a model trained on crops of the window's size expects.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from model.errors import LatentfuseError
 from runtime.backends.base import Backend
 
-LATENT_FACTOR = 8   # VAE downsampling
-GRID = 16           # pixels per DiT patch (8 x 2): window starts and sizes are multiples of this
+LATENT_FACTOR = 8    # VAE downsampling
+GRID = 16            # pixels per DiT patch (8 x 2): window starts and sizes are multiples of this
+VAE_OVERLAP = 128    # pixels shared by neighbouring VAE tiles (receptive field; seam error measured in tests)
+
+Window = tuple[int, int, int, int]  # (y, x, h, w)
 
 
 def window_starts(size: int, window: int, overlap: int, step: int) -> list[int]:
@@ -59,78 +68,142 @@ def blend(calls, out_shape: Sequence[int], windows, overlap: int) -> np.ndarray:
     return out / weight
 
 
-class TiledBackend(Backend):
-    """``inner`` with every graph call split into windows of at most ``max_size`` (H, W) pixels."""
+def grid_windows(h: int, w: int, size: tuple[int, int], overlap: int, factor: int) -> list[Window]:
+    """Windows (y, x, h, w) of at most ``size`` pixels over an h x w extent in units of 1/``factor``
+    pixels (1: pixels, 8: latents), overlapping by ``overlap`` pixels, starts on the 16-px grid."""
+    th, tw = size[0] // factor, size[1] // factor
+    step, ov = GRID // factor, overlap // factor
+    return [(y, x, min(th, h), min(tw, w))
+            for y in window_starts(h, th, ov, step) for x in window_starts(w, tw, ov, step)]
 
-    def __init__(self, inner: Backend, max_size: tuple[int, int], overlap: int = 64):
-        max_h, max_w = (int(v) // GRID * GRID for v in max_size)
-        if min(max_h, max_w) < 2 * GRID:
-            raise LatentfuseError(f"tiling needs a maximum size of at least {2 * GRID} px, got {max_size}")
-        if int(overlap) < GRID:
-            raise LatentfuseError(f"tile overlap must be at least {GRID} px, got {overlap}")
-        # at most half a window, so every window advances by at least half its size
-        overlap = min(int(overlap), min(max_h, max_w) // 2) // GRID * GRID
+
+def _grid_size(size: tuple[int, int] | None, what: str) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    h, w = (int(v) // GRID * GRID for v in size)
+    if min(h, w) < 2 * GRID:
+        raise LatentfuseError(f"{what} needs at least {2 * GRID} px per side, got {size[1]}x{size[0]} (W x H)")
+    return h, w
+
+
+def _clamp_overlap(overlap: int, size: tuple[int, int] | None, what: str) -> int:
+    """``overlap`` on the grid, at most half a window (every window advances by at least half its size)."""
+    if int(overlap) < GRID:
+        raise LatentfuseError(f"{what} overlap must be at least {GRID} px, got {overlap}")
+    limit = min(size) // 2 if size else int(overlap)
+    return min(int(overlap), limit) // GRID * GRID
+
+
+class TiledBackend(Backend):
+    """``inner`` with DiT calls in batched windows of ``window`` (H, W) pixels, at most ``max_batch`` rows
+    per call (``None``: all windows in one), and VAE calls split into tiles of ``vae_tile`` pixels only
+    where an image exceeds it (``None``: never)."""
+
+    def __init__(self, inner: Backend, window: tuple[int, int] | None, vae_tile: tuple[int, int] | None = None,
+                 overlap: int = 64, vae_overlap: int = VAE_OVERLAP, max_batch: int | None = None):
         self.inner = inner
         self.name = inner.name
         self.heads = inner.heads
-        self.max_size = (max_h, max_w)
-        self.overlap = overlap
-        self.calls = 0  # network calls made on windows (tests, reporting)
+        self.window_size = _grid_size(window, "a DiT window")
+        self.vae_tile = _grid_size(vae_tile, "a VAE tile")
+        self.overlap = _clamp_overlap(overlap, self.window_size, "window")
+        self.vae_overlap = _clamp_overlap(vae_overlap, self.vae_tile, "VAE tile")
+        if max_batch is not None and int(max_batch) < 1:
+            raise LatentfuseError(f"the DiT batch per call must be at least 1, got {max_batch}")
+        self.max_batch = None if max_batch is None else int(max_batch)
+        self.calls = 0  # network calls made (tests, reporting)
 
-    def _windows(self, h: int, w: int, factor: int) -> list[tuple[int, int, int, int]]:
-        """Windows (y, x, h, w) in units of 1/``factor`` pixels (1: pixels, 8: latents)."""
-        th, tw = self.max_size[0] // factor, self.max_size[1] // factor
-        step, ov = GRID // factor, self.overlap // factor
-        return [(y, x, min(th, h), min(tw, w))
-                for y in window_starts(h, th, ov, step) for x in window_starts(w, tw, ov, step)]
+    # ------------------------------------------------------------------ VAE: whole, or tiles over a limit
+    def _vae_tiles(self, h: int, w: int, factor: int) -> list[Window] | None:
+        """Tiles (in units of 1/``factor`` px) of an image that exceeds the VAE limit, else None."""
+        if self.vae_tile is None or (h * factor <= self.vae_tile[0] and w * factor <= self.vae_tile[1]):
+            return None
+        return grid_windows(h, w, self.vae_tile, self.vae_overlap, factor)
 
-    # ------------------------------------------------------------------ interface
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         b, _, h, w = images.shape
-        windows = self._windows(h, w, 1)
+        tiles = self._vae_tiles(h, w, 1)
+        if tiles is None:
+            self.calls += 1
+            return self.inner.encode_images(images)
         latents = []
-        for y, x, wh, ww in windows:
+        for y, x, th, tw in tiles:
             self.calls += 1
-            latents.append(self.inner.encode_images(np.ascontiguousarray(images[:, :, y:y + wh, x:x + ww])))
+            latents.append(self.inner.encode_images(np.ascontiguousarray(images[:, :, y:y + th, x:x + tw])))
         f = LATENT_FACTOR
-        lat_windows = [(y // f, x // f, wh // f, ww // f) for y, x, wh, ww in windows]
-        return blend(latents, (b, latents[0].shape[1], h // f, w // f), lat_windows, self.overlap // f)
-
-    def _dit(self, fn, z_a, z_b, **extra) -> np.ndarray:
-        _, _, h, w = z_a.shape
-        windows = self._windows(h, w, LATENT_FACTOR)
-        outs = []
-        for y, x, wh, ww in windows:
-            crop = lambda z: np.ascontiguousarray(z[:, :, y:y + wh, x:x + ww])  # noqa: E731
-            self.calls += 1
-            outs.append(fn(crop(z_a), crop(z_b), **{k: crop(v) if k == "z_t" else v for k, v in extra.items()}))
-        return blend(outs, z_a.shape[:2] + (h, w), windows, self.overlap // LATENT_FACTOR)
-
-    def velocity(self, z_t, t, z_a, z_b, embeds, mask) -> np.ndarray:
-        return self._dit(lambda a, b, z_t: self.inner.velocity(z_t, t, a, b, embeds, mask), z_a, z_b, z_t=z_t)
-
-    def regress(self, z_a, z_b, embeds, mask) -> np.ndarray:
-        return self._dit(lambda a, b: self.inner.regress(a, b, embeds, mask), z_a, z_b)
+        lat_tiles = [(y // f, x // f, th // f, tw // f) for y, x, th, tw in tiles]
+        return blend(latents, (b, latents[0].shape[1], h // f, w // f), lat_tiles, self.vae_overlap // f)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         b, _, h, w = latents.shape
-        windows = self._windows(h, w, LATENT_FACTOR)
-        images = []
-        for y, x, wh, ww in windows:
+        tiles = self._vae_tiles(h, w, LATENT_FACTOR)
+        if tiles is None:
             self.calls += 1
-            images.append(self.inner.decode(np.ascontiguousarray(latents[:, :, y:y + wh, x:x + ww])))
+            return self.inner.decode(latents)
+        images = []
+        for y, x, th, tw in tiles:
+            self.calls += 1
+            images.append(self.inner.decode(np.ascontiguousarray(latents[:, :, y:y + th, x:x + tw])))
         f = LATENT_FACTOR
-        px_windows = [(y * f, x * f, wh * f, ww * f) for y, x, wh, ww in windows]
-        return blend(images, (b, images[0].shape[1], h * f, w * f), px_windows, self.overlap)
+        px_tiles = [(y * f, x * f, th * f, tw * f) for y, x, th, tw in tiles]
+        return blend(images, (b, images[0].shape[1], h * f, w * f), px_tiles, self.vae_overlap)
 
+    # ------------------------------------------------------------------ DiT: batched latent windows
+    def dit_windows(self, h: int, w: int) -> list[Window]:
+        """The latent windows of an h x w latent (one window, the whole latent, when it fits)."""
+        if self.window_size is None:
+            return [(0, 0, h, w)]
+        return grid_windows(h, w, self.window_size, self.overlap, LATENT_FACTOR)
+
+    def _dit(self, fn: Callable[..., np.ndarray], spatial: dict[str, np.ndarray], shared: dict[str, np.ndarray]
+             ) -> np.ndarray:
+        """Run ``fn(**spatial_windows, **shared_rows)`` on every window, batched, and blend the outputs.
+
+        ``spatial`` arrays [B, C, h, w] are cut into windows stacked window-major along the batch;
+        ``shared`` arrays (prompt embeddings, mask, t) have B rows and are repeated once per window."""
+        ref = next(iter(spatial.values()))
+        rows, _, h, w = ref.shape
+        windows = self.dit_windows(h, w)
+        if len(windows) == 1 and windows[0] == (0, 0, h, w):
+            self.calls += 1
+            return fn(**spatial, **shared)
+        # every window has the same size (grid_windows), so a chunk of them is one batched call
+        per_call = len(windows) if self.max_batch is None else max(1, self.max_batch // rows)
+        outs: list[np.ndarray] = []
+        for start in range(0, len(windows), per_call):
+            chunk = windows[start:start + per_call]
+            feeds = {k: np.concatenate([v[:, :, y:y + wh, x:x + ww] for y, x, wh, ww in chunk])
+                     for k, v in spatial.items()}
+            feeds.update({k: None if v is None else np.concatenate([v] * len(chunk)) for k, v in shared.items()})
+            self.calls += 1
+            out = fn(**feeds)
+            outs.extend(out[i * rows:(i + 1) * rows] for i in range(len(chunk)))
+        return blend(outs, ref.shape[:2] + (h, w), windows, self.overlap // LATENT_FACTOR)
+
+    def velocity(self, z_t, t, z_a, z_b, embeds, mask) -> np.ndarray:
+        return self._dit(lambda z_t, z_a, z_b, t, embeds, mask: self.inner.velocity(z_t, t, z_a, z_b, embeds, mask),
+                         {"z_t": z_t, "z_a": z_a, "z_b": z_b},
+                         {"t": np.asarray(t, np.float32).reshape(-1), "embeds": embeds, "mask": mask})
+
+    def regress(self, z_a, z_b, embeds, mask) -> np.ndarray:
+        return self._dit(lambda z_a, z_b, embeds, mask: self.inner.regress(z_a, z_b, embeds, mask),
+                         {"z_a": z_a, "z_b": z_b}, {"embeds": embeds, "mask": mask})
+
+    # ------------------------------------------------------------------ the rest: the inner backend's
     def encode_prompts(self, prompts):
         return self.inner.encode_prompts(prompts)
 
     def synchronize(self) -> None:
         self.inner.synchronize()
 
+    def max_image_size(self):
+        return None  # this view takes any size
+
     def min_image_size(self):
         return self.inner.min_image_size()
+
+    def max_batch_size(self):
+        return self.inner.max_batch_size()
 
     def work_scale(self) -> int:
         return self.inner.work_scale()
@@ -142,4 +215,10 @@ class TiledBackend(Backend):
         return self.inner.sampler_defaults()
 
     def describe(self) -> str:
-        return f"{self.inner.describe()}, tiled {self.max_size[1]}x{self.max_size[0]} px windows, {self.overlap} px overlap"
+        parts = [self.inner.describe()]
+        if self.window_size:
+            parts.append(f"DiT in {self.window_size[1]}x{self.window_size[0]} px windows "
+                         f"({self.overlap} px overlap, up to {self.max_batch or 'all'} per call)")
+        if self.vae_tile:
+            parts.append(f"VAE tiled over {self.vae_tile[1]}x{self.vae_tile[0]} px ({self.vae_overlap} px overlap)")
+        return ", ".join(parts)

@@ -7,7 +7,8 @@ against, so it does nothing the graphs do not: the VAE graphs are ``LatentVAE.en
 ``decode_graph``, the DiT is ``MoEDiT.forward``.
 
 Options: ``device`` (default cuda when torch sees a GPU), ``dtype`` of the DiTs (float32 / float16 /
-bfloat16; the VAE stays float32), ``compile=True`` (``torch.compile(dynamic=True)`` of the DiTs).
+bfloat16; the VAE stays float32), ``compile=True`` (``torch.compile(dynamic=True)`` of the DiTs),
+``threads`` (``torch.set_num_threads``).
 Like ``nn.Module.to``, moving to the device / dtype happens in place on the given components.
 """
 
@@ -40,8 +41,11 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, components, device: str | None = None, compile: bool = False,
-                 dtype: str = "float32", source: str = ""):
+                 dtype: str = "float32", source: str = "", threads: int | None = None):
         import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))  # process-wide: torch has no per-module thread pool
 
         self._torch = torch
         if device is None:

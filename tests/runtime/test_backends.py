@@ -145,12 +145,16 @@ def test_bundle_prompt_cache_serves_canonical_prompts_without_the_text_encoder(p
     np.testing.assert_allclose(cached[0, :n], fresh[0, :n], atol=1e-4)
 
 
-def test_onnxruntime_rejects_images_over_the_bundle_limit(pipelines):
+def test_onnxruntime_tiles_the_vae_over_the_bundle_limit(pipelines, monkeypatch):
     ort = pipelines["onnxruntime"]
     max_h, max_w = ort.backend.max_image_size()
-    a = np.zeros((16, max_w // 2 + 1, 3), np.float32)  # over the limit once enlarged by the working scale
-    with pytest.raises(LatentfuseError, match=f"worked at 2x: .* at most {max_w}x{max_h}"):
-        ort(a, a, task="vif")
+    a = np.full((16, max_w // 2 + 1, 3), 0.5, np.float32)  # over the limit once enlarged by the working scale
+    seen = []
+    encode = ort.backend.encode_images
+    monkeypatch.setattr(ort.backend, "encode_images", lambda x: seen.append(x.shape[-1]) or encode(x))
+    result = ort(a, a, task="vif", mode="regression")  # no flag needed
+    assert result.image.shape == a.shape and result.info["tiled"]
+    assert len(seen) > 1 and max(seen) <= max_w
 
 
 # ------------------------------------------------------------------ TensorRT (where it imports and a GPU exists)

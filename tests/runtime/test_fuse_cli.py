@@ -119,3 +119,40 @@ def test_demo_on_random_weights_says_so_loudly_and_writes_every_task(tmp_path, m
         assert read_image(out / f"{task}_s_side_by_side.png").shape[1] > 3 * 40
     for stage in ("VAE-Enc", "T5", "DiT x 1", "VAE-Dec", "Pipeline", "Images/s", "vif 40x24"):
         assert stage in captured.out
+
+
+def test_onnxruntime_without_a_bundle_exports_once_into_the_user_cache(tmp_path, checkpoint, capsys, monkeypatch):
+    import shutil
+
+    import export.bundle
+    from runtime.bundle_cache import cache_root, model_key
+
+    exports = []
+    real_export = export.bundle.export_bundle
+
+    def quick_export(model_dir, out, **kw):  # the fast exporter: this test is about the cache, not export
+        exports.append(out)
+        return real_export(model_dir, out, **{**kw, "exporter": "torchscript", "verify": False, "lint": False})
+
+    monkeypatch.setattr(export.bundle, "export_bundle", quick_export)
+    _pair(tmp_path, "x")
+    args = ["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "--mode", "regression",
+            "--backend", "onnxruntime", "--threads", "1", "-o", str(tmp_path / "o.png")]
+    assert main(args + ["--checkpoint", str(checkpoint)]) == 0
+    assert main(args + ["--checkpoint", str(checkpoint)]) == 0  # reused: no second export
+    assert len(exports) == 1 and exports[0].parent == cache_root() / "bundles"
+    assert "onnxruntime" in capsys.readouterr().out and (exports[0] / "manifest.json").is_file()
+    # a changed model is a new bundle
+    changed = tmp_path / "changed"
+    shutil.copytree(checkpoint, changed)
+    (changed / "model_index.json").write_text((changed / "model_index.json").read_text() + "\n")
+    assert model_key(changed) != model_key(checkpoint)
+    assert main(args + ["--checkpoint", str(changed)]) == 0
+    assert len(exports) == 2 and exports[1] != exports[0]
+
+
+def test_threads_must_be_positive(tmp_path, checkpoint, capsys):
+    _pair(tmp_path, "x")
+    code = main(["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif",
+                 "--checkpoint", str(checkpoint), "--threads", "0", "-o", str(tmp_path / "o.png")])
+    assert code == 2 and "--threads must be at least 1" in capsys.readouterr().err

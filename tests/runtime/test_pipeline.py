@@ -216,9 +216,8 @@ def test_clear_errors_for_bad_calls(pipe, monkeypatch):
         pipe(a, a, task="vif", mode="diffusion")
     with pytest.raises(LatentfuseError, match="unknown fusion task"):
         pipe(a, a, task="medical")
-    monkeypatch.setattr(pipe.backend, "max_image_size", lambda: (256, 256))
-    with pytest.raises(LatentfuseError, match=r"at most 256x256"):
-        pipe(_rand((300, 40, 3)), _rand((300, 40, 3)), task="vif")
+    with pytest.raises(LatentfuseError, match=r"--tile needs at least 32 px, got 8"):
+        pipe(a, a, task="vif", tile=8)
 
 
 def test_benchmark_gives_a_table_with_every_stage(pipe):
@@ -282,6 +281,9 @@ class _LocalBackend:
     def max_image_size(self):
         return None
 
+    def max_batch_size(self):
+        return None
+
     def require_head(self, head):
         pass
 
@@ -307,10 +309,7 @@ def test_tiled_processing_equals_untiled_for_a_local_model(mode, monkeypatch):
     local = _LocalBackend()
     monkeypatch.setattr(local, "max_image_size", lambda: (64, 96))
     pipe = Pipeline(local)
-    with pytest.raises(LatentfuseError, match="at most 96x64.*--tile"):
-        pipe(a, b, task="vif", mode=mode, steps=3)
-    local.shapes.clear()
-    tiled = pipe(a, b, task="vif", mode=mode, steps=3, tile=True)
+    tiled = pipe(a, b, task="vif", mode=mode, steps=3)  # over the limit: tiled without being asked
     assert tiled.info["tiled"] and tiled.image.shape == (100, 150, 3)
     assert max(s[0] for s in local.shapes) <= 64 and max(s[1] for s in local.shapes) <= 96
     assert len(local.shapes) > 3  # really split into windows
@@ -319,7 +318,7 @@ def test_tiled_processing_equals_untiled_for_a_local_model(mode, monkeypatch):
 
 def test_tiled_torch_pipeline_returns_the_full_size(pipe, monkeypatch):
     monkeypatch.setattr(pipe.backend, "max_image_size", lambda: (32, 48))
-    result = pipe(_rand((40, 60, 3)), _rand((40, 60, 3), seed=1), task="mef", mode="regression", tile=True)
+    result = pipe(_rand((40, 60, 3)), _rand((40, 60, 3), seed=1), task="mef", mode="regression")
     assert result.image.shape == (40, 60, 3) and result.info["tiled"]
     assert np.isfinite(result.image).all()
 
@@ -340,11 +339,8 @@ def test_working_scale_enlarges_the_pair_for_the_backend_and_shrinks_the_result_
     np.testing.assert_allclose(result.image, expected, atol=1e-6)
 
     monkeypatch.setattr(local, "max_image_size", lambda: (64, 96))
-    with pytest.raises(LatentfuseError, match=r"the images are 56x40 \(worked at 2x: 112x80, padded 112x80\); "
-                                              r"this local bundle supports at most 96x64"):
-        Pipeline(local)(a, b, task="vif", mode="regression")
-    tiled = Pipeline(local)(a, b, task="vif", mode="regression", tile=True)
-    assert tiled.image.shape == (40, 56, 3)
+    tiled = Pipeline(local)(a, b, task="vif", mode="regression")  # 112x80 once enlarged: over the limit
+    assert tiled.image.shape == (40, 56, 3) and tiled.info["tiled"]
 
 
 def test_torch_pipeline_runs_a_model_at_its_working_scale():
@@ -369,7 +365,9 @@ def test_a_model_window_runs_larger_pairs_in_windows_of_that_size():
     local = _LocalBackend(scale=2, window=48)
     windowed = Pipeline(local)(a, b, task="vif", mode="flow", steps=2)  # no --tile needed: the model asks
     assert windowed.info["tiled"] and windowed.image.shape == (40, 56, 3)
-    assert max(max(s) for s in local.shapes) <= 48 and len(local.shapes) > 4
+    # the VAE once on the whole (enlarged) pair, the DiT in 48 px windows, all windows of a call as one batch
+    assert local.shapes[0] == local.shapes[-1] == (80, 112)
+    assert len(local.shapes) == 2 + 2 and max(max(s) for s in local.shapes[1:-1]) <= 48
     np.testing.assert_allclose(windowed.image, plain.image, atol=1e-5)  # a local model: windows change nothing
     small = _LocalBackend(scale=2, window=48)
     assert not Pipeline(small)(a[:24, :24], b[:24, :24], task="vif", mode="regression").info["tiled"]

@@ -1,0 +1,151 @@
+"""Windows and tiles (runtime.backends.tiled, Pipeline.plan_windows): the VAE once per image, the DiT's
+windows batched, any size without flags, and the VAE's tiles close to the whole image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.errors import LatentfuseError
+
+
+def _pair(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((h, w, 3), dtype=np.float32), rng.random((h, w), dtype=np.float32)
+
+
+def _slim_components(work_scale=1, window=0):
+    """The tiny preset with a slimmer VAE, so that camera-size pairs stay quick on two cores."""
+    from model.components import FusionComponents
+    from model.vae import LatentVAE
+
+    comps = FusionComponents.from_preset("tiny", seed=0)
+    comps.vae = LatentVAE.from_preset("tiny", seed=0, block_out_channels=[8, 8, 16, 16], norm_num_groups=4).eval()
+    comps.work_scale, comps.window = work_scale, window
+    return comps
+
+
+@pytest.fixture(scope="module")
+def windowed():
+    from runtime.pipeline import Pipeline
+
+    return Pipeline.from_components(_slim_components(work_scale=1, window=64))
+
+
+@pytest.mark.parametrize("mode", ["flow", "regression"])
+def test_batched_windows_equal_one_window_per_call(windowed, mode):
+    a, b = _pair(80, 128)
+    calls = []
+    inner = windowed.backend
+    for name in ("velocity", "regress"):
+        fn = getattr(inner, name)
+        setattr(inner, name, (lambda f: lambda *args: calls.append(args[0].shape[0]) or f(*args))(fn))
+    try:
+        windowed.max_dit_batch = 64
+        batched = windowed(a, b, task="vif", mode=mode, steps=2, seed=3)
+        per_call_batched = list(calls)
+        calls.clear()
+        windowed.max_dit_batch = 1
+        single = windowed(a, b, task="vif", mode=mode, steps=2, seed=3)
+    finally:
+        windowed.max_dit_batch = 64
+        for name in ("velocity", "regress"):
+            setattr(inner, name, getattr(type(inner), name).__get__(inner))
+    n_windows = len(calls) // (2 if mode == "flow" else 1)
+    assert n_windows > 4 and per_call_batched == [n_windows] * (2 if mode == "flow" else 1)
+    np.testing.assert_allclose(batched.image, single.image, atol=1e-5)
+
+
+def test_chunks_respect_the_backend_batch_limit(windowed, monkeypatch):
+    seen = []
+    inner = windowed.backend
+    regress = inner.regress
+    monkeypatch.setattr(inner, "regress", lambda z_a, *r: seen.append(z_a.shape[0]) or regress(z_a, *r))
+    monkeypatch.setattr(inner, "max_batch_size", lambda: 3)
+    windowed(*_pair(112, 176), task="mef", mode="regression")
+    assert max(seen) == 3 and sum(seen) > 3
+
+
+def test_the_vae_sees_each_whole_image_once(windowed, monkeypatch):
+    inner = windowed.backend
+    shapes = []
+    enc, dec = inner.encode_images, inner.decode
+    monkeypatch.setattr(inner, "encode_images", lambda x: shapes.append(("enc", x.shape)) or enc(x))
+    monkeypatch.setattr(inner, "decode", lambda z: shapes.append(("dec", z.shape)) or dec(z))
+    result = windowed(*_pair(100, 150), task="mff", mode="regression")
+    assert result.info["tiled"]  # the DiT ran in 64 px windows ...
+    assert shapes == [("enc", (2, 3, 112, 160)), ("dec", (1, 16, 14, 20))]  # ... the VAE on the whole pair
+
+
+def test_vae_tiles_match_the_whole_image(monkeypatch):
+    """Tiles of the VAE over a size limit: GroupNorm statistics and the mid-block attention are per tile,
+    so tiling is not exact; with the default overlap the tiled round trip stays close to the whole one."""
+    from runtime.backends.tiled import TiledBackend
+    from runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoint("model/weights/default") if _default_exists() else pytest.skip("no default")
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(2, 3, 256, 384)), axis=2), axis=3)
+    x = np.tanh(smooth / smooth.std()).astype(np.float32)
+    whole = pipe.backend.decode(pipe.backend.encode_images(x))
+    tiled = TiledBackend(pipe.backend, None, (256, 256))
+    out = tiled.decode(tiled.encode_images(x))
+    assert tiled.calls == 4  # two tiles each way
+    psnr = 10 * np.log10(4.0 / np.mean((np.clip(out, -1, 1) - np.clip(whole, -1, 1)) ** 2))
+    assert psnr > 30, f"tiled VAE round trip {psnr:.1f} dB from the whole image's"
+
+
+def _default_exists():
+    from model.components import DEFAULT_MODEL_DIR, INDEX_NAME
+
+    return (DEFAULT_MODEL_DIR / INDEX_NAME).is_file()
+
+
+def test_plan_windows(windowed, monkeypatch):
+    assert windowed.plan_windows(64, 64) == (None, None)
+    assert windowed.plan_windows(64, 96) == ((64, 64), None)
+    assert windowed.plan_windows(1040, 96) == ((64, 64), (768, 768))
+    assert windowed.plan_windows(128, 128, tile=96) == ((64, 64), (96, 96))
+    assert windowed.plan_windows(1040, 96, tile=2048) == ((64, 64), (1024, 1024))  # capped by MAX_SIDE
+    monkeypatch.setattr(windowed.backend, "max_image_size", lambda: (256, 512))
+    assert windowed.plan_windows(300, 300, tile=400) == ((64, 64), (256, 400))
+    with pytest.raises(LatentfuseError, match="--tile needs at least 32 px"):
+        windowed.plan_windows(64, 64, tile=16)
+
+
+# ------------------------------------------------------------------ camera-size pairs, no flags
+
+
+@pytest.fixture(scope="module")
+def slim_model_and_bundle(tmp_path_factory):
+    from export.bundle import export_bundle
+
+    root = tmp_path_factory.mktemp("slim")
+    model_dir = _slim_components().save_pretrained(root / "model")
+    bundle = root / "bundle"
+    export_bundle(model_dir, bundle, heads=["regression"], exporter="torchscript", verify=False, lint=False,
+                  progress=False)
+    return model_dir, bundle
+
+
+@pytest.mark.parametrize("size", [(480, 640), (1500, 2000)])
+def test_camera_size_pairs_fuse_on_torch_and_onnxruntime_without_flags(slim_model_and_bundle, size):
+    from runtime.pipeline import Pipeline
+
+    model_dir, bundle = slim_model_and_bundle
+    a, b = _pair(*size)
+    torch_pipe = Pipeline.from_checkpoint(model_dir)
+    ort_pipe = Pipeline.from_bundle(bundle, backend="onnxruntime", providers="cpu")
+    _, vae_tile = ort_pipe.plan_windows(*size)
+    seen = []
+    encode = ort_pipe.backend.encode_images
+    ort_pipe.backend.encode_images = lambda x: seen.append(x.shape[-2:]) or encode(x)
+    out = {name: p(a, b, task="vif", mode="regression") for name, p in
+           (("torch", torch_pipe), ("onnxruntime", ort_pipe))}
+    for result in out.values():
+        assert result.image.shape == size + (3,) and np.isfinite(result.image).all()
+    assert (vae_tile is None) == (size == (480, 640))  # whole at 640x480; tiles at 2000x1500
+    assert len(seen) == 1 if vae_tile is None else all(h <= vae_tile[0] and w <= vae_tile[1] for h, w in seen)
+    # the same windows and tiles on both: the images agree to export precision
+    diff = np.abs(out["torch"].image - out["onnxruntime"].image)
+    assert diff.mean() < 1e-4 and diff.max() < 1e-2, (diff.mean(), diff.max())
