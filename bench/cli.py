@@ -61,7 +61,8 @@ def register(subparsers) -> None:
                         "not fit is reported over-budget with its projected seconds and analytic FLOPs "
                         "(default: unlimited, every call as --warmup / --repeat say)")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads: torch.set_num_threads and ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--memory-budget-gb", type=float, default=None,
                    help="skip (and report as infeasible) a pipeline whose estimated peak exceeds this "
                         "(default: the GPU's memory, or the host's available memory)")
@@ -72,6 +73,12 @@ def register(subparsers) -> None:
     p.add_argument("--analytic-only", action="store_true",
                    help="parameter counts, analytic FLOPs and memory estimates only; time nothing")
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
+    p.add_argument("--user-pair", nargs="?", const="640x480", default=None, metavar="WxH",
+                   help="also fuse one camera-size pair (default 640x480) end to end with a real model (--user-model) "
+                        "on each of --backends and both heads, as `latentfuse fuse` runs it (bench.user_pair)")
+    p.add_argument("--user-model", default=None,
+                   help="model directory for --user-pair (default: the bundled default model)")
+    p.add_argument("--no-sweep", action="store_true", help="only the --user-pair rows, no preset sweep")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
@@ -79,7 +86,15 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from bench.report import markdown, write_report
     from bench.sweep import SweepConfig, run_sweep
+    from model.errors import LatentfuseError
     from runtime.backends import check_backend_name
+
+    if args.no_sweep and not args.user_pair:
+        raise LatentfuseError("--no-sweep leaves nothing to run: add --user-pair [WxH]")
+    if args.user_pair:
+        _run_user_pair(args)
+        if args.no_sweep:
+            return 0
 
     cfg = SweepConfig(
         resolutions=args.resolutions, aspects=args.aspect,
@@ -96,3 +111,15 @@ def _run(args) -> int:
     print(markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _run_user_pair(args) -> None:
+    from bench.user_pair import parse_size, run_user_pair, write_user_pair
+    from model.components import DEFAULT_MODEL_DIR
+    from runtime.backends import check_backend_name
+
+    size = parse_size(args.user_pair)
+    model_dir = args.user_model or str(DEFAULT_MODEL_DIR)
+    rows = run_user_pair(model_dir, backends=tuple(check_backend_name(b) for b in args.backends), size=size,
+                         threads=args.threads, warmup=args.warmup, repeat=args.repeat, progress=not args.no_progress)
+    print(write_user_pair(rows, args.out, size, model_dir))

@@ -222,13 +222,15 @@ def torch_latent_pipelines(components, precision: str, device, variants: dict | 
 
 
 def bundle_latent_pipelines(bundle: str, backend: str, components, precision: str, device,
-                            variants: dict | None = None) -> list[Any]:
+                            variants: dict | None = None, threads: int | None = None) -> list[Any]:
     """The latent variants over a deployment bundle (onnxruntime / tensorrt); the torch ``components``
-    of the same architecture give the analytic cost. A bundle without a head yields Unavailable rows."""
+    of the same architecture give the analytic cost. A bundle without a head yields Unavailable rows.
+    ``threads``: ONNX Runtime's intra-op threads (the sweep's ``--threads``, as torch gets)."""
     from runtime.pipeline import Pipeline
 
     variants = latent_variants() if variants is None else variants
-    pipe = Pipeline.from_bundle(bundle, backend=backend)
+    options = {"threads": int(threads)} if threads and backend == "onnxruntime" else {}
+    pipe = Pipeline.from_bundle(bundle, backend=backend, **options)
     out: list[Any] = []
     for n, v in variants.items():
         if v["mode"] not in pipe.backend.heads:

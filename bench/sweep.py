@@ -217,7 +217,8 @@ def build_pipelines(cfg: SweepConfig, components, device: torch.device) -> list[
                                               f"{precision} deployment bundle ({flag} DIR, or --export-bundle)")
             else:
                 try:
-                    pipes = bundle_latent_pipelines(bundle, backend, components, precision, device, variants)
+                    pipes = bundle_latent_pipelines(bundle, backend, components, precision, device, variants,
+                                                    threads=cfg.threads)
                 except Exception as err:  # missing dependency, engines not built, bad bundle: report, go on
                     unavailable(latent, "latent", f"not available: {type(err).__name__}: {err}")
                 else:

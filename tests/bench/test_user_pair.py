@@ -1,0 +1,37 @@
+"""bench.user_pair: one camera-size pair end to end through the runtime, per backend and head."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model.errors import LatentfuseError
+
+
+def test_parse_size_is_width_by_height_with_clear_errors():
+    from bench.user_pair import parse_size
+
+    assert parse_size("640x480") == (480, 640)
+    with pytest.raises(LatentfuseError, match="WIDTHxHEIGHT"):
+        parse_size("640")
+    with pytest.raises(LatentfuseError, match="at least 16x16"):
+        parse_size("8x8")
+
+
+def test_user_pair_rows_time_every_stage_and_are_written(tmp_path):
+    from bench.user_pair import run_user_pair, sample_pair, write_user_pair
+    from model.components import FusionComponents
+
+    model_dir = FusionComponents.from_preset("tiny", seed=0).save_pretrained(tmp_path / "model")
+    a, b = sample_pair((48, 64))
+    assert a.shape == (48, 64, 3) and b.shape[:2] == (48, 64)
+    rows = run_user_pair(model_dir, backends=("torch",), modes=("regression", "flow"), size=(48, 64),
+                         warmup=0, repeat=2, progress=False)
+    assert [(r.backend, r.mode) for r in rows] == [("torch", "regression"), ("torch", "flow")]
+    assert rows[0].summary.runs == 2 and rows[0].summary.nfe == 1 and rows[1].summary.nfe == 5
+    assert all(r.summary.median[s] > 0 for r in rows for s in ("VAE-Enc", "DiT", "VAE-Dec", "total"))
+    text = write_user_pair(rows, tmp_path / "out", (48, 64), str(model_dir))
+    assert "64x48 pair" in text and "| torch | flow |" in text
+    saved = json.loads((tmp_path / "out" / "user_pair.json").read_text())
+    assert saved["size"] == {"height": 48, "width": 64} and len(saved["rows"]) == 2
