@@ -18,6 +18,7 @@ Layout::
     {"format": "latentfuse-bundle", "format_version": 1,
      "graphs": {"<name>": {
          "kind": "vae_encoder|vae_decoder|text_encoder|dit", "head": "flow|regression" (dit only),
+         "moe_dispatch": "dense|grouped" (dit only: the MoE form in the graph, model.moe),
          "file": "<name>.onnx", "external_data": ["<name>.onnx.data"], "precision": "fp32|fp16",
          "exporter": "dynamo|torchscript", "exporter_fallback_reason": "..." (torchscript only), "opset": N,
          "inputs":  [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}, ...],
@@ -419,7 +420,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
             if result.fallback_reason:
                 entry["exporter_fallback_reason"] = result.fallback_reason
             # keep the documented key order: kind, head, file, ... inputs, outputs, profile
-            graphs[name] = {k: entry[k] for k in ("kind", "head", "file", "external_data", "precision", "exporter",
+            graphs[name] = {k: entry[k] for k in ("kind", "head", "moe_dispatch", "file", "external_data", "precision", "exporter",
                                                   "exporter_fallback_reason", "opset", "inputs", "outputs",
                                                   "profile", "tolerance", "export_seconds") if k in entry}
         any_spec = next(iter(specs.values()))

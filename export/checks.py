@@ -176,7 +176,7 @@ def check_no_data_dependent_shapes(model, name: str = "graph") -> None:
     if findings:
         listed = "; ".join(str(f) for f in findings[:8]) + (f"; ... {len(findings) - 8} more" if len(findings) > 8 else "")
         raise LatentfuseError(f"{name} has data-dependent shapes, which TensorRT cannot build: {listed} "
-                              f"(use the dense MoE dispatch: MoEDiT.set_moe_dispatch('dense'))")
+                              f"(use a TensorRT-safe MoE dispatch: MoEDiT.set_moe_dispatch('dense' or 'grouped'))")
 
 
 # ---------------------------------------------------------------------- TensorRT op support

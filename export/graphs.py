@@ -145,6 +145,7 @@ class GraphSpec:
     vocab_size: int = 0                               # text_encoder: sample ids are drawn below it
     # Example the graph is traced at: batch >= 2 and sides that differ, so nothing specialises.
     example: tuple[int, int, int, int] = (2, 96, 128, 9)
+    moe_dispatch: str | None = None                   # dit: the MoE form in the graph (model.moe)
 
     # ------------------------------------------------------------------ names
     @property
@@ -258,6 +259,8 @@ class GraphSpec:
         entry = {"kind": self.kind}
         if self.head is not None:
             entry["head"] = self.head
+        if self.moe_dispatch is not None:
+            entry["moe_dispatch"] = self.moe_dispatch
         entry.update({
             "inputs": [t.to_manifest() for t in self.inputs],
             "outputs": [t.to_manifest() for t in self.outputs],
@@ -285,6 +288,7 @@ class GraphSpec:
                 batch=(batch_of("min"), batch_of("opt"), batch_of("max")),
                 tolerance=Tolerance(float(tol.get("atol", 1e-4)), float(tol.get("rtol", 1e-4))),
                 vocab_size=int((text or {}).get("vocab_size", 0)),
+                moe_dispatch=entry.get("moe_dispatch"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise LatentfuseError(f"manifest entry for graph {name!r} is malformed: {err!r}") from None
@@ -324,22 +328,27 @@ class _TextEncode(nn.Module):
         return self.text_encoder.encode_graph(input_ids, attention_mask)
 
 
-def _dense_copy(dit: nn.Module) -> nn.Module:
+def _export_copy(dit: nn.Module, dispatch: str) -> nn.Module:
     import copy
 
-    # A copy, so switching to dense MoE dispatch (numerically identical, no NonZero / scatter-add)
-    # leaves the caller's (training) model alone.
+    from model.config import EXPORT_DISPATCHES
+
+    if dispatch not in EXPORT_DISPATCHES:
+        raise LatentfuseError(f"the exported MoE dispatch must be one of {', '.join(EXPORT_DISPATCHES)}, "
+                              f"got {dispatch!r}")
+    # A copy, so switching to the export MoE dispatch (dense or grouped: numerically identical to the
+    # training one, no NonZero / scatter-add) leaves the caller's (training) model alone.
     dit = copy.deepcopy(dit).eval()
-    dit.set_moe_dispatch("dense")
+    dit.set_moe_dispatch(dispatch)
     return dit
 
 
 class _DiTFlow(nn.Module):
     """v_θ(Z_t, t, Z_a, Z_b, P) (MMAIF Eq. 11)."""
 
-    def __init__(self, dit: nn.Module):
+    def __init__(self, dit: nn.Module, dispatch: str = "dense"):
         super().__init__()
-        self.dit = _dense_copy(dit)
+        self.dit = _export_copy(dit, dispatch)
 
     def forward(self, z_t, t, z_a, z_b, prompt_embeds, prompt_mask):
         return self.dit(z_a, z_b, prompt_embeds, prompt_mask, z_t=z_t, t=t)
@@ -348,9 +357,9 @@ class _DiTFlow(nn.Module):
 class _DiTRegression(nn.Module):
     """f_θ(Z_a, Z_b, P) (MMAIF Eq. 8)."""
 
-    def __init__(self, dit: nn.Module):
+    def __init__(self, dit: nn.Module, dispatch: str = "dense"):
         super().__init__()
-        self.dit = _dense_copy(dit)
+        self.dit = _export_copy(dit, dispatch)
 
     def forward(self, z_a, z_b, prompt_embeds, prompt_mask):
         return self.dit(z_a, z_b, prompt_embeds, prompt_mask)
@@ -423,8 +432,10 @@ class DiTSpec(GraphSpec):
         return cls(name=f"dit_{head}", kind="dit", head=head, inputs=inputs, outputs=outputs, **kw)
 
     def module(self, components) -> nn.Module:
+        """The DiT with the spec's MoE form, else the one its config chooses (``export_moe_dispatch``)."""
         dit = components.dit(self.head)
-        return (_DiTFlow(dit) if self.head == "flow" else _DiTRegression(dit)).eval()
+        dispatch = self.moe_dispatch or dit.config.export_moe_dispatch
+        return (_DiTFlow(dit, dispatch) if self.head == "flow" else _DiTRegression(dit, dispatch)).eval()
 
 
 def graph_specs(components, heads: Sequence[str] = HEADS, resolution: Resolution | None = None) -> dict[str, GraphSpec]:
@@ -453,5 +464,5 @@ def graph_specs(components, heads: Sequence[str] = HEADS, resolution: Resolution
         if dit_cfg.text_dim != text_dim or dit_cfg.latent_channels != z:
             raise LatentfuseError(f"dit_{head} expects text_dim={dit_cfg.text_dim}, latent_channels="
                                   f"{dit_cfg.latent_channels}; the model's text encoder / VAE give {text_dim} / {z}")
-        specs.append(DiTSpec.create(head, z, text_dim, **common))
+        specs.append(DiTSpec.create(head, z, text_dim, moe_dispatch=dit_cfg.export_moe_dispatch, **common))
     return {s.name: s for s in specs}

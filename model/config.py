@@ -20,6 +20,8 @@ from model.flow import check_prior
 
 PRESET_DIR = Path(__file__).with_name("presets")
 HEADS = ("flow", "regression")
+DISPATCHES = ("sparse", "dense", "grouped")   # MoE dispatch forms (model.moe)
+EXPORT_DISPATCHES = ("dense", "grouped")      # those without data-dependent shapes: TensorRT-safe ONNX
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,10 @@ class DiTConfig:
     naf_expand: int = 2             # NAFBlock depthwise / FFN channel expansion (NAFNet default 2)
     pe_hidden: int = 256            # width of the per-block absolute-PE MLPs (Eq. 5)
     timestep_freq_dim: int = 256    # sinusoidal timestep features (flow head only)
-    moe_dispatch: str = "sparse"    # "sparse" (index dispatch) or "dense" (masked, TensorRT-safe)
+    moe_dispatch: str = "sparse"    # "sparse" (index dispatch), "dense" (masked) or "grouped" (model.moe)
+    # the MoE form of the exported (ONNX / TensorRT) graphs: "dense" or "grouped", both TensorRT-safe;
+    # each preset records the one measured faster for its width (README "Deployment bundle")
+    export_moe_dispatch: str = "dense"
     gradient_checkpointing: bool = False
     # flow head: the prior p0 its velocity field starts from (model.flow), set by the trainer from
     # [flow]; every runtime samples from it unless told otherwise
@@ -61,8 +66,11 @@ class DiTConfig:
             check_prior(self.prior, self.prior_sigma)
         except LatentfuseError as err:
             problems.append(f"prior: {err}")
-        if self.moe_dispatch not in ("sparse", "dense"):
-            problems.append(f"moe_dispatch must be 'sparse' or 'dense', got {self.moe_dispatch!r}")
+        if self.moe_dispatch not in DISPATCHES:
+            problems.append(f"moe_dispatch must be one of {', '.join(DISPATCHES)}, got {self.moe_dispatch!r}")
+        if self.export_moe_dispatch not in EXPORT_DISPATCHES:
+            problems.append(f"export_moe_dispatch must be one of {', '.join(EXPORT_DISPATCHES)} (no data-dependent "
+                            f"shapes), got {self.export_moe_dispatch!r}")
         for name in ("latent_channels", "patch_size", "depth", "lora_rank", "text_dim", "expert_hidden"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive")

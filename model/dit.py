@@ -25,7 +25,7 @@ from model.atomic import atomic_dir
 from model.attention import JointAttention
 from model.config import DiTConfig
 from model.errors import LatentfuseError
-from model.moe import MoEGLU
+from model.moe import DISPATCHES, MoEGLU
 from model.nafblock import NAFBlock
 from model.patchify import check_latent, patchify, unpatchify
 from model.posembed import BlockPositionalEmbedding
@@ -171,9 +171,10 @@ class MoEDiT(nn.Module):
         return {"total": total, "active": total - inactive}
 
     def set_moe_dispatch(self, dispatch: str) -> None:
-        """Switch every MoE layer between ``sparse`` and ``dense`` (TensorRT-safe) dispatch."""
-        if dispatch not in ("sparse", "dense"):
-            raise LatentfuseError(f"moe dispatch must be 'sparse' or 'dense', got {dispatch!r}")
+        """Switch every MoE layer between ``sparse``, ``dense`` and ``grouped`` dispatch (the last two are
+        TensorRT-safe; ``model.moe``)."""
+        if dispatch not in DISPATCHES:
+            raise LatentfuseError(f"moe dispatch must be one of {', '.join(DISPATCHES)}, got {dispatch!r}")
         for block in self.blocks:
             block.moe.dispatch = dispatch
 

@@ -25,11 +25,13 @@ GRAPHS = ["text_encoder", "vae_encoder", "vae_decoder", "dit_flow", "dit_regress
 
 def tiny_components():
     """The tiny preset with one-block DiTs (export time) whose zero-initialised gates and output layer
-    are perturbed, so the DiT graphs compute something non-trivial, like a trained model."""
+    are perturbed, so the DiT graphs compute something non-trivial, like a trained model. The regression
+    DiT exports the grouped MoE form (the paper preset's), the flow DiT the dense one (tiny's)."""
     comps = FusionComponents.from_preset("tiny", seed=0)
     gen = torch.Generator().manual_seed(1)
     for head in list(comps.dits):
-        cfg = DiTConfig.from_preset("tiny", head=head, depth=1, text_dim=comps.text_encoder.hidden_size)
+        cfg = DiTConfig.from_preset("tiny", head=head, depth=1, text_dim=comps.text_encoder.hidden_size,
+                                    export_moe_dispatch="grouped" if head == "regression" else "dense")
         dit = MoEDiT(cfg).eval()
         with torch.no_grad():
             for p in dit.parameters():
@@ -64,6 +66,8 @@ def test_bundle_layout_and_manifest(exported):
             assert set(entry["profile"][key]) == {t["name"] for t in entry["inputs"]}
     dit = manifest["graphs"]["dit_flow"]
     assert dit["kind"] == "dit" and dit["head"] == "flow"
+    assert dit["moe_dispatch"] == "dense" and manifest["graphs"]["dit_regression"]["moe_dispatch"] == "grouped"
+    assert "moe_dispatch" not in manifest["graphs"]["vae_encoder"]
     assert [t["name"] for t in dit["inputs"]] == ["z_t", "t", "z_a", "z_b", "prompt_embeds", "prompt_mask"]
     assert dit["inputs"][0]["shape"] == ["batch", 16, "latent_height", "latent_width"]
     assert manifest["graphs"]["vae_encoder"]["inputs"][0] == {"name": "image", "dtype": "float32",

@@ -148,6 +148,78 @@ def test_whole_model_dense_equals_sparse():
     torch.testing.assert_close(dense, sparse, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 32), (1, 7, 32), (2, 50, 32), (3, 37, 32), (1, 513, 32)])
+def test_moe_grouped_equals_dense_and_sparse(shape):
+    """The selected-experts-only form with static shapes computes what the other two do."""
+    moe = make_moe()
+    x = torch.randn(*shape)
+    dense, loss_d = moe(x, dispatch="dense")
+    for dispatch in ("grouped", "sparse"):
+        out, loss = moe(x, dispatch=dispatch)
+        torch.testing.assert_close(out, dense, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(loss, loss_d)
+
+
+@pytest.mark.parametrize("experts", [(0, 1), (2, 3), (3, 0)])
+def test_moe_grouped_drops_no_token_under_fully_skewed_routing(experts):
+    """Every token routed to the same two experts (n_e = T for both, 0 for the others) is the layout's
+    worst case: the form has no capacity, so nothing is dropped."""
+    moe = make_moe()
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[experts[0], 0] = 10.0   # x[..., 0] > 0 below: these two always win
+        moe.router.weight[experts[1], 0] = 9.0
+    x = torch.randn(2, 61, 32)
+    x[..., 0] = x[..., 0].abs() + 1
+    _, top_i, _ = moe.route(x.reshape(-1, 32))
+    assert sorted(top_i.unique().tolist()) == sorted(experts)
+    dense, _ = moe(x, dispatch="dense")
+    torch.testing.assert_close(moe(x, dispatch="grouped")[0], dense, atol=1e-6, rtol=1e-6)
+
+
+def test_moe_grouped_layout_has_a_row_for_every_slot():
+    """Σ_e ceil(n_e / block) <= blocks for every split of the T·k slots over the experts (exhaustive
+    over the compositions of small T), and the padded rows stay below dense's E·T at large T."""
+    import itertools
+    import math
+
+    moe = make_moe()                                  # E = 4, k = 2, m = 4
+    for tokens in range(1, 40):
+        blocks, block = moe.grouped_layout(tokens)
+        slots = tokens * moe.top_k
+        for a, b, c in itertools.product(range(tokens + 1), repeat=3):
+            d = slots - a - b - c
+            if 0 <= d <= tokens:                      # each expert takes at most one slot per token
+                assert sum(math.ceil(n / block) for n in (a, b, c, d)) <= blocks
+    blocks, block = moe.grouped_layout(4096)
+    assert (blocks, block) == (19, 512) and blocks * block < moe.num_experts * 4096
+    with pytest.raises(ValueError, match="dispatch"):
+        moe(torch.randn(1, 4, 32), dispatch="capacity")
+
+
+def test_whole_model_grouped_equals_dense():
+    model = randomize_zero_inits(make_model("regression"))
+    z_a, z_b, prompt, mask = inputs(2, 12, 20, model.config)
+    model.set_moe_dispatch("dense")
+    dense = model(z_a, z_b, prompt, mask)
+    model.set_moe_dispatch("grouped")
+    torch.testing.assert_close(model(z_a, z_b, prompt, mask), dense, atol=1e-5, rtol=1e-5)
+    with pytest.raises(LatentfuseError, match="moe dispatch"):
+        model.set_moe_dispatch("capacity")
+
+
+def test_presets_record_their_export_moe_dispatch():
+    """Measured on ONNX Runtime CPU (README "Deployment bundle"): dense at the tiny width, grouped at the
+    paper's; a config without the field (older checkpoints) exports dense."""
+    assert DiTConfig.from_preset("tiny").export_moe_dispatch == "dense"
+    assert DiTConfig.from_preset("paper").export_moe_dispatch == "grouped"
+    legacy = {k: v for k, v in DiTConfig.from_preset("paper").to_dict().items() if k != "export_moe_dispatch"}
+    assert DiTConfig.from_dict(legacy).export_moe_dispatch == "dense"
+    assert DiTConfig(moe_dispatch="grouped").moe_dispatch == "grouped"
+    with pytest.raises(LatentfuseError, match="export_moe_dispatch must be one of dense, grouped"):
+        DiTConfig(export_moe_dispatch="sparse")
+
+
 def test_load_balancing_loss_is_minimal_for_uniform_router():
     tokens, experts = 64, 4
     uniform = torch.full((tokens, experts), 1 / experts)
