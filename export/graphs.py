@@ -415,6 +415,8 @@ class TextEncoderSpec(GraphSpec):
 @dataclass(frozen=True)
 class DiTSpec(GraphSpec):
     tolerance: Tolerance = Tolerance(1e-4, 1e-4)   # measured ~1e-6
+    # the runtime batches a pair's DiT windows (runtime.backends.tiled): the profile covers 16 per call
+    batch: tuple[int, int, int] = (1, 1, 16)
 
     @classmethod
     def create(cls, head: str, latent_channels: int, text_dim: int, **kw) -> "DiTSpec":

@@ -175,6 +175,7 @@ class Pipeline:
         self.window = check_window(backend.window(), f"the {backend.name} backend's window")
         self.tile_overlap = 64  # pixels shared by neighbouring DiT windows (runtime.backends.tiled)
         self.max_dit_batch = MAX_DIT_BATCH  # DiT windows per graph call (also capped by the backend's)
+        self.vae_max_side = VAE_MAX_SIDE  # largest side of one VAE call unless ``tile`` says otherwise
         self.text_encoder_calls = 0
 
     # ------------------------------------------------------------------ construction
@@ -266,7 +267,7 @@ class Pipeline:
         dit = limit
         if self.window:
             dit = (min(dit[0], self.window), min(dit[1], self.window))
-        side = VAE_MAX_SIDE if tile in (None, False, True) else int(tile)
+        side = self.vae_max_side if tile in (None, False, True) else int(tile)
         if side < 2 * PAD_MULTIPLE:
             raise LatentfuseError(f"--tile needs at least {2 * PAD_MULTIPLE} px, got {side}")
         vae = (min(side, limit[0]), min(side, limit[1]))
