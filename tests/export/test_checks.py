@@ -142,8 +142,8 @@ def test_spec_shapes_profile_and_samples():
     shapes = spec.shapes(2, 96, 64, 7)
     assert shapes["z_a"] == [2, 16, 12, 8] and shapes["t"] == [2] and shapes["prompt_mask"] == [2, 7]
     prof = spec.profile()
-    assert prof["min"]["z_t"] == [1, 16, 8, 8] and prof["max"]["z_t"] == [4, 16, 128, 128]
-    assert prof["max"]["prompt_embeds"] == [4, 64, 128] and prof["min"]["prompt_mask"] == [1, 1]
+    assert prof["min"]["z_t"] == [1, 16, 8, 8] and prof["max"]["z_t"] == [16, 16, 128, 128]
+    assert prof["max"]["prompt_embeds"] == [16, 64, 128] and prof["min"]["prompt_mask"] == [1, 1]
     inputs = spec.sample_inputs(3, 64, 112, 5, seed=3)
     assert inputs["z_t"].shape == (3, 16, 8, 14) and inputs["prompt_mask"].dtype == torch.int64
     mask = inputs["prompt_mask"]
