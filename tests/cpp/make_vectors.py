@@ -13,10 +13,13 @@ Each file is produced by the Python runtime itself, so C++ is compared with the 
   :func:`runtime.pipeline._padded` picks, including pads longer than the image side; under ``resample``
   the working-scale resampling (:func:`model.work_scale.upscale` / :func:`~model.work_scale.downscale`)
   of small gray and RGB images at k = 2 and 3.
-* ``tiling.json``: :func:`runtime.backends.tiled.window_starts` and ``ramp``, and whole tiled calls of
-  :class:`runtime.backends.tiled.TiledBackend` over a stand-in backend whose graphs are *not* local
-  (every output depends on the mean of its window, see :class:`WindowMeanBackend`), so the vectors pin
-  down the windows, the unit conversions and the blending, not only a shape.
+* ``tiling.json``: :func:`runtime.backends.tiled.window_starts` and ``ramp``, whole calls of
+  :class:`runtime.backends.tiled.TiledBackend` (DiT windows batched whole, chunked to ``max_batch`` and
+  one per call; VAE whole or in tiles) over a stand-in backend whose graphs are *not* local (every
+  output row depends on the mean of its own window, see :class:`WindowMeanBackend`), with the number of
+  calls and the rows of every DiT call, so the vectors pin down the windows, their batching, the unit
+  conversions and the blending, not only a shape; and :meth:`runtime.pipeline.Pipeline.plan_windows`
+  (DiT window and VAE tile) for assorted sizes, limits, model windows and ``--tile`` values.
 
 ``tests/cpp/test_vectors.py`` fails when a committed file no longer matches what this script writes.
 """
@@ -121,23 +124,70 @@ def padding_vectors() -> dict:
 
 
 class WindowMeanBackend:
-    """Stand-ins for the four graphs, each shifted by the mean of its input window (test_tiling.cpp
-    computes the same): the encoder an 8x8 box mean, the decoder an 8x nearest-neighbour enlargement."""
+    """Stand-ins for the four graphs, each row shifted by the mean of its own input window (test_tiling.cpp
+    computes the same): the encoder an 8x8 box mean, the decoder an 8x nearest-neighbour enlargement.
+    Means are per batch row, so rows stay independent as in a real network when windows are batched;
+    ``batches`` records the rows of every DiT call (the chunking)."""
 
     name, heads = "window-mean", ("flow", "regression")
 
+    def __init__(self):
+        self.batches: list[int] = []
+
+    @staticmethod
+    def _row_mean(x):
+        return x.mean(axis=(1, 2, 3), keepdims=True)
+
     def encode_images(self, x):
         b, c, h, w = x.shape
-        return x.reshape(b, c, h // 8, 8, w // 8, 8).mean(axis=(3, 5)) + x.mean()
+        return x.reshape(b, c, h // 8, 8, w // 8, 8).mean(axis=(3, 5)) + self._row_mean(x)
 
     def velocity(self, z_t, t, z_a, z_b, embeds, mask):
-        return z_t * np.float32(t[0]) + z_a - z_b.mean()
+        self.batches.append(z_t.shape[0])
+        assert t.shape == (z_t.shape[0],) and embeds.shape[0] == mask.shape[0] == z_t.shape[0]
+        return z_t * t.reshape(-1, 1, 1, 1) + z_a - self._row_mean(z_b) + embeds.reshape(len(embeds), 1, 1, 1)
 
     def regress(self, z_a, z_b, embeds, mask):
-        return np.float32(0.5) * z_a + z_b.mean()
+        self.batches.append(z_a.shape[0])
+        assert embeds.shape[0] == mask.shape[0] == z_a.shape[0]
+        return np.float32(0.5) * z_a + self._row_mean(z_b) + embeds.reshape(len(embeds), 1, 1, 1)
 
     def decode(self, z):
-        return np.repeat(np.repeat(z, 8, axis=2), 8, axis=3) - z.mean()
+        return np.repeat(np.repeat(z, 8, axis=2), 8, axis=3) - self._row_mean(z)
+
+
+# TiledBackend(inner, window, vae_tile, overlap, vae_overlap, max_batch) over a 2 x 1 x 48 x 64 image and
+# 2 x 2 x 6 x 8 latents (48 x 64 px): DiT windows batched whole / chunked / one per call, VAE tiles or not
+TILING_CASES = (
+    {"window": (32, 32), "vae_tile": None, "overlap": 64, "vae_overlap": 128, "max_batch": None},
+    {"window": (32, 48), "vae_tile": (32, 32), "overlap": 32, "vae_overlap": 128, "max_batch": 5},
+    {"window": (48, 32), "vae_tile": (48, 32), "overlap": 16, "vae_overlap": 32, "max_batch": 1},
+    {"window": None, "vae_tile": (32, 48), "overlap": 64, "vae_overlap": 16, "max_batch": 3},
+    {"window": (64, 64), "vae_tile": (48, 64), "overlap": 64, "vae_overlap": 128, "max_batch": 4},
+)
+
+# Pipeline.plan_windows(height, width, tile) for a backend limit (None: none stated) and model window
+PLAN_CASES = (
+    (288, 512, None, 128, None), (288, 512, (1024, 1024), 0, None), (960, 1280, (1024, 1024), 128, None),
+    (960, 1280, None, 0, None), (960, 1280, (2048, 2048), 0, None), (800, 768, (512, 1024), 256, None),
+    (288, 512, None, 128, 256), (288, 512, None, 128, 2048), (96, 80, (64, 64), 0, 32), (768, 768, None, 0, None),
+)
+
+
+def plan_vectors() -> list[dict]:
+    from types import SimpleNamespace
+
+    from runtime.pipeline import VAE_MAX_SIDE, Pipeline
+
+    cases = []
+    for h, w, limit, window, tile in PLAN_CASES:
+        # the attributes plan_windows reads, at a Pipeline's defaults
+        view = SimpleNamespace(backend=SimpleNamespace(max_image_size=lambda limit=limit: limit), window=window,
+                               vae_max_side=VAE_MAX_SIDE)
+        dit, vae = Pipeline.plan_windows(view, h, w, tile)
+        cases.append({"height": h, "width": w, "limit": limit and list(limit), "window": window, "tile": tile,
+                      "dit": dit and list(dit), "vae": vae and list(vae)})
+    return cases
 
 
 def tiling_vectors() -> dict:
@@ -148,22 +198,36 @@ def tiling_vectors() -> dict:
                                   (100, 48, 16, 16))]
     ramps = [{"n": n, "overlap": o, "weights": _floats(ramp(n, o))} for n, o in ((8, 2), (5, 4), (4, 0), (32, 16))]
     rng = np.random.default_rng(7)
-    image = (rng.integers(0, 256, (1, 1, 48, 48)) / 128 - 1).astype(np.float32)
-    z_a, z_b, z_t = ((rng.integers(0, 256, (1, 2, 6, 6)) / 64 - 2).astype(np.float32) for _ in range(3))
+    image = (rng.integers(0, 256, (2, 1, 48, 64)) / 128 - 1).astype(np.float32)
+    z_a, z_b, z_t = ((rng.integers(0, 256, (2, 2, 6, 8)) / 64 - 2).astype(np.float32) for _ in range(3))
+    t = np.array([0.25, 0.75], np.float32)
+    embeds = np.array([0.5, -0.25], np.float32).reshape(2, 1, 1)  # [B, L=1, d=1]: a per-row offset
+    mask = np.ones((2, 1), np.int64)
     calls = []
-    for max_h, max_w, overlap in ((32, 32, 64), (32, 48, 32), (48, 32, 16)):
-        tiled = TiledBackend(WindowMeanBackend(), (max_h, max_w), overlap=overlap)
-        calls.append({"max_height": max_h, "max_width": max_w, "overlap": overlap, "effective_overlap": tiled.overlap,
-                      "encode": _short(tiled.encode_images(image)),
-                      "velocity": _short(tiled.velocity(z_t, np.array([0.25], np.float32), z_a, z_b, None, None)),
-                      "regress": _short(tiled.regress(z_a, z_b, None, None)),
-                      "decode": _short(tiled.decode(z_a[:, :1])), "calls": tiled.calls})
-    return {"generator": "tests/cpp/make_vectors.py (runtime.backends.tiled over WindowMeanBackend)",
+    for case in TILING_CASES:
+        inner = WindowMeanBackend()
+        tiled = TiledBackend(inner, case["window"], case["vae_tile"], overlap=case["overlap"],
+                             vae_overlap=case["vae_overlap"], max_batch=case["max_batch"])
+        counts, out = {}, {}
+        for kind, fn in (("encode", lambda: tiled.encode_images(image)),
+                         ("velocity", lambda: tiled.velocity(z_t, t, z_a, z_b, embeds, mask)),
+                         ("regress", lambda: tiled.regress(z_a, z_b, embeds, mask)),
+                         ("decode", lambda: tiled.decode(z_a[:1, :1]))):
+            before, inner.batches = tiled.calls, []
+            out[kind] = _short(fn())
+            counts[kind] = {"calls": tiled.calls - before, "batches": list(inner.batches)}
+        calls.append({**{k: (list(v) if isinstance(v, tuple) else v) for k, v in case.items()},
+                      "effective_overlap": tiled.overlap, "effective_vae_overlap": tiled.vae_overlap,
+                      "dit_windows": len(tiled.dit_windows(*z_a.shape[2:])), **out, "counts": counts,
+                      "calls": tiled.calls})
+    return {"generator": "tests/cpp/make_vectors.py (runtime.backends.tiled over WindowMeanBackend, "
+                         "runtime.pipeline.Pipeline.plan_windows)",
             "window_starts": starts, "ramps": ramps,
             "image": {"shape": list(image.shape), "values": _floats(image)},
             "latents": {"shape": list(z_a.shape), "z_a": _floats(z_a), "z_b": _floats(z_b), "z_t": _floats(z_t),
-                        "t": 0.25},
-            "calls": calls}
+                        "t": _floats(t), "embeds": _floats(embeds), "embeds_shape": list(embeds.shape),
+                        "mask": [int(v) for v in mask.ravel()], "mask_shape": list(mask.shape)},
+            "calls": calls, "plans": plan_vectors()}
 
 
 def all_vectors() -> dict[str, dict]:

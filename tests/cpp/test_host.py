@@ -5,7 +5,10 @@ per session into an AOTInductor bundle (:func:`export.aoti.export_aoti_bundle`);
 image, a 16-bit gray infrared one) and its 16-bit PNG must equal :class:`runtime.pipeline.Pipeline`
 on the same model and seed to PSNR >= 40 dB, in flow mode (the default sampler, canonical prompt from
 the prompt cache) and regression mode (free text through the tokenizer and the text-encoder graph).
-Then the one-line errors: tampered bundle, image too large, prompt too long, missing backend.
+Windows and tiles as in Python (runtime.backends.tiled): a pair over the model's window runs its DiT
+in batched windows with the VAE on the whole pair; ``--tile PX`` tiles the VAE; a pair over the
+bundle's 1024 px maximum fuses without flags (VAE tiles of 768 px, DiT windows of 1024 px).
+Then the one-line errors: tampered bundle, bad --tile, prompt too long, missing backend.
 
 Skipped when the host is not built: run ``runtime/cpp/build.sh``.
 """
@@ -79,20 +82,23 @@ def bundle(tmp_path_factory, components):
     return out
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def _write_pair(d: Path, h: int, w: int):
+    """An 8-bit RGB visible image and a 16-bit gray infrared one, h x w, smooth with a little noise."""
     from model.image_io import write_image
 
-    h, w = SIZE
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     vis = np.clip(np.stack([xx, yy, 0.5 * (xx + yy)], -1) + 0.05 * rng.standard_normal((h, w, 3)), 0, 1)
     ir = np.clip(np.exp(-((xx - 0.5) ** 2 + (yy - 0.3) ** 2) * 20) + 0.02 * rng.standard_normal((h, w)), 0, 1)
-    d = tmp_path_factory.mktemp("pair")
     return write_image(d / "vis.png", vis.astype(np.float32)), write_image(d / "ir.png", ir.astype(np.float32), 16)
 
 
-def _compare(components, bundle, pair, tmp_path, mode, extra, **py_kwargs):
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return _write_pair(tmp_path_factory.mktemp("pair"), *SIZE)
+
+
+def _compare(components, bundle, pair, tmp_path, mode, extra, size=SIZE, **py_kwargs):
     from model.image_io import read_image
     from runtime.pipeline import Pipeline
 
@@ -103,7 +109,7 @@ def _compare(components, bundle, pair, tmp_path, mode, extra, **py_kwargs):
     print(f"\nC++ host ({mode}, {time.perf_counter() - start:.1f} s wall incl. package loading):\n{proc.stdout}")
     got = read_image(out)
     ref = Pipeline.from_components(components)(*pair, task="vif", mode=mode, seed=SEED, **py_kwargs)
-    assert got.shape == ref.image.shape == (*SIZE, 3)
+    assert got.shape == ref.image.shape == (*size, 3)
     value = psnr(got, ref.image)
     print(f"PSNR C++ vs Python ({mode}): {value:.1f} dB")
     assert value >= 40.0
@@ -142,12 +148,12 @@ def test_tampered_or_missing_bundle_file_is_a_one_line_error(bundle, pair, tmp_p
     assert "no manifest.json" in _error(host(*pair, "--task", "vif", "--bundle", tmp_path, "-o", "x.png", check=False))
 
 
-def test_out_of_range_image_long_prompt_and_bad_arguments_are_one_line_errors(bundle, pair, tmp_path):
-    from model.image_io import write_image
-
-    big = write_image(tmp_path / "big.png", np.zeros((16, 1040), np.float32))
-    line = _error(host(big, big, "--task", "vif", "--bundle", bundle, "-o", tmp_path / "x.png", check=False))
-    assert "1040x16 (worked at 2x: 2080x32" in line and "at most 1024x1024" in line
+def test_bad_tile_long_prompt_and_bad_arguments_are_one_line_errors(bundle, pair, tmp_path):
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--tile", 16, "-o", tmp_path / "x.png", check=False))
+    assert "--tile needs at least 32 px, got 16" in line
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--tile", "big", "-o", tmp_path / "x.png",
+                       check=False))
+    assert "argument --tile: invalid integer 'big'" in line
     long_prompt = " ".join(["remove the rain and the haze"] * 40)
     line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--prompt", long_prompt, "-o", tmp_path / "x.png",
                        check=False))
@@ -188,5 +194,23 @@ def test_a_pair_over_the_model_window_runs_in_windows_as_in_python(components, b
     (copy / "manifest.json").write_text(json.dumps(manifest))
     windowed = dataclasses.replace(components, window=64)
     proc = _compare(windowed, copy, pair, tmp_path, "flow", ["--steps", 2], steps=2)
-    # 8 windows for each of VAE-Enc, 2 DiT calls and VAE-Dec
-    assert "32 network calls on 64 px windows" in proc.stdout
+    # the VAE once on the whole pair (1 + 1 calls), each of the 2 DiT calls on all 8 windows as one batch
+    assert "DiT in 8 windows of 64x64 px (up to 8 per call), 4 network calls" in proc.stdout
+    assert "VAE tiled" not in proc.stdout
+
+
+def test_tile_px_runs_the_vae_in_tiles_as_in_python(components, bundle, pair, tmp_path):
+    # the pair works at 144x80: VAE tiles of 64 px (overlap clamped to 32): 2 x 4 tiles for each of
+    # VAE-Enc and VAE-Dec, the DiT whole (no model window, under the 1024 px limit) for its 2 calls
+    proc = _compare(components, bundle, pair, tmp_path, "flow", ["--steps", 2, "--tile", 64], steps=2, tile=64)
+    assert "VAE tiled over 64x64 px, 18 network calls" in proc.stdout and "DiT in" not in proc.stdout
+
+
+def test_a_pair_over_the_bundle_limit_fuses_without_flags_as_in_python(components, bundle, tmp_path):
+    # 1040 x 24 works at 2080 x 48, over the bundle's 1024 px: VAE tiles of 768 px (128 px overlap),
+    # DiT windows of 1024 px (3 per call, batched), no error
+    size = (24, 1040)
+    big = _write_pair(tmp_path, *size)
+    proc = _compare(components, bundle, big, tmp_path, "regression", [], size=size)
+    assert "DiT in 3 windows of 1024x1024 px (up to 3 per call)" in proc.stdout
+    assert "VAE tiled over 768x768 px" in proc.stdout

@@ -11,6 +11,9 @@ namespace latentfuse {
 
 namespace {
 
+// export/aoti.py AOTI_MAX_BATCH: the packages' dynamic batch bound (torch.export Dim max)
+constexpr int kAotiMaxBatch = 32;
+
 class AotiRunner : public Runner {
  public:
   explicit AotiRunner(const Bundle& bundle) : packages_(bundle.artefacts("aoti")), root_(bundle.root()) {
@@ -27,6 +30,7 @@ class AotiRunner : public Runner {
 
   std::string name() const override { return "aoti"; }
   int min_side() const override { return 32; }  // export/graphs.py: the 16-px grid symbol has min 2
+  int max_batch() const override { return kAotiMaxBatch; }
 
   std::vector<Tensor> run(const GraphInfo& graph, const std::vector<Tensor>& inputs) override {
     torch::NoGradGuard no_grad;

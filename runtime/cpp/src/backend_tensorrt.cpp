@@ -136,6 +136,23 @@ class TensorRtRunner : public Runner {
     return {static_cast<int>(d.d[2]), static_cast<int>(d.d[3])};
   }
 
+  // The DiT engines' profile max batch (runtime.backends.tensorrt_backend.max_batch_size): batched
+  // windows are chunked to it.
+  int max_batch() const override {
+    int most = 0;
+    for (const auto& [name, e] : engines_) {
+      if (name.rfind("dit_", 0) != 0) continue;
+      for (int32_t k = 0; k < e.engine->getNbIOTensors(); ++k) {
+        const char* io = e.engine->getIOTensorName(k);
+        if (e.engine->getTensorIOMode(io) != nvinfer1::TensorIOMode::kINPUT) continue;
+        const int rows = static_cast<int>(e.engine->getProfileShape(io, 0, nvinfer1::OptProfileSelector::kMAX).d[0]);
+        most = most == 0 ? rows : std::min(most, rows);
+        break;  // the first input, as the Python backend reads it
+      }
+    }
+    return most;
+  }
+
   std::vector<Tensor> run(const GraphInfo& graph, const std::vector<Tensor>& inputs) override {
     auto it = engines_.find(graph.name);
     if (it == engines_.end()) throw Error("no TensorRT engine for graph '" + graph.name + "' in the bundle");

@@ -2,10 +2,14 @@
 //
 //   latentfuse-host A B --task vif --bundle DIR [--backend aoti|tensorrt] [--mode flow|regression]
 //                   [--sampler NAME] [--steps N] [--g G] [--seed S] [--prompt TEXT] [--prior NAME]
-//                   [--bit-depth 8|16] [--warmup N --runs M] [--no-verify] -o OUT
+//                   [--bit-depth 8|16] [--tile [PX]] [--warmup N --runs M] [--no-verify] -o OUT
+//
+// Any size runs: the VAE on whole images (tiles only over 768 px or --tile PX, within the bundle's
+// limit), the DiT in the model's window, the windows batched (runtime.pipeline.Pipeline.plan_windows).
 //
 // Errors are one line on stderr and exit status 2 (usage errors too), as the Python CLI does.
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <optional>
 #include <iostream>
@@ -24,7 +28,9 @@ const char* kUsage =
     "usage: latentfuse-host A B --task {vif,mef,mff} --bundle DIR -o OUT [--backend aoti|tensorrt]\n"
     "                       [--mode flow|regression] [--sampler NAME] [--steps N] [--g G] [--seed S]\n"
     "                       [--prompt TEXT] [--prior gaussian|source_a|source_b|source_mean]\n"
-    "                       [--bit-depth 8|16] [--warmup N] [--runs M] [--no-verify]\n";
+    "                       [--bit-depth 8|16] [--tile [PX]] [--warmup N] [--runs M] [--no-verify]\n"
+    "  --tile PX   run the VAE in tiles of at most PX working pixels per side, to bound memory (default:\n"
+    "              whole images up to 768 px, tiled only over that or the bundle's size limit)\n";
 
 struct Args {
   std::vector<std::string> positional;
@@ -35,7 +41,7 @@ struct Args {
 Args parse(int argc, char** argv) {
   static const std::vector<std::string> valued = {"--task", "--bundle", "--backend", "--mode", "--sampler", "--steps",
                                                   "--g", "--seed", "--prompt", "--prior", "--bit-depth", "--warmup",
-                                                  "--runs", "-o", "--out"};
+                                                  "--runs", "-o", "--out", "--tile"};
   Args args;
   for (int k = 1; k < argc; ++k) {
     std::string a = argv[k];
@@ -49,6 +55,11 @@ Args parse(int argc, char** argv) {
     }
     if (a == "--no-verify") {
       args.verify = false;
+      continue;
+    }
+    if (a == "--tile") {  // argparse nargs="?": a bare --tile is the automatic choice
+      const bool value = k + 1 < argc && (argv[k + 1][0] != '-' || std::isdigit(static_cast<unsigned char>(argv[k + 1][1])));
+      args.opts["--tile"] = value ? argv[++k] : "";
       continue;
     }
     std::string value;
@@ -113,6 +124,7 @@ int run(int argc, char** argv) {
     if (s < 0) throw Error("argument --seed: must be >= 0");
     o.seed = static_cast<uint64_t>(s);
   }
+  if (opt("--tile") && !opt("--tile")->empty()) o.tile = static_cast<int>(to_int("--tile", *opt("--tile")));
   const int bits = static_cast<int>(to_int("--bit-depth", opt("--bit-depth").value_or("8")));
   const int warmup = static_cast<int>(to_int("--warmup", opt("--warmup").value_or("0")));
   const int runs = static_cast<int>(to_int("--runs", opt("--runs").value_or("3")));
@@ -132,8 +144,12 @@ int run(int argc, char** argv) {
   std::cout << "wrote " << *opt("--out") << " (" << result.image.width << "x" << result.image.height << ", "
             << result.sampler << ", NFE " << result.nfe << ", seed " << o.seed << ", backend " << backend;
   if (pipe.bundle().work_scale() > 1) std::cout << ", worked at " << pipe.bundle().work_scale() << "x";
-  if (result.window_calls > 0)
-    std::cout << ", " << result.window_calls << " network calls on " << pipe.bundle().window() << " px windows";
+  if (result.dit_window)
+    std::cout << ", DiT in " << result.dit_windows << " windows of " << result.dit_window->second << "x"
+              << result.dit_window->first << " px (up to " << result.dit_batch << " per call)";
+  if (result.vae_tile)
+    std::cout << ", VAE tiled over " << result.vae_tile->second << "x" << result.vae_tile->first << " px";
+  if (result.window_calls > 0) std::cout << ", " << result.window_calls << " network calls";
   std::cout << ")\n";
   std::cout << format_latency(timed, backend + " " + result.sampler);
   return 0;

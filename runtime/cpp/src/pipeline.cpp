@@ -30,16 +30,22 @@ const std::map<std::string, std::string>& canonical_task_prompts() {
 
 std::string size_str(int w, int h) { return std::to_string(w) + "x" + std::to_string(h); }
 
-// pixels shared by neighbouring windows (runtime.pipeline.Pipeline.tile_overlap)
-constexpr int kTileOverlap = 64;
-
-// `call` on the whole inputs, or through the tiler when the pair is tiled
-Tensor tiled(std::optional<Tiler>& tiler, const std::vector<Tensor>& inputs, int in_unit, int out_unit,
-             const Tiler::Call& call) {
-  return tiler ? tiler->run(inputs, in_unit, out_unit, call) : call(inputs);
-}
-
 }  // namespace
+
+WindowPlan plan_windows(int height, int width, std::optional<Size2> limit, int window, std::optional<int> tile) {
+  const Size2 bound = limit.value_or(Size2{kMaxSide, kMaxSide});
+  Size2 dit = bound;
+  if (window > 0) dit = {std::min(dit.first, window), std::min(dit.second, window)};
+  const int side = tile.value_or(kVaeMaxSide);
+  if (side < 2 * kTileGrid)
+    throw Error("--tile needs at least " + std::to_string(2 * kTileGrid) + " px, got " + std::to_string(side));
+  const Size2 vae = {std::min(side, bound.first), std::min(side, bound.second)};
+  auto fits = [&](const Size2& b) { return height <= b.first && width <= b.second; };
+  WindowPlan plan;
+  if (!fits(dit)) plan.dit = dit;
+  if (!fits(vae)) plan.vae = vae;
+  return plan;
+}
 
 Pipeline::Pipeline(Bundle bundle, std::unique_ptr<Runner> runner)
     : bundle_(std::move(bundle)), runner_(std::move(runner)), cache_(bundle_.prompt_cache_by_text()) {}
@@ -109,27 +115,20 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   const int h = img_a.height, w = img_a.width, k = bundle_.work_scale();
   const int minimum = std::max(runner_->min_side(), 16);
   const int ph = padded_side(k * h, minimum), pw = padded_side(k * w, minimum);
-  int max_h = bundle_.max_height(), max_w = bundle_.max_width();
-  const auto [rh, rw] = runner_->max_size();
-  if (rh > 0) max_h = std::min(max_h, rh), max_w = std::min(max_w, rw);
-  if (ph > max_h || pw > max_w)
-    throw Error("the images are " + size_str(w, h) + " (" +
-                (k > 1 ? "worked at " + std::to_string(k) + "x: " + size_str(k * w, k * h) + ", " : std::string()) +
-                "padded " + size_str(pw, ph) + "); this " + runner_->name() +
-                " bundle supports at most " + size_str(max_w, max_h) + " (W x H). Downscale the pair, or export / "
-                "build with a larger profile");
-  // a pair larger than the model's window runs in overlapping windows of it (runtime.backends.tiled)
-  const int window = bundle_.window();
+  // any size runs: the DiT in the model's window (batched), the VAE whole up to its bound (runtime.pipeline)
+  const WindowPlan plan = plan_windows(ph, pw, max_image_size(), bundle_.window(), o.tile);
   std::optional<Tiler> tiler;
-  if (window > 0 && (ph > window || pw > window)) tiler.emplace(std::min(window, max_h), std::min(window, max_w), kTileOverlap);
+  if (plan.dit || plan.vae) {
+    const int cap = runner_->max_batch();
+    tiler.emplace(plan.dit, plan.vae, kTileOverlap, kVaeOverlap, cap > 0 ? std::min(kMaxDitBatch, cap) : kMaxDitBatch);
+  }
   const Tensor images = to_model_range({pad_to_size(upscale(to_rgb(img_a), k), ph, pw),
                                         pad_to_size(upscale(to_rgb(img_b), k), ph, pw)});
 
   // ---- VAE encoder: both sources in one batch
   auto t0 = Clock::now();
-  const Tensor latents = tiled(tiler, {images}, 1, kLatentFactor, [&](const std::vector<Tensor>& x) {
-    return run("vae_encoder", {{"image", x[0]}}).at(0);
-  });
+  auto encoder = [&](const Tensor& x) { return run("vae_encoder", {{"image", x}}).at(0); };
+  const Tensor latents = tiler ? tiler->encode(images, encoder) : encoder(images);
   runner_->synchronize();
   times.vae_enc = ms_since(t0);
   const Tensor z_a = latents.slice0(0, 1), z_b = latents.slice0(1, 2);
@@ -144,23 +143,28 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   // ---- DiT: sampler loop (flow) or one call (regression)
   t0 = Clock::now();
   samplers::SampleResult result;
-  std::map<std::string, Tensor> feeds = {{"prompt_embeds", embeds}, {"prompt_mask", mask}};
-  // z_a, z_b (and z_t) of one window, the prompt whole
-  auto dit_call = [&](const std::vector<Tensor>& x) {
-    feeds["z_a"] = x[0], feeds["z_b"] = x[1];
-    if (x.size() > 2) feeds["z_t"] = x[2];
+  // one DiT call: spatial {z_t,} z_a, z_b (windows stacked along the batch when tiled), shared embeds,
+  // mask{, t} (repeated per window); velocity lists z_t first, as TiledBackend.velocity does
+  auto dit_call = [&](const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared) {
+    std::map<std::string, Tensor> feeds = {{"prompt_embeds", shared.at(0)}, {"prompt_mask", shared.at(1)}};
+    const size_t off = spatial.size() > 2 ? 1 : 0;
+    if (off) feeds["z_t"] = spatial[0], feeds["t"] = shared.at(2);
+    feeds["z_a"] = spatial.at(off), feeds["z_b"] = spatial.at(off + 1);
     return run(dit, feeds).at(0);
   };
+  auto dit_run = [&](const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared) {
+    return tiler ? tiler->dit(spatial, shared, dit_call) : dit_call(spatial, shared);
+  };
   if (o.mode == "regression") {
-    result.latent = tiled(tiler, {z_a, z_b}, kLatentFactor, kLatentFactor, dit_call);
+    result.latent = dit_run({z_a, z_b}, {embeds, mask});
     result.nfe = 1;
     result.sampler = "regression";
   } else {
     auto [z0, prior] = samplers::initial_latent(o.prior.value_or(bundle_.default_prior()), z_a, o.seed, z_a, z_b,
                                                 bundle_.prior_sigma());
     samplers::Velocity velocity = [&](const Tensor& z, double t) {
-      feeds["t"] = Tensor::from_float({z.shape.at(0)}, std::vector<float>(z.shape.at(0), static_cast<float>(t)));
-      return tiled(tiler, {z_a, z_b, z}, kLatentFactor, kLatentFactor, dit_call);
+      const Tensor tt = Tensor::from_float({z.shape.at(0)}, std::vector<float>(z.shape.at(0), static_cast<float>(t)));
+      return dit_run({z, z_a, z_b}, {embeds, mask, tt});
     };
     result = samplers::sample(sampler_name, velocity, z0, steps, g, o.seed, prior);
   }
@@ -170,15 +174,35 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
 
   // ---- VAE decoder, crop back, shrink to the input size
   t0 = Clock::now();
-  const Tensor decoded = tiled(tiler, {result.latent}, kLatentFactor, 1, [&](const std::vector<Tensor>& x) {
-    return run("vae_decoder", {{"latent", x[0]}}).at(0);
-  });
+  auto decoder = [&](const Tensor& z) { return run("vae_decoder", {{"latent", z}}).at(0); };
+  const Tensor decoded = tiler ? tiler->decode(result.latent, decoder) : decoder(result.latent);
   runner_->synchronize();
   times.vae_dec = ms_since(t0);
   Image image = downscale(from_model_range(decoded, k * h, k * w), k);
   if (gray) image = to_gray(image);
   times.total = ms_since(start);
-  return FuseResult{std::move(image), result.nfe, result.sampler, times, tiler ? tiler->calls() : 0};
+  FuseResult out;
+  out.image = std::move(image), out.nfe = result.nfe, out.sampler = result.sampler, out.times = times;
+  if (tiler) {
+    out.window_calls = tiler->calls();
+    out.dit_window = tiler->window(), out.vae_tile = tiler->vae_tile();
+    if (tiler->window()) {
+      const size_t n = tiler->dit_windows(ph / kLatentFactor, pw / kLatentFactor).size();
+      out.dit_windows = static_cast<int>(n);
+      out.dit_batch = static_cast<int>(std::min<size_t>(n, static_cast<size_t>(tiler->max_batch().value_or(static_cast<int>(n)))));
+    }
+  }
+  return out;
+}
+
+std::optional<Size2> Pipeline::max_image_size() const {
+  const auto [rh, rw] = runner_->max_size();
+  if (rh > 0 && rw > 0) return Size2{rh, rw};
+  const json r = bundle_.manifest().value("resolution", json::object());
+  if (r.is_object() && r.contains("max_height") && r.contains("max_width") && r["max_height"].is_number_integer() &&
+      r["max_width"].is_number_integer())
+    return Size2{r["max_height"].get<int>(), r["max_width"].get<int>()};
+  return std::nullopt;
 }
 
 std::string format_latency(const std::vector<StageTimes>& runs, const std::string& label) {

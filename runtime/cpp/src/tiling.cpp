@@ -43,60 +43,182 @@ Tensor crop_hw(const Tensor& t, int y, int x, int h, int w) {
   return Tensor::from_float(std::move(shape), std::move(out));
 }
 
-Tiler::Tiler(int max_h, int max_w, int overlap) {
-  max_h_ = max_h / kTileGrid * kTileGrid;
-  max_w_ = max_w / kTileGrid * kTileGrid;
-  if (std::min(max_h_, max_w_) < 2 * kTileGrid)
-    throw Error("tiling needs a maximum size of at least " + std::to_string(2 * kTileGrid) + " px, got " +
-                std::to_string(max_w) + "x" + std::to_string(max_h));
-  if (overlap < kTileGrid)
-    throw Error("tile overlap must be at least " + std::to_string(kTileGrid) + " px, got " + std::to_string(overlap));
-  // at most half a window, so every window advances by at least half its size
-  overlap_ = std::min(overlap, std::min(max_h_, max_w_) / 2) / kTileGrid * kTileGrid;
+std::vector<Window> grid_windows(int h, int w, Size2 size, int overlap, int factor) {
+  const int th = size.first / factor, tw = size.second / factor, step = kTileGrid / factor, ov = overlap / factor;
+  std::vector<Window> out;
+  for (int y : window_starts(h, th, ov, step))
+    for (int x : window_starts(w, tw, ov, step)) out.push_back({y, x, std::min(th, h), std::min(tw, w)});
+  return out;
 }
 
-Tensor Tiler::run(const std::vector<Tensor>& inputs, int in_unit, int out_unit, const Call& call) {
-  if (inputs.empty()) throw Error("tiled call without inputs");
-  const auto& s = inputs.front().shape;
-  const int H = static_cast<int>(s.at(s.size() - 2)), W = static_cast<int>(s.at(s.size() - 1));
-  const int th = max_h_ / in_unit, tw = max_w_ / in_unit, step = kTileGrid / in_unit, ov = overlap_ / in_unit;
-  // window sizes and offsets in output elements: in * in_unit / out_unit
-  auto out_len = [&](int v) { return in_unit >= out_unit ? v * (in_unit / out_unit) : v / (out_unit / in_unit); };
-  const int out_overlap = overlap_ / out_unit;
-  Tensor out, weight;
-  int64_t planes = 0, OH = 0, OW = 0;
-  for (int y : window_starts(H, th, ov, step))
-    for (int x : window_starts(W, tw, ov, step)) {
-      const int wh = std::min(th, H), ww = std::min(tw, W);
-      std::vector<Tensor> crops;
-      for (const auto& t : inputs) crops.push_back(crop_hw(t, y, x, wh, ww));
-      ++calls_;
-      const Tensor value = call(crops);
-      const size_t nd = value.shape.size();
-      const int oy = out_len(y), ox = out_len(x), oh = out_len(wh), ow = out_len(ww);
-      if (nd < 2 || value.shape[nd - 2] != oh || value.shape[nd - 1] != ow)
-        throw Error("a tiled call returned " + shape_str(value.shape) + " for a " + std::to_string(oh) + "x" +
-                    std::to_string(ow) + " output window");
-      if (out.shape.empty()) {
-        std::vector<int64_t> shape = value.shape;
-        OH = out_len(H), OW = out_len(W);
-        shape[nd - 2] = OH, shape[nd - 1] = OW;
-        out = Tensor::zeros(shape);
-        weight = Tensor::zeros({OH, OW});
-        planes = numel(shape) / (OH * OW);
+Tensor blend(const std::vector<Tensor>& values, std::vector<int64_t> out_shape, const std::vector<Window>& windows,
+             int overlap) {
+  const size_t nd = out_shape.size();
+  if (nd < 2 || values.size() != windows.size() || values.empty())
+    throw Error("blend needs one output per window and an output of at least 2 axes");
+  const int64_t OH = out_shape[nd - 2], OW = out_shape[nd - 1], planes = numel(out_shape) / (OH * OW);
+  Tensor out = Tensor::zeros(out_shape), weight = Tensor::zeros({OH, OW});
+  for (size_t k = 0; k < values.size(); ++k) {
+    const Tensor& value = values[k];
+    const Window& win = windows[k];
+    std::vector<int64_t> expect = out_shape;
+    expect[nd - 2] = win.h, expect[nd - 1] = win.w;
+    if (value.dtype != DType::Float32 || value.shape != expect)
+      throw Error("a windowed call returned " + shape_str(value.shape) + " where " + shape_str(expect) +
+                  " was expected");
+    if (win.y < 0 || win.x < 0 || win.y + win.h > OH || win.x + win.w > OW)
+      throw Error("a window lies outside the blended output");
+    const std::vector<float> ry = ramp(win.h, overlap), rx = ramp(win.w, overlap);
+    for (int r = 0; r < win.h; ++r)
+      for (int c = 0; c < win.w; ++c) {
+        const float wgt = ry[r] * rx[c];
+        const int64_t at = (win.y + r) * OW + win.x + c;
+        for (int64_t p = 0; p < planes; ++p)
+          out.f[p * OH * OW + at] += value.f[(p * win.h + r) * win.w + c] * wgt;
+        weight.f[at] += wgt;
       }
-      const std::vector<float> ry = ramp(oh, out_overlap), rx = ramp(ow, out_overlap);
-      for (int r = 0; r < oh; ++r)
-        for (int c = 0; c < ow; ++c) {
-          const float wgt = ry[r] * rx[c];
-          const int64_t at = (oy + r) * OW + ox + c;
-          for (int64_t p = 0; p < planes; ++p) out.f[p * OH * OW + at] += value.f[(p * oh + r) * ow + c] * wgt;
-          weight.f[at] += wgt;
-        }
-    }
+  }
   for (int64_t p = 0; p < planes; ++p)
     for (int64_t k = 0; k < OH * OW; ++k) out.f[p * OH * OW + k] /= weight.f[k];
   return out;
+}
+
+Tensor concat0(const std::vector<Tensor>& parts) {
+  if (parts.empty()) throw Error("concat0 of no tensors");
+  const Tensor& first = parts.front();
+  if (first.shape.empty()) throw Error("concat0 needs tensors of at least one axis");
+  std::vector<int64_t> shape = first.shape;
+  shape[0] = 0;
+  for (const auto& t : parts) {
+    const bool same = t.dtype == first.dtype && t.shape.size() == first.shape.size() &&
+                      std::equal(t.shape.begin() + 1, t.shape.end(), first.shape.begin() + 1);
+    if (!same) throw Error("cannot stack " + shape_str(t.shape) + " on " + shape_str(first.shape));
+    shape[0] += t.shape[0];
+  }
+  Tensor out;
+  out.dtype = first.dtype;
+  out.shape = shape;
+  for (const auto& t : parts) {
+    if (t.dtype == DType::Float32) out.f.insert(out.f.end(), t.f.begin(), t.f.end());
+    else out.i.insert(out.i.end(), t.i.begin(), t.i.end());
+  }
+  return out;
+}
+
+namespace {
+
+// runtime.backends.tiled._grid_size: rounded down to the grid, at least two grid cells per side
+std::optional<Size2> grid_size(const std::optional<Size2>& size, const std::string& what) {
+  if (!size) return std::nullopt;
+  const int h = size->first / kTileGrid * kTileGrid, w = size->second / kTileGrid * kTileGrid;
+  if (std::min(h, w) < 2 * kTileGrid)
+    throw Error(what + " needs at least " + std::to_string(2 * kTileGrid) + " px per side, got " +
+                std::to_string(size->second) + "x" + std::to_string(size->first) + " (W x H)");
+  return Size2{h, w};
+}
+
+// runtime.backends.tiled._clamp_overlap: on the grid, at most half a window
+int clamp_overlap(int overlap, const std::optional<Size2>& size, const std::string& what) {
+  if (overlap < kTileGrid)
+    throw Error(what + " overlap must be at least " + std::to_string(kTileGrid) + " px, got " + std::to_string(overlap));
+  const int limit = size ? std::min(size->first, size->second) / 2 : overlap;
+  return std::min(overlap, limit) / kTileGrid * kTileGrid;
+}
+
+}  // namespace
+
+Tiler::Tiler(std::optional<Size2> window, std::optional<Size2> vae_tile, int overlap, int vae_overlap,
+             std::optional<int> max_batch) {
+  window_ = grid_size(window, "a DiT window");
+  vae_tile_ = grid_size(vae_tile, "a VAE tile");
+  overlap_ = clamp_overlap(overlap, window_, "window");
+  vae_overlap_ = clamp_overlap(vae_overlap, vae_tile_, "VAE tile");
+  if (max_batch && *max_batch < 1)
+    throw Error("the DiT batch per call must be at least 1, got " + std::to_string(*max_batch));
+  max_batch_ = max_batch;
+}
+
+std::optional<std::vector<Window>> Tiler::vae_tiles(int h, int w, int factor) const {
+  if (!vae_tile_ || (h * factor <= vae_tile_->first && w * factor <= vae_tile_->second)) return std::nullopt;
+  return grid_windows(h, w, *vae_tile_, vae_overlap_, factor);
+}
+
+Tensor Tiler::encode(const Tensor& images, const VaeCall& encoder) {
+  if (images.shape.size() != 4) throw Error("the VAE encoder takes [B, C, H, W] images, got " + shape_str(images.shape));
+  const int H = static_cast<int>(images.shape[2]), W = static_cast<int>(images.shape[3]);
+  const auto tiles = vae_tiles(H, W, 1);
+  if (!tiles) {
+    ++calls_;
+    return encoder(images);
+  }
+  std::vector<Tensor> latents;
+  std::vector<Window> lat_tiles;
+  for (const auto& t : *tiles) {
+    ++calls_;
+    latents.push_back(encoder(crop_hw(images, t.y, t.x, t.h, t.w)));
+    const int f = kLatentFactor;
+    lat_tiles.push_back({t.y / f, t.x / f, t.h / f, t.w / f});
+  }
+  return blend(latents, {images.shape[0], latents.front().shape.at(1), H / kLatentFactor, W / kLatentFactor}, lat_tiles,
+               vae_overlap_ / kLatentFactor);
+}
+
+Tensor Tiler::decode(const Tensor& latents, const VaeCall& decoder) {
+  if (latents.shape.size() != 4) throw Error("the VAE decoder takes [B, z, h, w] latents, got " + shape_str(latents.shape));
+  const int h = static_cast<int>(latents.shape[2]), w = static_cast<int>(latents.shape[3]);
+  const auto tiles = vae_tiles(h, w, kLatentFactor);
+  if (!tiles) {
+    ++calls_;
+    return decoder(latents);
+  }
+  std::vector<Tensor> images;
+  std::vector<Window> px_tiles;
+  for (const auto& t : *tiles) {
+    ++calls_;
+    images.push_back(decoder(crop_hw(latents, t.y, t.x, t.h, t.w)));
+    const int f = kLatentFactor;
+    px_tiles.push_back({t.y * f, t.x * f, t.h * f, t.w * f});
+  }
+  return blend(images, {latents.shape[0], images.front().shape.at(1), h * kLatentFactor, w * kLatentFactor}, px_tiles,
+               vae_overlap_);
+}
+
+std::vector<Window> Tiler::dit_windows(int h, int w) const {
+  if (!window_) return {Window{0, 0, h, w}};
+  return grid_windows(h, w, *window_, overlap_, kLatentFactor);
+}
+
+Tensor Tiler::dit(const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared, const DitCall& call) {
+  if (spatial.empty() || spatial.front().shape.size() != 4) throw Error("a windowed DiT call needs [B, C, h, w] latents");
+  const Tensor& ref = spatial.front();
+  const int64_t rows = ref.shape[0];
+  const int h = static_cast<int>(ref.shape[2]), w = static_cast<int>(ref.shape[3]);
+  const std::vector<Window> windows = dit_windows(h, w);
+  if (windows.size() == 1 && windows.front() == Window{0, 0, h, w}) {
+    ++calls_;
+    return call(spatial, shared);
+  }
+  // every window has the same size (grid_windows), so a chunk of them is one batched call
+  const size_t per_call =
+      max_batch_ ? static_cast<size_t>(std::max<int64_t>(1, *max_batch_ / rows)) : windows.size();
+  std::vector<Tensor> outs;
+  for (size_t start = 0; start < windows.size(); start += per_call) {
+    const size_t end = std::min(windows.size(), start + per_call), n = end - start;
+    std::vector<Tensor> feeds, rows_shared;
+    for (const auto& s : spatial) {
+      std::vector<Tensor> crops;
+      for (size_t k = start; k < end; ++k) crops.push_back(crop_hw(s, windows[k].y, windows[k].x, windows[k].h, windows[k].w));
+      feeds.push_back(concat0(crops));
+    }
+    for (const auto& s : shared) rows_shared.push_back(concat0(std::vector<Tensor>(n, s)));
+    ++calls_;
+    const Tensor out = call(feeds, rows_shared);
+    if (out.shape.empty() || out.shape[0] != rows * static_cast<int64_t>(n))
+      throw Error("a batched DiT call on " + std::to_string(n) + " windows of " + std::to_string(rows) +
+                  " row(s) returned " + shape_str(out.shape));
+    for (size_t k = 0; k < n; ++k) outs.push_back(out.slice0(k * rows, (k + 1) * rows));
+  }
+  return blend(outs, {ref.shape[0], ref.shape[1], h, w}, windows, overlap_ / kLatentFactor);
 }
 
 }  // namespace latentfuse

@@ -25,6 +25,9 @@ class Runner {
   virtual int min_side() const { return 16; }
   // Largest (height, width) the backend accepts, or {0, 0} for no limit beyond the manifest's.
   virtual std::pair<int, int> max_size() const { return {0, 0}; }
+  // Most rows one DiT call takes (a TensorRT profile's / an AOTInductor package's maximum batch), or 0
+  // for no limit; the pipeline's batched DiT windows are chunked to it (runtime.backends.base.max_batch_size).
+  virtual int max_batch() const { return 0; }
 };
 
 // Backends compiled into this build ("aoti" with libtorch, "tensorrt" with TensorRT + CUDA).

@@ -1,7 +1,8 @@
 // One fuse call end to end, as runtime/pipeline.py does it: read, enlarge by the working scale + pad
 // the pair, VAE-encode both, prompt -> embedding (bundle prompt cache, else tokenizer + text_encoder
-// graph), sampler over the flow DiT (or one regression call), VAE-decode, crop back, shrink; a pair
-// larger than the model's window runs in overlapping windows (tiling.hpp); per-stage wall times.
+// graph), sampler over the flow DiT (or one regression call), VAE-decode, crop back, shrink; per-stage
+// wall times. Any size runs (plan_windows, tiling.hpp): the VAE encodes and decodes each image once, in
+// tiles only over its size bound; the DiT runs in the model's window, the windows batched.
 #pragma once
 
 #include <filesystem>
@@ -12,9 +13,25 @@
 #include "latentfuse/backend.hpp"
 #include "latentfuse/bundle.hpp"
 #include "latentfuse/image.hpp"
+#include "latentfuse/tiling.hpp"
 #include "latentfuse/tokenizer.hpp"
 
 namespace latentfuse {
+
+// runtime/pipeline.py: MAX_SIDE, VAE_MAX_SIDE, MAX_DIT_BATCH, Pipeline.tile_overlap
+constexpr int kMaxSide = 1024;     // where a backend states no size limit: the largest side one DiT call takes
+constexpr int kVaeMaxSide = 768;   // the largest side one VAE call takes by default (--tile PX changes it)
+constexpr int kMaxDitBatch = 64;   // DiT windows per graph call (also capped by the backend's max batch)
+constexpr int kTileOverlap = 64;   // pixels shared by neighbouring DiT windows
+
+// (DiT window, VAE tile) in pixels for a padded height x width pair; nullopt where the whole image goes
+// through in one call (runtime.pipeline.Pipeline.plan_windows). `limit`: the backend's largest (H, W)
+// (nullopt: none stated, kMaxSide per side); `window`: the model's window (0: none); `tile`: an explicit
+// VAE tile side (--tile PX, at least 32), else kVaeMaxSide. Both are bounded by the limit.
+struct WindowPlan {
+  std::optional<Size2> dit, vae;
+};
+WindowPlan plan_windows(int height, int width, std::optional<Size2> limit, int window, std::optional<int> tile);
 
 struct FuseOptions {
   std::string task = "vif";
@@ -25,6 +42,7 @@ struct FuseOptions {
   std::optional<double> g;             // default: the manifest's for SDE samplers, 0 otherwise
   std::optional<std::string> prior;    // default: the manifest's (the flow DiT's training prior)
   uint64_t seed = 0;
+  std::optional<int> tile;             // --tile PX: the largest VAE tile side (default kVaeMaxSide)
 };
 
 // Milliseconds per stage (runtime/latency.py STAGES) plus the total of the call.
@@ -39,7 +57,11 @@ struct FuseResult {
   int nfe = 0;
   std::string sampler;
   StageTimes times;
-  int window_calls = 0;  // network calls made on windows (0: the pair ran whole)
+  // Windows and tiles (tiling.hpp): 0 / empty when the pair ran whole, without a Tiler
+  int window_calls = 0;   // network calls made through the Tiler (VAE and DiT)
+  int dit_windows = 0;    // DiT windows per sampler call (0: the whole latent in one)
+  int dit_batch = 0;      // most windows per DiT graph call
+  std::optional<Size2> dit_window, vae_tile;  // (H, W) px, as planned
 };
 
 class Pipeline {
@@ -47,6 +69,10 @@ class Pipeline {
   Pipeline(Bundle bundle, std::unique_ptr<Runner> runner);
 
   FuseResult fuse(const std::filesystem::path& a, const std::filesystem::path& b, const FuseOptions& options);
+
+  // The largest (H, W) one graph call takes: the runner's (an engine profile), else the bundle's
+  // verified maximum (manifest resolution.max_height / max_width), else nullopt (kMaxSide applies).
+  std::optional<Size2> max_image_size() const;
 
   // (embeds [1, L, d], mask [1, L], cache_hit) for a prompt.
   std::tuple<Tensor, Tensor, bool> encode_prompt(const std::string& prompt);

@@ -1,18 +1,38 @@
-// Tiled processing for a model that runs on windows (manifest latent.window): the twin of
-// runtime/backends/tiled.py. Every graph call on a large input becomes calls on overlapping windows,
-// blended with weights that ramp linearly over the overlap. The DiT is blended per call (the velocity at
-// every sampler step: MultiDiffusion's rule), so the windows agree on one latent trajectory.
+// Windows and tiles: the twin of runtime/backends/tiled.py (TiledBackend). The two kinds of work are
+// split differently:
+// * DiT (velocity / regression): the model's window (manifest latent.window) or a graph's size limit,
+//   in latent space. Every call cuts Z_t, Z_a, Z_b into overlapping latent windows, stacks them
+//   window-major along the batch and runs them through the graph as one batch (or chunks of at most
+//   max_batch rows), prompt embeddings / mask / t repeated per window, and blends the outputs with
+//   weights that ramp linearly over the overlap. The velocity is blended at every sampler call
+//   (MultiDiffusion's rule), so the windows agree on one latent trajectory.
+// * VAE: each image is encoded once and the result decoded once; only an image over the VAE tile bound
+//   is split, into tiles overlapping by vae_overlap, encoder tiles blended in latent space, decoder
+//   tiles in pixel space.
 #pragma once
 
 #include <functional>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "latentfuse/tensor.hpp"
 
 namespace latentfuse {
 
+// runtime/backends/tiled.py: LATENT_FACTOR, GRID, VAE_OVERLAP
 constexpr int kTileGrid = 16;      // pixels per DiT patch (8 x 2): window starts and sizes are multiples
 constexpr int kLatentFactor = 8;   // VAE downsampling
+constexpr int kVaeOverlap = 128;   // pixels shared by neighbouring VAE tiles (the VAE's receptive field)
+
+// (height, width) in pixels
+using Size2 = std::pair<int, int>;
+
+// A window (y, x, h, w) in the units of the tensor it cuts (pixels or latents).
+struct Window {
+  int y = 0, x = 0, h = 0, w = 0;
+  bool operator==(const Window& o) const { return y == o.y && x == o.x && h == o.h && w == o.w; }
+};
 
 // Start offsets of windows of `window` covering [0, size) with at least `overlap` shared, every start a
 // multiple of `step` and the last window flush with the end (runtime.backends.tiled.window_starts).
@@ -21,28 +41,59 @@ std::vector<int> window_starts(int size, int window, int overlap, int step);
 // 1-D feathering weights: a linear rise over `overlap` samples at both ends, 1 inside, never 0.
 std::vector<float> ramp(int n, int overlap);
 
+// Windows of at most `size` pixels over an h x w extent in units of 1/`factor` pixels (1: pixels,
+// 8: latents), overlapping by `overlap` pixels, starts on the 16-px grid (tiled.grid_windows).
+std::vector<Window> grid_windows(int h, int w, Size2 size, int overlap, int factor);
+
+// Weighted average of values[i] (outputs on windows[i]) into out_shape (tiled.blend): feathering
+// weights ramp(h, overlap) x ramp(w, overlap), normalised by their sum per element.
+Tensor blend(const std::vector<Tensor>& values, std::vector<int64_t> out_shape, const std::vector<Window>& windows,
+             int overlap);
+
 // Rows y..y+h, columns x..x+w of the last two axes of a float32 tensor (N-D, N >= 2), copied.
 Tensor crop_hw(const Tensor& t, int y, int x, int h, int w);
 
+// Tensors (float32 or int64, equal trailing shape) stacked along the leading axis (numpy.concatenate).
+Tensor concat0(const std::vector<Tensor>& parts);
+
 class Tiler {
  public:
-  // Windows of at most max_h x max_w pixels (rounded down to the grid) sharing `overlap` pixels
-  // (at most half a window, on the grid), as runtime.backends.tiled.TiledBackend picks them.
-  Tiler(int max_h, int max_w, int overlap = 64);
+  // DiT calls in batched windows of `window` (H, W) pixels, at most `max_batch` rows per call (nullopt:
+  // all windows in one), VAE calls split into tiles of `vae_tile` pixels only where an image exceeds it
+  // (nullopt: never). Sizes are rounded down to the 16-px grid (at least 32 px); overlaps (at least
+  // 16 px) are clamped to half a window / tile, on the grid (TiledBackend.__init__).
+  Tiler(std::optional<Size2> window, std::optional<Size2> vae_tile = std::nullopt, int overlap = 64,
+        int vae_overlap = kVaeOverlap, std::optional<int> max_batch = std::nullopt);
 
-  using Call = std::function<Tensor(const std::vector<Tensor>& windows)>;
-  // Runs `call` on the same window of every input and blends its outputs into one tensor. `in_unit` /
-  // `out_unit`: pixels per element of the inputs' / output's last two axes (1: images, 8: latents),
-  // so the VAE encoder is (1, 8), the DiT (8, 8) and the VAE decoder (8, 1).
-  Tensor run(const std::vector<Tensor>& inputs, int in_unit, int out_unit, const Call& call);
+  using VaeCall = std::function<Tensor(const Tensor& x)>;
+  // images [B, C, H, W] -> latents [B, z, H/8, W/8]: whole, or tiles blended in latent space
+  Tensor encode(const Tensor& images, const VaeCall& encoder);
+  // latents [B, z, h, w] -> images [B, C, 8h, 8w]: whole, or tiles blended in pixel space
+  Tensor decode(const Tensor& latents, const VaeCall& decoder);
 
-  int max_height() const { return max_h_; }
-  int max_width() const { return max_w_; }
+  // `call(spatial windows, shared rows)` on every window, batched, outputs blended (TiledBackend._dit).
+  // `spatial` tensors [B, C, h, w] (z_a, z_b, z_t) are cut into windows stacked window-major along the
+  // batch; `shared` tensors (prompt embeddings, mask, t: B rows each) are repeated once per window.
+  using DitCall = std::function<Tensor(const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared)>;
+  Tensor dit(const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared, const DitCall& call);
+
+  // The latent windows of an h x w latent (one window, the whole latent, when it fits).
+  std::vector<Window> dit_windows(int h, int w) const;
+  // Tiles (in units of 1/factor px) of an image over the VAE limit, nullopt when it fits.
+  std::optional<std::vector<Window>> vae_tiles(int h, int w, int factor) const;
+
+  const std::optional<Size2>& window() const { return window_; }
+  const std::optional<Size2>& vae_tile() const { return vae_tile_; }
   int overlap() const { return overlap_; }
-  int calls() const { return calls_; }  // network calls made on windows
+  int vae_overlap() const { return vae_overlap_; }
+  const std::optional<int>& max_batch() const { return max_batch_; }
+  int calls() const { return calls_; }  // network calls made (VAE and DiT)
 
  private:
-  int max_h_, max_w_, overlap_, calls_ = 0;
+  std::optional<Size2> window_, vae_tile_;
+  int overlap_ = 0, vae_overlap_ = 0;
+  std::optional<int> max_batch_;
+  int calls_ = 0;
 };
 
 }  // namespace latentfuse
