@@ -1,8 +1,10 @@
 """Image reading and writing shared by the data pipeline, the metrics CLI and the runtime.
 
-Arrays are float32 in [0, 1], shaped HxW (gray) or HxWx3 (RGB). PNG / JPEG / BMP go through Pillow,
-TIFF through tifffile (it handles 16-bit and float TIFFs that Pillow does not). Alpha channels are
-dropped. Writes are atomic (:func:`model.atomic.atomic_file`), at 8 or 16 bits per sample.
+Arrays are float32 in [0, 1], shaped HxW (gray) or HxWx3 (RGB). 8-bit PNG, JPEG and BMP go through
+Pillow; 16-bit PNG (gray, gray + alpha, RGB, RGBA) through imagecodecs' libpng codec, since Pillow reads
+and writes 16-bit PNG in gray only and truncates 16-bit RGB to 8 bits; TIFF through tifffile (it handles
+16-bit and float TIFFs that Pillow does not). Alpha channels are dropped. Writes are atomic
+(:func:`model.atomic.atomic_file`), at 8 or 16 bits per sample.
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             import tifffile
 
             raw = tifffile.imread(path)
-        elif _png_is_16bit_color(path):
-            raw = _read_png16_color(path)  # Pillow would truncate 16-bit RGB(A) PNGs to 8 bits
+        elif _png_is_16bit(path):
+            import imagecodecs
+
+            raw = imagecodecs.png_decode(path.read_bytes())  # HxW, HxWx2/3/4 uint16
         else:
             from PIL import Image
 
@@ -133,102 +137,24 @@ def write_image(path: str | os.PathLike, array: np.ndarray, bit_depth: int = 8) 
             from PIL import Image
 
             fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}[suffix]
-            if data.dtype == np.uint16:
-                if data.ndim == 3:  # Pillow writes 16-bit PNGs in gray only
-                    _write_png16_rgb(tmp, data)
-                    return path
-                img = Image.fromarray(data.astype(np.uint16))  # mode I;16
-            else:
-                img = Image.fromarray(data)
+            if data.dtype == np.uint16:  # only .png here (8-bit-only suffixes are refused above)
+                import imagecodecs
+
+                tmp.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(data)))
+                return path
+            img = Image.fromarray(data)
             options = {"quality": 95} if fmt == "JPEG" else {}
             img.save(tmp, format=fmt, **options)
     return path
 
 
-def _write_png16_rgb(path: Path, data: np.ndarray) -> None:
-    """Write a 16-bit RGB PNG (Pillow writes only 16-bit gray) with zlib and the PNG chunk format."""
-    import struct
-    import zlib
-
-    h, w, _ = data.shape
-    raw = np.ascontiguousarray(data.astype(">u2")).view(np.uint8).reshape(h, w * 6)
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), raw], axis=1)  # filter byte 0 per row
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
-
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16-bit, colour type 2 (RGB)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-    path.write_bytes(png + chunk(b"IEND", b""))
-
-
-def _png_is_16bit_color(path: Path) -> bool:
+def _png_is_16bit(path: Path) -> bool:
     if path.suffix.lower() != ".png":
         return False
     with open(path, "rb") as fh:
-        head = fh.read(29)
-    # signature (8) + IHDR length/tag (8) + width, height (8) + bit depth (1) + colour type (1)
-    return len(head) >= 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
-
-
-def _read_png16_color(path: Path) -> np.ndarray:
-    """Decode a non-interlaced 16-bit RGB / RGBA PNG (PNG spec section 9: per-row filters 0-4)."""
-    import struct
-    import zlib
-
-    data = path.read_bytes()
-    pos, idat, header = 8, [], None
-    while pos + 8 <= len(data):
-        length, tag = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if tag == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif tag == b"IDAT":
-            idat.append(body)
-        elif tag == b"IEND":
-            break
-        pos += 12 + length
-    if header is None or not idat:
-        raise LatentfuseError(f"cannot read image {path}: PNG without IHDR or IDAT chunks")
-    w, h, _, colour, _, _, interlace = header
-    if interlace:
-        raise LatentfuseError(f"cannot read image {path}: interlaced 16-bit colour PNG is not supported")
-    bpp = 6 if colour == 2 else 8
-    stride = w * bpp
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
-    if raw.size < h * (stride + 1):
-        raise LatentfuseError(f"cannot read image {path}: truncated PNG data")
-    rows = raw[: h * (stride + 1)].reshape(h, stride + 1)
-    out = np.zeros((h, stride), np.int32)
-    prev = np.zeros(stride, np.int32)
-    for y in range(h):
-        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
-        if kind == 0:
-            cur = line
-        elif kind == 1:  # Sub: running sum along pixels, per byte lane
-            cur = np.cumsum(line.reshape(w, bpp), axis=0).reshape(-1) & 0xFF
-        elif kind == 2:  # Up
-            cur = (line + prev) & 0xFF
-        elif kind in (3, 4):  # Average / Paeth depend on the reconstructed left pixel: walk the row
-            cur = line.copy()
-            for x in range(0, stride, bpp):
-                left = cur[x - bpp:x] if x else np.zeros(bpp, np.int32)
-                up = prev[x:x + bpp]
-                if kind == 3:
-                    pred = (left + up) >> 1
-                else:
-                    upleft = prev[x - bpp:x] if x else np.zeros(bpp, np.int32)
-                    p = left + up - upleft
-                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
-                    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
-                cur[x:x + bpp] = (cur[x:x + bpp] + pred) & 0xFF
-        else:
-            raise LatentfuseError(f"cannot read image {path}: bad PNG filter type {kind} in row {y}")
-        out[y] = cur
-        prev = cur
-    samples = out.astype(np.uint8).reshape(h, w * bpp // 2, 2)
-    values = (samples[..., 0].astype(np.uint16) << 8) | samples[..., 1]
-    return values.reshape(h, w, bpp // 2)
+        head = fh.read(25)
+    # signature (8) + IHDR length/tag (8) + width, height (8) + bit depth (1)
+    return len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -74,6 +74,31 @@ def test_16bit_rgb_png_keeps_16_bits_with_every_row_filter(tmp_path):
     np.testing.assert_array_equal(np.round(back.astype(np.float64) * 65535).astype(np.uint16), data)
 
 
+@pytest.mark.parametrize("channels,colour_type", [(1, 0), (3, 2)])
+def test_16bit_png_round_trip_is_exact_and_standard(tmp_path, channels, colour_type):
+    shape = (33, 47) if channels == 1 else (33, 47, 3)
+    data = np.random.default_rng(2).integers(0, 65536, shape).astype(np.uint16)
+    path = write_image(tmp_path / "x.png", data.astype(np.float64) / 65535, bit_depth=16)
+    head = path.read_bytes()[:26]
+    assert head[24] == 16 and head[25] == colour_type  # IHDR: 16 bits, gray / RGB
+    back = read_image(path)
+    np.testing.assert_array_equal(np.round(back.astype(np.float64) * 65535).astype(np.uint16), data)
+    if channels == 1:  # another decoder agrees (Pillow reads 16-bit gray PNG only)
+        with Image.open(path) as img:
+            np.testing.assert_array_equal(np.asarray(img).astype(np.uint16), data)
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_16bit_png_with_alpha_drops_alpha(tmp_path, channels):
+    import imagecodecs
+
+    data = np.random.default_rng(3).integers(0, 65536, (9, 11, channels)).astype(np.uint16)
+    (tmp_path / "a.png").write_bytes(imagecodecs.png_encode(data))
+    back = read_image(tmp_path / "a.png")
+    colour = data[..., 0] if channels == 2 else data[..., :3]
+    np.testing.assert_array_equal(np.round(back.astype(np.float64) * 65535).astype(np.uint16), colour)
+
+
 def test_missing_and_corrupt_files_name_the_path(tmp_path):
     with pytest.raises(LatentfuseError, match="not found.*nope.png"):
         read_image(tmp_path / "nope.png")
