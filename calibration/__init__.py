@@ -1,7 +1,7 @@
 """Calibration for FP16 deployment: which nodes of each graph must stay FP32, decided by measurement.
 
 TensorRT 11 builds only strongly typed networks, so an FP16 engine comes from a mixed-precision FP16
-ONNX graph (DESIGN.md "Export, precision and engines"). This package measures the FP32 graphs of a
+ONNX graph (docs/design.md "Precision"). This package measures the FP32 graphs of a
 bundle on a calibration set and writes the precision plan that :mod:`export.fp16` applies:
 
 ``dataset`` (degraded pairs of every task, sizes, aspect ratios, prompts) -> ``feeds`` (graph inputs

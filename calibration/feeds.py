@@ -1,9 +1,9 @@
 """Graph inputs from the calibration set, produced by the bundle's own FP32 graphs.
 
 Each graph is calibrated on the inputs it receives in deployment, so the upstream graphs produce them
-(DESIGN.md "Data flow"): the FP32 ``vae_encoder`` encodes the degraded pairs into ``z_a`` / ``z_b``, the
+(docs/design.md "Data flow"): the FP32 ``vae_encoder`` encodes the degraded pairs into ``z_a`` / ``z_b``, the
 FP32 ``text_encoder`` turns the prompts into ``prompt_embeds``; the flow DiT sees ``z_t = (1-t)·ε + t·z1``
-(t = 0 noise, t = 1 data, the convention of DESIGN.md "Flow matching") at the sample's stratified t, with
+(t = 0 noise, t = 1 data, the convention of docs/design.md "Samplers") at the sample's stratified t, with
 ``z1`` the mean of the source latents standing in for the fused latent; the decoder sees the source
 latents and their mean. Running ONNX Runtime on the bundle's graphs (not PyTorch) keeps calibration
 self-contained: a bundle is all it needs.

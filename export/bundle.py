@@ -1,7 +1,7 @@
 """The deployment bundle: graphs + tokenizer + prompt cache + ``manifest.json``, written atomically.
 
 A bundle is what ``latentfuse export --checkpoint DIR --out BUNDLE`` writes and what the Python runtime,
-the engine builder and the C++ host read (DESIGN.md "Deployment artefacts"). One export walks
+the engine builder and the C++ host read (docs/design.md "The manifest"). One export walks
 :mod:`export.graphs` (specs) -> :mod:`export.onnx` -> :mod:`export.verify` -> this module. Everything
 is written to a temporary sibling directory and renamed into place (:func:`model.atomic.atomic_dir`):
 an interrupted or failed export (including a failed verification) leaves no bundle behind.
@@ -314,7 +314,7 @@ def write_prompt_cache(text_encoder, prompts: dict[str, str], path: Path) -> Non
 
 def _convert_fp16(tmp: Path, results: dict, plan_path) -> None:
     """The single FP16 call site: each FP32 graph -> mixed-precision FP16 via export.fp16 and the
-    calibration precision plan (FP32 islands chosen from measured ranges, DESIGN.md)."""
+    calibration precision plan (FP32 islands chosen from measured ranges, docs/design.md "Precision")."""
     if plan_path is None:
         raise LatentfuseError("fp16 export needs calibration: run `latentfuse calibrate` on an fp32 bundle "
                               "and pass its precision plan with --plan PLAN")

@@ -4,7 +4,7 @@
   symbolic (``dim_param``) in the ONNX inputs and outputs. ``torch.export`` silently specialises a dim
   traced at size 1 or hit by a shape-dependent branch; this catches it.
 - :func:`find_data_dependent_shapes`: TensorRT needs every tensor shape to be computable from the input
-  shapes alone (DESIGN.md "MoE in the graph"). Flags ops whose output shape depends on tensor *values*
+  shapes alone (docs/design.md "MoE in the graph"). Flags ops whose output shape depends on tensor *values*
   (NonZero - what boolean-mask indexing and ``torch.nonzero`` lower to -, Compress, Unique,
   NonMaxSuppression), scatters with a reduction (scatter-add), and - by a taint analysis from the graph
   inputs, where ``Shape``/``Size`` cut the dependency - shape operands (Reshape's shape, Range's bounds,

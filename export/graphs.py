@@ -1,6 +1,6 @@
 """Graph specs: one object per deployed graph, the single source of truth for its ONNX interface.
 
-Following TensorRT demoDiffusion's per-model classes (STYLE.md), each deployed graph is a
+Following TensorRT demoDiffusion's per-model classes, each deployed graph is a
 :class:`GraphSpec` that knows its ONNX input/output names, dtypes and symbolic dims, the supported
 resolution range and the optimization-profile shapes (min/opt/max), how to build sample inputs at a
 given (batch, height, width, text length), and how to wrap the PyTorch module as a tensor-in /
@@ -8,7 +8,7 @@ tensor-out ``nn.Module`` for ``torch.onnx.export``. Export (:mod:`export.onnx`),
 (:mod:`export.verify`), the engine builder, the runtime and the manifest (:mod:`export.bundle`) all
 read these specs; no other module lists input names.
 
-The deployed graphs (DESIGN.md "Data flow")::
+The deployed graphs (docs/design.md "The four graphs")::
 
     vae_encoder     image [batch, 3, height, width] in [-1, 1]        -> latent [batch, z, height/8, width/8]
     vae_decoder     latent [batch, z, latent_height, latent_width]     -> image [batch, 3, height, width]

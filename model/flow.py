@@ -1,6 +1,6 @@
 """Flow-matching maths shared by training and sampling (MMAIF paper section 2 Eq. 1-2, section 3.4).
 
-Convention (DESIGN.md "Flow matching and the sampler"): t=0 is the prior p0, t=1 is the data.
+Convention (docs/design.md "Samplers"): t=0 is the prior p0, t=1 is the data.
 
     Z_t = (1 - t)·Z0 + t·Z1                        linear interpolant
     v   = Z1 - Z0                                  regression target of the flow loss (Eq. 2 / Eq. 11)
@@ -29,8 +29,8 @@ E[Z0 | Z_t=z] = z - t·v(z, t), hence
 
     ∇log p_t(z) = -(E[Z0 | z] - μ0) / ((1 - t)·σ0²) = (t·v + μ0 - z) / ((1 - t)·σ0²).
 
-With μ0=0, σ0=1 this is DESIGN.md's s = (t·v - z)/(1 - t) (the paper's printed Algorithm 1 line 12
-drops z and writes (1-t)² + t(1-t), which equals 1-t).
+With μ0=0, σ0=1 this is s = (t·v - z)/(1 - t), docs/design.md "Samplers" (the paper's printed
+Algorithm 1 line 12 drops z and writes (1-t)² + t(1-t), which equals 1-t).
 
 Everything here is plain arithmetic: it works unchanged on numpy arrays (runtime hosts) and torch
 tensors (training). torch is imported only where a torch generator is passed.

@@ -1,6 +1,6 @@
 """Per-stage latency of one fuse call, and the table the CLI prints after warm-up runs.
 
-The stages are the four deployed graphs (DESIGN.md "Data flow"): ``VAE-Enc`` (both sources in one
+The stages are the four deployed graphs (docs/design.md "Data flow"): ``VAE-Enc`` (both sources in one
 batch), ``T5`` (prompt encoding; a prompt-cache hit costs ~0), ``DiT`` (all NFE network calls of the
 sampler, with the sampler's host-side arithmetic), ``VAE-Dec``; plus ``total`` for the whole call
 including image padding and conversion. The table follows the layout public diffusion demos print

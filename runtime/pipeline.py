@@ -1,4 +1,4 @@
-"""One fuse call, end to end (DESIGN.md "Data flow"; MMAIF section 3.4.2, Algorithm 1).
+"""One fuse call, end to end (docs/design.md "Data flow"; MMAIF section 3.4.2, Algorithm 1).
 
     pipe = Pipeline.from_bundle("bundle/", backend="onnxruntime")      # or .from_checkpoint(dir)
     result = pipe("vis.png", "ir.png", task="vif", prompt="remove the haze")

@@ -26,17 +26,18 @@ dZ = (v + κ·σ0²·s) dt + σ0·sqrt(2κ) dW with the score s of the linear in
 (``model.flow.score_from_velocity``: s = (t·v + μ0 - Z) / ((1 - t)·σ0²)) and κ = g·sin²(π·t):
 
     midpoint*_sde    Z ← [deterministic step] + κ·σ0²·s(Z_mid, v_mid, t_mid)·Δ + σ0·sqrt(2κΔ)·ε,
-                     κ = g·sin²(π·t_mid)   (DESIGN.md: Z ← Z_mid + (v_mid + κ·s)·Δ + sqrt(2κΔ)·ε)
+                     κ = g·sin²(π·t_mid)   (Algorithm 1: Z ← Z_mid + (v_mid + κ·s)·Δ + sqrt(2κΔ)·ε)
     euler_sde        Z ← Z + h·v + κ·σ0²·s(Z, v, t1)·h + σ0·sqrt(2κh)·ε,  κ = g·sin²(π·t1)
                      (Euler–Maruyama over the whole step)
 
 so the midpoint family applies its Langevin correction over the second half-step only (as the paper
 does) while Euler–Maruyama applies it over the full step: for equal g, ``euler_sde`` injects twice the
-noise variance per unit time. For the Gaussian prior (μ0 = 0, σ0 = 1) this is DESIGN.md's formula;
-σ0² preconditions the Langevin term for source priors so g keeps its meaning in prior units (any
-constant preconditioner preserves the marginals). The score is only evaluated at t < 1
-(t1 ≤ 1 - 1/N, t_mid ≤ 1 - 1/(2N)), and sin²(π·t) → 0 as t → 1 tames its 1/(1 - t). When κ = 0
-(g = 0, or t1 = 0 for Euler) the step is the ODE step exactly and draws no noise.
+noise variance per unit time. For the Gaussian prior (μ0 = 0, σ0 = 1) this is Algorithm 1's formula
+(docs/design.md "Samplers"); σ0² preconditions the Langevin term for source priors so g keeps its
+meaning in prior units (any constant preconditioner preserves the marginals). The score is only
+evaluated at t < 1 (t1 ≤ 1 - 1/N, t_mid ≤ 1 - 1/(2N)), and sin²(π·t) → 0 as t → 1 tames its
+1/(1 - t). When κ = 0 (g = 0, or t1 = 0 for Euler) the step is the ODE step exactly and draws no
+noise.
 
 Noise (``runtime.noise``): the initial latent of the Gaussian or source prior uses stream 0
 (:func:`initial_latent`), the SDE noise ε of step k (0-based) uses stream k + 1, both with the same

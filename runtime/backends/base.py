@@ -1,6 +1,6 @@
 """The one small interface every inference backend implements.
 
-A backend runs the four deployed graphs (DESIGN.md "Data flow") and nothing else: padding, image
+A backend runs the four deployed graphs (docs/design.md "Data flow") and nothing else: padding, image
 I/O, the prompt cache, the noise and the sampler loop stay in :mod:`runtime.pipeline` and
 :mod:`runtime.samplers`, shared by every backend. Everything crosses this interface as host numpy
 arrays (float32, NCHW), so the seeded host-side noise (:mod:`runtime.noise`) and the sampler

@@ -2,7 +2,8 @@
 // by `latentfuse build-engines`), one CUDA stream, one device-memory scratch block shared by every
 // execution context (contexts created with kUSER_MANAGED allocation and given the largest engine's
 // requirement), inputs bound per call with setInputShape / setTensorAddress, run with enqueueV3.
-// Compiled only when CMake finds TensorRT and CUDA (DESIGN.md: not on the build / CI machines).
+// Compiled only when CMake finds TensorRT and CUDA, which the build / CI machines lack (docs/design.md
+// "Backends and hosts").
 #include <NvInfer.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
