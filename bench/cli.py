@@ -41,7 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--resolutions", type=_ints, default=(256, 512, 768, 1024), help="long sides in px (default 256,512,768,1024)")
     p.add_argument("--aspect", type=_names, default=("1:1",), help="aspect ratios W:H (default 1:1), e.g. 1:1,16:9")
     p.add_argument("--backends", type=_names, default=("torch",), help="torch,onnxruntime,tensorrt (default torch)")
-    p.add_argument("--precision", type=_names, default=("fp32",), help="fp32,fp16 (default fp32; fp16 needs CUDA for torch)")
+    p.add_argument("--precision", type=_names, default=("fp32",),
+                   help="fp32,fp16,int8 (default fp32; fp16 needs CUDA for torch; int8 is a Q/DQ bundle: "
+                        "onnxruntime / tensorrt, from --bundle-int8 or --export-bundle)")
     p.add_argument("--preset", type=_names, default=("tiny",),
                    help="model preset(s) of the latent pipelines and their pixel-space DiT twins, comma-separated "
                         "(tiny|paper, default tiny), e.g. tiny,paper: one interleaved sweep; NAFNet+DenseFuse has "
@@ -49,6 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, help="model directory for the latent pipelines instead of random preset weights")
     p.add_argument("--bundle", default=None, help="fp32 deployment bundle for --backends onnxruntime / tensorrt")
     p.add_argument("--bundle-fp16", default=None, help="fp16 deployment bundle for --precision fp16 on onnxruntime / tensorrt")
+    p.add_argument("--bundle-int8", default=None,
+                   help="int8 deployment bundle (latentfuse export --precision int8) for --precision int8 on "
+                        "onnxruntime / tensorrt")
     p.add_argument("--export-bundle", action="store_true",
                    help="without --bundle / --bundle-fp16, export the benchmarked model to OUT/bundle-<preset>-<precision> "
                         "for the onnxruntime / tensorrt backends (export.bundle)")
@@ -101,7 +106,7 @@ def _run(args) -> int:
         backends=tuple(check_backend_name(b) for b in args.backends),
         precisions=tuple(p.lower() for p in args.precision), presets=args.preset, repeat=args.repeat,
         warmup=args.warmup, device=args.device, checkpoint=args.checkpoint, bundle=args.bundle,
-        bundle_fp16=args.bundle_fp16, export_dir=args.out if args.export_bundle else None,
+        bundle_fp16=args.bundle_fp16, bundle_int8=args.bundle_int8, export_dir=args.out if args.export_bundle else None,
         memory_budget_gb=args.memory_budget_gb, pipelines=args.pipelines,
         flow_steps=args.flow_steps, euler_steps=args.euler_steps, pixel_patch=args.pixel_patch,
         threads=args.threads, analytic_only=args.analytic_only, progress=not args.no_progress,

@@ -42,7 +42,7 @@ from bench.memory import PeakMemory, available_bytes
 from bench.pipelines import BenchPipeline, Unavailable, latent_variants
 from model.errors import LatentfuseError
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")   # int8: an explicit Q/DQ bundle (export.quantize) on onnxruntime / tensorrt
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 WEIGHTS_NOTE = ("random weights: latency, FLOPs and memory depend on the architectures and sizes only, "
                 "not on trained values")
@@ -76,6 +76,7 @@ class SweepConfig:
     checkpoint: str | None = None           # model directory for the latent torch pipelines (else random preset)
     bundle: str | None = None               # fp32 deployment bundle for onnxruntime / tensorrt
     bundle_fp16: str | None = None          # fp16 deployment bundle
+    bundle_int8: str | None = None          # int8 deployment bundle (latentfuse export --precision int8)
     export_dir: str | None = None           # export the benchmarked model here when a bundle is needed and none given
     memory_budget_gb: float | None = None   # None: the device's memory (GPU total / host MemAvailable)
     pipelines: tuple[str, ...] | None = None  # restrict to these names
@@ -103,8 +104,9 @@ class SweepConfig:
         if self.checkpoint and len(self.presets) > 1:
             problems.append(f"--checkpoint gives one model; it cannot be combined with several presets "
                             f"({', '.join(self.presets)})")
-        if (self.bundle or self.bundle_fp16) and len(self.presets) > 1:
-            problems.append("--bundle / --bundle-fp16 hold one model; with several presets use --export-bundle")
+        if (self.bundle or self.bundle_fp16 or self.bundle_int8) and len(self.presets) > 1:
+            problems.append("--bundle / --bundle-fp16 / --bundle-int8 hold one model; with several presets use "
+                            "--export-bundle")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             problems.append(f"time budget must be > 0 s, got {self.time_budget_s}")
         if not self.resolutions or any(int(r) < 16 for r in self.resolutions):
@@ -198,13 +200,19 @@ def build_pipelines(cfg: SweepConfig, components, device: torch.device) -> list[
                 unavailable(latent, "latent", reason)
                 unavailable(pixel, "pixel", reason)
                 continue
+            if precision == "int8" and backend == "torch":
+                reason = ("int8 is an explicit Q/DQ deployment bundle (export.quantize): it runs on --backends "
+                          "onnxruntime / tensorrt; the torch backend has no int8 path")
+                unavailable(latent, "latent", reason)
+                unavailable(pixel, "pixel", reason)
+                continue
             if backend == "torch":
                 out += torch_latent_pipelines(components, precision, device, variants)
                 out += pixel_pipelines(components, precision, device, cfg.pixel_patch, cfg.flow_steps,
                                        names=tuple(n for n in pixel if wanted(n)))
                 continue
-            bundle = cfg.bundle_fp16 if precision == "fp16" else cfg.bundle
-            flag = "--bundle-fp16" if precision == "fp16" else "--bundle"
+            bundle = {"fp16": cfg.bundle_fp16, "int8": cfg.bundle_int8}.get(precision, cfg.bundle)
+            flag = {"fp16": "--bundle-fp16", "int8": "--bundle-int8"}.get(precision, "--bundle")
             if bundle is None and cfg.export_dir is not None:
                 try:
                     bundle = _exported_bundle(cfg, components, precision)

@@ -19,7 +19,8 @@ Layout::
      "graphs": {"<name>": {
          "kind": "vae_encoder|vae_decoder|text_encoder|dit", "head": "flow|regression" (dit only),
          "moe_dispatch": "dense|grouped" (dit only: the MoE form in the graph, model.moe),
-         "file": "<name>.onnx", "external_data": ["<name>.onnx.data"], "precision": "fp32|fp16",
+         "file": "<name>.onnx", "external_data": ["<name>.onnx.data"], "precision": "fp32|fp16|int8|fp8",
+         "quantization": {...} (int8 / fp8 graphs: export.quantize's plan, errors and ONNX Runtime kernels),
          "exporter": "dynamo|torchscript", "exporter_fallback_reason": "..." (torchscript only), "opset": N,
          "inputs":  [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}, ...],
          "outputs": [{"name": "latent", "dtype": "float32", "shape": ["batch", 16, "latent_height", "latent_width"]}],
@@ -37,7 +38,10 @@ Layout::
      "sampler": {"name": ..., "steps": 5, "g": g, "prior": "gaussian|source_a|source_b|source_mean",
                  "prior_sigma": s (source priors only)},       the prior the flow DiT was trained from
      "versions": {"latentfuse": ..., "torch": ..., "onnx": ..., "onnxruntime": ..., "opset": N},
-     "source_checkpoint": "<abs path>", "engines": {}}
+     "source_checkpoint": "<abs path>", "engines": {},
+     "quantization": {"precision": "int8|fp8", "level": ..., "graphs": [kinds], "modelopt": version,
+                      "calibration": {sources, pairs, samples, crop, seed, prompts, sampler, flow_timesteps,
+                                      feeds}}}                  int8 / fp8 bundles only (export.quantize)
 
 Symbolic dims: ``batch``, ``height``/``width`` (pixels, multiples of 16), ``latent_height`` =
 height/8, ``latent_width`` = width/8, ``text_length`` (tokens incl. EOS, <= ``text.max_length``).
@@ -69,7 +73,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "spiece.model"
 PROMPT_CACHE_NAME = "prompt_cache.safetensors"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+QUANTIZED = ("int8", "fp8")           # export.quantize: explicit Q/DQ graphs
 
 
 # ---------------------------------------------------------------------- hashes and manifest I/O
@@ -351,8 +356,12 @@ def _convert_fp16(tmp: Path, results: dict, plan_path) -> None:
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, heads: Sequence[str] | None = None,
                   precision: str = "fp32", opset: int | None = None, force: bool = False,
                   plan: str | os.PathLike | None = None, exporter: str = "auto", verify: bool = True,
-                  lint: bool = True, components=None, progress: bool = True, on_report=None) -> Path:
+                  lint: bool = True, components=None, progress: bool = True, on_report=None,
+                  quantization=None) -> Path:
     """Export a model directory (``FusionComponents``) to a verified deployment bundle at ``out``.
+
+    ``precision`` int8 / fp8: post-training quantization (:mod:`export.quantize`) of the graphs
+    ``quantization`` (an :class:`export.quantize.QuantOptions`, default: the DiTs) names.
 
     ``heads``: DiT heads to export (default: all the checkpoint has). ``components``: an already
     loaded model (``checkpoint`` is then only recorded). Verification failures raise, so a bundle
@@ -373,6 +382,17 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
     if precision == "fp16" and plan is None:
         # fail before the (slow) export rather than after it
         _convert_fp16(Path(out), {}, None)
+    if precision in QUANTIZED:
+        from export.quantize import MIN_OPSET, QuantOptions, require_modelopt
+
+        require_modelopt(precision)  # before any slow work
+        quantization = quantization or QuantOptions(precision=precision)
+        if quantization.precision != precision:
+            raise LatentfuseError(f"--precision {precision} but the quantization options say {quantization.precision}")
+        if opset < MIN_OPSET:
+            raise LatentfuseError(f"--precision {precision} needs --opset {MIN_OPSET} or newer, got {opset}")
+    elif quantization is not None:
+        raise LatentfuseError(f"quantization options are for --precision int8 / fp8, not {precision}")
     checkpoint = Path(checkpoint).resolve()
     out = Path(out)
     if components is None:
@@ -402,6 +422,12 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
         torch.set_num_threads(torch_threads)  # the exporters may change it
         if precision == "fp16":
             _convert_fp16(tmp, results, plan)
+        quantized = {}
+        if precision in QUANTIZED:
+            from export.quantize import modelopt_version, quantize_bundle_graphs
+
+            quantized = quantize_bundle_graphs(tmp, results, specs, components, quantization, opset=opset,
+                                               progress=progress)
 
         components.text_encoder.tokenizer.save(tmp / TOKENIZER_NAME)
         write_prompt_cache(components.text_encoder, prompts, tmp / PROMPT_CACHE_NAME)
@@ -419,8 +445,15 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
                           "export_seconds": round(result.seconds, 2)})
             if result.fallback_reason:
                 entry["exporter_fallback_reason"] = result.fallback_reason
+            if precision in QUANTIZED:
+                q = quantized["graphs"].get(name)
+                entry["precision"] = q["precision"] if q and q["policy"] == "quantized" else "fp32"
+                if q:
+                    entry["quantization"] = q
+                    if "moe_dispatch" in entry:
+                        entry["moe_dispatch"] = "dense"  # quantizers wrap the experts' Linear layers
             # keep the documented key order: kind, head, file, ... inputs, outputs, profile
-            graphs[name] = {k: entry[k] for k in ("kind", "head", "moe_dispatch", "file", "external_data", "precision", "exporter",
+            graphs[name] = {k: entry[k] for k in ("kind", "head", "moe_dispatch", "file", "external_data", "precision", "quantization", "exporter",
                                                   "exporter_fallback_reason", "opset", "inputs", "outputs",
                                                   "profile", "tolerance", "export_seconds") if k in entry}
         any_spec = next(iter(specs.values()))
@@ -439,6 +472,10 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
             "source_checkpoint": str(checkpoint),
             "engines": {},
         }
+        if precision in QUANTIZED:
+            manifest["quantization"] = {"precision": precision, "level": quantization.level,
+                                        "graphs": list(quantization.graphs), "modelopt": modelopt_version(),
+                                        "calibration": quantized["calibration"]}
         relpaths = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         record_files(tmp, manifest, relpaths)
         save_manifest(tmp, manifest)

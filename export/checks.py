@@ -10,7 +10,9 @@
   inputs, where ``Shape``/``Size`` cut the dependency - shape operands (Reshape's shape, Range's bounds,
   Expand/Tile/ConstantOfShape/Slice/Pad/Resize operands, TopK's K) that are computed from input values.
 - :func:`unsupported_trt_ops`: op types outside TensorRT's ONNX parser support matrix, which is kept as
-  data in ``export/trt_onnx_ops.json`` (transcribed from onnx-tensorrt ``docs/operators.md``).
+  data in ``export/trt_onnx_ops.json`` (transcribed from onnx-tensorrt ``docs/operators.md``), and
+  :func:`unsupported_trt_types`: nodes whose data input has a type outside the op's types in that table
+  (an FP8 or INT8 tensor where TensorRT takes floats), Q/DQ with a non-zero zero point.
 """
 
 from __future__ import annotations
@@ -231,8 +233,71 @@ def unsupported_trt_ops(model, table: dict | None = None) -> list[Finding]:
     return findings
 
 
+# ONNX element types -> the names of TensorRT's operator table (FP8 is FLOAT8E4M3FN only).
+TRT_TYPE_NAMES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 16: "BF16",
+                  17: "FP8", 21: "UINT4", 22: "INT4", 23: "FP4", 11: "DOUBLE", 4: "UINT16", 5: "INT16", 12: "UINT32",
+                  13: "UINT64", 18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2", 20: "FLOAT8E5M2FNUZ", 8: "STRING"}
+DATA_INPUT = {"Where": 1}     # the input whose type the table's "types" describe (default: the first)
+
+
+def tensor_types(model) -> dict[str, int]:
+    """Element type of every tensor of the main graph that ONNX type inference can tell."""
+    import onnx
+
+    model = _load(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - fall back to what the graph itself declares
+        inferred = model
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)
+             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+    types.update({i.name: i.data_type for i in g.initializer})
+    for node in g.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value":
+                    types[node.output[0]] = a.t.data_type
+    return types
+
+
+def unsupported_trt_types(model, table: dict | None = None) -> list[Finding]:
+    """Nodes whose data input has a type outside the op's ``types`` in TensorRT's table (e.g. an FP8
+    tensor into a MatMul, a FLOAT8E5M2 DequantizeLinear), and Q/DQ nodes with a non-zero zero point
+    (the table's restriction). Tensors whose type inference cannot tell are not judged."""
+    from onnx import numpy_helper
+
+    model = _load(model)
+    ops = (table or load_trt_ops())["operators"]
+    types = tensor_types(model)
+    consts = {i.name: i for i in model.graph.initializer if not i.external_data}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = node.attribute[0].t
+    findings = []
+    for index, node in enumerate(model.graph.node):
+        if node.domain not in DEFAULT_DOMAINS or node.op_type not in ops:
+            continue
+        allowed = ops[node.op_type].get("types")
+        i = DATA_INPUT.get(node.op_type, 0)
+        if allowed and i < len(node.input) and node.input[i] in types:
+            got = TRT_TYPE_NAMES.get(types[node.input[i]], str(types[node.input[i]]))
+            if got not in allowed:
+                findings.append(Finding(_node_label(node, index), node.op_type,
+                                        f"input type {got} is not one TensorRT takes ({', '.join(allowed)})"))
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in consts:
+            zp = consts[node.input[2]]
+            nonzero = (any(b != 0 for b in zp.raw_data) if zp.data_type in (17, 18, 19, 20, 21, 22, 23)
+                       else bool(numpy_helper.to_array(zp).any()))
+            if nonzero:
+                findings.append(Finding(_node_label(node, index), node.op_type, "zero point is not 0 (TensorRT "
+                                                                                "takes symmetric quantization only)"))
+    return findings
+
+
 def check_trt_ops(model, name: str = "graph") -> None:
     findings = unsupported_trt_ops(model)
+    findings += unsupported_trt_types(model) if not findings else []
     if findings:
         table = load_trt_ops()
         raise LatentfuseError(f"{name} uses ops TensorRT {table.get('tensorrt_version')} cannot parse: "

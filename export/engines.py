@@ -1,7 +1,9 @@
 """TensorRT engines for a deployment bundle: optimization profiles, the engine cache and the build.
 
-One engine per graph of the bundle, built from the bundle's (mixed-precision FP16) ONNX graph as a
-*strongly typed* network: TensorRT 11 removed ``BuilderFlag.FP16`` and weak typing, so tensor types come
+One engine per graph of the bundle, built from the bundle's (mixed-precision FP16, or INT8 / FP8 Q/DQ:
+:mod:`export.quantize`) ONNX graph as a *strongly typed* network (explicit quantization: the
+QuantizeLinear / DequantizeLinear pairs set where TensorRT runs INT8 / FP8, no calibrator - TensorRT 11
+has none; FP8 needs compute capability >= 8.9, :func:`check_precision_support`): TensorRT 11 removed ``BuilderFlag.FP16`` and weak typing, so tensor types come
 from the graph (see :mod:`export.fp16`); on TensorRT 10.x the ``STRONGLY_TYPED`` creation flag gives the
 same behaviour (it is deprecated and ignored on 11.x, where strong typing is always on; the
 ``EXPLICIT_BATCH`` flag is ignored on 10.x and gone on 11.x, so it is never passed). The calls follow
@@ -350,6 +352,40 @@ def gpu_identity() -> dict:
                               "TensorRT engines are built on the GPU that will run them") from None
 
 
+# Lowest compute capability whose tensor cores (and TensorRT kernels) run each quantized precision:
+# FP8 from Ada / Hopper (SM 8.9); INT8 on every GPU TensorRT 10 supports (Turing SM 7.5 and newer,
+# Jetson Orin SM 8.7 and Xavier SM 7.2 included).
+MIN_COMPUTE_CAPABILITY = {"fp8": (8, 9), "int8": (7, 2)}
+
+
+def _capability(gpu: Mapping | str) -> tuple[int, int] | None:
+    cap = gpu.get("compute_capability") if isinstance(gpu, Mapping) else None
+    try:
+        major, minor = (int(v) for v in str(cap).split(".", 1))
+    except (TypeError, ValueError):
+        return None
+    return major, minor
+
+
+def check_precision_support(precisions: Iterable[str], gpu: Mapping) -> None:
+    """Refuse a bundle precision the GPU cannot run, naming the GPU and what will work instead.
+
+    ``gpu``: ``{"name", "compute_capability"}`` as :func:`gpu_identity` returns (a device profile: no
+    GPU is needed to call this). FP8 needs compute capability >= 8.9 (Jetson AGX Orin is SM 8.7:
+    INT8 or FP16 there)."""
+    cap = _capability(gpu)
+    if cap is None:
+        return
+    name = gpu.get("name", "this GPU") if isinstance(gpu, Mapping) else str(gpu)
+    for precision in dict.fromkeys(precisions):
+        need = MIN_COMPUTE_CAPABILITY.get(precision)
+        if need is not None and cap < need:
+            works = [p for p, c in MIN_COMPUTE_CAPABILITY.items() if cap >= c] + ["fp16"]
+            raise LatentfuseError(
+                f"{precision} engines need compute capability >= {need[0]}.{need[1]}; {name} is SM {cap[0]}.{cap[1]}: "
+                f"export the bundle with --precision {' or '.join(works)} for it")
+
+
 def import_tensorrt():
     try:
         import tensorrt as trt
@@ -489,6 +525,7 @@ def build_bundle_engines(bundle: str | os.PathLike, overrides: Mapping[str, Mapp
     gpu = gpu_identity()
     trt_version = str(trt.__version__)
     jobs = plan_builds(bundle, overrides, graphs, trt_version=trt_version, gpu=gpu)
+    check_precision_support([job["precision"] for job in jobs], gpu)
     if timing_cache is None:
         timing_cache = bundle / ENGINE_DIR / "timing.cache"
     for job in tqdm(jobs, desc="TensorRT engines", disable=not progress):

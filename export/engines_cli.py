@@ -8,7 +8,7 @@ import argparse
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "build-engines",
-        help="build TensorRT engines (strongly typed, FP16 graphs) for a bundle",
+        help="build TensorRT engines (strongly typed: FP16, INT8 / FP8 Q/DQ graphs) for a bundle",
         description="Build one TensorRT engine per graph of a deployment bundle from its mixed-precision "
                     "ONNX graphs, with one optimization profile per graph covering the bundle's resolution "
                     "range. Engines are cached: a graph whose ONNX hash, profile, TensorRT version and GPU "
@@ -45,9 +45,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.workspace_gb is not None and args.workspace_gb <= 0:
         raise LatentfuseError(f"--workspace-gb must be positive, got {args.workspace_gb}")
     def warn(job):
-        if job["precision"] != "fp16":
-            print(f"note: {job['graph']} is an {job['precision']} graph: its engine runs in that precision "
-                  f"(export with --precision fp16 --plan PLAN for FP16 engines)", file=sys.stderr)
+        if job["precision"] == "fp32":
+            print(f"note: {job['graph']} is an fp32 graph: its engine runs in that precision "
+                  f"(export with --precision fp16 --plan PLAN, or int8 / fp8, for faster engines)", file=sys.stderr)
         if job["uncovered"]:
             sizes = ", ".join(f"{h}x{w}" for h, w in job["uncovered"][:4])
             print(f"warning: the {job['graph']} profile rejects image sizes the bundle supports: {sizes}"

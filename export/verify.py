@@ -80,15 +80,21 @@ class VerifyReport:
     parity: list[ParityRow] = field(default_factory=list)
     checks: list[CheckRow] = field(default_factory=list)
     parity_skipped: str | None = None
+    accuracy: list = field(default_factory=list)       # export.quantize.AccuracyRow (int8 / fp8 graphs)
+    fusion: list = field(default_factory=list)         # export.quantize.FusionRow
+    accuracy_skipped: str | None = None
 
     @property
     def ok(self) -> bool:
-        return all(r.passed for r in self.parity) and not any(c.status == "fail" for c in self.checks)
+        return (all(r.passed for r in self.parity) and not any(c.status == "fail" for c in self.checks)
+                and all(r.passed for r in self.accuracy))
 
     def failures(self) -> list[str]:
         out = [f"{r.graph} @ {r.shape.label} ({r.shape.describe()}): max_abs {r.max_abs:.3g} > bound {r.bound:.3g}"
                f"{' ' + r.note if r.note else ''}" for r in self.parity if not r.passed]
         out += [f"{c.graph}: {c.check}: {c.detail}" for c in self.checks if c.status == "fail"]
+        out += [f"{r.graph}: {r.precision} error against FP32 on calibration inputs {r.rel_rms:.3g} > bound {r.bound:.3g}"
+                for r in self.accuracy if not r.passed]
         return out
 
     def format(self) -> str:
@@ -105,6 +111,12 @@ class VerifyReport:
             lines.append(f"{'graph':<16}{'check':<22}status")
             for c in self.checks:
                 lines.append(f"{c.graph:<16}{c.check:<22}{c.status}{': ' + c.detail if c.detail else ''}")
+        if self.accuracy or self.fusion:
+            from export.quantize import format_accuracy
+
+            lines.append(format_accuracy(self.accuracy, self.fusion))
+        if self.accuracy_skipped:
+            lines.append(f"quantization accuracy skipped: {self.accuracy_skipped}")
         return "\n".join(lines)
 
 
@@ -212,7 +224,8 @@ def static_checks(path: str | os.PathLike, spec: GraphSpec, lint: bool = True) -
     def trt_ops():
         checks.check_trt_ops(path, name)
         table = checks.load_trt_ops()
-        return f"{len(checks.op_types(path))} op types, all in TensorRT {table.get('tensorrt_version')}'s table"
+        return (f"{len(checks.op_types(path))} op types, all in TensorRT {table.get('tensorrt_version')}'s table "
+                f"with their input types")
 
     rows = [
         _run_check(name, "onnx.checker (full)", checker),
@@ -244,9 +257,15 @@ def _checkpoint_for(manifest: dict, checkpoint) -> tuple[Path | None, str | None
 
 def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
                   components=None, shapes: Sequence[VerifyShape] = DEFAULT_SHAPES, lint: bool = True,
-                  verify_hashes: bool = True, progress: bool = True) -> VerifyReport:
+                  verify_hashes: bool = True, progress: bool = True, accuracy: bool = False,
+                  held_out: int = 0) -> VerifyReport:
     """Check every graph of a bundle; parity needs the PyTorch model (``components``, ``checkpoint``,
-    or the manifest's ``source_checkpoint``), the ONNX-only checks run regardless."""
+    or the manifest's ``source_checkpoint``), the ONNX-only checks run regardless.
+
+    ``accuracy`` (int8 / fp8 bundles, with the PyTorch model): each quantized graph's error against FP32
+    on its calibration inputs, re-recorded (:func:`export.quantize.graph_accuracy`); ``held_out`` > 0
+    adds, per task and head, the fused-image PSNR against the FP32 model and the Q^AB/F change on that
+    many held-out pairs per task (:func:`quantization_fusion_report`)."""
     from tqdm import tqdm
 
     from export.bundle import load_manifest
@@ -283,8 +302,65 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
         bar.set_postfix_str(name)
         path = root / entry["file"]
         report.checks.extend(static_checks(path, specs[name], lint=lint))
-        if name in torch_specs:
+        if entry.get("precision") in ("int8", "fp8"):
+            # A quantized graph's reference is ModelOpt's fake-quantized model, which exists at export only:
+            # its parity at these shapes was measured then; against FP32 it is measured on the calibration
+            # inputs (random inputs reach outside the calibrated ranges), see ``accuracy``.
+            report.checks.append(_recorded_quant_parity(name, entry))
+        elif name in torch_specs:
             spec = torch_specs[name]
             tol = FP16_TOLERANCE if entry.get("precision") == "fp16" else spec.tolerance
             report.parity.extend(parity(spec, spec.module(components), path, shapes, tolerance=tol))
+    quantized = any(e.get("precision") in ("int8", "fp8") for e in manifest["graphs"].values())
+    if accuracy and quantized:
+        if components is None:
+            report.accuracy_skipped = f"needs the PyTorch model: {report.parity_skipped}"
+        else:
+            from export.quantize import graph_accuracy
+
+            report.accuracy, _ = graph_accuracy(root, components, manifest=manifest, progress=progress)
+            if held_out > 0:
+                report.fusion = quantization_fusion_report(root, components, manifest, held_out, progress=progress)
     return report
+
+
+def _recorded_quant_parity(name: str, entry: dict) -> CheckRow:
+    record = (entry.get("quantization") or {}).get("parity_vs_fake_quant") or {}
+    rows = record.get("rows") or []
+    if not rows:
+        return CheckRow(name, "parity (fake quant)", "fail", "the manifest records no parity of this quantized graph "
+                                                             "against its fake-quantized model; re-export it")
+    worst = max(rows, key=lambda r: r["rel_rms"] if isinstance(r["rel_rms"], (int, float)) else float("inf"))
+    detail = (f"at export, ONNX Runtime vs ModelOpt's fake-quantized model at {len(rows)} shapes: rel RMS <= "
+              f"{worst['rel_rms']} ({worst['dims']}), bound {record.get('bound')}")
+    return CheckRow(name, "parity (fake quant)", "pass" if all(r.get("passed") for r in rows) else "fail", detail)
+
+
+def quantization_fusion_report(bundle_dir, components, manifest: dict, pairs_per_task: int, *,
+                               progress: bool = True) -> list:
+    """Per task and head: the quantized bundle on ONNX Runtime against the FP32 PyTorch model (what the
+    FP32 bundle computes, to its parity tolerance) on ``pairs_per_task`` held-out pairs per task: crops
+    of the calibration folders' pairs that calibration did not use (the shipped sample pairs when the
+    bundle was calibrated on them)."""
+    from calibration.pipeline_inputs import PairSource, draw_crops
+    from export.quantize import fusion_accuracy
+    from runtime.pipeline import Pipeline
+
+    prov = (manifest.get("quantization") or {}).get("calibration") or {}
+    used = {str(p).split("@", 1)[0] for p in prov.get("pairs", [])}
+    sources = []
+    for text in prov.get("sources", []):
+        task, _, path = str(text).partition("=")
+        if path and Path(path).is_dir():
+            sources.append(PairSource(task, Path(path)))
+    tasks = sorted({s.task for s in sources}) or ["vif", "mef", "mff"]
+    crop = int(prov.get("crop") or 128)
+    try:
+        pairs = draw_crops(sources or None, pairs_per_task * len(tasks), crop=crop, seed=int(prov.get("seed", 0)) + 1,
+                           exclude=used)
+    except LatentfuseError:   # every pair was used for calibration (the shipped samples): reuse, other crops
+        pairs = draw_crops(sources or None, pairs_per_task * len(tasks), crop=crop, seed=int(prov.get("seed", 0)) + 1)
+    heads = [e["head"] for e in manifest["graphs"].values() if e.get("kind") == "dit"]
+    reference = Pipeline.from_components(components, device="cpu")
+    candidate = Pipeline.from_bundle(bundle_dir, backend="onnxruntime")
+    return fusion_accuracy(reference, candidate, pairs, heads, progress=progress)
