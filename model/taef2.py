@@ -178,11 +178,24 @@ class TAEF2(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> normalised latents ``(raw - shift) · scale``."""
         self._check_images(images, -1.0, 1.0)
-        return (self.encoder(((images + 1.0) * 0.5).clamp(0.0, 1.0)) - self.shift_factor) * self.scaling_factor
+        return self.encode_graph(images)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> images in [-1, 1]."""
-        return self.decode01(latents / self.scaling_factor + self.shift_factor) * 2.0 - 1.0
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise LatentfuseError(f"TAEF2 expects latents shaped (B, {self.latent_channels}, h, w), got {shape}")
+        return self.decode_graph(latents)
+
+    def encode_graph(self, images: torch.Tensor) -> torch.Tensor:
+        """Unchecked :meth:`encode` (what a ``vae_encoder`` graph is exported from)."""
+        x = ((images + 1.0) * 0.5).clamp(0.0, 1.0).to(next(self.encoder.parameters()).dtype)
+        return (self.encoder(x) - self.shift_factor) * self.scaling_factor
+
+    def decode_graph(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unchecked :meth:`decode`, output clamped to [-1, 1]."""
+        raw = (latents / self.scaling_factor + self.shift_factor).to(next(self.decoder.parameters()).dtype)
+        return self.decoder(raw).clamp(0.0, 1.0) * 2.0 - 1.0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images))

@@ -1,0 +1,137 @@
+"""The pixel-space detail path: put the two sources' fine detail back into a decoded fused image.
+
+An f = 8 VAE smooths what is finer than its latent cells, and Q^AB/F scores exactly those edges: the
+VAE's round trip of a perfect fused image (the teacher label) loses a good part of its Q^AB/F. The
+sources still hold that detail at full resolution, so after decoding (and after the working scale's
+shrink back to the input size) the fused image F gets it back, on luminance, colour kept from F::
+
+    Y_s      luma of source s (A, B) and of F                     (BT.601, model.data.color)
+    base(Y)  gaussian(Y, sigma)                                   (the band the VAE keeps)
+    D_s      Y_s - base(Y_s);  D_F = Y_F - base(Y_F)              (the band the VAE loses; what F kept of it)
+    noise    n_s = median |HH(Y_s)| / 0.6745                      (Donoho's MAD estimate on the diagonal
+                                                                   Haar band: a source's noise level)
+    trust    t_s = e_s / (e_s + (k·n_s)²),  e_s = box(D_s², r)    (local Wiener gain: 1 where the detail is
+                                                                   well above the noise, small where it is
+                                                                   noise-level)
+    D_s'     t_s·D_s + (1 - t_s)·D_F                              (untrusted detail falls back to F's own)
+    select   per pixel the candidate of largest local energy box(D², r) among D_A', D_B' (and D_F when
+             ``fused_candidate``: F keeps its own detail where it is stronger than both sources', e.g. what
+             a model restored from blurred sources), as one-hot masks feathered by box(·, r): D = Σ w_i·D_i
+    Y_out    base(Y_F) + D_F + gain · (D - D_F)
+    F_out    YCbCr(Y_out, Cb_F, Cr_F) -> RGB, clipped to [0, 1]
+
+On clean sources (n_s small) the fused image gets the sources' detail in place of its own; on noisy
+sources it keeps its own detail where the sources' is noise-level, so the noise a model removed does not
+come back.
+
+Every step is a separable gaussian, a box mean or per-pixel arithmetic on whole arrays (the filters of
+:mod:`model.data.filters`, reflect borders), so the C++ host can run the same stage line for line. The
+parameters live in :class:`DetailConfig` (its defaults are a neutral starting point, not a measured
+choice): they depend on the VAE and its working scale and are chosen on training scenes only by
+``scripts/measure_real_ceilings.py tune`` (``docs/real-data-ceilings.md``), so a model should carry its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from model.data.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from model.data.filters import box_filter, gaussian
+from model.errors import LatentfuseError
+
+MAD_TO_SIGMA = 0.6745  # median |N(0, 1)|
+
+
+@dataclass(frozen=True)
+class DetailConfig:
+    """Parameters of :func:`restore_detail` (see the module docstring for each symbol)."""
+
+    sigma: float = 2.0             # base / detail split, in pixels of the image the stage runs on
+    radius: int = 2                # local-energy window of the trust and the selection (2r + 1 pixels)
+    fused_candidate: bool = True   # F's own detail competes in the selection
+    gain: float = 1.0              # detail strength
+    noise_k: float = 3.0           # noise gate in units of each source's noise estimate (0: off)
+
+    def __post_init__(self):
+        if not self.sigma > 0:
+            raise LatentfuseError(f"detail sigma must be positive, got {self.sigma}")
+        if int(self.radius) != self.radius or self.radius < 0:
+            raise LatentfuseError(f"detail radius must be a non-negative integer, got {self.radius}")
+        if self.gain < 0 or self.noise_k < 0:
+            raise LatentfuseError(f"detail gain and noise_k must be >= 0, got gain {self.gain}, noise_k {self.noise_k}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(image: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3)) or min(arr.shape[:2]) < 2:
+        raise LatentfuseError(f"detail path: {what} must be an HxW or HxWx3 image of at least 2x2, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise LatentfuseError(f"detail path: {what} must be float in [0, 1], got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return arr.astype(np.float64, copy=False)
+
+
+def noise_sigma(y: np.ndarray) -> float:
+    """Donoho's noise estimate of a gray image: median |HH| / 0.6745 on the diagonal Haar band."""
+    h, w = (y.shape[0] // 2) * 2, (y.shape[1] // 2) * 2
+    q = y[:h, :w]
+    hh = (q[0::2, 0::2] - q[0::2, 1::2] - q[1::2, 0::2] + q[1::2, 1::2]) * 0.5
+    return float(np.median(np.abs(hh)) / MAD_TO_SIGMA)
+
+
+def source_detail(y: np.ndarray, cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(base, detail, trust) of one source's luma; trust is the local Wiener gain (1 when ``noise_k`` is 0)."""
+    base = gaussian(y, cfg.sigma)
+    detail = y - base
+    if cfg.noise_k <= 0:
+        return base, detail, np.ones_like(detail)
+    floor = (cfg.noise_k * noise_sigma(y)) ** 2
+    energy = box_filter(detail * detail, cfg.radius)
+    return base, detail, energy / np.maximum(energy + floor, 1e-12)
+
+
+def select_detail(layers: list[np.ndarray], radius: int) -> np.ndarray:
+    """Per pixel the layer of largest local energy (box mean of D², ties to the first), the one-hot choice
+    maps feathered by a box mean of the same radius."""
+    stack = np.stack(layers)
+    energy = np.stack([box_filter(d * d, radius) for d in layers])
+    pick = energy.argmax(axis=0)
+    out = np.zeros(stack.shape[1:])
+    for i, d in enumerate(stack):
+        w = (pick == i).astype(np.float64)
+        out += (box_filter(w, radius) if radius > 0 else w) * d
+    return out
+
+
+def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: DetailConfig | None = None) -> np.ndarray:
+    """``fused`` with the high-frequency detail of sources ``a`` and ``b`` restored (module docstring).
+
+    All three are float images in [0, 1] of one size, HxW or HxWx3 (VIF: ``a`` visible, ``b`` infrared,
+    gray). Returns float32 of ``fused``'s shape.
+    """
+    cfg = config or DetailConfig()
+    f, a, b = _check(fused, "the fused image"), _check(a, "source A"), _check(b, "source B")
+    if not (f.shape[:2] == a.shape[:2] == b.shape[:2]):
+        raise LatentfuseError(f"detail path: sizes differ: fused {f.shape[:2]}, A {a.shape[:2]}, B {b.shape[:2]}")
+    yf = luma(f)
+    base_f = gaussian(yf, cfg.sigma)
+    detail_f = yf - base_f
+    details = []
+    for s in (a, b):
+        _, d, trust = source_detail(luma(s), cfg)
+        details.append(trust * d + (1.0 - trust) * detail_f)
+    if cfg.fused_candidate:
+        details.append(detail_f)
+    chosen = select_detail(details, int(cfg.radius))
+    y_out = np.clip(yf + cfg.gain * (chosen - detail_f), 0.0, 1.0)
+    if f.ndim == 2:
+        return y_out.astype(np.float32)
+    ycc = rgb_to_ycbcr(f)
+    ycc[..., 0] = y_out
+    return ycbcr_to_rgb(ycc).astype(np.float32)
