@@ -250,8 +250,15 @@ def _exported_bundle(cfg: SweepConfig, components, precision: str) -> str:
     key = (str(out), precision)
     if key not in _EXPORTED:
         if not (out / "manifest.json").is_file():
+            quantization = None
+            if precision == "int8":
+                from export.quantize import QuantOptions
+
+                # tuned for the backend it is timed on: TensorRT, else ONNX Runtime's CPU kernels
+                quantization = QuantOptions(precision="int8",
+                                            target="tensorrt" if "tensorrt" in cfg.backends else "onnxruntime")
             export_bundle(cfg.checkpoint or out, out, precision=precision, components=components,
-                          progress=cfg.progress, force=True)
+                          progress=cfg.progress, force=True, quantization=quantization)
         _EXPORTED[key] = str(out)
     return _EXPORTED[key]
 
@@ -344,8 +351,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
         budget = int(cfg.memory_budget_gb * 2 ** 30) if explicit else available_bytes(device)
         peaks = {}
         for precision in () if cfg.analytic_only else cfg.precisions:
-            if precision == "fp16" and device.type != "cuda":
-                continue
+            if (precision == "fp16" and device.type != "cuda") or precision == "int8":
+                continue  # int8: integer kernels have no float matmul peak to be a fraction of
             peaks[precision] = matmul_peak_flops(device, torch.float16 if precision == "fp16" else torch.float32,
                                                  n=cfg.peak_matmul_n)
 

@@ -70,7 +70,7 @@ class CalibrationCrop:
     """One crop of a pair: float32 [0, 1] images (HxW or HxWx3), where it came from, its prompt."""
 
     task: str
-    name: str                      # "<source>:<pair name>@y,x,h,w"
+    name: str                      # "<task>:<folder>/<pair name>@y,x,h,w" (or "samples/<task>/<name>@...")
     a: np.ndarray
     b: np.ndarray
     prompt: str
@@ -101,7 +101,7 @@ def _pairs_of(source: PairSource) -> list[tuple[str, object]]:
     found = discover_pairs(source.root, source.task)
     if not found.pairs:
         raise LatentfuseError(f"--calibration-data {source.describe()}: no {source.task} pairs found")
-    return [(f"{source.root.name}/{p.name}", p) for p in found.pairs]
+    return [(f"{source.task}:{source.root.name}/{p.name}", p) for p in found.pairs]
 
 
 def draw_crops(sources: Sequence[PairSource] | None, samples: int, *, crop: int, seed: int = 0,

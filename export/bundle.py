@@ -39,7 +39,8 @@ Layout::
                  "prior_sigma": s (source priors only)},       the prior the flow DiT was trained from
      "versions": {"latentfuse": ..., "torch": ..., "onnx": ..., "onnxruntime": ..., "opset": N},
      "source_checkpoint": "<abs path>", "engines": {},
-     "quantization": {"precision": "int8|fp8", "level": ..., "graphs": [kinds], "modelopt": version,
+     "quantization": {"precision": "int8|fp8", "level": ..., "target": "tensorrt|onnxruntime",
+                      "graphs": [kinds], "modelopt": version,
                       "calibration": {sources, pairs, samples, crop, seed, prompts, sampler, flow_timesteps,
                                       feeds}}}                  int8 / fp8 bundles only (export.quantize)
 
@@ -474,6 +475,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
         }
         if precision in QUANTIZED:
             manifest["quantization"] = {"precision": precision, "level": quantization.level,
+                                        "target": quantization.target,
                                         "graphs": list(quantization.graphs), "modelopt": modelopt_version(),
                                         "calibration": quantized["calibration"]}
         relpaths = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())

@@ -40,9 +40,13 @@ def register(subparsers) -> None:
     q.add_argument("--quant-graphs", default=None, metavar="KINDS",
                    help="graph kinds to quantize, comma-separated: dit, vae_decoder, vae_encoder (default dit: the "
                         "VAE measured slower in INT8 on ONNX Runtime's CPU provider)")
+    q.add_argument("--quant-target", choices=("tensorrt", "onnxruntime"), default=None,
+                   help="tensorrt (default): every chosen layer gets Q/DQ (TensorRT runs them all in INT8 / FP8); "
+                        "onnxruntime: layers ONNX Runtime's CPU provider would run dequantized (convolutions, 2-D "
+                        "Gemms) stay FP32, so the int8 graph is faster there")
     q.add_argument("--quant-tolerance", type=float, default=None, metavar="REL",
                    help="largest relative RMS error of a quantized graph's output against FP32 on the calibration "
-                        "inputs (default 0.05)")
+                        "inputs (default 0.03)")
     q.add_argument("--quant-layer-tolerance", type=float, default=None, metavar="REL",
                    help="a layer whose quantization alone costs more than this stays FP32 (default 0.02)")
     q.add_argument("--calibration-seed", type=int, default=0, help="seed of the calibration crops and noise")
@@ -120,6 +124,7 @@ def _quant_options(args: argparse.Namespace):
 
     given = [flag for flag, value in (("--calibration-data", args.calibration_data),
                                       ("--quant-level", args.quant_level), ("--quant-graphs", args.quant_graphs),
+                                      ("--quant-target", args.quant_target),
                                       ("--quant-tolerance", args.quant_tolerance),
                                       ("--quant-layer-tolerance", args.quant_layer_tolerance)) if value]
     if args.precision not in ("int8", "fp8"):
@@ -132,6 +137,6 @@ def _quant_options(args: argparse.Namespace):
     return QuantOptions(
         precision=args.precision, level=args.quant_level or DEFAULT_LEVEL, graphs=graphs,
         calibration_samples=args.calibration_samples, calibration_data=tuple(args.calibration_data),
-        seed=args.calibration_seed,
+        seed=args.calibration_seed, target=args.quant_target or "tensorrt",
         graph_tolerance=DEFAULT_GRAPH_TOLERANCE if args.quant_tolerance is None else args.quant_tolerance,
         layer_tolerance=DEFAULT_LAYER_TOLERANCE if args.quant_layer_tolerance is None else args.quant_layer_tolerance)

@@ -332,7 +332,10 @@ def _recorded_quant_parity(name: str, entry: dict) -> CheckRow:
                                                              "against its fake-quantized model; re-export it")
     worst = max(rows, key=lambda r: r["rel_rms"] if isinstance(r["rel_rms"], (int, float)) else float("inf"))
     detail = (f"at export, ONNX Runtime vs ModelOpt's fake-quantized model at {len(rows)} shapes: rel RMS <= "
-              f"{worst['rel_rms']} ({worst['dims']}), bound {record.get('bound')}")
+              f"{worst['rel_rms']} ({worst['dims']})")
+    if "onnxruntime_vs_fp32" in worst:
+        detail += (f"; vs FP32 {worst['onnxruntime_vs_fp32']} (fake quant {worst['fake_quant_vs_fp32']}); rule: "
+                   f"{record.get('rule', record.get('bound'))}")
     return CheckRow(name, "parity (fake quant)", "pass" if all(r.get("passed") for r in rows) else "fail", detail)
 
 

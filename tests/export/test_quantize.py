@@ -106,7 +106,7 @@ def test_int8_bundle_manifest(int8_bundle, fixture_pairs):
     calib = manifest["quantization"]["calibration"]
     assert manifest["quantization"]["precision"] == "int8"
     assert calib["sources"] == [f"vif={Path(fixture_pairs).resolve()}"] and calib["samples"] == 3
-    assert all(p.startswith(f"{Path(fixture_pairs).name}/") for p in calib["pairs"])
+    assert all(p.startswith(f"vif:{Path(fixture_pairs).name}/") for p in calib["pairs"])
     assert calib["flow_timesteps"] == [0.0, 0.2, 0.4, 0.6, 0.8]      # the default sampler's 5 steps
     assert calib["feeds"]["dit_flow"] == 5 * 3 and calib["feeds"]["dit_regression"] == 3
     assert int8_bundle["report"].ok
@@ -216,6 +216,24 @@ def test_qdq_nodes_where_the_plan_says_and_ort_matches_fake_quant(precision, tmp
 
 
 @requires_modelopt
+def test_onnxruntime_target_keeps_dequantized_layers_fp32(tmp_path):
+    from export.quantize import _keep_cpu_dequantized_fp32, choose_layers, export_quantized, ort_kernel_report
+
+    graph = _dit_graph("int8")
+    plan = choose_layers(graph, 1.0, 1.0)
+    first = export_quantized(graph, tmp_path, opset=20)
+    before = ort_kernel_report(first.path, plan.quantized)
+    assert before["dequantized_layers"] and before["integer_layers"]      # the NAF convolutions, 2-D Gemms
+    result = _keep_cpu_dequantized_fp32(graph, plan, first, tmp_path, 20, log=lambda s: None)
+    after = ort_kernel_report(result.path, plan.quantized)
+    assert not after["dequantized_layers"] and set(after["integer_layers"]) == set(plan.quantized)
+    dropped = plan.steps[-1]["excluded_for_target"]
+    assert set(before["dequantized_layers"]) <= set(dropped)   # (+ convolutions that fed them as QLinearConv)
+    for name in dropped:
+        assert name not in plan.quantized and "ONNX Runtime's CPU provider" in plan.excluded[name]
+
+
+@requires_modelopt
 def test_measured_exclusions_bring_the_graph_under_its_tolerance():
     from export.quantize import choose_layers
 
@@ -293,6 +311,8 @@ def test_quant_options_validate():
         QuantOptions(graph_tolerance=0.0)
     with pytest.raises(LatentfuseError, match="expected TASK=DIR"):
         QuantOptions(calibration_data=("datasets/vif",))
+    with pytest.raises(LatentfuseError, match="no FP8 kernels"):
+        QuantOptions(precision="fp8", target="onnxruntime")
 
 
 def test_layer_roles_follow_the_levels():
