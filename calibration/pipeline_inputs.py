@@ -30,7 +30,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from model.errors import LatentfuseError
-from runtime.backends.base import Backend
+from runtime.backends.base import Backend, WrappedBackend
 
 TASKS = ("vif", "mef", "mff")
 DEFAULT_CROP = 128           # input pixels per crop for a model without a window
@@ -156,15 +156,15 @@ def crop_side(components) -> int:
 
 
 # ------------------------------------------------------------------------------ recording
-class RecordingBackend(Backend):
+class RecordingBackend(WrappedBackend):
     """Forwards every call to ``inner`` and keeps a copy of its inputs, keyed by graph and input name
     (the names of :mod:`export.graphs`)."""
 
     name = "recording"
 
     def __init__(self, inner: Backend):
-        self.inner = inner
-        self.heads = tuple(inner.heads)
+        super().__init__(inner)
+        self.name = "recording"
         self.calls: dict[str, list[dict[str, np.ndarray]]] = {}
         self.prompts: list[str] = []
 
@@ -191,24 +191,6 @@ class RecordingBackend(Backend):
     def decode(self, latents):
         self._keep("vae_decoder", latent=np.asarray(latents, np.float32))
         return self.inner.decode(latents)
-
-    def synchronize(self) -> None:
-        self.inner.synchronize()
-
-    def max_image_size(self):
-        return self.inner.max_image_size()
-
-    def min_image_size(self):
-        return self.inner.min_image_size()
-
-    def work_scale(self) -> int:
-        return self.inner.work_scale()
-
-    def window(self) -> int:
-        return self.inner.window()
-
-    def sampler_defaults(self) -> dict:
-        return self.inner.sampler_defaults()
 
 
 @dataclass

@@ -128,7 +128,7 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
     import torch
     from tqdm import tqdm
 
-    from export.bundle import (FORMAT, FORMAT_VERSION, PROMPT_CACHE_NAME, TOKENIZER_NAME, sampler_section,
+    from export.bundle import (FORMAT, FORMAT_VERSION, PROMPT_CACHE_NAME, TOKENIZER_NAME, detail_section, sampler_section,
                                latent_section, record_files, save_manifest, write_prompt_cache)
     from export.graphs import graph_specs
     from model.atomic import atomic_dir
@@ -168,6 +168,7 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
             "source_checkpoint": str(checkpoint) if checkpoint else None,
             "engines": {},
             "aoti": table,
+            **detail_section(components),
         }
         record_files(tmp, manifest, sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()))
         save_manifest(tmp, manifest)

@@ -42,7 +42,9 @@ Layout::
      "quantization": {"precision": "int8|fp8", "level": ..., "target": "tensorrt|onnxruntime",
                       "graphs": [kinds], "modelopt": version,
                       "calibration": {sources, pairs, samples, crop, seed, prompts, sampler, flow_timesteps,
-                                      feeds}}}                  int8 / fp8 bundles only (export.quantize)
+                                      feeds}},                  int8 / fp8 bundles only (export.quantize)
+     "detail": {"clean": {sigma, radius, fused_candidate, gain, noise_k}, "safe": {...},
+                "clean_prompts": [...], "off_prefixes": [...]}}   models with a detail path only (model.detail)
 
 Symbolic dims: ``batch``, ``height``/``width`` (pixels, multiples of 16), ``latent_height`` =
 height/8, ``latent_width`` = width/8, ``text_length`` (tokens incl. EOS, <= ``text.max_length``).
@@ -51,7 +53,9 @@ are zero at padding, so a host may zero-pad them to any prompt length. ``work_sc
 working scale (``model.work_scale``): a host enlarges the pair k times (bicubic) before ``vae_encoder``
 and shrinks the decoded image back (k x k box means); the profiles are in enlarged pixels. ``window``
 w > 0: the model's networks run on at most w x w enlarged pixels, a larger pair in overlapping windows
-(``runtime.backends.tiled``); 0: whole images. ``engines`` is filled by the
+(``runtime.backends.tiled``); 0: whole images. ``detail``: after shrinking back, a host runs the pixel-space
+detail path (``model.detail.restore_detail``) with the parameters ``DetailSettings.mode_for(prompt)`` picks,
+before any gray conversion. ``engines`` is filled by the
 engine builder (its files are added to ``files``, see :func:`record_files`).
 """
 
@@ -292,6 +296,11 @@ def latent_section(components) -> dict:
             "work_scale": int(components.work_scale), "window": int(components.window)}
 
 
+def detail_section(components) -> dict:
+    """``{"detail": DetailSettings.to_dict()}`` for a model with a detail path (model.detail), else ``{}``."""
+    return {} if components.detail is None else {"detail": components.detail.to_dict()}
+
+
 def sampler_section(components) -> dict:
     """The manifest's ``sampler`` section: the runtime's defaults and the prior the flow DiT was trained from."""
     from runtime import samplers
@@ -473,6 +482,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
             "source_checkpoint": str(checkpoint),
             "engines": {},
         }
+        manifest.update(detail_section(components))
         if precision in QUANTIZED:
             manifest["quantization"] = {"precision": precision, "level": quantization.level,
                                         "target": quantization.target,

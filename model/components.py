@@ -1,7 +1,8 @@
 """The set of models one fusion pipeline needs, saved together as one *model directory*.
 
     <dir>/model_index.json      {"vae": "vae", "text_encoder": "text_encoder", "dit_flow": ..., ...,
-                                 "work_scale": k, "window": w}   (``model.work_scale``; 1 / 0 when absent)
+                                 "work_scale": k, "window": w,   (``model.work_scale``; 1 / 0 when absent)
+                                 "detail": {...}}                (``model.detail.DetailSettings``; optional)
     <dir>/vae/                  LatentVAE.save_pretrained (diffusers AutoencoderKL layout)
     <dir>/text_encoder/         PromptEncoder.save_pretrained (transformers T5 layout + spiece.model)
     <dir>/dit_flow/             MoEDiT.save_pretrained (flow head), optional
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from model.atomic import atomic_dir
+from model.detail import DetailSettings
 from model.errors import LatentfuseError
 from model.work_scale import check_window, check_work_scale
 
@@ -42,8 +44,10 @@ def read_index(directory: str | Path) -> dict:
     for key in ("vae", "text_encoder"):
         if key not in index:
             raise LatentfuseError(f"{index_path} lacks the {key!r} entry")
+    detail = index.get("detail")
     return {**index, "work_scale": check_work_scale(index.get("work_scale", 1), f"{index_path}: work_scale"),
-            "window": check_window(index.get("window", 0), f"{index_path}: window")}
+            "window": check_window(index.get("window", 0), f"{index_path}: window"),
+            "detail": None if detail is None else DetailSettings.from_dict(detail, f"{index_path}: detail")}
 
 
 @dataclass
@@ -53,6 +57,7 @@ class FusionComponents:
     dits: dict  # head name -> MoEDiT
     work_scale: int = 1  # the pair is enlarged k times before the VAE (model.work_scale)
     window: int = 0  # networks run on windows of at most this many enlarged pixels (0: whole images)
+    detail: DetailSettings | None = None  # the pixel-space detail path after decoding (model.detail)
 
     def __post_init__(self):
         self.work_scale = check_work_scale(self.work_scale)
@@ -95,7 +100,7 @@ class FusionComponents:
             raise LatentfuseError(f"{directory / INDEX_NAME} names no DiT (dit_flow / dit_regression)")
         vae = LatentVAE.from_pretrained(directory / index["vae"]).eval()
         text_encoder = PromptEncoder.from_pretrained(directory / index["text_encoder"]).eval()
-        return cls(vae, text_encoder, dits, work_scale, window)
+        return cls(vae, text_encoder, dits, work_scale, window, index["detail"])
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = True) -> Path:
         directory = Path(directory)
@@ -110,5 +115,7 @@ class FusionComponents:
                 index["work_scale"] = self.work_scale
             if self.window:
                 index["window"] = self.window
+            if self.detail is not None:
+                index["detail"] = self.detail.to_dict()
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return directory

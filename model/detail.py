@@ -33,6 +33,7 @@ choice): they depend on the VAE and its working scale and are chosen on training
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -135,3 +136,72 @@ def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: Deta
     ycc = rgb_to_ycbcr(f)
     ycc[..., 0] = y_out
     return ycbcr_to_rgb(ycc).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ per model and per prompt
+
+#: Which parameters run: ``clean`` for pairs known to be clean, ``safe`` for degraded ones, ``off`` none.
+DETAIL_MODES = ("clean", "safe", "off")
+#: Word prefixes of prompts whose degradation the stage copies back even with ``safe`` parameters
+#: (rain, snow, infrared stripes: docs/real-data-ceilings.md, per-degradation tables).
+OFF_PREFIXES = ("rain", "derain", "snow", "desnow", "strip", "destrip", "bands", "lines")
+
+
+@dataclass(frozen=True)
+class DetailSettings:
+    """A model's detail path: its two parameter sets and the rule that picks one per prompt.
+
+    Written as ``detail`` into ``model_index.json`` and the bundle manifest (:meth:`to_dict`); the C++ host
+    reads the same section and applies the same rule (:meth:`mode_for`)."""
+
+    clean: DetailConfig
+    safe: DetailConfig
+    clean_prompts: tuple[str, ...]  # normalised prompts that mean "nothing to restore": the canonical ones
+    off_prefixes: tuple[str, ...] = OFF_PREFIXES
+
+    @classmethod
+    def from_dict(cls, section: dict, where: str = "detail") -> "DetailSettings":
+        try:
+            return cls(clean=DetailConfig(**section["clean"]), safe=DetailConfig(**section["safe"]),
+                       clean_prompts=tuple(normalize_prompt(p) for p in section["clean_prompts"]),
+                       off_prefixes=tuple(section.get("off_prefixes", OFF_PREFIXES)))
+        except (KeyError, TypeError) as err:
+            raise LatentfuseError(f"{where}: needs 'clean' and 'safe' parameter sets ({', '.join(DetailConfig.__dataclass_fields__)}) "
+                                  f"and 'clean_prompts': {err}") from None
+
+    @classmethod
+    def for_configs(cls, clean: DetailConfig, safe: DetailConfig) -> "DetailSettings":
+        """Settings with the canonical task prompts as the clean ones."""
+        from model.data.prompts import CANONICAL_TASK_PROMPTS
+
+        return cls(clean, safe, tuple(normalize_prompt(p) for p in CANONICAL_TASK_PROMPTS.values()))
+
+    def to_dict(self) -> dict:
+        return {"clean": self.clean.as_dict(), "safe": self.safe.as_dict(), "clean_prompts": list(self.clean_prompts),
+                "off_prefixes": list(self.off_prefixes)}
+
+    def mode_for(self, prompt: str) -> str:
+        """``clean`` for a clean prompt, ``off`` for one with a word starting with an off prefix, else ``safe``."""
+        text = normalize_prompt(prompt)
+        if text in self.clean_prompts:
+            return "clean"
+        words = re.findall(r"[a-z]+", text)
+        return "off" if any(w.startswith(self.off_prefixes) for w in words) else "safe"
+
+    def config_for(self, prompt: str, mode: str | None = None) -> DetailConfig | None:
+        """The parameters to run for ``prompt`` (``mode``: ``auto``/None by :meth:`mode_for`, or forced), or None."""
+        mode = check_detail_mode(mode)
+        mode = self.mode_for(prompt) if mode == "auto" else mode
+        return None if mode == "off" else getattr(self, mode)
+
+
+def normalize_prompt(prompt: str) -> str:
+    """Lower case, single spaces: the form prompts are compared in."""
+    return " ".join(str(prompt).lower().split())
+
+
+def check_detail_mode(mode: str | None) -> str:
+    mode = "auto" if mode is None else str(mode)
+    if mode not in ("auto",) + DETAIL_MODES:
+        raise LatentfuseError(f"unknown detail mode {mode!r}: choose auto, {', '.join(DETAIL_MODES)}")
+    return mode

@@ -55,6 +55,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads per graph (ONNX Runtime intra-op threads, torch.set_num_threads; "
                         "default: all cores)")
+    p.add_argument("--detail", choices=("auto", "clean", "safe", "off"), default="auto",
+                   help="the model's detail path after decoding (the sources' fine detail put back): auto picks "
+                        "'clean' for the task's canonical prompt, 'off' for rain / snow / stripe prompts, else "
+                        "'safe' (default auto; models without one ignore it)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,6 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs before timing (default 1)")
     p.add_argument("--runs", type=int, default=3, help="timed runs for the latency table (default 3)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per graph (default: all cores)")
+    p.add_argument("--detail", choices=("auto", "clean", "safe", "off"), default="auto",
+                   help="the model's detail path after decoding (the sources' fine detail put back): auto picks "
+                        "'clean' for the task's canonical prompt, 'off' for rain / snow / stripe prompts, else "
+                        "'safe' (default auto; models without one ignore it)")
     p.set_defaults(func=run_demo)
 
 
@@ -136,7 +144,8 @@ def build_pipeline(args: argparse.Namespace):
 
 def _call_kwargs(args: argparse.Namespace) -> dict:
     return dict(task=args.task, prompt=args.prompt, mode=args.mode, sampler=args.sampler, steps=args.steps,
-                g=args.g, seed=args.seed, resize=args.resize, tile=args.tile, prior=args.prior)
+                g=args.g, seed=args.seed, resize=args.resize, tile=args.tile, prior=args.prior,
+                detail=args.detail)
 
 
 def _describe(result) -> str:
@@ -296,7 +305,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         pipe = Pipeline.from_bundle(cached_bundle(model_dir, args.backend), backend=args.backend, **options)
     print(f"backend: {pipe.backend.describe()}")
-    kwargs = dict(mode=args.mode, steps=args.steps, seed=args.seed)
+    kwargs = dict(mode=args.mode, steps=args.steps, seed=args.seed, detail=args.detail)
     jobs = [(task, pair) for task in TASKS for pair in sample_pairs(task)]
     for task, pair in tqdm(jobs, desc="demo", unit="pair"):
         a, b, name = _pair_paths(pair)

@@ -2,7 +2,8 @@
 
 The stages are the four deployed graphs (docs/design.md "Data flow"): ``VAE-Enc`` (both sources in one
 batch), ``T5`` (prompt encoding; a prompt-cache hit costs ~0), ``DiT`` (all NFE network calls of the
-sampler, with the sampler's host-side arithmetic), ``VAE-Dec``; plus ``total`` for the whole call
+sampler, with the sampler's host-side arithmetic), ``VAE-Dec``, ``Detail`` (the pixel-space detail path, ``model.detail``,
+on the host; 0 when it is off); plus ``total`` for the whole call
 including image padding and conversion. The table follows the layout public diffusion demos print
 (TensorRT demoDiffusion's ``print_summary``: one row per module, ``UNet x N`` style for the
 denoiser, then the pipeline total and images/s).
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-STAGES: tuple[str, ...] = ("VAE-Enc", "T5", "DiT", "VAE-Dec")
+STAGES: tuple[str, ...] = ("VAE-Enc", "T5", "DiT", "VAE-Dec", "Detail")
 
 
 @dataclass
@@ -126,7 +127,7 @@ def format_table(summaries: LatencySummary | Sequence[LatencySummary]) -> str:
     summaries = list(summaries)
     nfes = {s.nfe for s in summaries}
     dit_name = f"DiT x {nfes.pop()}" if len(nfes) == 1 else "DiT x NFE"
-    names = ["VAE-Enc", "T5", dit_name, "VAE-Dec"]
+    names = ["VAE-Enc", "T5", dit_name, "VAE-Dec", "Detail"]
     header = ["Module"] + [s.label or f"run {i + 1}" for i, s in enumerate(summaries)]
     body = []
     for name, stage in zip(names, STAGES):

@@ -17,8 +17,9 @@ RGB); a gray image (infrared) is repeated to 3 channels for the VAE; the pair mu
 minimum), and mapped to [-1, 1]. Any size runs (:meth:`Pipeline.plan_windows`,
 :mod:`runtime.backends.tiled`): the VAE encodes and decodes each image once, in tiles only over a
 graph's size limit; the DiT runs in the model's window (``model.work_scale``), batched.
-The result is cropped back, shrunk by k (k x k box means), clipped to [0, 1], and returned gray when
-both inputs were gray.
+The result is cropped back, shrunk by k (k x k box means), clipped to [0, 1], given the sources' fine
+detail back where the model has a detail path (``model.detail``: parameters chosen by the prompt, timed
+as the ``Detail`` stage), and returned gray when both inputs were gray.
 
 Prompts: the default is the task's canonical prompt (``model.data.prompts.CANONICAL_TASK_PROMPTS``).
 A bundle ships the embeddings of the canonical prompts (its prompt cache), so they cost no text
@@ -176,6 +177,7 @@ class Pipeline:
         self.tile_overlap = 64  # pixels shared by neighbouring DiT windows (runtime.backends.tiled)
         self.max_dit_batch = MAX_DIT_BATCH  # DiT windows per graph call (also capped by the backend's)
         self.vae_max_side = VAE_MAX_SIDE  # largest side of one VAE call unless ``tile`` says otherwise
+        self.detail = backend.detail_settings()  # the model's detail path after decoding, or None
         self.text_encoder_calls = 0
 
     # ------------------------------------------------------------------ construction
@@ -236,9 +238,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the call
     def prepare(self, a: Any, b: Any, resize: bool = False, tile: bool | int | None = None
-                ) -> tuple[np.ndarray, tuple[int, int], bool, Backend]:
-        """Read, check, enlarge, pad and scale the pair: ([2, 3, H', W'] in [-1, 1], original (H, W), both
-        gray, the backend to run: ``self.backend``, or a windowed / tiled view of it, :meth:`plan_windows`)."""
+                ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], bool, Backend]:
+        """Read, check, enlarge, pad and scale the pair: ([2, 3, H', W'] in [-1, 1], the two images as read
+        (float32 [0, 1], input size, HxW or HxWx3), both gray, the backend to run: ``self.backend``, or a
+        windowed / tiled view of it, :meth:`plan_windows`)."""
         img_a = load_image(a, f"image A ({a})" if isinstance(a, (str, os.PathLike)) else "image A")
         img_b = load_image(b, f"image B ({b})" if isinstance(b, (str, os.PathLike)) else "image B")
         img_a, img_b = match_pair(img_a, img_b, resize, names=(_label(a, "A"), _label(b, "B")))
@@ -255,7 +258,7 @@ class Pipeline:
             batch = self.max_dit_batch if cap is None else min(self.max_dit_batch, cap)
             backend = TiledBackend(self.backend, window, vae_tile, overlap=self.tile_overlap, max_batch=batch)
         padded = [pad_to_size(upscale(to_rgb(img), k), ph, pw) for img in (img_a, img_b)]
-        return to_model_range(padded), (h, w), gray, backend
+        return to_model_range(padded), (img_a, img_b), gray, backend
 
     def plan_windows(self, height: int, width: int, tile: Any = None) -> tuple[tuple[int, int] | None,
                                                                               tuple[int, int] | None]:
@@ -288,15 +291,21 @@ class Pipeline:
         resize: bool = False,
         prior: str | None = None,
         tile: bool | int | None = None,
+        detail: str | None = None,
     ) -> FusionResult:
         """Fuse images ``a`` and ``b`` (paths or arrays) for ``task``; see the module docstring.
 
         ``tile``: the largest VAE tile side in working pixels (an int), overriding the automatic choice
         (whole images up to the backend's limit, :meth:`plan_windows`); ``True`` / ``None``: automatic.
+        ``detail``: the model's pixel-space detail path (``model.detail``): ``auto`` / None picks its
+        parameters from the prompt (``DetailSettings.mode_for``), ``clean`` / ``safe`` force a set, ``off``
+        skips it; a model without one runs none.
         """
         from model.data.tasks import check_task
+        from model.detail import check_detail_mode, restore_detail
 
         task = check_task(task)
+        detail_mode = check_detail_mode(detail)
         if mode not in MODES:
             raise LatentfuseError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         self.backend.require_head(mode)
@@ -316,7 +325,8 @@ class Pipeline:
         prompt = prompt if prompt is not None else self.default_prompt(task)
 
         timer = StageTimer(self.backend.synchronize)
-        images, size, gray, backend = self.prepare(a, b, resize, tile)
+        images, sources, gray, backend = self.prepare(a, b, resize, tile)
+        size = sources[0].shape[:2]
         with timer.stage("VAE-Enc"):
             latents = backend.encode_images(images)
         z_a, z_b = latents[:1], latents[1:2]
@@ -342,12 +352,17 @@ class Pipeline:
             decoded = backend.decode(np.asarray(result.latent, np.float32))
         k = self.work_scale
         image = downscale(from_model_range(decoded, (k * size[0], k * size[1])), k)
+        detail_cfg = self.detail.config_for(prompt, detail_mode) if self.detail is not None else None
+        if detail_cfg is not None:
+            with timer.stage("Detail"):
+                image = restore_detail(image, *sources, detail_cfg)
         if gray:
             image = to_gray(image)
         times = timer.finish(result.nfe, hit)
         return FusionResult(image=image, nfe=result.nfe, timings=times, task=task, prompt=prompt, mode=mode,
                             sampler=result.sampler, steps=steps, seed=seed,
                             info={"backend": self.backend.name, "size": size, "work_scale": k,
+                                  "detail": "off" if detail_cfg is None else detail_cfg.as_dict(),
                                   "tiled": backend is not self.backend,
                                   "g": g if samplers.get_sampler(sampler_name).stochastic else 0.0})
 

@@ -85,6 +85,10 @@ class Backend(abc.ABC):
         ``prior_sigma`` of its flow DiT, a bundle's sampler section); an explicit argument wins."""
         return {}
 
+    def detail_settings(self) -> "DetailSettings | None":
+        """The model's pixel-space detail path (``model.detail.DetailSettings``), or None: no such stage."""
+        return None
+
     def require_head(self, head: str) -> None:
         if head not in self.heads:
             raise LatentfuseError(
@@ -95,6 +99,59 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """One line naming the backend and where its weights come from (printed by the CLI)."""
         return self.name
+
+
+class WrappedBackend(Backend):
+    """A view of another backend (``inner``): every call goes through to it unless a subclass overrides
+    it (the tiled view, the calibration recorder). One home for the forwarding, so a method added to
+    :class:`Backend` reaches every view."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.name = inner.name
+        self.heads = tuple(inner.heads)
+
+    def encode_images(self, images):
+        return self.inner.encode_images(images)
+
+    def encode_prompts(self, prompts):
+        return self.inner.encode_prompts(prompts)
+
+    def velocity(self, z_t, t, z_a, z_b, embeds, mask):
+        return self.inner.velocity(z_t, t, z_a, z_b, embeds, mask)
+
+    def regress(self, z_a, z_b, embeds, mask):
+        return self.inner.regress(z_a, z_b, embeds, mask)
+
+    def decode(self, latents):
+        return self.inner.decode(latents)
+
+    def synchronize(self) -> None:
+        self.inner.synchronize()
+
+    def max_image_size(self):
+        return self.inner.max_image_size()
+
+    def max_batch_size(self):
+        return self.inner.max_batch_size()
+
+    def min_image_size(self):
+        return self.inner.min_image_size()
+
+    def work_scale(self) -> int:
+        return self.inner.work_scale()
+
+    def window(self) -> int:
+        return self.inner.window()
+
+    def sampler_defaults(self) -> dict:
+        return self.inner.sampler_defaults()
+
+    def detail_settings(self):
+        return self.inner.detail_settings()
+
+    def describe(self) -> str:
+        return self.inner.describe()
 
 
 def as_f32(x: np.ndarray, what: str) -> np.ndarray:

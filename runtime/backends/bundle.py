@@ -64,6 +64,13 @@ class RuntimeBundle(Bundle):
         value = (self.manifest.get("latent") or {}).get("window", 0)
         return check_window(value, f"{self.root}/manifest.json latent.window")
 
+    def detail_settings(self):
+        """The model's detail path (manifest ``detail``, ``model.detail.DetailSettings``); None when absent."""
+        from model.detail import DetailSettings
+
+        section = self.manifest.get("detail")
+        return None if section is None else DetailSettings.from_dict(section, f"{self.root}/manifest.json detail")
+
     # ------------------------------------------------------------------ engines
     def engine_paths(self, trt_version: str | None = None, gpu_name: str | None = None) -> dict[str, Path]:
         """Graph -> engine file, for the engines ``latentfuse build-engines`` recorded for this TensorRT
@@ -130,3 +137,6 @@ class BundleBackend(Backend):
 
     def sampler_defaults(self) -> dict:
         return self.bundle.sampler_defaults()
+
+    def detail_settings(self):
+        return self.bundle.detail_settings()

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from model.errors import LatentfuseError
-from runtime.backends.base import Backend
+from runtime.backends.base import Backend, WrappedBackend
 
 LATENT_FACTOR = 8    # VAE downsampling
 GRID = 16            # pixels per DiT patch (8 x 2): window starts and sizes are multiples of this
@@ -94,16 +94,14 @@ def _clamp_overlap(overlap: int, size: tuple[int, int] | None, what: str) -> int
     return min(int(overlap), limit) // GRID * GRID
 
 
-class TiledBackend(Backend):
+class TiledBackend(WrappedBackend):
     """``inner`` with DiT calls in batched windows of ``window`` (H, W) pixels, at most ``max_batch`` rows
     per call (``None``: all windows in one), and VAE calls split into tiles of ``vae_tile`` pixels only
     where an image exceeds it (``None``: never)."""
 
     def __init__(self, inner: Backend, window: tuple[int, int] | None, vae_tile: tuple[int, int] | None = None,
                  overlap: int = 64, vae_overlap: int = VAE_OVERLAP, max_batch: int | None = None):
-        self.inner = inner
-        self.name = inner.name
-        self.heads = inner.heads
+        super().__init__(inner)
         self.window_size = _grid_size(window, "a DiT window")
         self.vae_tile = _grid_size(vae_tile, "a VAE tile")
         self.overlap = _clamp_overlap(overlap, self.window_size, "window")
@@ -190,29 +188,8 @@ class TiledBackend(Backend):
                          {"z_a": z_a, "z_b": z_b}, {"embeds": embeds, "mask": mask})
 
     # ------------------------------------------------------------------ the rest: the inner backend's
-    def encode_prompts(self, prompts):
-        return self.inner.encode_prompts(prompts)
-
-    def synchronize(self) -> None:
-        self.inner.synchronize()
-
     def max_image_size(self):
         return None  # this view takes any size
-
-    def min_image_size(self):
-        return self.inner.min_image_size()
-
-    def max_batch_size(self):
-        return self.inner.max_batch_size()
-
-    def work_scale(self) -> int:
-        return self.inner.work_scale()
-
-    def window(self) -> int:
-        return self.inner.window()
-
-    def sampler_defaults(self) -> dict:
-        return self.inner.sampler_defaults()
 
     def describe(self) -> str:
         parts = [self.inner.describe()]

@@ -129,6 +129,9 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
 
+    def detail_settings(self):
+        return self.components.detail
+
     def work_scale(self) -> int:
         return self.components.work_scale
 

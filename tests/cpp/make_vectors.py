@@ -1,6 +1,6 @@
 """Write the vectors the C++ host's ctest suite checks itself against (runtime/cpp/tests).
 
-    .venv/bin/python tests/cpp/make_vectors.py        # rewrites tests/vectors/{samplers,tokenizer,padding,tiling}.json
+    .venv/bin/python tests/cpp/make_vectors.py        # rewrites tests/vectors/{samplers,tokenizer,padding,tiling,detail}.json
 
 Each file is produced by the Python runtime itself, so C++ is compared with the code it mirrors:
 
@@ -20,6 +20,13 @@ Each file is produced by the Python runtime itself, so C++ is compared with the 
   calls and the rows of every DiT call, so the vectors pin down the windows, their batching, the unit
   conversions and the blending, not only a shape; and :meth:`runtime.pipeline.Pipeline.plan_windows`
   (DiT window and VAE tile) for assorted sizes, limits, model windows and ``--tile`` values.
+* ``detail.json``: the detail path of :mod:`model.detail`: :func:`~model.detail.restore_detail` on small
+  deterministic images (7x9, 13x16, 24x20; RGB, gray and VIF-style RGB + gray sources, identical sources
+  for the argmax ties) under configs covering non-integer sigma, a gaussian wider than the image, radius
+  0, box windows wider than the image, ``fused_candidate`` both ways, ``noise_k`` 0 and > 0, gain != 1
+  and clipping; the filters it uses (:func:`model.data.filters.gaussian` / ``box_filter``), ``luma`` and
+  :func:`~model.detail.noise_sigma` (odd and even counts); and :class:`~model.detail.DetailSettings`
+  (``from_dict`` of a manifest section, ``mode_for`` and ``config_for`` on assorted prompts).
 
 ``tests/cpp/test_vectors.py`` fails when a committed file no longer matches what this script writes.
 """
@@ -230,9 +237,106 @@ def tiling_vectors() -> dict:
             "calls": calls, "plans": plan_vectors()}
 
 
+# the manifest section of the brief (DetailSettings.to_dict()), and one with odd spacing / case in a clean
+# prompt and without off_prefixes (the default list)
+DETAIL_SECTION = {
+    "clean": {"sigma": 8.0, "radius": 4, "fused_candidate": False, "gain": 1.0, "noise_k": 3.0},
+    "safe": {"sigma": 4.0, "radius": 4, "fused_candidate": True, "gain": 1.0, "noise_k": 3.0},
+    "clean_prompts": ["fuse the infrared and visible images", "fuse the multi-exposure images", "fuse the multi-focus images"],
+    "off_prefixes": ["rain", "derain", "snow", "desnow", "strip", "destrip", "bands", "lines"]}
+DETAIL_SECTION_DEFAULTS = {
+    "clean": {"sigma": 2.5, "radius": 1, "fused_candidate": False},
+    "safe": {"sigma": 1.5, "gain": 0.5, "noise_k": 0.0},
+    "clean_prompts": ["  Fuse   the INFRARED and\tvisible images ", "fuse the multi-focus images"]}
+DETAIL_PROMPTS = (
+    "fuse the infrared and visible images", "  Fuse  the Infrared AND visible   images\n", "fuse the multi-focus images.",
+    "fuse the multi-exposure images", "fuse the\u00a0multi-exposure\u2003images", "remove the grain", "derain the images", "destripe the infrared image",
+    "brighten the dark image", "Remove the RAIN, then fuse!", "remove snow-like noise", "remove the stripes",
+    "fuse the images with lines", "brainstorm a train of thought", "Rain123drops", "x-bands", "", "   ",
+    "deblur the visible image; brighten the dark infrared strips (x2)", "d\u00e9rain the caf\u00e9 images",
+)
+# restore_detail cases: (fused, a, b, config); images by name from detail_images()
+DETAIL_CASES = (
+    ("f13", "a13", "b13", dict(sigma=2.5, radius=2, fused_candidate=True, gain=1.0, noise_k=3.0)),     # MEF: RGB x3
+    ("f13", "a13", "b13g", dict(sigma=1.3, radius=1, fused_candidate=False, gain=1.0, noise_k=0.0)),   # VIF, gate off
+    ("f13", "a13", "b13g", dict(sigma=0.7, radius=0, fused_candidate=True, gain=0.6, noise_k=2.0)),    # radius 0
+    ("f7", "a7", "b7g", dict(sigma=4.0, radius=4, fused_candidate=True, gain=1.0, noise_k=3.0)),       # kernels > image
+    ("f7", "a7", "b7", dict(sigma=8.0, radius=4, fused_candidate=False, gain=1.0, noise_k=3.0)),       # clean, 7x9
+    ("f7g", "a7g", "b7g", dict(sigma=1.7, radius=2, fused_candidate=True, gain=1.7, noise_k=1.0)),     # all gray, clipping
+    ("f24", "a24", "b24g", dict(sigma=8.0, radius=4, fused_candidate=False, gain=1.0, noise_k=3.0)),   # the clean set
+    ("f24", "a24", "b24g", dict(sigma=4.0, radius=4, fused_candidate=True, gain=1.0, noise_k=3.0)),    # the safe set
+    ("f24", "n24", "b24g", dict(sigma=2.2, radius=3, fused_candidate=True, gain=1.25, noise_k=6.0)),   # noisy A
+    ("f24", "a24", "a24", dict(sigma=1.0, radius=1, fused_candidate=True, gain=1.0, noise_k=3.0)),     # A == B: ties
+    ("f24", "b24g", "b24g", dict(sigma=3.0, radius=2, fused_candidate=False, gain=2.5, noise_k=0.0)),  # ties, strong gain
+)
+
+
+def detail_images() -> dict[str, np.ndarray]:
+    """Small float32 images on a 1/256 grid (short exact decimals): a smooth scene, its two sources with
+    their own fine detail (A a texture, B edges) and a blurred fused image, as a VAE leaves it."""
+    from model.data.filters import gaussian
+
+    rng = np.random.default_rng(2024)
+    images = {}
+
+    def q(x):
+        return (np.round(np.clip(x, 0, 1) * 256).clip(0, 255) / 256).astype(np.float32)
+
+    for tag, (h, w) in (("7", (7, 9)), ("13", (13, 16)), ("24", (24, 20))):
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        scene = 0.35 + 0.3 * np.sin(3 * xx + 2 * yy)[..., None] * np.array([1.0, 0.8, 0.6])
+        # A's texture on the right, B's edges on the left: each source wins the selection somewhere
+        texture = (0.15 * np.sin(1.3 * np.arange(w))[None, :, None] * np.cos(0.9 * np.arange(h))[:, None, None]
+                   * (xx > 0.35)[..., None])
+        edges = 0.2 * (((xx + 0.7 * yy) % 0.4 > 0.2) & (xx < 0.6))[..., None]
+        a = scene + texture + 0.02 * rng.standard_normal((h, w, 3))
+        b = scene[..., ::-1] * 0.9 + edges + 0.02 * rng.standard_normal((h, w, 3))
+        f = gaussian(0.5 * (a + b), 1.5) + 0.01 * rng.standard_normal((h, w, 3))
+        images["a" + tag], images["b" + tag], images["f" + tag] = q(a), q(b), q(f)
+        images["b" + tag + "g"] = q(b.mean(-1))
+        images["a" + tag + "g"], images["f" + tag + "g"] = q(a.mean(-1)), q(f.mean(-1))
+    images["n24"] = q(images["a24"] + 0.08 * rng.standard_normal(images["a24"].shape))
+    images["odd6x10"] = q(rng.uniform(0, 1, (6, 10)))  # 3 x 5 Haar coefficients: an odd count for the median
+    images["tiny3x3"] = q(rng.uniform(0, 1, (3, 3)))   # one coefficient
+    used = {n for case in DETAIL_CASES for n in case[:3]} | {"odd6x10", "tiny3x3", "a7g", "f7g", "a13", "b13g"}
+    return {n: images[n] for n in sorted(used)}
+
+
+def detail_vectors() -> dict:
+    from model.data.color import luma
+    from model.data.filters import box_filter, gaussian
+    from model.detail import DetailConfig, DetailSettings, noise_sigma, restore_detail
+
+    images = detail_images()
+    cases = []
+    for fused, a, b, config in DETAIL_CASES:
+        out = restore_detail(images[fused], images[a], images[b], DetailConfig(**config))
+        assert out.dtype == np.float32 and out.shape == images[fused].shape
+        cases.append({"fused": fused, "a": a, "b": b, "config": config, "out": _short(out)})
+    y = luma(images["a7g"])
+    filters = ([{"kind": "gaussian", "image": "a7g", "sigma": s, "out": _short(gaussian(y, s))} for s in (0.7, 1.3, 3.3)] +
+               [{"kind": "box", "image": "a7g", "radius": r, "out": _short(box_filter(y, r))} for r in (0, 1, 2, 5)] +
+               [{"kind": "luma", "image": "a13", "out": _short(luma(images["a13"]))}])
+    noise = [{"image": n, "sigma": noise_sigma(luma(images[n]))} for n in images]
+    settings = []
+    for section in (DETAIL_SECTION, DETAIL_SECTION_DEFAULTS):
+        s = DetailSettings.from_dict(section)
+        prompts = []
+        for p in DETAIL_PROMPTS:
+            configs = {}
+            for mode in ("auto", "clean", "safe", "off"):
+                cfg = s.config_for(p, mode)
+                configs[mode] = None if cfg is None else ("clean" if cfg is s.clean else "safe")
+            prompts.append({"prompt": p, "mode": s.mode_for(p), "config_for": configs})
+        settings.append({"section": section, "parsed": s.to_dict(), "prompts": prompts})
+    return {"generator": "tests/cpp/make_vectors.py (model.detail, model.data.filters, model.data.color)",
+            "images": {n: {"shape": list(img.shape), "values": _floats(img)} for n, img in images.items()},
+            "cases": cases, "filters": filters, "noise_sigma": noise, "settings": settings}
+
+
 def all_vectors() -> dict[str, dict]:
     return {"samplers.json": sampler_vectors(), "tokenizer.json": tokenizer_vectors(),
-            "padding.json": padding_vectors(), "tiling.json": tiling_vectors()}
+            "padding.json": padding_vectors(), "tiling.json": tiling_vectors(), "detail.json": detail_vectors()}
 
 
 def dumps(obj, indent: str = "") -> str:

@@ -58,6 +58,7 @@ def components():
     import torch
 
     from model.components import FusionComponents
+    from model.detail import DetailConfig, DetailSettings
     from model.dit import MoEDiT
 
     comp = FusionComponents.from_preset("tiny", seed=0)
@@ -66,6 +67,9 @@ def components():
     for head, dit in list(comp.dits.items()):
         prior = {"prior": "source_mean", "prior_sigma": 0.4} if head == "flow" else {}
         comp.dits[head] = MoEDiT(dit.config.replace(depth=1, **prior)).eval()
+    # a detail path, so the host runs the stage and picks its parameters from the prompt as Python does
+    comp.detail = DetailSettings.for_configs(DetailConfig(sigma=3.0, radius=2, fused_candidate=False),
+                                             DetailConfig(sigma=1.5, radius=1))
     return comp
 
 
@@ -120,12 +124,14 @@ def test_flow_mode_matches_the_python_pipeline(components, bundle, pair, tmp_pat
     proc = _compare(components, bundle, pair, tmp_path, "flow", ["--steps", 3], steps=3)
     assert "NFE 3" in proc.stdout and "midpoint_reuse_sde" in proc.stdout
     assert "T5 (cache)" in proc.stdout  # the canonical vif prompt comes from the prompt cache
+    assert "detail clean" in proc.stdout
 
 
 def test_regression_mode_with_free_text_matches_the_python_pipeline(components, bundle, pair, tmp_path):
     prompt = "remove the haze   and the noise"
     proc = _compare(components, bundle, pair, tmp_path, "regression", ["--prompt", prompt], prompt=prompt)
     assert "NFE 1" in proc.stdout and "T5 (cache)" not in proc.stdout
+    assert "detail safe" in proc.stdout
 
 
 def _error(proc) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model.detail import DetailConfig, DetailSettings
 from model.errors import LatentfuseError, MissingDependencyError
 from runtime.backends import backend_names, check_backend_name, get_backend
 from runtime.backends.base import Backend
@@ -63,6 +64,10 @@ def test_every_backend_implements_the_interface():
 # ------------------------------------------------------------------ numerical parity (tiny preset, exported once)
 
 
+DETAIL = DetailSettings.for_configs(DetailConfig(sigma=3.0, radius=2, fused_candidate=False),
+                                    DetailConfig(sigma=1.5, radius=1))
+
+
 @pytest.fixture(scope="module")
 def model_and_bundle(tmp_path_factory):
     from model.components import FusionComponents
@@ -73,6 +78,7 @@ def model_and_bundle(tmp_path_factory):
     components.work_scale, components.window = 2, 64
     flow = components.dits["flow"]
     flow.config = flow.config.replace(prior="source_mean", prior_sigma=0.4)
+    components.detail = DETAIL  # the canonical prompt runs the detail path on every runtime
     model_dir = components.save_pretrained(root / "model")
     bundle = root / "bundle"
     _export(model_dir, bundle)
@@ -112,6 +118,7 @@ def test_torch_and_onnxruntime_give_the_same_image(pipelines, mode, sampler, ste
     assert ref.info["tiled"] and ort.info["tiled"]  # 106x150 once enlarged: run in 64 px windows
     assert ref.image.shape == ort.image.shape == (53, 75, 3)
     assert ref.nfe == ort.nfe == (steps or 1)
+    assert ref.info["detail"] == ort.info["detail"] == DETAIL.clean.as_dict()
     err = np.abs(ref.image - ort.image).max()
     assert err < 2e-3, f"torch vs onnxruntime max abs difference {err:.2e} (tolerance 2e-3)"
     # ... and the comparison is not vacuous: another seed moves the flow image far more than that
@@ -123,6 +130,14 @@ def test_torch_and_onnxruntime_give_the_same_image(pipelines, mode, sampler, ste
 def test_every_runtime_samples_from_the_prior_the_model_declares(pipelines):
     for name, pipe in pipelines.items():
         assert (pipe.defaults["prior"], pipe.defaults["prior_sigma"]) == ("source_mean", 0.4), name
+
+
+def test_every_runtime_reads_the_detail_path_the_model_declares(pipelines, model_and_bundle):
+    import json
+
+    for name, pipe in pipelines.items():
+        assert pipe.detail == DETAIL, name
+    assert json.loads((model_and_bundle[1] / "manifest.json").read_text())["detail"] == DETAIL.to_dict()
 
 
 def test_bundle_prompt_cache_serves_canonical_prompts_without_the_text_encoder(pipelines):

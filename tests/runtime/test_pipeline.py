@@ -79,7 +79,7 @@ def test_latency_table_has_every_stage_and_the_median():
     for name in ("VAE-Enc", "T5", "DiT x 5", "VAE-Dec", "Pipeline", "Images/s", "onnxruntime flow", "torch flow"):
         assert name in table
     assert "12.00 ms" in table and "45.00 ms" in table
-    assert set(STAGES) == {"VAE-Enc", "T5", "DiT", "VAE-Dec"}
+    assert set(STAGES) == {"VAE-Enc", "T5", "DiT", "VAE-Dec", "Detail"}
 
 
 def test_latency_table_marks_a_cached_prompt():
@@ -116,7 +116,7 @@ def test_odd_size_comes_back_at_its_own_size_with_nfe_equal_to_steps(pipe):
     assert result.image.shape == (53, 75, 3) and result.image.dtype == np.float32
     assert 0.0 <= result.image.min() and result.image.max() <= 1.0
     assert result.nfe == 3 and result.sampler == "midpoint_reuse"
-    assert set(result.timings.stages) == {"VAE-Enc", "T5", "DiT", "VAE-Dec"}
+    assert set(result.timings.stages) == set(STAGES)
     assert result.timings.total >= sum(result.timings.stages.values())
 
 
@@ -247,6 +247,9 @@ class _LocalBackend:
 
     def window(self):
         return self.size
+
+    def detail_settings(self):
+        return None
 
     def sampler_defaults(self):
         return {}

@@ -103,6 +103,7 @@ Bundle Bundle::open(const fs::path& root, bool verify_hashes) {
   } catch (const json::exception& err) {
     throw Error(path.string() + " is malformed: " + err.what());
   }
+  if (m.contains("detail") && !m["detail"].is_null()) b.detail_ = DetailSettings::from_json(m["detail"], path.string() + ": detail");
   return b;
 }
 

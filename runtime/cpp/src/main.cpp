@@ -2,10 +2,13 @@
 //
 //   latentfuse-host A B --task vif --bundle DIR [--backend aoti|tensorrt] [--mode flow|regression]
 //                   [--sampler NAME] [--steps N] [--g G] [--seed S] [--prompt TEXT] [--prior NAME]
-//                   [--bit-depth 8|16] [--tile [PX]] [--warmup N --runs M] [--no-verify] -o OUT
+//                   [--bit-depth 8|16] [--tile [PX]] [--detail auto|clean|safe|off] [--warmup N --runs M]
+//                   [--no-verify] -o OUT
 //
 // Any size runs: the VAE on whole images (tiles only over 768 px or --tile PX, within the bundle's
 // limit), the DiT in the model's window, the windows batched (runtime.pipeline.Pipeline.plan_windows).
+// The decoded image goes through the bundle's detail path (manifest "detail", model/detail.py) when it
+// has one: --detail picks the parameters (auto: by prompt).
 //
 // Errors are one line on stderr and exit status 2 (usage errors too), as the Python CLI does.
 #include <algorithm>
@@ -17,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "latentfuse/detail.hpp"
 #include "latentfuse/pipeline.hpp"
 #include "latentfuse/samplers.hpp"
 
@@ -28,9 +32,13 @@ const char* kUsage =
     "usage: latentfuse-host A B --task {vif,mef,mff} --bundle DIR -o OUT [--backend aoti|tensorrt]\n"
     "                       [--mode flow|regression] [--sampler NAME] [--steps N] [--g G] [--seed S]\n"
     "                       [--prompt TEXT] [--prior gaussian|source_a|source_b|source_mean]\n"
-    "                       [--bit-depth 8|16] [--tile [PX]] [--warmup N] [--runs M] [--no-verify]\n"
+    "                       [--bit-depth 8|16] [--tile [PX]] [--detail auto|clean|safe|off] [--warmup N]\n"
+    "                       [--runs M] [--no-verify]\n"
     "  --tile PX   run the VAE in tiles of at most PX working pixels per side, to bound memory (default:\n"
-    "              whole images up to 768 px, tiled only over that or the bundle's size limit)\n";
+    "              whole images up to 768 px, tiled only over that or the bundle's size limit)\n"
+    "  --detail M  the pixel-space detail path after the VAE decoder (bundles with a manifest 'detail'\n"
+    "              section; others have none): auto (default) picks by prompt (the canonical prompts:\n"
+    "              clean, prompts naming rain / snow / stripes: off, others: safe), or clean, safe, off\n";
 
 struct Args {
   std::vector<std::string> positional;
@@ -41,7 +49,7 @@ struct Args {
 Args parse(int argc, char** argv) {
   static const std::vector<std::string> valued = {"--task", "--bundle", "--backend", "--mode", "--sampler", "--steps",
                                                   "--g", "--seed", "--prompt", "--prior", "--bit-depth", "--warmup",
-                                                  "--runs", "-o", "--out", "--tile"};
+                                                  "--runs", "-o", "--out", "--tile", "--detail"};
   Args args;
   for (int k = 1; k < argc; ++k) {
     std::string a = argv[k];
@@ -124,6 +132,9 @@ int run(int argc, char** argv) {
     if (s < 0) throw Error("argument --seed: must be >= 0");
     o.seed = static_cast<uint64_t>(s);
   }
+  o.detail = opt("--detail").value_or("auto");
+  if (o.detail != "auto" && std::find(kDetailModes.begin(), kDetailModes.end(), o.detail) == kDetailModes.end())
+    throw Error("argument --detail: invalid choice '" + o.detail + "' (choose from auto, clean, safe, off)");
   if (opt("--tile") && !opt("--tile")->empty()) o.tile = static_cast<int>(to_int("--tile", *opt("--tile")));
   const int bits = static_cast<int>(to_int("--bit-depth", opt("--bit-depth").value_or("8")));
   const int warmup = static_cast<int>(to_int("--warmup", opt("--warmup").value_or("0")));
@@ -150,6 +161,8 @@ int run(int argc, char** argv) {
   if (result.vae_tile)
     std::cout << ", VAE tiled over " << result.vae_tile->second << "x" << result.vae_tile->first << " px";
   if (result.window_calls > 0) std::cout << ", " << result.window_calls << " network calls";
+  if (!result.detail.empty()) std::cout << ", detail " << result.detail;
+  else if (o.detail != "auto") std::cout << ", no detail path (the bundle has none)";
   std::cout << ")\n";
   std::cout << format_latency(timed, backend + " " + result.sampler);
   return 0;

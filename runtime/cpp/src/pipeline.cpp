@@ -6,6 +6,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "latentfuse/detail.hpp"
 #include "latentfuse/samplers.hpp"
 #include "latentfuse/tiling.hpp"
 
@@ -103,6 +104,14 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   double g = o.g.value_or(stochastic ? bundle_.default_g() : 0.0);  // < 0: the sampler default
   const std::string prompt = o.prompt.value_or(default_prompt(o.task));
   if (!canonical_task_prompts().count(o.task)) throw Error("unknown task '" + o.task + "': choose one of vif, mef, mff");
+  // the detail path (model.detail): the bundle's parameters for this prompt and mode, none when it has none
+  const std::string detail_mode = check_detail_mode(o.detail);
+  std::optional<DetailConfig> detail_cfg;
+  std::string detail_run;
+  if (const auto& settings = bundle_.detail()) {
+    detail_cfg = settings->config_for(prompt, detail_mode);
+    detail_run = detail_mode == "auto" ? settings->mode_for(prompt) : detail_mode;
+  }
 
   StageTimes times;
   const auto start = Clock::now();
@@ -179,10 +188,17 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   runner_->synchronize();
   times.vae_dec = ms_since(t0);
   Image image = downscale(from_model_range(decoded, k * h, k * w), k);
+
+  // ---- detail path on the input-size image, before the gray conversion; the sources as read (a gray
+  // source one channel, as runtime.pipeline.load_image's HxW)
+  t0 = Clock::now();
+  if (detail_cfg) image = restore_detail(image, img_a, img_b, *detail_cfg);
+  times.detail = ms_since(t0);
   if (gray) image = to_gray(image);
   times.total = ms_since(start);
   FuseResult out;
   out.image = std::move(image), out.nfe = result.nfe, out.sampler = result.sampler, out.times = times;
+  out.detail = detail_run;
   if (tiler) {
     out.window_calls = tiler->calls();
     out.dit_window = tiler->window(), out.vae_tile = tiler->vae_tile();
@@ -226,6 +242,7 @@ std::string format_latency(const std::vector<StageTimes>& runs, const std::strin
   row(runs.empty() || runs.front().cache_hit ? "T5 (cache)" : "T5", median(&StageTimes::t5));
   row("DiT x " + std::to_string(nfe), median(&StageTimes::dit));
   row("VAE-Dec", median(&StageTimes::vae_dec));
+  row("Detail", median(&StageTimes::detail));
   out << "|------------|--------------|\n";
   row("Pipeline", median(&StageTimes::total));
   out << "|------------|--------------|\n";

@@ -94,6 +94,33 @@ int main(int argc, char** argv) {
   write(root / "vae_encoder.pt2", "graph bytes");
   check::expect(error_of([&] { Bundle::open(root); }).empty(), "restored bundle opens");
 
+  // the optional detail section (model.detail.DetailSettings.to_dict()): absent -> none; parsed at open
+  check::expect(!b.detail().has_value(), "a bundle without a 'detail' section has no detail path");
+  json with_detail = m;
+  with_detail["detail"] = {
+      {"clean", {{"sigma", 8.0}, {"radius", 4}, {"fused_candidate", false}, {"gain", 1.0}, {"noise_k", 3.0}}},
+      {"safe", {{"sigma", 4.0}, {"radius", 4}, {"fused_candidate", true}, {"gain", 1.0}, {"noise_k", 3.0}}},
+      {"clean_prompts", {"fuse the infrared and visible images", "fuse the multi-exposure images", "fuse the multi-focus images"}},
+      {"off_prefixes", {"rain", "derain", "snow", "desnow", "strip", "destrip", "bands", "lines"}}};
+  write(root / "manifest.json", with_detail.dump(2));
+  const Bundle bd = Bundle::open(root);
+  check::expect(bd.detail() && bd.detail()->clean.sigma == 8.0 && !bd.detail()->clean.fused_candidate &&
+                    bd.detail()->safe.sigma == 4.0 && bd.detail()->mode_for("Fuse the infrared and visible images") == "clean" &&
+                    bd.detail()->mode_for("derain the images") == "off",
+                "the detail section is read");
+  check::expect(bd.detail() && bd.detail()->to_json() == with_detail["detail"], "the detail section round-trips");
+  with_detail["detail"]["safe"]["radius"] = -2;
+  write(root / "manifest.json", with_detail.dump(2));
+  err = error_of([&] { Bundle::open(root); });
+  check::expect(contains(err, "manifest.json: detail.safe.radius"), "a malformed detail section fails at open: " + err);
+  with_detail["detail"].erase("clean_prompts");
+  write(root / "manifest.json", with_detail.dump(2));
+  err = error_of([&] { Bundle::open(root); });
+  check::expect(contains(err, "manifest.json: detail") && contains(err, "clean_prompts"), "a detail section without clean_prompts: " + err);
+  with_detail["detail"] = nullptr;
+  write(root / "manifest.json", with_detail.dump(2));
+  check::expect(!Bundle::open(root).detail().has_value(), "\"detail\": null is no detail path");
+
   json bad = m;
   bad["format_version"] = 2;
   write(root / "manifest.json", bad.dump());

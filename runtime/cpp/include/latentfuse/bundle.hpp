@@ -5,10 +5,12 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "latentfuse/detail.hpp"
 #include "latentfuse/tensor.hpp"
 
 namespace latentfuse {
@@ -75,6 +77,11 @@ class Bundle {
   std::map<std::string, std::string> prompts() const;
   std::map<std::string, PromptEmbedding> prompt_cache_by_text() const;
 
+  // The model's detail path (manifest "detail", model.detail.DetailSettings.to_dict()): nullopt when the
+  // bundle has none (older bundles: no detail stage). Parsed and checked by open(), so a malformed section
+  // is an Error naming manifest.json and the field before any work.
+  const std::optional<DetailSettings>& detail() const { return detail_; }
+
   // Extra artefact tables ("aoti", "engines"): graph -> absolute file path.
   std::map<std::string, fs::path> artefacts(const std::string& table) const;
 
@@ -82,6 +89,7 @@ class Bundle {
   fs::path root_;
   json manifest_;
   std::map<std::string, GraphInfo> graphs_;
+  std::optional<DetailSettings> detail_;
 };
 
 // Collapse runs of whitespace and trim (Python: " ".join(prompt.split())).

@@ -1,7 +1,7 @@
 // One fuse call end to end, as runtime/pipeline.py does it: read, enlarge by the working scale + pad
 // the pair, VAE-encode both, prompt -> embedding (bundle prompt cache, else tokenizer + text_encoder
-// graph), sampler over the flow DiT (or one regression call), VAE-decode, crop back, shrink; per-stage
-// wall times. Any size runs (plan_windows, tiling.hpp): the VAE encodes and decodes each image once, in
+// graph), sampler over the flow DiT (or one regression call), VAE-decode, crop back, shrink, the
+// detail path (detail.hpp, when the bundle has one), gray when both inputs were; per-stage wall times. Any size runs (plan_windows, tiling.hpp): the VAE encodes and decodes each image once, in
 // tiles only over its size bound; the DiT runs in the model's window, the windows batched.
 #pragma once
 
@@ -43,11 +43,12 @@ struct FuseOptions {
   std::optional<std::string> prior;    // default: the manifest's (the flow DiT's training prior)
   uint64_t seed = 0;
   std::optional<int> tile;             // --tile PX: the largest VAE tile side (default kVaeMaxSide)
+  std::string detail = "auto";         // --detail auto|clean|safe|off (the bundle's DetailSettings; none: no stage)
 };
 
 // Milliseconds per stage (runtime/latency.py STAGES) plus the total of the call.
 struct StageTimes {
-  double vae_enc = 0, t5 = 0, dit = 0, vae_dec = 0, total = 0;
+  double vae_enc = 0, t5 = 0, dit = 0, vae_dec = 0, detail = 0, total = 0;
   int nfe = 0;
   bool cache_hit = false;
 };
@@ -56,6 +57,7 @@ struct FuseResult {
   Image image;
   int nfe = 0;
   std::string sampler;
+  std::string detail;  // the detail parameters run: "clean" | "safe" | "off"; "" when the bundle has no detail path
   StageTimes times;
   // Windows and tiles (tiling.hpp): 0 / empty when the pair ran whole, without a Tiler
   int window_calls = 0;   // network calls made through the Tiler (VAE and DiT)

@@ -1,0 +1,395 @@
+#include "latentfuse/detail.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+namespace latentfuse {
+
+namespace {
+
+using detail::Plane;
+using json = nlohmann::json;
+
+constexpr double kMadToSigma = 0.6745;  // model.detail.MAD_TO_SIGMA
+// model.data.color: full-range BT.601
+constexpr double kKr = 0.299, kKb = 0.114;
+const double kKg = 1.0 - kKr - kKb;
+
+const char* const kConfigFields[] = {"sigma", "radius", "fused_candidate", "gain", "noise_k"};
+
+std::string fmt(double x) {
+  std::ostringstream out;
+  out << x;
+  return out.str();
+}
+
+std::string join(const std::vector<std::string>& items, const std::string& sep) {
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : sep) + s;
+  return out;
+}
+
+Plane make_plane(int h, int w) { return Plane{h, w, std::vector<double>(static_cast<size_t>(h) * w, 0.0)}; }
+
+// scipy.ndimage.correlate1d with a symmetric kernel, as NI_Correlate1D computes it:
+// out = x[i] w[0] + sum_{j = r..1} (x[i - j] + x[i + j]) w[j]; along rows (axis 0) or columns (axis 1).
+Plane correlate_symmetric(const Plane& p, const std::vector<double>& w, int axis) {
+  const int r = static_cast<int>(w.size()) - 1;
+  Plane out = make_plane(p.height, p.width);
+  const int n = axis == 0 ? p.height : p.width, lines = axis == 0 ? p.width : p.height;
+  std::vector<double> line(n);
+  for (int l = 0; l < lines; ++l) {
+    for (int i = 0; i < n; ++i) line[i] = axis == 0 ? p.at(i, l) : p.at(l, i);
+    for (int i = 0; i < n; ++i) {
+      double acc = line[i] * w[0];
+      for (int j = r; j >= 1; --j)
+        acc += (line[detail::reflect_index(i - j, n)] + line[detail::reflect_index(i + j, n)]) * w[j];
+      (axis == 0 ? out.at(i, l) : out.at(l, i)) = acc;
+    }
+  }
+  return out;
+}
+
+// scipy.ndimage.uniform_filter1d (NI_UniformFilter1D): a running sum over the reflect-extended line,
+// each output the sum divided by the size.
+Plane uniform_1d(const Plane& p, int size, int axis) {
+  Plane out = make_plane(p.height, p.width);
+  const int n = axis == 0 ? p.height : p.width, lines = axis == 0 ? p.width : p.height;
+  const int before = size / 2;
+  std::vector<double> ext(static_cast<size_t>(n + size - 1));
+  for (int l = 0; l < lines; ++l) {
+    for (int k = 0; k < n + size - 1; ++k) {
+      const int i = detail::reflect_index(k - before, n);
+      ext[k] = axis == 0 ? p.at(i, l) : p.at(l, i);
+    }
+    double tmp = 0.0;
+    for (int k = 0; k < size; ++k) tmp += ext[k];
+    (axis == 0 ? out.at(0, l) : out.at(l, 0)) = tmp / size;
+    for (int k = 1; k < n; ++k) {
+      tmp += ext[k + size - 1] - ext[k - 1];
+      (axis == 0 ? out.at(k, l) : out.at(l, k)) = tmp / size;
+    }
+  }
+  return out;
+}
+
+void check_image(const Image& img, const std::string& what) {
+  if ((img.channels != 1 && img.channels != 3) || std::min(img.height, img.width) < 2 ||
+      img.px.size() != static_cast<size_t>(img.height) * img.width * img.channels)
+    throw Error("detail path: " + what + " must be an HxW or HxWx3 image of at least 2x2, got " +
+                std::to_string(img.height) + "x" + std::to_string(img.width) + "x" + std::to_string(img.channels));
+}
+
+// Python str.split() whitespace: ASCII \t\n\v\f\r, \x1c-\x1f, space, and the Unicode White_Space
+// characters (UTF-8); returns the byte length of the whitespace character at s[i], 0 if none.
+size_t whitespace_at(const std::string& s, size_t i) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  if (c == ' ' || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f)) return 1;
+  auto byte = [&](size_t k) { return k < s.size() ? static_cast<unsigned char>(s[k]) : 0; };
+  if (c == 0xc2 && (byte(i + 1) == 0x85 || byte(i + 1) == 0xa0)) return 2;  // U+0085, U+00A0
+  if (c == 0xe1 && byte(i + 1) == 0x9a && byte(i + 2) == 0x80) return 3;    // U+1680
+  if (c == 0xe2 && byte(i + 1) == 0x80) {
+    const unsigned char t = byte(i + 2);
+    if ((t >= 0x80 && t <= 0x8a) || t == 0xa8 || t == 0xa9 || t == 0xaf) return 3;  // U+2000-200A, 2028, 2029, 202F
+  }
+  if (c == 0xe2 && byte(i + 1) == 0x81 && byte(i + 2) == 0x9f) return 3;  // U+205F
+  if (c == 0xe3 && byte(i + 1) == 0x80 && byte(i + 2) == 0x80) return 3;  // U+3000
+  return 0;
+}
+
+std::vector<std::string> string_list(const json& value, const std::string& where) {
+  if (!value.is_array()) throw Error(where + " must be a list of strings, got " + value.dump());
+  std::vector<std::string> out;
+  for (const auto& item : value) {
+    if (!item.is_string()) throw Error(where + " must be a list of strings, got the item " + item.dump());
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------ configs
+
+void DetailConfig::validate(const std::string& where) const {
+  if (!(sigma > 0)) throw Error(where + ": detail sigma must be positive, got " + fmt(sigma));
+  if (radius < 0) throw Error(where + ": detail radius must be a non-negative integer, got " + std::to_string(radius));
+  if (!(gain >= 0) || !(noise_k >= 0))
+    throw Error(where + ": detail gain and noise_k must be >= 0, got gain " + fmt(gain) + ", noise_k " + fmt(noise_k));
+}
+
+DetailConfig DetailConfig::from_json(const json& section, const std::string& where) {
+  if (!section.is_object())
+    throw Error(where + " must be an object with the fields " + join({std::begin(kConfigFields), std::end(kConfigFields)}, ", ") +
+                ", got " + section.dump());
+  DetailConfig c;
+  for (const auto& [key, value] : section.items()) {
+    const std::string field = where + "." + key;
+    auto number = [&]() {
+      if (!value.is_number()) throw Error(field + " must be a number, got " + value.dump());
+      return value.get<double>();
+    };
+    if (key == "sigma") {
+      c.sigma = number();
+    } else if (key == "radius") {
+      const double r = number();
+      if (r != std::floor(r) || r < 0 || r > 1e6)
+        throw Error(field + " must be a non-negative integer, got " + value.dump());
+      c.radius = static_cast<int>(r);
+    } else if (key == "fused_candidate") {
+      if (!value.is_boolean()) throw Error(field + " must be true or false, got " + value.dump());
+      c.fused_candidate = value.get<bool>();
+    } else if (key == "gain") {
+      c.gain = number();
+    } else if (key == "noise_k") {
+      c.noise_k = number();
+    } else {
+      throw Error(where + " has an unknown field '" + key + "' (fields: " +
+                  join({std::begin(kConfigFields), std::end(kConfigFields)}, ", ") + ")");
+    }
+  }
+  c.validate(where);
+  return c;
+}
+
+json DetailConfig::to_json() const {
+  return {{"sigma", sigma}, {"radius", radius}, {"fused_candidate", fused_candidate}, {"gain", gain}, {"noise_k", noise_k}};
+}
+
+const std::vector<std::string> kDetailModes = {"clean", "safe", "off"};
+const std::vector<std::string> kDetailOffPrefixes = {"rain", "derain", "snow", "desnow", "strip", "destrip", "bands", "lines"};
+
+std::string check_detail_mode(const std::string& mode) {
+  if (mode != "auto" && std::find(kDetailModes.begin(), kDetailModes.end(), mode) == kDetailModes.end())
+    throw Error("unknown detail mode '" + mode + "': choose auto, " + join(kDetailModes, ", "));
+  return mode;
+}
+
+std::string normalize_detail_prompt(const std::string& prompt) {
+  std::string out, word;
+  for (size_t i = 0; i < prompt.size();) {
+    if (const size_t n = whitespace_at(prompt, i)) {
+      if (!word.empty()) out += (out.empty() ? "" : " ") + word, word.clear();
+      i += n;
+      continue;
+    }
+    const char c = prompt[i++];
+    word += (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+  }
+  if (!word.empty()) out += (out.empty() ? "" : " ") + word;
+  return out;
+}
+
+DetailSettings DetailSettings::from_json(const json& section, const std::string& where) {
+  if (!section.is_object() || !section.contains("clean") || !section.contains("safe") || !section.contains("clean_prompts"))
+    throw Error(where + ": needs 'clean' and 'safe' parameter sets (" +
+                join({std::begin(kConfigFields), std::end(kConfigFields)}, ", ") + ") and 'clean_prompts'" +
+                (section.is_object() ? "" : ", got " + section.dump()));
+  DetailSettings s;
+  s.clean = DetailConfig::from_json(section["clean"], where + ".clean");
+  s.safe = DetailConfig::from_json(section["safe"], where + ".safe");
+  for (const auto& p : string_list(section["clean_prompts"], where + ".clean_prompts"))
+    s.clean_prompts.push_back(normalize_detail_prompt(p));
+  if (section.contains("off_prefixes") && !section["off_prefixes"].is_null())
+    s.off_prefixes = string_list(section["off_prefixes"], where + ".off_prefixes");
+  return s;
+}
+
+json DetailSettings::to_json() const {
+  return {{"clean", clean.to_json()}, {"safe", safe.to_json()}, {"clean_prompts", clean_prompts}, {"off_prefixes", off_prefixes}};
+}
+
+std::string DetailSettings::mode_for(const std::string& prompt) const {
+  const std::string text = normalize_detail_prompt(prompt);
+  if (std::find(clean_prompts.begin(), clean_prompts.end(), text) != clean_prompts.end()) return "clean";
+  // re.findall(r"[a-z]+", text): maximal runs of a-z
+  for (size_t i = 0; i < text.size();) {
+    if (text[i] < 'a' || text[i] > 'z') {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < text.size() && text[j] >= 'a' && text[j] <= 'z') ++j;
+    const std::string word = text.substr(i, j - i);
+    for (const auto& prefix : off_prefixes)
+      if (word.compare(0, prefix.size(), prefix) == 0 && word.size() >= prefix.size()) return "off";
+    i = j;
+  }
+  return "safe";
+}
+
+std::optional<DetailConfig> DetailSettings::config_for(const std::string& prompt, const std::string& mode) const {
+  std::string m = check_detail_mode(mode);
+  if (m == "auto") m = mode_for(prompt);
+  if (m == "off") return std::nullopt;
+  return m == "clean" ? clean : safe;
+}
+
+// ------------------------------------------------------------------------------------------ filters
+
+namespace detail {
+
+int reflect_index(int i, int n) {
+  const int period = 2 * n;
+  int m = i % period;
+  if (m < 0) m += period;
+  return m < n ? m : period - 1 - m;
+}
+
+Plane luma(const Image& img) {
+  Plane out = make_plane(img.height, img.width);
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x) {
+      if (img.channels == 1) {
+        out.at(y, x) = img.at(y, x, 0);
+      } else {
+        const double r = img.at(y, x, 0), g = img.at(y, x, 1), b = img.at(y, x, 2);
+        out.at(y, x) = kKr * r + kKg * g + kKb * b;
+      }
+    }
+  return out;
+}
+
+Plane gaussian(const Plane& p, double sigma) {
+  if (sigma <= 0) return p;
+  // scipy.ndimage._gaussian_kernel1d: radius int(truncate * sigma + 0.5), exp(-0.5 / sigma^2 * x^2), normalised
+  const int r = static_cast<int>(4.0 * sigma + 0.5);
+  std::vector<double> phi(2 * static_cast<size_t>(r) + 1);
+  const double c = -0.5 / (sigma * sigma);
+  for (int x = -r; x <= r; ++x) phi[x + r] = std::exp(c * static_cast<double>(x * x));
+  // numpy's sum: pairwise, 8 accumulators for 8 or more elements (within an ulp otherwise)
+  double total = 0;
+  const size_t n = phi.size();
+  if (n < 8) {
+    for (double v : phi) total += v;
+  } else {
+    double acc[8];
+    for (int k = 0; k < 8; ++k) acc[k] = phi[k];
+    size_t i = 8;
+    for (; i + 8 <= n; i += 8)
+      for (int k = 0; k < 8; ++k) acc[k] += phi[i + k];
+    total = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; ++i) total += phi[i];
+  }
+  std::vector<double> half(static_cast<size_t>(r) + 1);  // w[j] for offset +-j
+  for (int j = 0; j <= r; ++j) half[j] = phi[r + j] / total;
+  return correlate_symmetric(correlate_symmetric(p, half, 0), half, 1);
+}
+
+Plane box_filter(const Plane& p, int radius) {
+  if (radius <= 0) return p;  // scipy skips axes of size 1
+  const int size = 2 * radius + 1;
+  return uniform_1d(uniform_1d(p, size, 0), size, 1);
+}
+
+double noise_sigma(const Plane& y) {
+  const int h = y.height / 2, w = y.width / 2;
+  std::vector<double> hh;
+  hh.reserve(static_cast<size_t>(h) * w);
+  for (int r = 0; r < h; ++r)
+    for (int c = 0; c < w; ++c)
+      hh.push_back(std::abs((y.at(2 * r, 2 * c) - y.at(2 * r, 2 * c + 1) - y.at(2 * r + 1, 2 * c) + y.at(2 * r + 1, 2 * c + 1)) * 0.5));
+  if (hh.empty()) return std::nan("");  // np.median of an empty array (an image under 2x2; _check refuses those)
+  const size_t n = hh.size(), mid = n / 2;
+  std::nth_element(hh.begin(), hh.begin() + static_cast<std::ptrdiff_t>(mid), hh.end());
+  double median = hh[mid];
+  if (n % 2 == 0) {
+    const double lower = *std::max_element(hh.begin(), hh.begin() + static_cast<std::ptrdiff_t>(mid));
+    median = (lower + median) / 2.0;
+  }
+  return median / kMadToSigma;
+}
+
+Plane select_detail(const std::vector<Plane>& layers, int radius) {
+  const Plane& first = layers.at(0);
+  const size_t n = first.v.size();
+  std::vector<Plane> energy;
+  for (const auto& d : layers) {
+    Plane sq = d;
+    for (auto& v : sq.v) v = v * v;
+    energy.push_back(box_filter(sq, radius));
+  }
+  std::vector<size_t> pick(n, 0);  // argmax, ties to the first
+  for (size_t k = 0; k < n; ++k)
+    for (size_t i = 1; i < layers.size(); ++i)
+      if (energy[i].v[k] > energy[pick[k]].v[k]) pick[k] = i;
+  Plane out = make_plane(first.height, first.width);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    Plane w = make_plane(first.height, first.width);
+    for (size_t k = 0; k < n; ++k) w.v[k] = pick[k] == i ? 1.0 : 0.0;
+    if (radius > 0) w = box_filter(w, radius);
+    for (size_t k = 0; k < n; ++k) out.v[k] += w.v[k] * layers[i].v[k];
+  }
+  return out;
+}
+
+}  // namespace detail
+
+// ------------------------------------------------------------------------------------------ the stage
+
+Image restore_detail(const Image& fused, const Image& a, const Image& b, const DetailConfig& cfg) {
+  cfg.validate("detail path");
+  check_image(fused, "the fused image");
+  check_image(a, "source A");
+  check_image(b, "source B");
+  if (fused.height != a.height || fused.width != a.width || fused.height != b.height || fused.width != b.width)
+    throw Error("detail path: sizes differ: fused (" + std::to_string(fused.height) + ", " + std::to_string(fused.width) +
+                "), A (" + std::to_string(a.height) + ", " + std::to_string(a.width) + "), B (" +
+                std::to_string(b.height) + ", " + std::to_string(b.width) + ")");
+  const Plane yf = detail::luma(fused);
+  const Plane base_f = detail::gaussian(yf, cfg.sigma);
+  Plane detail_f = yf;
+  for (size_t k = 0; k < yf.v.size(); ++k) detail_f.v[k] = yf.v[k] - base_f.v[k];
+
+  std::vector<Plane> details;
+  for (const Image* s : {&a, &b}) {
+    // source_detail: base, detail, trust (1 when noise_k is 0)
+    const Plane y = detail::luma(*s);
+    const Plane base = detail::gaussian(y, cfg.sigma);
+    Plane d = y;
+    for (size_t k = 0; k < y.v.size(); ++k) d.v[k] = y.v[k] - base.v[k];
+    Plane out = d;
+    if (cfg.noise_k > 0) {
+      const double noise = cfg.noise_k * detail::noise_sigma(y);
+      const double floor = noise * noise;
+      Plane sq = d;
+      for (auto& v : sq.v) v = v * v;
+      const Plane energy = detail::box_filter(sq, cfg.radius);
+      for (size_t k = 0; k < d.v.size(); ++k) {
+        const double trust = energy.v[k] / std::max(energy.v[k] + floor, 1e-12);
+        out.v[k] = trust * d.v[k] + (1.0 - trust) * detail_f.v[k];
+      }
+    } else {
+      for (size_t k = 0; k < d.v.size(); ++k) out.v[k] = 1.0 * d.v[k] + 0.0 * detail_f.v[k];
+    }
+    details.push_back(std::move(out));
+  }
+  if (cfg.fused_candidate) details.push_back(detail_f);
+  const Plane chosen = detail::select_detail(details, cfg.radius);
+
+  Image out{fused.height, fused.width, fused.channels, std::vector<float>(fused.px.size())};
+  for (int y = 0; y < fused.height; ++y)
+    for (int x = 0; x < fused.width; ++x) {
+      const size_t k = static_cast<size_t>(y) * fused.width + x;
+      const double y_out = std::clamp(yf.v[k] + cfg.gain * (chosen.v[k] - detail_f.v[k]), 0.0, 1.0);
+      if (fused.channels == 1) {
+        out.at(y, x, 0) = static_cast<float>(y_out);
+        continue;
+      }
+      // rgb_to_ycbcr(F) with Y replaced, then ycbcr_to_rgb, clipped
+      const double r = fused.at(y, x, 0), g = fused.at(y, x, 1), bl = fused.at(y, x, 2);
+      const double yy = kKr * r + kKg * g + kKb * bl;
+      const double cb = 0.5 + (bl - yy) / (2 * (1 - kKb)), cr = 0.5 + (r - yy) / (2 * (1 - kKr));
+      const double cb0 = cb - 0.5, cr0 = cr - 0.5;
+      const double ro = y_out + 2 * (1 - kKr) * cr0;
+      const double bo = y_out + 2 * (1 - kKb) * cb0;
+      const double go = (y_out - kKr * ro - kKb * bo) / kKg;
+      out.at(y, x, 0) = static_cast<float>(std::clamp(ro, 0.0, 1.0));
+      out.at(y, x, 1) = static_cast<float>(std::clamp(go, 0.0, 1.0));
+      out.at(y, x, 2) = static_cast<float>(std::clamp(bo, 0.0, 1.0));
+    }
+  return out;
+}
+
+}  // namespace latentfuse
