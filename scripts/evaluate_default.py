@@ -12,6 +12,8 @@ training), four fused images are scored:
         vae_label    the VAE round trip D(E(label)) of that label at the model's working scale: the
                      ceiling of any latent model with this VAE (a perfect DiT would predict E(label))
     (d) average      the plain average of the two degraded inputs
+    regression_raw   for a model with a detail path (``model.detail``): the regression DiT with the stage
+                     off, i.e. what the DiT itself gives
 
 and, per method, the share of samples on which its Q^AB/F beats the average's (a mean can hide a few
 pairs that decide it).
@@ -42,7 +44,7 @@ from model.errors import LatentfuseError  # noqa: E402
 from model.flow import describe_prior  # noqa: E402
 from model.work_scale import downscale, upscale  # noqa: E402
 
-METHODS = ("regression", "flow", "flow_sde", "teacher", "vae_label", "average")
+METHODS = ("regression", "regression_raw", "flow", "flow_sde", "teacher", "vae_label", "average")
 FLOW_SAMPLER, FLOW_STEPS = "midpoint_reuse", 5
 
 
@@ -77,23 +79,47 @@ def vae_round_trip(components, img: np.ndarray) -> np.ndarray:
 
 
 def fuse(pipe, head: str, a: np.ndarray, b: np.ndarray, task: str, prompt: str, seed: int = 0,
-         sampler: str = FLOW_SAMPLER) -> np.ndarray:
+         sampler: str = FLOW_SAMPLER, detail: str = "auto") -> np.ndarray:
     """Fuse two [0, 1] RGB images with ``head`` ("regression" or "flow", sampled by ``sampler`` in
     ``FLOW_STEPS`` steps) through ``pipe`` (:class:`runtime.pipeline.Pipeline`): the runtime's own
     working scale, windows, padding and noise. Returns [0, 1] RGB."""
     if head == "regression":
-        return pipe(a, b, task=task, prompt=prompt, mode="regression", seed=seed).image
-    return pipe(a, b, task=task, prompt=prompt, mode="flow", sampler=sampler, steps=FLOW_STEPS, seed=seed).image
+        return pipe(a, b, task=task, prompt=prompt, mode="regression", seed=seed, detail=detail).image
+    return pipe(a, b, task=task, prompt=prompt, mode="flow", sampler=sampler, steps=FLOW_STEPS, seed=seed,
+                detail=detail).image
 
 
-def _scores(clean_a: np.ndarray, clean_b: np.ndarray, fused: np.ndarray, label: np.ndarray) -> dict:
+def _scores(clean_a: np.ndarray, clean_b: np.ndarray, fused: np.ndarray, label: np.ndarray, task: str) -> dict:
     from skimage.metrics import structural_similarity
 
     from model.metrics import compute
 
     m = compute(clean_a * 255.0, clean_b * 255.0, fused * 255.0, names=["vif", "qabf"])
     m["ssim_label"] = float(structural_similarity(fused, label, data_range=1.0, channel_axis=-1))
+    m["psnr_label"] = float(10 * np.log10(1.0 / max(float(np.mean((fused - label) ** 2)), 1e-10)))
+    if task == "vif":
+        m.update(modality_scores(clean_a, clean_b, fused))
     return m
+
+
+def modality_scores(visible: np.ndarray, infrared: np.ndarray, fused: np.ndarray, hot: float = 0.05) -> dict:
+    """Does a VIF fusion keep both modalities?
+
+    chroma_err   mean |CbCr(fused) - CbCr(visible)| x 255: the visible image's colours (0: kept)
+    ir_contrast  the infrared targets' contrast in the fused luma over the same in the infrared image:
+                 targets = the ``hot`` share of brightest infrared pixels, contrast = their mean minus
+                 the mean of the rest (1: the targets stand out as much as in the infrared image)
+    """
+    from model.data.color import luma, rgb_to_ycbcr
+
+    chroma = float(np.mean(np.abs(rgb_to_ycbcr(fused)[..., 1:] - rgb_to_ycbcr(visible)[..., 1:])) * 255.0)
+    ir, y = luma(infrared), luma(fused)
+    mask = ir >= np.quantile(ir, 1.0 - hot)
+    if mask.all() or not mask.any():
+        return {"chroma_err": chroma, "ir_contrast": float("nan")}
+    ir_contrast = float(ir[mask].mean() - ir[~mask].mean())
+    fused_contrast = float(y[mask].mean() - y[~mask].mean())
+    return {"chroma_err": chroma, "ir_contrast": fused_contrast / ir_contrast if ir_contrast > 1e-6 else float("nan")}
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -133,20 +159,32 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
         a, b = _rgb(files["a"]), _rgb(files["b"])
         ca, cb, label = _rgb(files["clean_a"]), _rgb(files["clean_b"]), _rgb(files["gt"])
         outputs = {"teacher": label, "vae_label": vae_round_trip(components, label), "average": 0.5 * (a + b)}
+        seconds = {}
         task, prompt = rec["task"], rec["prompt"]
+
+        def timed(method, *args, **kwargs):
+            t0 = time.perf_counter()
+            outputs[method] = fuse(pipe, *args, **kwargs)
+            seconds[method] = time.perf_counter() - t0
+
         if "regression" in components.dits:
-            outputs["regression"] = fuse(pipe, "regression", a, b, task, prompt)
+            timed("regression", "regression", a, b, task, prompt)
+            if components.detail is not None:
+                timed("regression_raw", "regression", a, b, task, prompt, detail="off")
         if "flow" in components.dits:
-            outputs["flow"] = fuse(pipe, "flow", a, b, task, prompt)
-            outputs["flow_sde"] = fuse(pipe, "flow", a, b, task, prompt, sampler=samplers.DEFAULT_SAMPLER)
-        scored = {method: _scores(ca, cb, fused.astype(np.float32), label) for method, fused in outputs.items()}
+            timed("flow", "flow", a, b, task, prompt)
+            timed("flow_sde", "flow", a, b, task, prompt, sampler=samplers.DEFAULT_SAMPLER)
+        scored = {method: _scores(ca, cb, fused.astype(np.float32), label, task) for method, fused in outputs.items()}
         for method, scores in scored.items():
             scores["qabf_over_average"] = float(scores["qabf"] > scored["average"]["qabf"])
+            if method in seconds:
+                scores["seconds"] = seconds[method]
             slot = sums.setdefault(rec["task"], {}).setdefault(method, {})
             for k, v in scores.items():
-                slot[k] = slot.get(k, 0.0) + v
-            counts[(rec["task"], method)] = counts.get((rec["task"], method), 0) + 1
-    table = {task: {m: {k: v / counts[(task, m)] for k, v in ms.items()}
+                if v == v:  # a NaN (e.g. no infrared contrast to keep) is left out of its mean
+                    slot[k] = slot.get(k, 0.0) + v
+                    counts[(rec["task"], method, k)] = counts.get((rec["task"], method, k), 0) + 1
+    table = {task: {m: {k: v / counts[(task, m, k)] for k, v in ms.items()}
                     for m, ms in sorted(methods.items(), key=lambda kv: METHODS.index(kv[0]))}
              for task, methods in sums.items()}
     table["_meta"] = {"samples": len(records), "seconds": round(time.perf_counter() - start, 1),
@@ -161,14 +199,23 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
 
 
 def markdown_table(table: dict) -> str:
-    lines = ["| task | method | VIF ↑ | Q^AB/F ↑ | SSIM to label ↑ | Q^AB/F above the average on |",
-             "|---|---|---|---|---|---|"]
+    """Per task and method: the metrics, the share of samples above the average, seconds per pair and,
+    for VIF, the modality checks (:func:`modality_scores`)."""
+    def cell(m: dict, key: str, fmt: str) -> str:
+        value = m.get(key)
+        return "" if value is None or value != value else format(value, fmt)  # absent or NaN
+
+    lines = ["| task | method | VIF ↑ | Q^AB/F ↑ | SSIM to label ↑ | PSNR to label ↑ | Q^AB/F above the average on "
+             "| VIF chroma error vs visible ↓ | VIF IR target contrast kept ↑ | s / pair |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for task in ("vif", "mef", "mff"):
         if task not in table:
             continue
         for method, m in table[task].items():
             share = "" if method == "average" or "qabf_over_average" not in m else f"{100 * m['qabf_over_average']:.0f} %"
-            lines.append(f"| {task.upper()} | {method} | {m['vif']:.3f} | {m['qabf']:.3f} | {m['ssim_label']:.3f} | {share} |")
+            lines.append(f"| {task.upper()} | {method} | {m['vif']:.3f} | {m['qabf']:.3f} | {m['ssim_label']:.3f} | "
+                         f"{cell(m, 'psnr_label', '.2f')} | {share} | {cell(m, 'chroma_err', '.2f')} | "
+                         f"{cell(m, 'ir_contrast', '.2f')} | {cell(m, 'seconds', '.2f')} |")
     return "\n".join(lines)
 
 

@@ -74,6 +74,31 @@ def make_data(work: Path, split: str, pairs: int, per_pair: int, size: int, seed
     return root
 
 
+def make_real_data(work: Path, root: Path, split: str, per_pair: int, size: int, seed: int,
+                   n_degradations: tuple[int, ...], crop: bool) -> Path:
+    """Degraded tuples with teacher labels from the real pairs under ``root`` (``<root>/<task>``, the
+    layouts of ``latentfuse data build``), only the scenes of ``split`` (``model.data.split``), one folder
+    per task. The folder name carries the settings, so a run with other settings builds beside it and a
+    run with the same ones resumes (``build_dataset`` keeps finished samples)."""
+    from model.data.build import build_dataset
+
+    tag = f"real_{split}_{size}px_x{per_pair}_n{''.join(map(str, n_degradations))}{'_crop' if crop else ''}_s{seed}"
+    out = work / "build" / tag
+    for i, task in enumerate(TASKS):
+        if not (root / task).is_dir():
+            raise LatentfuseError(f"--real-data {root}: no {task}/ folder (expected the layout of ../shared/datasets)")
+        built = build_dataset(root / task, out / task, task, n_degradations=n_degradations, seed=seed + 101 * i,
+                              per_pair=per_pair, long_side=size, crop=crop, progress=False, split=split)
+        log(f"  {split} {task}: {built.total} tuples ({built.built} new) from the real pairs of {root / task}")
+    return out
+
+
+def count_tuples(root: Path) -> int:
+    from model.training.data import find_manifests, read_manifest
+
+    return sum(len(read_manifest(m)) for m in find_manifests(root))
+
+
 def _reload_stage(folder: Path, key: dict, load):
     """(model, its stage report) kept in ``folder`` by a run with the same ``key``, else None."""
     stage_file = folder / "stage.json"
@@ -184,6 +209,58 @@ def train_stage_vae(args, train_root: Path, test_root: Path, report: dict):
     return vae
 
 
+def reuse_components(args, report: dict):
+    """(VAE, prompt encoder) of the model directory ``--init-from``, kept as they are; the VAE's section
+    of that model's training report is carried over (with where it came from) so the card can cite it."""
+    from model.components import read_index
+    from model.text_encoder import PromptEncoder
+    from model.vae import LatentVAE
+
+    index = read_index(args.init_from)
+    vae = LatentVAE.from_pretrained(args.init_from / index["vae"]).float()
+    text_encoder = PromptEncoder.from_pretrained(args.init_from / index["text_encoder"]).float()
+    previous = args.init_from / "training_report.json"
+    section = json.loads(previous.read_text()).get("vae", {}) if previous.is_file() else {}
+    report["vae"] = {**section, "reused_from": str(args.init_from), "seconds": 0.0,
+                     "stages": [{**st, "reused": True} for st in section.get("stages", [])],
+                     "cache_key": {"init_from": str(args.init_from), "vae_sha256": _file_digest(args.init_from / index["vae"])},
+                     "scaling_factor": vae.scaling_factor, "shift_factor": vae.shift_factor}
+    report["text_encoder_from"] = str(args.init_from)
+    return vae, text_encoder
+
+
+def _file_digest(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _detail_config(spec: str, flag: str):
+    """``sigma,radius,fused_candidate`` (e.g. ``8,4,0``) -> DetailConfig."""
+    from model.detail import DetailConfig
+
+    parts = spec.split(",")
+    if len(parts) != 3:
+        raise LatentfuseError(f"{flag} takes sigma,radius,fused_candidate (e.g. 8,4,0), got {spec!r}")
+    try:
+        return DetailConfig(sigma=float(parts[0]), radius=int(parts[1]), fused_candidate=bool(int(parts[2])))
+    except ValueError:
+        raise LatentfuseError(f"{flag} takes numbers sigma,radius,fused_candidate (e.g. 8,4,0), got {spec!r}") from None
+
+
+def detail_settings(args):
+    """The model's detail path (``model.detail``), or None with ``--no-detail``."""
+    from model.detail import DetailSettings
+
+    if not args.detail:
+        return None
+    return DetailSettings.for_configs(_detail_config(args.detail_clean, "--detail-clean"),
+                                      _detail_config(args.detail_safe, "--detail-safe"))
+
+
 def dit_overrides(args) -> dict:
     """DiTConfig fields changed from the tiny preset by --dit-width / --dit-depth (experts stay 2x wide)."""
     from model.config import DiTConfig
@@ -204,7 +281,8 @@ def dit_train_config(args, head: str, steps: int):
     sections = {
         "run": {"output_dir": str(args.work / f"dit_{head}"), "seed": args.seed, "device": "cpu",
                 "precision": "fp32", "checkpoint_every": 0, "keep_checkpoints": 1, "plot": True},
-        "model": {"preset": "tiny", "head": head, "gradient_checkpointing": False, "overrides": dit_overrides(args)},
+        "model": {"preset": "tiny", "head": head, "gradient_checkpointing": False, "overrides": dit_overrides(args),
+                  **({"init_from": str(args.init_from / f"dit_{head}")} if args.init_from else {})},
         "data": {"crop": args.crop, "work_scale": args.work_scale},
         "optim": {"lr": args.lr, "warmup_steps": min(100, steps // 10), "batch_size": args.batch, "grad_accum": 1,
                   "steps": steps, "min_lr_ratio": 0.05},
@@ -401,7 +479,7 @@ def save_fp16(components: FusionComponents, out: Path) -> int:
 
     half = FusionComponents(copy.deepcopy(components.vae).half(), copy.deepcopy(components.text_encoder).half(),
                             {h: copy.deepcopy(d).half() for h, d in components.dits.items()}, components.work_scale,
-                            components.window)
+                            components.window, components.detail)
     half.save_pretrained(out, overwrite=True)
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
@@ -423,9 +501,15 @@ def _dit_architecture(stage: dict) -> str:
             f"{c.num_experts}+{c.num_shared_experts} top-{c.top_k})")
 
 
+def _markdown_table(table: dict) -> str:
+    from evaluate_default import markdown_table
+
+    return markdown_table(table)
+
+
 def write_model_card(out: Path, report: dict, table_md: str) -> None:
     v, r, f, d = report["vae"], report["dit_regression"], report["dit_flow"], report["data"]
-    final_vae = v["held_out"]
+    final_vae = v.get("held_out")
     vae_training = "; then ".join(
         f"{st['stage']} ({'encoder frozen' if st['trainable'] == 'decoder' else 'encoder + decoder'}): {st['steps']} "
         f"steps, batch {st['batch']}, {st['patch']} px, edge weight {st['edge_weight']:g}, "
@@ -466,11 +550,63 @@ def write_model_card(out: Path, report: dict, table_md: str) -> None:
                        for t in TASKS)
     scale_why = (f"; working at scale {k} divides that cell by {k} on each side, at {k * k}× the latent tokens (more "
                  "where windows overlap) and as much more VAE and DiT time per pair" if k > 1 else "")
+    real = d.get("source") == "real"
+
+    def start_from(stage: dict) -> str:
+        init = stage["config"]["model"].get("init_from")
+        return f"from `{Path(init).parent.name}/{Path(init).name}` of `{v.get('reused_from', '')}`, " if init and v.get("reused_from") else ""
+
+    if v.get("reused_from"):
+        vae_training = f"kept from `{v['reused_from']}` (with its prompt encoder); it was trained: " + vae_training
+    if real:
+        data_section = (
+            f"Real registered pairs of `{d['root']}` (VIF: RoadScene, TNO; MEF: MEFB; MFF: MFIFB; sources and licences in that\n"
+            "folder's README; the images are not shipped). Every scene is in the training or the held-out split by a hash of its\n"
+            "name (`model/data/split.py`, about 20 % held out); no training step reads a held-out scene. Training: the\n"
+            f"training scenes x {d['per_pair']} variants (random aspect crops, long side {d['size']} px), each with "
+            f"{'/'.join(map(str, d['n_degradations']))} composed\n"
+            "degradations drawn (0: the clean pair with the task's canonical prompt, so clean input stays clean), labelled by\n"
+            "the teacher ensemble with task-aware selection and the Fusion Refiner (`latentfuse data build`), every tuple cut\n"
+            f"into the {r['crop_px']} px crops that cover it: {d['train_samples']} tuples. Held out: every held-out scene whole, long side\n"
+            f"{d['test_size']} px, clean with the canonical prompt ({d['test_samples']} pairs; the bar below) and once degraded "
+            f"({d['degraded_test_samples']} pairs).")
+    else:
+        data_section = (
+            "Synthetic clean pairs rendered from the photographs bundled with scikit-image (`latentfuse data synth`:\n"
+            "pseudo-thermal VIF, camera-response MEF, depth-defocus MFF), degraded with 1-3 composed degradations and\n"
+            "labelled by the teacher ensemble with task-aware selection and the Fusion Refiner (`latentfuse data build`).\n"
+            f"Training: {d['train_pairs']} pairs per task x {d['per_pair']} degraded variants, long side {d['size']} px\n"
+            f"({d['train_samples']} tuples). Held out: {d['test_pairs']} pairs per task from a different seed\n"
+            f"and long side {d['test_size']} px ({d['test_samples']} tuples), used only below.")
+    detail = pipeline.get("detail")
+    detail_line = ("" if not detail else
+                   "\nDetail path (`model/detail.py`, a host-side stage after decoding that every runtime and the C++ host run):\n"
+                   "the sources' luma detail finer than sigma px put back where it is above their noise level; parameters\n"
+                   f"sigma, radius, fused candidate: clean {detail['clean']['sigma']:g}, {detail['clean']['radius']}, "
+                   f"{'yes' if detail['clean']['fused_candidate'] else 'no'} for the canonical prompts, safe "
+                   f"{detail['safe']['sigma']:g}, {detail['safe']['radius']}, {'yes' if detail['safe']['fused_candidate'] else 'no'}"
+                   " for other prompts, off for rain / snow / stripe prompts\n(chosen on training scenes only, "
+                   "`docs/real-data-ceilings.md`). `regression_raw` below is the regression DiT with the stage off.\n")
+    if final_vae:
+        stages = ", ".join(f"{st['stage']} {st['held_out']['psnr']:.2f} dB / {st['held_out']['ssim']:.4f}" for st in v["stages"])
+        vae_section = (
+            f"## VAE reconstruction (held-out 64 px patches{', measured when it was trained' if v.get('reused_from') else ''})\n"
+            f"PSNR **{final_vae['psnr']:.2f} dB**, SSIM **{final_vae['ssim']:.4f}** on {final_vae['patches']} patches (after each\n"
+            f"stage: {stages}).\n"
+            f"The paper's Cosmos VAE reaches {PAPER_VAE['psnr']} dB / {PAPER_VAE['ssim']} (Table 1) on real photographs at full\n"
+            "resolution; these 64 px patches of synthetic images are another test set, so the numbers are not comparable\n"
+            f"one to one. Latent scaling {v['scaling_factor']:.4f}, shift {v['shift_factor']:.4f}.\n")
+    else:
+        vae_section = f"## VAE\nKept from `{v.get('reused_from')}`; latent scaling {v['scaling_factor']:.4f}, shift {v['shift_factor']:.4f}.\n"
+    degraded = report.get("evaluation_degraded")
+    degraded_section = ("" if not degraded else
+                        "\nThe same held-out scenes degraded (the pipeline's degradations, 1-3 each, with their prompts; "
+                        "Q^AB/F and VIF\nagainst the clean sources):\n\n" + _markdown_table(degraded) + "\n")
     card = f"""# latentfuse default model (tiny)
 
 A small, CPU-trained instance of the MMAIF pipeline (latent MoE-DiT, regression and flow heads) shipped
-so that `latentfuse fuse` works out of the box. It is a **demonstration model** trained on a CPU on
-synthetic data: it shows the whole method end to end, not the paper's quality.
+so that `latentfuse fuse` works out of the box. {"Its DiTs are trained on real registered pairs (VIF, MEF, MFF) on a CPU" if real else "It is a **demonstration model** trained on a CPU on synthetic data"}:
+it shows the whole method end to end at a size a 2-core CPU trains in hours, not the paper's quality.
 
 Built by `scripts/train_default.py` (seed {report['seed']}) on {report['machine']} ({report['threads']} torch
 thread(s); {dit_runs}): training took {v['seconds'] / 60:.1f} min for the VAE stages and {dit_minutes:.1f} min for the DiTs;
@@ -483,8 +619,8 @@ Command: `{report.get('command', 'python scripts/train_default.py')}`; every num
 |---|---|---|---|
 | `vae/` | diffusers AutoencoderKL, tiny preset (f=8, z=16) | {report['params']['vae'] / 1e6:.2f} M | {vae_training} |
 | `text_encoder/` | T5 encoder, tiny preset (2 layers, d=128) + shipped sentencepiece | {report['params']['text_encoder'] / 1e6:.2f} M | none: random, frozen (prompts only need distinct embeddings) |
-| `dit_regression/` | MoE-DiT {_dit_architecture(r)} | {r['params']['total'] / 1e6:.2f} M ({r['params']['active'] / 1e6:.2f} M active) | {r['steps']} steps, batch {r['batch']}, {r['crop_px']} px crops, Eq. 8 + λ·Eq. 9 + label term ({r['seconds']:.0f} s) |
-| `dit_flow/` | MoE-DiT {_dit_architecture(f)}, flow head | {f['params']['total'] / 1e6:.2f} M ({f['params']['active'] / 1e6:.2f} M active) | {f['steps']} steps, batch {f['batch']}, {f['crop_px']} px crops, Eq. 11 + λ·Eq. 9 + label term ({f['seconds']:.0f} s){flow_ft} |
+| `dit_regression/` | MoE-DiT {_dit_architecture(r)} | {r['params']['total'] / 1e6:.2f} M ({r['params']['active'] / 1e6:.2f} M active) | {start_from(r)}{r['steps']} steps, batch {r['batch']}, {r['crop_px']} px crops, Eq. 8 + λ·Eq. 9 + label term ({r['seconds']:.0f} s) |
+| `dit_flow/` | MoE-DiT {_dit_architecture(f)}, flow head | {f['params']['total'] / 1e6:.2f} M ({f['params']['active'] / 1e6:.2f} M active) | {start_from(f)}{f['steps']} steps, batch {f['batch']}, {f['crop_px']} px crops, Eq. 11 + λ·Eq. 9 + label term ({f['seconds']:.0f} s){flow_ft} |
 
 DiT recipe: cautious AdamW (lr {r['config']['optim']['lr']}, cosine with warmup), load-balance weight {loss['load_balance_weight']},
 λ_aux = {loss['aux_weight']} (Eq. 9-10) and a pixel-space label term (L1 + gradient L1 of the decoded
@@ -494,21 +630,11 @@ flow: {describe_prior(flow_prior.get('prior', 'gaussian'), flow_prior.get('prior
 {scale_line}
 Main loss: regression {r['first_main_loss']:.4f} → {r['final_main_loss']:.4f}; flow {f['first_main_loss']:.4f} → {f['final_main_loss']:.4f}{f" → {ft['final_main_loss']:.4f} (second stage)" if ft else ""}.
 
+{detail_line}
 ## Data
-Synthetic clean pairs rendered from the photographs bundled with scikit-image (`latentfuse data synth`:
-pseudo-thermal VIF, camera-response MEF, depth-defocus MFF), degraded with 1-3 composed degradations and
-labelled by the teacher ensemble with task-aware selection and the Fusion Refiner (`latentfuse data build`).
-Training: {d['train_pairs']} pairs per task x {d['per_pair']} degraded variants, long side {d['size']} px
-({d['train_samples']} tuples). Held out: {d['test_pairs']} pairs per task from a different seed
-and long side {d['test_size']} px ({d['test_samples']} tuples), used only below.
+{data_section}
 
-## VAE reconstruction (held-out 64 px patches)
-PSNR **{final_vae['psnr']:.2f} dB**, SSIM **{final_vae['ssim']:.4f}** on {final_vae['patches']} patches (after each
-stage: {', '.join(f"{st['stage']} {st['held_out']['psnr']:.2f} dB / {st['held_out']['ssim']:.4f}" for st in v['stages'])}).
-The paper's Cosmos VAE reaches {PAPER_VAE['psnr']} dB / {PAPER_VAE['ssim']} (Table 1) on real photographs at full
-resolution; these 64 px patches of synthetic images are another test set, so the numbers are not comparable
-one to one. Latent scaling {v['scaling_factor']:.4f}, shift {v['shift_factor']:.4f}.
-
+{vae_section}
 ## Evaluation on held-out pairs
 {report['eval_meta']['metrics']}; {report['eval_meta']['flow_sampler']}; every fused image made by
 {report['eval_meta'].get('pipeline', 'the evaluation script')}.
@@ -516,7 +642,7 @@ one to one. Latent scaling {v['scaling_factor']:.4f}, shift {v['shift_factor']:.
 {table_md}
 
 Against the issue's bar (Q^AB/F above the plain average of the two inputs): {verdict}.
-
+{degraded_section}
 ## Limitations
 The tiny VAE bounds every latent model: `vae_label`, its round trip of the teacher label at the working
 scale (what a perfect DiT would give), scores {ceiling} on Q^AB/F against the labels' {labels}
@@ -539,11 +665,29 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the data, VAE and evaluation stages")
     p.add_argument("--dit-workers", type=int, default=2, choices=(1, 2),
                    help="2: train the two DiTs side by side in forked processes of one thread each; 1: in turn")
-    p.add_argument("--pairs", type=int, default=300, help="training pairs per task")
-    p.add_argument("--per-pair", type=int, default=3, help="degraded variants per training pair")
+    p.add_argument("--data", choices=("real", "synthetic"), default="real",
+                   help="real: the real registered pairs of --real-data (training scenes; held-out scenes for the "
+                        "evaluation); synthetic: pairs rendered from the scikit-image photographs")
+    p.add_argument("--real-data", type=Path, default=REPO.parent / "shared" / "datasets",
+                   help="folder with vif/, mef/, mff/ in the layouts `latentfuse data build` reads")
+    p.add_argument("--real-degradations", type=int, nargs="+", default=[0, 1, 2, 3], metavar="N",
+                   help="degradation counts drawn per real training tuple (0: the clean pair with the task's "
+                        "canonical prompt, so clean input stays clean)")
+    p.add_argument("--test-size", type=int, default=512, help="long side of the real held-out pairs")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="a model directory: keep its VAE and prompt encoder, start both DiTs from its DiTs "
+                        "(no VAE stages)")
+    p.add_argument("--detail", action=argparse.BooleanOptionalAction, default=True,
+                   help="give the model the pixel-space detail path (model.detail)")
+    p.add_argument("--detail-clean", default="8,4,0",
+                   help="its parameters for clean prompts: sigma,radius,fused_candidate (default: the 'clean' "
+                        "choice for the tiny VAE at scale 1 on training scenes, docs/real-data-ceilings.md)")
+    p.add_argument("--detail-safe", default="4,4,1", help="its parameters for other prompts (default: the 'safe' choice)")
+    p.add_argument("--pairs", type=int, default=300, help="synthetic training pairs per task")
+    p.add_argument("--per-pair", type=int, default=4, help="degraded variants per training pair")
     p.add_argument("--test-pairs", type=int, default=40,
                    help="held-out pairs per task (seeded: a smaller set is a prefix of a larger one)")
-    p.add_argument("--size", type=int, default=160, help="long side of the synthetic images")
+    p.add_argument("--size", type=int, default=384, help="long side of the training images")
     p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--vae-patch", type=int, default=48)
     p.add_argument("--vae-batch", type=int, default=8)
@@ -554,7 +698,7 @@ def main(argv=None) -> int:
     p.add_argument("--vae-ft-patch", type=int, default=64, help="patch size of the fine-tune stages")
     p.add_argument("--vae-ft-lr", type=float, default=1e-3, help="learning rate of the fine-tune stages")
     p.add_argument("--vae-ft-edge", type=float, default=4.0, help="edge-loss weight of the fine-tune stages")
-    p.add_argument("--work-scale", type=int, default=2,
+    p.add_argument("--work-scale", type=int, default=1,
                    help="the model's working scale (model.work_scale): pairs enlarged k times before the VAE")
     p.add_argument("--crop", type=int, default=128, help="DiT training crop (pixels of the enlarged images)")
     p.add_argument("--window", type=int, default=128,
@@ -607,35 +751,61 @@ def main(argv=None) -> int:
                     "machine": f"{platform.machine()} CPU, torch {torch.__version__}",
                     "command": "python scripts/train_default.py " + " ".join(sys.argv[1:] if argv is None else argv)}
 
-    log("1/6 synthetic pairs + degraded tuples with teacher labels")
     t = time.perf_counter()
-    train_root = make_data(args.work, "train", args.pairs, args.per_pair, args.size, args.seed)
-    # held-out images >= 160 px on the long side: VIF needs >= 81 px on both sides (16:9 crops)
-    test_root = make_data(args.work, "test", args.test_pairs, 1, max(args.size, 160), args.seed + 5000)
-    report["data"] = {"train_pairs": args.pairs, "per_pair": args.per_pair, "test_pairs": args.test_pairs,
-                      "size": args.size, "test_size": max(args.size, 160), "train_samples": 3 * args.pairs * args.per_pair,
-                      "test_samples": 3 * args.test_pairs, "seconds": round(time.perf_counter() - t, 1)}
+    degraded_test_root = None
+    if args.data == "real":
+        log(f"1/6 degraded tuples with teacher labels from the real pairs of {args.real_data} (training scenes)")
+        n_train = tuple(args.real_degradations)
+        train_root = make_real_data(args.work, args.real_data, "train", args.per_pair, args.size, args.seed,
+                                    n_train, crop=True)
+        # held out: every held-out scene whole, clean with the task's canonical prompt (the bar), and once
+        # degraded with the pipeline's degradations and their prompts
+        test_root = make_real_data(args.work, args.real_data, "heldout", 1, args.test_size, args.seed + 5000,
+                                   (0,), crop=False)
+        degraded_test_root = make_real_data(args.work, args.real_data, "heldout", 1, args.test_size,
+                                            args.seed + 6000, (1, 2, 3), crop=False)
+        report["data"] = {"source": "real", "root": str(args.real_data), "train_pairs": count_tuples(train_root) // args.per_pair,
+                          "per_pair": args.per_pair, "size": args.size, "n_degradations": list(n_train),
+                          "test_size": args.test_size, "train_samples": count_tuples(train_root),
+                          "test_samples": count_tuples(test_root), "degraded_test_samples": count_tuples(degraded_test_root),
+                          "seconds": round(time.perf_counter() - t, 1)}
+    else:
+        log("1/6 synthetic pairs + degraded tuples with teacher labels")
+        train_root = make_data(args.work, "train", args.pairs, args.per_pair, args.size, args.seed)
+        # held-out images >= 160 px on the long side: VIF needs >= 81 px on both sides (16:9 crops)
+        test_root = make_data(args.work, "test", args.test_pairs, 1, max(args.size, 160), args.seed + 5000)
+        report["data"] = {"source": "synthetic", "train_pairs": args.pairs, "per_pair": args.per_pair,
+                          "test_pairs": args.test_pairs, "size": args.size, "test_size": max(args.size, 160),
+                          "train_samples": 3 * args.pairs * args.per_pair, "test_samples": 3 * args.test_pairs,
+                          "seconds": round(time.perf_counter() - t, 1)}
 
-    log("2/6 tiny VAE")
-    vae = train_stage_vae(args, train_root, test_root, report)
+    from model.text_encoder import PromptEncoder
+
+    if args.init_from:
+        log(f"2/6 VAE and prompt encoder of {args.init_from} (kept as they are); its DiTs start the DiT stages")
+        vae, text_encoder = reuse_components(args, report)
+    else:
+        log("2/6 tiny VAE")
+        vae = train_stage_vae(args, train_root, test_root, report)
+        text_encoder = PromptEncoder.from_preset("tiny", seed=args.seed)
     if args.only_vae:
         return 0
 
     log("3/6 prompt encoder + latent cache")
-    from model.text_encoder import PromptEncoder
     from model.training.data import build_latent_cache
 
-    text_encoder = PromptEncoder.from_preset("tiny", seed=args.seed).eval().requires_grad_(False)
+    text_encoder = text_encoder.eval().requires_grad_(False)
     dataset = build_latent_cache(train_root, vae, text_encoder, args.crop, TASKS, aux_sources="clean",
-                                 work_scale=args.work_scale)
+                                 work_scale=args.work_scale, grid=args.data == "real")
     log(f"  {len(dataset)} tuples, {len(dataset.prompts)} distinct prompts, latents {tuple(dataset.z_a.shape[1:])}")
 
     dits = train_dits(args, dataset, vae, report)
 
     log("5/6 save fp16 model directory")
     components = FusionComponents(vae.eval(), text_encoder, {"flow": dits["flow"], "regression": dits["regression"]},
-                                  work_scale=args.work_scale, window=args.window)
-    report["pipeline"] = {"work_scale": components.work_scale, "window": components.window}
+                                  work_scale=args.work_scale, window=args.window, detail=detail_settings(args))
+    report["pipeline"] = {"work_scale": components.work_scale, "window": components.window,
+                          "detail": None if components.detail is None else components.detail.to_dict()}
     report["size_bytes"] = save_fp16(components, args.out)
     report["params"] = {"vae": sum(p.numel() for p in vae.parameters()),
                         "text_encoder": sum(p.numel() for p in text_encoder.parameters())}
@@ -644,9 +814,14 @@ def main(argv=None) -> int:
     log("6/6 evaluation on held-out pairs (reloaded from the saved fp16 weights)")
     from evaluate_default import evaluate, markdown_table
 
-    table = evaluate(FusionComponents.from_pretrained(args.out), test_root, limit=args.eval_limit)
+    saved = FusionComponents.from_pretrained(args.out)
+    table = evaluate(saved, test_root, limit=args.eval_limit)
     report["eval_meta"] = table.pop("_meta")
     report["evaluation"] = table
+    if degraded_test_root is not None:
+        degraded = evaluate(saved, degraded_test_root, limit=args.eval_limit)
+        report["eval_meta_degraded"] = degraded.pop("_meta")
+        report["evaluation_degraded"] = degraded
     report["wall_seconds"] = round(time.perf_counter() - wall, 1)
     table_md = markdown_table(table)
     print(table_md, flush=True)

@@ -162,8 +162,9 @@ def _field(record: dict, keys: tuple, path: Path, lineno: int, required: bool = 
     return None
 
 
-def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    """Centre crop to size×size, resizing up first when a side is shorter (keeps the aspect ratio)."""
+def _center_crop(img: np.ndarray, size: int, index: int = 0, count: int = 1) -> np.ndarray:
+    """Crop ``index`` of ``count`` size×size crops (the centre one when ``count`` is 1), resizing up first
+    when a side is shorter (keeps the aspect ratio); see :func:`crop_offsets`."""
     from skimage.transform import resize
 
     h, w = img.shape[:2]
@@ -172,18 +173,37 @@ def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
         img = resize(img, (max(size, round(h * scale)), max(size, round(w * scale))), order=1,
                      anti_aliasing=False, preserve_range=True).astype(np.float32)
         h, w = img.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
+    top, left = crop_offsets(h, w, size, count)[index]
     return img[top:top + size, left:left + size]
 
 
-def _load_rgb(path: Path, size: int, work_scale: int = 1) -> np.ndarray:
-    """The centre size×size crop of an image enlarged ``work_scale`` times (as a pipeline enlarges it)."""
+def crop_grid(h: int, w: int, size: int) -> tuple[int, int]:
+    """(rows, columns) of size×size crops that cover an h×w image (at least one each way)."""
+    return max(1, -(-h // size)), max(1, -(-w // size))
+
+
+def crop_offsets(h: int, w: int, size: int, count: int) -> list[tuple[int, int]]:
+    """``count`` crop corners: the centre for 1; otherwise the covering grid of :func:`crop_grid`, its
+    crops spread evenly between the image's edges (overlapping where the sides are not multiples of
+    ``size``), in row order, the first ``count`` of them (a grid smaller than ``count`` repeats)."""
+    if count <= 1:
+        return [((h - size) // 2, (w - size) // 2)]
+    rows, cols = crop_grid(h, w, size)
+    tops = np.linspace(0, h - size, rows).round().astype(int) if rows > 1 else [(h - size) // 2]
+    lefts = np.linspace(0, w - size, cols).round().astype(int) if cols > 1 else [(w - size) // 2]
+    grid = [(int(t), int(x)) for t in tops for x in lefts]
+    return [grid[i % len(grid)] for i in range(count)]
+
+
+def _load_rgb(path: Path, size: int, work_scale: int = 1, index: int = 0, count: int = 1) -> np.ndarray:
+    """Crop ``index`` of ``count`` (:func:`crop_offsets`; 1: the centre one) of an image enlarged
+    ``work_scale`` times (as a pipeline enlarges it)."""
     from model.image_io import read_image
 
     img = np.asarray(read_image(path), dtype=np.float32)  # float [0, 1]
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
-    return np.clip(_center_crop(upscale(img, work_scale), size), 0.0, 1.0)
+    return np.clip(_center_crop(upscale(img, work_scale), size, index, count), 0.0, 1.0)
 
 
 def read_training_manifest(path: Path) -> list[dict]:
@@ -219,9 +239,11 @@ def _balanced(rows: list, limit: int) -> list:
 @torch.no_grad()
 def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=None, max_samples: int = 0,
                        aux_sources: str = "clean", batch: int = 8, progress: bool = True,
-                       work_scale: int = 1) -> LatentDataset:
+                       work_scale: int = 1, grid: bool = False) -> LatentDataset:
     """Encode a ``latentfuse data build`` folder into a :class:`LatentDataset` (see the module doc);
-    ``work_scale`` enlarges every image before cropping, as the pipeline of the trained model will."""
+    ``work_scale`` enlarges every image before cropping, as the pipeline of the trained model will.
+    ``grid``: every tuple gives the crops that cover its (enlarged) image (:func:`crop_offsets`), not
+    only the centre one, so images larger than the crop are used whole."""
     from tqdm import tqdm
 
     from model.vae import to_vae_input
@@ -251,6 +273,19 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
         for p in row[1:6]:
             if not p.is_file():
                 raise LatentfuseError(f"the manifest under {root} references a missing image: {p}")
+    if grid:  # one row per crop: (row..., crop index, crops of that image)
+        from model.image_io import read_image
+
+        expanded = []
+        for row in rows:
+            h, w = (work_scale * s for s in read_image(row[3]).shape[:2])
+            if min(h, w) < crop:  # _center_crop enlarges it first
+                h, w = max(crop, round(h * crop / min(h, w))), max(crop, round(w * crop / min(h, w)))
+            count = int(np.prod(crop_grid(h, w, crop)))
+            expanded += [(*row, i, count) for i in range(count)]
+        rows = expanded
+    else:
+        rows = [(*row, 0, 1) for row in rows]
 
     task_names = tuple(sorted({r[0] for r in rows}, key=lambda t: ("vif", "mef", "mff").index(t) if t in ("vif", "mef", "mff") else 9))
     prompts = tuple(sorted({r[6] for r in rows}))
@@ -263,11 +298,11 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
     for start in tqdm(it, desc="encoding latents", disable=not progress, unit="batch"):
         chunk = rows[start:start + batch]
         for key, col in (("a", 1), ("b", 2), ("gt", 3)):
-            imgs = np.stack([_load_rgb(r[col], crop, work_scale) for r in chunk]).transpose(0, 3, 1, 2)
+            imgs = np.stack([_load_rgb(r[col], crop, work_scale, *r[7:9]) for r in chunk]).transpose(0, 3, 1, 2)
             t = to_vae_input(torch.from_numpy(np.ascontiguousarray(imgs)).float()).to(device)
             z[key].append(vae.encode(t).float().cpu())
         for key, col in (("a", 4), ("b", 5), ("gt", 3)):
-            imgs = np.stack([_load_rgb(r[col], crop, work_scale) for r in chunk]).transpose(0, 3, 1, 2)
+            imgs = np.stack([_load_rgb(r[col], crop, work_scale, *r[7:9]) for r in chunk]).transpose(0, 3, 1, 2)
             x[key].append(torch.from_numpy(np.round(imgs * 255.0).astype(np.uint8)))
     return LatentDataset(
         z_a=torch.cat(z["a"]), z_b=torch.cat(z["b"]), z_gt=torch.cat(z["gt"]),

@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -35,7 +36,7 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
             "--test-pairs", "1", "--size", "160", "--vae-steps", "2", "--vae-patch", "32", "--vae-batch", "2",
             "--vae-decoder-steps", "2", "--vae-joint-steps", "2", "--vae-ft-patch", "32", "--vae-eval-patches", "2",
             "--crop", "32", "--batch", "2", "--reg-steps", "2", "--flow-steps", "2", "--flow-finetune-steps", "0",
-            "--ema", "0", "--threads", "1"]
+            "--ema", "0", "--threads", "1", "--data", "synthetic", "--work-scale", "2", "--no-detail"]
     assert train_default.main(args) == 0
 
     out = tmp_path / "model"
@@ -49,7 +50,7 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
         assert rows["average"]["qabf_over_average"] == 0.0 and 0.0 <= rows["flow"]["qabf_over_average"] <= 1.0
     card = (out / "MODEL_CARD.md").read_text()
     assert "| MEF | flow_sde |" in card and "issue's bar" in card and "scratch" in card
-    # fp16 weights load back, with the working scale the DiTs were trained at (the recipe's default, 2)
+    # fp16 weights load back, with the working scale the DiTs were trained at
     assert FusionComponents.from_pretrained(out).work_scale == 2
     assert report["dit_regression"]["config"]["data"]["work_scale"] == 2
 
@@ -139,3 +140,76 @@ def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path):
     with pytest.raises(LatentfuseError, match="optim.lr must be positive"):
         train_default.main(["--work", str(tmp_path / "work"), "--flow-finetune-lr", "0"])
     assert not (tmp_path / "work").exists()
+
+
+def _real_layout(root, per_task: int = 4):
+    """``../shared/datasets``' layouts in miniature: vif/<set>/{vi,ir}/NAME, {mef,mff}/input/<scene>/<scene>_A|B,
+    with scene names picked so that every task has training and held-out scenes (model/data/split.py)."""
+    from model.data.split import split_of
+    from model.image_io import write_image
+
+    def textured(h, w, seed, rgb=True):
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:h, 0:w] / w
+        base = 0.5 + 0.2 * np.sin(2 * np.pi * (3 + seed % 4) * xx) * np.cos(2 * np.pi * 2 * yy)
+        base = np.clip(base + 0.05 * rng.standard_normal((h, w)), 0.05, 0.95).astype(np.float32)
+        return np.stack([base, base ** 1.2, base ** 0.8], -1) if rgb else base
+
+    names = {"train": [], "heldout": []}
+    for i in range(200):
+        name = f"scene{i:03d}"
+        bucket = names[split_of(name)]
+        if len(bucket) < (1 if bucket is names["heldout"] else per_task - 1):
+            bucket.append(name)
+    scenes = names["train"] + names["heldout"]
+    for i, scene in enumerate(scenes):
+        vis, ir = textured(120, 160, seed=i), textured(120, 160, seed=100 + i, rgb=False)
+        write_image(root / "vif" / "Road" / "vi" / f"{scene}.png", vis)
+        write_image(root / "vif" / "Road" / "ir" / f"{scene}.png", ir)
+        base = textured(120, 160, seed=200 + i)
+        write_image(root / "mef" / "input" / scene / f"{scene}_A.png", np.clip(base * 0.5, 0, 1))
+        write_image(root / "mef" / "input" / scene / f"{scene}_B.jpg", np.clip(base * 1.6, 0, 1))
+        write_image(root / "mff" / "input" / scene / f"{scene}_A.png", base)
+        write_image(root / "mff" / "input" / scene / f"{scene}_B.png", base.mean(-1))  # gray B, as in MFIFB
+    return scenes
+
+
+@pytest.mark.slow
+def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_scenes_only(tmp_path):
+    from model.components import FusionComponents
+    from model.data.split import split_of
+
+    train_default = _script("train_default")
+    scenes = _real_layout(tmp_path / "datasets")
+    init = FusionComponents.from_preset("tiny", seed=0).save_pretrained(tmp_path / "init")
+    args = ["--data", "real", "--real-data", str(tmp_path / "datasets"), "--init-from", str(init),
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--per-pair", "1", "--size", "160",
+            "--test-size", "160", "--crop", "32", "--window", "32", "--batch", "4", "--reg-steps", "120",
+            "--flow-steps", "4", "--flow-finetune-steps", "0", "--ema", "0", "--threads", "1", "--dit-workers", "1",
+            "--lr", "2e-3", "--detail-clean", "3,2,0", "--detail-safe", "1.5,1,1"]
+    assert train_default.main(args) == 0
+
+    out = tmp_path / "model"
+    report = json.loads((out / "training_report.json").read_text())
+    # a short run on real-layout data lowers the loss
+    reg = report["dit_regression"]
+    assert reg["final_main_loss"] < 0.85 * reg["first_main_loss"], reg
+    assert reg["config"]["model"]["init_from"].endswith("init/dit_regression")
+    # training read training scenes only; the evaluation the held-out ones, clean and degraded
+    train_root = next((tmp_path / "work" / "build").glob("real_train_*"))
+    trained = {json.loads(line)["pair"] for m in train_root.rglob("manifest.jsonl") for line in m.read_text().splitlines()}
+    assert trained and all(split_of(name) == "train" for name in trained)
+    heldout = [s for s in scenes if split_of(s) == "heldout"]
+    assert report["data"]["test_samples"] == report["data"]["degraded_test_samples"] == 3 * len(heldout)
+    for table in (report["evaluation"], report["evaluation_degraded"]):
+        assert set(table) == {"vif", "mef", "mff"}
+        for rows in table.values():
+            assert {"regression", "regression_raw", "flow", "flow_sde", "teacher", "vae_label", "average"} == set(rows)
+            assert rows["regression"]["seconds"] > 0
+        assert 0.0 <= table["vif"]["regression"]["chroma_err"] and table["vif"]["teacher"]["ir_contrast"] > 0
+    # the model carries its detail path; the card says where the data, VAE and DiTs came from
+    saved = FusionComponents.from_pretrained(out)
+    assert saved.work_scale == 1 and saved.detail.clean.sigma == 3.0 and saved.detail.safe.radius == 1
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "trained on real registered pairs" in card and "Detail path" in card and "kept from" in card
+    assert "The same held-out scenes degraded" in card and "regression_raw" in card
