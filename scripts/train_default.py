@@ -424,7 +424,7 @@ def _dit_stage_key(args, head: str, steps: int, report: dict) -> dict:
     """Everything a DiT stage depends on: its TrainConfig (less where it writes), data and VAE."""
     config = dit_train_config(args, head, steps).to_dict()
     config["run"] = {"seed": config["run"]["seed"]}
-    return {"config": config, "data": {k: report["data"][k] for k in ("train_pairs", "per_pair", "size")},
+    return {"config": config, "data": {k: report["data"].get(k) for k in ("train_pairs", "per_pair", "size", "crops_per_tuple")},
             "vae": report["vae"]["cache_key"]}
 
 
@@ -566,8 +566,9 @@ def write_model_card(out: Path, report: dict, table_md: str) -> None:
             f"training scenes x {d['per_pair']} variants (random aspect crops, long side {d['size']} px), each with "
             f"{'/'.join(map(str, d['n_degradations']))} composed\n"
             "degradations drawn (0: the clean pair with the task's canonical prompt, so clean input stays clean), labelled by\n"
-            "the teacher ensemble with task-aware selection and the Fusion Refiner (`latentfuse data build`), every tuple cut\n"
-            f"into the {r['crop_px']} px crops that cover it: {d['train_samples']} tuples. Held out: every held-out scene whole, long side\n"
+            "the teacher ensemble with task-aware selection and the Fusion Refiner (`latentfuse data build`): "
+            f"{d['train_samples']} tuples,\neach cut into up to {d['crops_per_tuple']} {r['crop_px']} px crops spread over it "
+            f"({d['train_crops']} crops). Held out: every held-out scene whole, long side\n"
             f"{d['test_size']} px, clean with the canonical prompt ({d['test_samples']} pairs; the bar below) and once degraded "
             f"({d['degraded_test_samples']} pairs).")
     else:
@@ -701,6 +702,8 @@ def main(argv=None) -> int:
     p.add_argument("--work-scale", type=int, default=1,
                    help="the model's working scale (model.work_scale): pairs enlarged k times before the VAE")
     p.add_argument("--crop", type=int, default=128, help="DiT training crop (pixels of the enlarged images)")
+    p.add_argument("--crops-per-tuple", type=int, default=3,
+                   help="crops of each training tuple, spread evenly over the grid that covers it (1: the centre one)")
     p.add_argument("--window", type=int, default=128,
                    help="the model's window (model.work_scale): larger pairs run in overlapping windows of this "
                         "many enlarged pixels, the DiT's training crop by default; 0: whole images")
@@ -764,7 +767,8 @@ def main(argv=None) -> int:
                                    (0,), crop=False)
         degraded_test_root = make_real_data(args.work, args.real_data, "heldout", 1, args.test_size,
                                             args.seed + 6000, (1, 2, 3), crop=False)
-        report["data"] = {"source": "real", "root": str(args.real_data), "train_pairs": count_tuples(train_root) // args.per_pair,
+        report["data"] = {"source": "real", "root": str(args.real_data), "crops_per_tuple": args.crops_per_tuple,
+                          "train_pairs": count_tuples(train_root) // args.per_pair,
                           "per_pair": args.per_pair, "size": args.size, "n_degradations": list(n_train),
                           "test_size": args.test_size, "train_samples": count_tuples(train_root),
                           "test_samples": count_tuples(test_root), "degraded_test_samples": count_tuples(degraded_test_root),
@@ -774,7 +778,8 @@ def main(argv=None) -> int:
         train_root = make_data(args.work, "train", args.pairs, args.per_pair, args.size, args.seed)
         # held-out images >= 160 px on the long side: VIF needs >= 81 px on both sides (16:9 crops)
         test_root = make_data(args.work, "test", args.test_pairs, 1, max(args.size, 160), args.seed + 5000)
-        report["data"] = {"source": "synthetic", "train_pairs": args.pairs, "per_pair": args.per_pair,
+        report["data"] = {"source": "synthetic", "crops_per_tuple": args.crops_per_tuple, "train_pairs": args.pairs,
+                          "per_pair": args.per_pair,
                           "test_pairs": args.test_pairs, "size": args.size, "test_size": max(args.size, 160),
                           "train_samples": 3 * args.pairs * args.per_pair, "test_samples": 3 * args.test_pairs,
                           "seconds": round(time.perf_counter() - t, 1)}
@@ -796,8 +801,9 @@ def main(argv=None) -> int:
 
     text_encoder = text_encoder.eval().requires_grad_(False)
     dataset = build_latent_cache(train_root, vae, text_encoder, args.crop, TASKS, aux_sources="clean",
-                                 work_scale=args.work_scale, grid=args.data == "real")
-    log(f"  {len(dataset)} tuples, {len(dataset.prompts)} distinct prompts, latents {tuple(dataset.z_a.shape[1:])}")
+                                 work_scale=args.work_scale, crops_per_tuple=args.crops_per_tuple)
+    report["data"]["train_crops"] = len(dataset)
+    log(f"  {len(dataset)} crops, {len(dataset.prompts)} distinct prompts, latents {tuple(dataset.z_a.shape[1:])}")
 
     dits = train_dits(args, dataset, vae, report)
 

@@ -239,11 +239,12 @@ def _balanced(rows: list, limit: int) -> list:
 @torch.no_grad()
 def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=None, max_samples: int = 0,
                        aux_sources: str = "clean", batch: int = 8, progress: bool = True,
-                       work_scale: int = 1, grid: bool = False) -> LatentDataset:
+                       work_scale: int = 1, crops_per_tuple: int = 1) -> LatentDataset:
     """Encode a ``latentfuse data build`` folder into a :class:`LatentDataset` (see the module doc);
     ``work_scale`` enlarges every image before cropping, as the pipeline of the trained model will.
-    ``grid``: every tuple gives the crops that cover its (enlarged) image (:func:`crop_offsets`), not
-    only the centre one, so images larger than the crop are used whole."""
+    ``crops_per_tuple`` > 1: every tuple gives up to that many crops, spread evenly over the grid that
+    covers its (enlarged) image (:func:`crop_offsets`), not only the centre one, so more of an image
+    larger than the crop is seen."""
     from tqdm import tqdm
 
     from model.vae import to_vae_input
@@ -273,7 +274,7 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
         for p in row[1:6]:
             if not p.is_file():
                 raise LatentfuseError(f"the manifest under {root} references a missing image: {p}")
-    if grid:  # one row per crop: (row..., crop index, crops of that image)
+    if crops_per_tuple > 1:  # one row per crop: (row..., crop index in the grid, grid size)
         from model.image_io import read_image
 
         expanded = []
@@ -282,7 +283,8 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
             if min(h, w) < crop:  # _center_crop enlarges it first
                 h, w = max(crop, round(h * crop / min(h, w))), max(crop, round(w * crop / min(h, w)))
             count = int(np.prod(crop_grid(h, w, crop)))
-            expanded += [(*row, i, count) for i in range(count)]
+            picks = sorted({int(i) for i in np.linspace(0, count - 1, min(count, crops_per_tuple)).round()})
+            expanded += [(*row, i, count) for i in picks]
         rows = expanded
     else:
         rows = [(*row, 0, 1) for row in rows]
