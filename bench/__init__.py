@@ -5,7 +5,9 @@
     bench.pipelines, bench.competitors               one timed interface over every pipeline
     bench.flops                                      analytic FLOPs / memory, matmul peak, exponent fit
     bench.memory                                     peak memory of one call (CUDA allocator / RSS)
-    bench.sweep                                      the interleaved sweep
+    bench.plan                                       what to run: settings, sizes, analytic pass, budgets
+    bench.sweep                                      the interleaved sweep (builds and runs the plan)
+    bench.analysis                                   statistics, fits, speed-ups, the result
     bench.report                                     JSON, markdown and PNG output
     bench.cli                                        ``latentfuse bench``
 

@@ -64,7 +64,7 @@ def sample_pair(size: tuple[int, int], task: str = "vif") -> tuple[np.ndarray, n
 
 
 def _pipelines(model_dir: Path, backends: Sequence[str], threads: int | None):
-    from runtime.bundle_cache import cached_bundle
+    from export.bundle_cache import cached_bundle
     from runtime.pipeline import Pipeline
 
     options = {"threads": threads} if threads else {}

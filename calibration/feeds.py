@@ -18,42 +18,20 @@ import numpy as np
 
 from calibration.dataset import CalibrationSample
 from model.errors import LatentfuseError
-
-# The input names of export.graphs' specs, per semantic role.
-ROLE_NAMES = {
-    "image": "image", "latent": "latent", "input_ids": "input_ids", "attention_mask": "attention_mask",
-    "z_t": "z_t", "t": "t", "z_a": "z_a", "z_b": "z_b", "prompt_embeds": "prompt_embeds", "prompt_mask": "prompt_mask",
-}
-
-
-def graph_kind(name: str, entry: Mapping) -> str:
-    kind = entry.get("kind") or next((k for k in ("vae_encoder", "vae_decoder", "text_encoder", "dit")
-                                      if name.startswith(k)), None)
-    if kind is None:
-        raise LatentfuseError(f"graph {name!r}: the manifest gives no 'kind' (vae_encoder, vae_decoder, text_encoder, dit)")
-    return kind
-
+from runtime.backends.onnxruntime_backend import ort_session
+from runtime.manifest import GraphEntry, graph_kind  # noqa: F401 - graph_kind re-exported
 
 def _feed(name: str, entry: Mapping, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Map role -> value onto the graph's declared input names, checking that every input is fed."""
-    declared = [i["name"] for i in entry.get("inputs", [])]
-    feed = {ROLE_NAMES[role]: v for role, v in values.items() if ROLE_NAMES[role] in declared}
-    missing = [n for n in declared if n not in feed]
-    if missing:
-        raise LatentfuseError(f"graph {name!r}: calibration does not know how to feed input(s) {missing} "
-                              f"(known: {sorted(ROLE_NAMES.values())})")
-    return feed
+    """Map role -> value onto the graph's input names (by role through the manifest, the runtime's reader),
+    checking that every input is fed."""
+    return GraphEntry(name, entry).feeds(values)
 
 
 class _Graph:
-    """An ONNX Runtime session over one FP32 graph of the bundle."""
+    """An ONNX Runtime session (CPU) over one FP32 graph of the bundle."""
 
     def __init__(self, path: Path):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, purpose="calibration")
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def __call__(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -102,7 +80,7 @@ def build_feeds(bundle: str | Path, manifest: Mapping, samples: Sequence[Calibra
     for i in range(0, len(prompts), prompt_batch):
         batch = prompts[i:i + prompt_batch]
         ids, mask = tokenize(batch)
-        feed = _feed(by_kind["text_encoder"], te_entry, {"input_ids": ids, "attention_mask": mask})
+        feed = _feed(by_kind["text_encoder"], te_entry, {"token_ids": ids, "attention_mask": mask})
         feeds[by_kind["text_encoder"]].append(feed)
         out = encoder(feed)
         for row, prompt in enumerate(batch):
@@ -120,17 +98,18 @@ def build_feeds(bundle: str | Path, manifest: Mapping, samples: Sequence[Calibra
         if sample.prompt not in embeds:
             ids, mask = tokenize([sample.prompt])
             embeds[sample.prompt] = (encoder(_feed(by_kind["text_encoder"], te_entry,
-                                                   {"input_ids": ids, "attention_mask": mask})), mask)
+                                                   {"token_ids": ids, "attention_mask": mask})), mask)
         prompt_embeds, prompt_mask = embeds[sample.prompt]
         for name, kind in kinds.items():
             entry = graphs[name]
             if kind == "dit":
-                values = {"z_a": z_a, "z_b": z_b, "prompt_embeds": prompt_embeds.astype(np.float32),
-                          "prompt_mask": prompt_mask}
-                if entry.get("head", "flow" if "flow" in name else "regression") == "flow":
+                values = {"source_latent_a": z_a, "source_latent_b": z_b,
+                          "prompt_embeds": prompt_embeds.astype(np.float32), "prompt_mask": prompt_mask}
+                if GraphEntry(name, entry).head == "flow":
                     t = np.float32(sample.t)
                     noise = rng.standard_normal(z_a.shape).astype(np.float32)
-                    values.update(z_t=((1 - t) * noise + t * z1).astype(np.float32), t=np.array([t], np.float32))
+                    values.update(noisy_latent=((1 - t) * noise + t * z1).astype(np.float32),
+                                  timestep=np.array([t], np.float32))
                 feeds[name].append(_feed(name, entry, values))
             elif kind == "vae_decoder":
                 feeds[name].append(_feed(name, entry, {"latent": np.concatenate([z_a, z_b, z1]).astype(np.float32)}))

@@ -34,19 +34,16 @@ measured value, plus the thresholds and a description of the calibration set.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from calibration.ranges import FP16_MAX, TensorRange, load_model, measure_ranges, run_tensors
+from export.fp16 import PLAN_FORMAT, ensure_node_names, fp32_node_names, load_plan, save_plan  # noqa: F401
 from model.errors import LatentfuseError
 
-PLAN_FORMAT = "latentfuse-precision-plan/1"
 
 # Normalisation statistics and softmax: the ops whose FP16 error is measured node by node (rule 2).
 STATISTIC_OPS = frozenset({
@@ -115,15 +112,6 @@ def unsafe_tensors(stats: Mapping[str, TensorRange], initializers: set[str],
         elif r.flush_fraction > thresholds.flush_fraction:
             out[name] = ("underflow", r.flush_fraction)
     return out
-
-
-def ensure_node_names(model) -> None:
-    """Name unnamed nodes (``<op>_<index>``) so that the plan can refer to every node."""
-    seen = set()
-    for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
 
 
 # --- rule 2: measured FP16 error of one node -----------------------------------------------------
@@ -415,10 +403,6 @@ def _keep_producers(model, node, kept: dict[str, KeptNode], stats: Mapping[str, 
             stack.extend(name for name in up.input if name in producer and name in stats)
 
 
-def fp32_node_names(plan_for_graph: Mapping) -> list[str]:
-    return [entry["name"] for entry in plan_for_graph.get("fp32_nodes", [])]
-
-
 def make_plan(graph_plans: Mapping[str, dict], thresholds: Thresholds, calibration_set: Mapping) -> dict:
     return {
         "format": PLAN_FORMAT,
@@ -426,25 +410,3 @@ def make_plan(graph_plans: Mapping[str, dict], thresholds: Thresholds, calibrati
         "calibration_set": dict(calibration_set),
         "graphs": dict(graph_plans),
     }
-
-
-def save_plan(plan: Mapping, path: str | os.PathLike) -> Path:
-    from model.atomic import atomic_file
-
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(plan, indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def load_plan(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise LatentfuseError(f"precision plan {path} does not exist (run `latentfuse calibrate` first)")
-    try:
-        plan = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LatentfuseError(f"precision plan {path} is not valid JSON: {err}") from None
-    if plan.get("format") != PLAN_FORMAT:
-        raise LatentfuseError(f"{path} is not a precision plan (format {plan.get('format')!r}, expected {PLAN_FORMAT!r})")
-    return plan

@@ -22,6 +22,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from model.errors import LatentfuseError
+from export.fp16 import load_model  # noqa: F401 - re-exported (calibration.plan)
+from runtime.backends.onnxruntime_backend import ort_session
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0 ** -14      # below this fp16 is subnormal: fewer mantissa bits, lost precision
@@ -83,21 +85,6 @@ class TensorRange:
         return cls(**{k: v for k, v in d.items() if k in keys})
 
 
-def load_model(model) -> "onnx.ModelProto":
-    """A ModelProto from a path (external data resolved next to it) or a ModelProto (returned as is)."""
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise LatentfuseError(f"ONNX graph {path} does not exist")
-    try:
-        return onnx.load(str(path), load_external_data=True)
-    except Exception as err:  # protobuf / external-data errors carry no file name
-        raise LatentfuseError(f"cannot read ONNX graph {path}: {err}") from None
-
-
 def initializer_ranges(model) -> dict[str, TensorRange]:
     """Statistics of float initializers and Constant-node values (static: no run needed)."""
     import onnx
@@ -114,21 +101,15 @@ def initializer_ranges(model) -> dict[str, TensorRange]:
 
 def _session(model, providers, workdir: str) -> "onnxruntime.InferenceSession":
     """An ONNX Runtime session; models over protobuf's 2 GB limit go through ``workdir`` on disk."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
     # Basic optimisations only: constant folding is harmless, but fusions (e.g. LayerNorm, GELU) would
     # hide the intermediate tensors we want to observe - and exposed outputs block them anyway.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    providers = list(providers or ["CPUExecutionProvider"])
     if model.ByteSize() < 1_800_000_000:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        return ort_session(model, providers, optimization="basic", purpose="calibration")
     import onnx
 
     path = os.path.join(workdir, "model.onnx")
     onnx.save(model, path, save_as_external_data=True, location="model.onnx.data")
-    return ort.InferenceSession(path, opts, providers=providers)
+    return ort_session(path, providers, optimization="basic", purpose="calibration")
 
 
 def node_output_names(model) -> list[str]:

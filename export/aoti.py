@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from model.errors import LatentfuseError
+from model.geometry import HEADS
 
 AOTI_SUFFIX = ".pt2"
 # Batch bound of the packages: Inductor's guards cap some graphs (the VAE decoder) below
@@ -128,8 +129,7 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
     import torch
     from tqdm import tqdm
 
-    from export.bundle import (FORMAT, FORMAT_VERSION, PROMPT_CACHE_NAME, TOKENIZER_NAME, detail_section, sampler_section,
-                               latent_section, record_files, save_manifest, write_prompt_cache)
+    from export.bundle import bundle_manifest, record_files, save_manifest, write_text_assets
     from export.graphs import graph_specs
     from model.atomic import atomic_dir
     from model.data.prompts import canonical_prompts
@@ -137,7 +137,7 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
     out = Path(out)
     if out.exists() and not force:
         raise LatentfuseError(f"{out} already exists (pass --force to replace it)")
-    heads = list(heads) if heads else [h for h in ("flow", "regression") if h in components.dits]
+    heads = list(heads) if heads else [h for h in HEADS if h in components.dits]
     specs = graph_specs(components, heads)
     prompts = canonical_prompts()
     threads = torch.get_num_threads()
@@ -152,24 +152,10 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
             graphs[name] = entry
             table[name] = {"file": f"{name}{AOTI_SUFFIX}", "device": device, "torch": torch.__version__,
                            "compile_seconds": round(seconds, 2)}
-        text = components.text_encoder
-        text.tokenizer.save(tmp / TOKENIZER_NAME)
-        write_prompt_cache(text, prompts, tmp / PROMPT_CACHE_NAME)
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "graphs": graphs, "files": {},
-            "latent": latent_section(components),
-            "resolution": next(iter(specs.values())).resolution.to_manifest(),
-            "text": {"tokenizer": TOKENIZER_NAME, "max_length": int(text.max_length),
-                     "pad_id": int(text.tokenizer.pad_id), "eos_id": int(text.tokenizer.eos_id),
-                     "hidden_size": int(text.hidden_size), "vocab_size": int(text.tokenizer.vocab_size)},
-            "prompt_cache": {"file": PROMPT_CACHE_NAME, "prompts": dict(prompts)},
-            "sampler": sampler_section(components),
-            "versions": {"torch": torch.__version__},
-            "source_checkpoint": str(checkpoint) if checkpoint else None,
-            "engines": {},
-            "aoti": table,
-            **detail_section(components),
-        }
+        write_text_assets(tmp, components, prompts)
+        manifest = bundle_manifest(components, specs, graphs, prompts, versions={"torch": torch.__version__},
+                                   source_checkpoint=str(checkpoint) if checkpoint else None, engines={},
+                                   aoti=table)
         record_files(tmp, manifest, sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()))
         save_manifest(tmp, manifest)
     return out

@@ -13,17 +13,19 @@ Layout::
     BUNDLE/spiece.model                        the prompt tokenizer (sentencepiece; T5 ids: pad 0, eos 1)
     BUNDLE/prompt_cache.safetensors            "<id>.embeds" [1, L_id, d_t] float32, "<id>.mask" [1, L_id] int64
 
-``manifest.json`` (format ``latentfuse-bundle``, ``format_version`` 1)::
+``manifest.json`` (format ``latentfuse-bundle``, ``format_version`` 1, ``format_minor`` 1; read by
+:mod:`runtime.manifest`, which also reads minor 0: bundles without ``format_minor`` nor tensor roles)::
 
-    {"format": "latentfuse-bundle", "format_version": 1,
+    {"format": "latentfuse-bundle", "format_version": 1, "format_minor": 1,
      "graphs": {"<name>": {
          "kind": "vae_encoder|vae_decoder|text_encoder|dit", "head": "flow|regression" (dit only),
          "moe_dispatch": "dense|grouped" (dit only: the MoE form in the graph, model.moe),
          "file": "<name>.onnx", "external_data": ["<name>.onnx.data"], "precision": "fp32|fp16|int8|fp8",
          "quantization": {...} (int8 / fp8 graphs: export.quantize's plan, errors and ONNX Runtime kernels),
          "exporter": "dynamo|torchscript", "exporter_fallback_reason": "..." (torchscript only), "opset": N,
-         "inputs":  [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}, ...],
-         "outputs": [{"name": "latent", "dtype": "float32", "shape": ["batch", 16, "latent_height", "latent_width"]}],
+         "inputs":  [{"name": "image", "role": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}, ...],
+         "outputs": [{"name": "latent", "role": "latent", "dtype": "float32",
+                      "shape": ["batch", 16, "latent_height", "latent_width"]}],
          "profile": {"min": {"<input>": [dims]}, "opt": {...}, "max": {...}},
          "tolerance": {"atol": a, "rtol": r}, "export_seconds": s}},
      "files": {"<relative path>": {"sha256": "<hex>", "bytes": N}},        every file but manifest.json
@@ -46,6 +48,10 @@ Layout::
      "detail": {"clean": {sigma, radius, fused_candidate, gain, noise_k}, "safe": {...},
                 "clean_prompts": [...], "off_prefixes": [...]}}   models with a detail path only (model.detail)
 
+Tensor roles (``runtime.manifest.ROLE_NAMES``): hosts find a graph's tensors by ``role`` (image, latent,
+token_ids, attention_mask, prompt_embeds, prompt_mask, noisy_latent, timestep, source_latent_a,
+source_latent_b, velocity, fused_latent), falling back to the names of that table when a bundle has no roles.
+
 Symbolic dims: ``batch``, ``height``/``width`` (pixels, multiples of 16), ``latent_height`` =
 height/8, ``latent_width`` = width/8, ``text_length`` (tokens incl. EOS, <= ``text.max_length``).
 Latents are normalised: ``z = (mean(E(x)) - shift_factor) · scaling_factor``. Prompt-cache embeddings
@@ -61,40 +67,23 @@ engine builder (its files are added to ``files``, see :func:`record_files`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
+from model.flow import DEFAULT_G, DEFAULT_SAMPLER, DEFAULT_STEPS
 from model.errors import LatentfuseError
-
-FORMAT = "latentfuse-bundle"
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-TOKENIZER_NAME = "spiece.model"
-PROMPT_CACHE_NAME = "prompt_cache.safetensors"
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
-QUANTIZED = ("int8", "fp8")           # export.quantize: explicit Q/DQ graphs
+from model.geometry import HEADS, LATENT_FACTOR, PATCH
+from runtime import manifest as reader
+# The reader's names, re-exported: the schema, hashes and loading live in runtime.manifest.
+from runtime.manifest import (FORMAT, FORMAT_MINOR, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS,  # noqa: F401
+                              PROMPT_CACHE_NAME, QUANTIZED, TOKENIZER_NAME, dumps, file_entry, load_manifest,
+                              sha256_file)
 
 
-# ---------------------------------------------------------------------- hashes and manifest I/O
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_entry(path: Path) -> dict:
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-
+# ---------------------------------------------------------------------- manifest writing
 def record_files(bundle_dir: str | os.PathLike, manifest: dict, relpaths: Sequence[str]) -> dict:
     """Hash ``relpaths`` (relative to the bundle) into ``manifest["files"]``; returns the manifest."""
     root = Path(bundle_dir)
@@ -107,169 +96,19 @@ def record_files(bundle_dir: str | os.PathLike, manifest: dict, relpaths: Sequen
     return manifest
 
 
-def dumps(obj, indent: int = 2, _level: int = 0) -> str:
-    """JSON with nested objects indented and lists of scalars (shapes, dims) kept on one line."""
-    pad, inner = " " * (indent * _level), " " * (indent * (_level + 1))
-    if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(str(k))}: {dumps(v, indent, _level + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in obj):
-        items = [inner + dumps(v, indent, _level + 1) for v in obj]
-        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
-    return json.dumps(obj, allow_nan=False)
-
-
 def save_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
-    from model.atomic import atomic_file
-
-    path = Path(bundle_dir) / MANIFEST_NAME
-    with atomic_file(path) as tmp:
-        tmp.write_text(dumps(manifest) + "\n")
-    return path
+    """Write ``manifest.json`` atomically (the writers: export, the engine builder, aoti)."""
+    return reader.write_json(Path(bundle_dir) / MANIFEST_NAME, manifest)
 
 
-def load_manifest(bundle_dir: str | os.PathLike, verify_hashes: bool = True) -> dict:
-    """Read ``manifest.json``; every listed file must exist with its recorded size and (when
-    ``verify_hashes``) sha256, so a missing or tampered file is a clear error naming it."""
-    root = Path(bundle_dir)
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise LatentfuseError(f"bundle directory {root} does not exist")
-    if not path.is_file():
-        raise LatentfuseError(f"{root} is not a deployment bundle (no {MANIFEST_NAME}); "
-                              f"make one with `latentfuse export --checkpoint DIR --out BUNDLE`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LatentfuseError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise LatentfuseError(f"{path} is not a latentfuse bundle manifest (format {manifest.get('format')!r})"
-                              if isinstance(manifest, dict) else f"{path} is not a JSON object")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise LatentfuseError(f"{path} has format_version {version!r}; this latentfuse reads up to {FORMAT_VERSION}")
-    files = manifest.get("files")
-    graphs = manifest.get("graphs")
-    if not isinstance(files, dict) or not isinstance(graphs, dict) or not graphs:
-        raise LatentfuseError(f"{path} lacks its 'files' / 'graphs' tables")
-    for name, entry in graphs.items():
-        for rel in [entry.get("file"), *entry.get("external_data", [])]:
-            if rel not in files:
-                raise LatentfuseError(f"{path}: graph {name!r} file {rel!r} is not listed in 'files'")
-    for rel, entry in files.items():
-        target = root / rel
-        if not target.is_file():
-            raise LatentfuseError(f"{root}: {rel} is missing (listed in {MANIFEST_NAME})")
-        size = target.stat().st_size
-        if size != entry.get("bytes"):
-            raise LatentfuseError(f"{root}: {rel} was modified after export "
-                                  f"({size} bytes, the manifest records {entry.get('bytes')})")
-        if verify_hashes:
-            digest = sha256_file(target)
-            if digest != entry.get("sha256"):
-                raise LatentfuseError(f"{root}: {rel} was modified after export (sha256 {digest[:16]}... "
-                                      f"!= manifest {str(entry.get('sha256'))[:16]}...)")
-    return manifest
-
-
-# ---------------------------------------------------------------------- reading a bundle
-class Bundle:
-    """Read access for hosts: graph paths and interfaces, tokenizer, prompt cache, defaults."""
-
-    def __init__(self, root: str | os.PathLike, manifest: dict):
-        self.root = Path(root)
-        self.manifest = manifest
-
-    @classmethod
-    def open(cls, root: str | os.PathLike, verify_hashes: bool = True) -> "Bundle":
-        return cls(root, load_manifest(root, verify_hashes=verify_hashes))
-
-    # graphs
-    @property
-    def graph_names(self) -> list[str]:
-        return list(self.manifest["graphs"])
-
-    @property
-    def heads(self) -> list[str]:
-        return [e["head"] for e in self.manifest["graphs"].values() if e.get("kind") == "dit"]
-
-    def graph(self, name: str) -> dict:
-        graphs = self.manifest["graphs"]
-        if name not in graphs:
-            raise LatentfuseError(f"{self.root}: the bundle has no {name!r} graph (it has {', '.join(graphs)})")
-        return graphs[name]
-
-    def graph_path(self, name: str) -> Path:
-        return self.root / self.graph(name)["file"]
-
-    def dit_graph(self, head: str) -> str:
-        for name, entry in self.manifest["graphs"].items():
-            if entry.get("kind") == "dit" and entry.get("head") == head:
-                return name
-        raise LatentfuseError(f"{self.root}: the bundle has no {head!r} DiT (heads: {', '.join(self.heads) or 'none'})")
+class Bundle(reader.Bundle):
+    """:class:`runtime.manifest.Bundle` plus the export side's view of a graph (a :class:`GraphSpec`)."""
 
     def spec(self, name: str):
         from export.graphs import GraphSpec
 
         return GraphSpec.from_manifest(name, self.graph(name), self.manifest.get("resolution"),
                                        self.manifest.get("text"))
-
-    def input_names(self, name: str) -> list[str]:
-        return [t["name"] for t in self.graph(name)["inputs"]]
-
-    def output_names(self, name: str) -> list[str]:
-        return [t["name"] for t in self.graph(name)["outputs"]]
-
-    def profile(self, name: str) -> dict:
-        return self.graph(name)["profile"]
-
-    # text
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.root / self.manifest["text"]["tokenizer"]
-
-    @property
-    def prompts(self) -> dict[str, str]:
-        return dict((self.manifest.get("prompt_cache") or {}).get("prompts", {}))
-
-    def prompt_cache(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """prompt id -> (embeds [1, L, d] float32, mask [1, L] int64)."""
-        from safetensors.numpy import load_file
-
-        entry = self.manifest.get("prompt_cache")
-        if not entry:
-            return {}
-        path = self.root / entry["file"]
-        try:
-            tensors = load_file(str(path))
-        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type
-            raise LatentfuseError(f"cannot read the prompt cache {path}: {err}") from None
-        out = {}
-        for key in entry.get("prompts", {}):
-            if f"{key}.embeds" not in tensors or f"{key}.mask" not in tensors:
-                raise LatentfuseError(f"{path} has no embedding for prompt id {key!r}")
-            out[key] = (tensors[f"{key}.embeds"], tensors[f"{key}.mask"].astype(np.int64))
-        return out
-
-    def prompt_embedding(self, key_or_text: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """Cached (embeds, mask) of a canonical prompt, by id or by its exact text; None if not cached."""
-        prompts = self.prompts
-        key = key_or_text if key_or_text in prompts else next(
-            (k for k, text in prompts.items() if text == key_or_text), None)
-        return None if key is None else self.prompt_cache()[key]
-
-    # defaults
-    @property
-    def latent(self) -> dict:
-        return dict(self.manifest["latent"])
-
-    @property
-    def resolution(self) -> dict:
-        return dict(self.manifest["resolution"])
-
-    @property
-    def sampler(self) -> dict:
-        return dict(self.manifest.get("sampler") or {})
 
 
 # ---------------------------------------------------------------------- writing a bundle
@@ -288,10 +127,8 @@ def _versions(opset: int) -> dict:
 
 def latent_section(components) -> dict:
     """The manifest's ``latent`` section: how images map to the latents the graphs exchange."""
-    from export.graphs import DOWNSAMPLE, PATCH
-
     vae = components.vae
-    return {"channels": int(vae.latent_channels), "downsample": DOWNSAMPLE, "patch": PATCH,
+    return {"channels": int(vae.latent_channels), "downsample": LATENT_FACTOR, "patch": PATCH,
             "scaling_factor": float(vae.scaling_factor), "shift_factor": float(vae.shift_factor),
             "work_scale": int(components.work_scale), "window": int(components.window)}
 
@@ -303,9 +140,7 @@ def detail_section(components) -> dict:
 
 def sampler_section(components) -> dict:
     """The manifest's ``sampler`` section: the runtime's defaults and the prior the flow DiT was trained from."""
-    from runtime import samplers
-
-    section = {"name": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS, "g": samplers.DEFAULT_G,
+    section = {"name": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS, "g": DEFAULT_G,
                "prior": "gaussian"}
     flow = components.dits.get("flow")
     if flow is not None and flow.config.prior != "gaussian":
@@ -327,6 +162,34 @@ def write_prompt_cache(text_encoder, prompts: dict[str, str], path: Path) -> Non
     save_file(tensors, str(path), metadata={"format": "latentfuse-prompt-cache"})
 
 
+def write_text_assets(bundle_dir: Path, components, prompts: dict[str, str]) -> None:
+    """The bundle's tokenizer and prompt cache (every bundle kind ships both)."""
+    components.text_encoder.tokenizer.save(bundle_dir / TOKENIZER_NAME)
+    write_prompt_cache(components.text_encoder, prompts, bundle_dir / PROMPT_CACHE_NAME)
+
+
+def bundle_manifest(components, specs: dict, graphs: dict, prompts: dict[str, str], **extra) -> dict:
+    """The manifest of a bundle of ``graphs`` (entries) exported from ``specs``: the sections every bundle
+    kind shares (ONNX, AOTInductor), then ``extra`` (versions, source_checkpoint, tables), then ``detail``."""
+    text = components.text_encoder
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "format_minor": FORMAT_MINOR,
+        "graphs": graphs,
+        "files": {},
+        "latent": latent_section(components),
+        "resolution": next(iter(specs.values())).resolution.to_manifest(),
+        "text": {"tokenizer": TOKENIZER_NAME, "max_length": int(text.max_length),
+                 "pad_id": int(text.tokenizer.pad_id), "eos_id": int(text.tokenizer.eos_id),
+                 "hidden_size": int(text.hidden_size), "vocab_size": int(text.tokenizer.vocab_size)},
+        "prompt_cache": {"file": PROMPT_CACHE_NAME, "prompts": dict(prompts)},
+        "sampler": sampler_section(components),
+    }
+    manifest.update(extra)
+    manifest.setdefault("engines", {})
+    manifest.update(detail_section(components))
+    return manifest
+
+
 def _convert_fp16(tmp: Path, results: dict, plan_path) -> None:
     """The single FP16 call site: each FP32 graph -> mixed-precision FP16 via export.fp16 and the
     calibration precision plan (FP32 islands chosen from measured ranges, docs/design.md "Precision")."""
@@ -334,8 +197,7 @@ def _convert_fp16(tmp: Path, results: dict, plan_path) -> None:
         raise LatentfuseError("fp16 export needs calibration: run `latentfuse calibrate` on an fp32 bundle "
                               "and pass its precision plan with --plan PLAN")
     try:
-        from calibration.plan import load_plan
-        from export.fp16 import convert_bundle_graph
+        from export.fp16 import convert_bundle_graph, load_plan
     except ImportError as err:
         raise LatentfuseError(f"fp16 export needs calibration: the FP16 converter is unavailable ({err})") from None
     plan = load_plan(plan_path)
@@ -413,7 +275,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
         components = FusionComponents.from_pretrained(checkpoint)
     if out.exists() and not force:
         raise LatentfuseError(f"{out} already exists (pass --force to replace it)")
-    heads = list(heads) if heads else [h for h in ("flow", "regression") if h in components.dits]
+    heads = list(heads) if heads else [h for h in HEADS if h in components.dits]
     specs = graph_specs(components, heads)
 
     from model.data.prompts import canonical_prompts
@@ -439,10 +301,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
             quantized = quantize_bundle_graphs(tmp, results, specs, components, quantization, opset=opset,
                                                progress=progress)
 
-        components.text_encoder.tokenizer.save(tmp / TOKENIZER_NAME)
-        write_prompt_cache(components.text_encoder, prompts, tmp / PROMPT_CACHE_NAME)
-
-        text = components.text_encoder
+        write_text_assets(tmp, components, prompts)
         graphs = {}
         for name, spec in specs.items():
             result = results[name]
@@ -466,23 +325,8 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
             graphs[name] = {k: entry[k] for k in ("kind", "head", "moe_dispatch", "file", "external_data", "precision", "quantization", "exporter",
                                                   "exporter_fallback_reason", "opset", "inputs", "outputs",
                                                   "profile", "tolerance", "export_seconds") if k in entry}
-        any_spec = next(iter(specs.values()))
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "graphs": graphs,
-            "files": {},
-            "latent": latent_section(components),
-            "resolution": any_spec.resolution.to_manifest(),
-            "text": {"tokenizer": TOKENIZER_NAME, "max_length": int(text.max_length),
-                     "pad_id": int(text.tokenizer.pad_id), "eos_id": int(text.tokenizer.eos_id),
-                     "hidden_size": int(text.hidden_size), "vocab_size": int(text.tokenizer.vocab_size)},
-            "prompt_cache": {"file": PROMPT_CACHE_NAME, "prompts": dict(prompts)},
-            "sampler": sampler_section(components),
-            "versions": _versions(opset),
-            "source_checkpoint": str(checkpoint),
-            "engines": {},
-        }
-        manifest.update(detail_section(components))
+        manifest = bundle_manifest(components, specs, graphs, prompts, versions=_versions(opset),
+                                   source_checkpoint=str(checkpoint))
         if precision in QUANTIZED:
             manifest["quantization"] = {"precision": precision, "level": quantization.level,
                                         "target": quantization.target,

@@ -25,7 +25,6 @@ cache, the profile (the shapes) is part of the key.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -35,31 +34,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from export.bundle import record_files, save_manifest
 from model.atomic import atomic_file
-from model.errors import LatentfuseError, MissingDependencyError
+from model.errors import LatentfuseError
+from model.geometry import LATENT_FACTOR, PIXEL_MULTIPLE
+from runtime.backends.tensorrt_backend import import_tensorrt
+from runtime.manifest import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, MANIFEST_NAME, TEXT_LENGTH, WIDTH,
+                              load_manifest, sha256_file, sha256_json)
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_NAME
 ENGINE_DIR = "engines"
-SPATIAL_MULTIPLE = 16       # the runtime pads images to a multiple of 16 (VAE f=8 x DiT patch 2)
+SPATIAL_MULTIPLE = PIXEL_MULTIPLE   # the runtime pads images to it (model.geometry)
 LEVELS = ("min", "opt", "max")
+BUILD_PURPOSE = "building TensorRT engines (needs an NVIDIA GPU)"
+file_sha256 = sha256_file           # the engine table's hashes: the manifest's sha256
 
-# Symbolic dim names and what they measure: pixel size, latent size (pixels / VAE factor), batch, tokens.
-_DIM_ROLES = {
-    "batch": "batch", "b": "batch", "batch_size": "batch",
-    "height": "height", "h": "height", "image_height": "height",
-    "width": "width", "w": "width", "image_width": "width",
-    "latent_height": "latent_height", "latent_h": "latent_height",
-    "latent_width": "latent_width", "latent_w": "latent_width",
-    "text_length": "text", "sequence": "text", "seq_len": "text", "tokens": "text", "prompt_length": "text",
-    "text_len": "text", "length": "text",
-}
+# The manifest's symbolic dims (runtime.manifest) and what each measures: pixel size, latent size
+# (pixels / VAE factor), batch, tokens.
+_DIM_ROLES = {BATCH: "batch", HEIGHT: "height", WIDTH: "width", LATENT_HEIGHT: "latent_height",
+              LATENT_WIDTH: "latent_width", TEXT_LENGTH: "text"}
 
 
 def dim_role(name) -> str | None:
-    """The quantity a symbolic dim measures, from its name (``None`` for a static or unknown dim)."""
+    """The quantity a symbolic dim measures (``None`` for a static or unknown dim)."""
     if not isinstance(name, str):
         return None
-    return _DIM_ROLES.get(name.lower())
+    return _DIM_ROLES.get(name)
 
 
 def round_up(x: int, multiple: int = SPATIAL_MULTIPLE) -> int:
@@ -113,7 +113,7 @@ def covers(profile: Mapping[str, Mapping[str, Sequence[int]]], name: str, shape:
     return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
 
 
-def spatial_shape(spec: Mapping, height: int, width: int, profile: Mapping, latent_factor: int = 8) -> list[int] | None:
+def spatial_shape(spec: Mapping, height: int, width: int, profile: Mapping, latent_factor: int = LATENT_FACTOR) -> list[int] | None:
     """The shape input ``spec`` takes for an image of ``height`` x ``width`` (other dims at their opt);
     ``None`` for an input without spatial dims."""
     roles = [dim_role(d) for d in spec["shape"]]
@@ -129,7 +129,7 @@ def spatial_shape(spec: Mapping, height: int, width: int, profile: Mapping, late
 
 
 def uncovered_shapes(profile: Mapping, inputs: Sequence[Mapping], resolution: Mapping | None,
-                     latent_factor: int = 8) -> list[tuple[int, int]]:
+                     latent_factor: int = LATENT_FACTOR) -> list[tuple[int, int]]:
     """Image sizes of the bundle's promised range (every aspect ratio, both orientations, at the min and
     max side) that the profile rejects - so a narrowing ``--profile`` override is reported, not silent."""
     if not resolution or "min" not in resolution or "max" not in resolution:
@@ -150,7 +150,7 @@ def uncovered_shapes(profile: Mapping, inputs: Sequence[Mapping], resolution: Ma
 
 
 def profile_from_extents(inputs: Sequence[Mapping], extents: Mapping[str, Extent],
-                         latent_factor: int = 8, graph: str = "") -> dict:
+                         latent_factor: int = LATENT_FACTOR, graph: str = "") -> dict:
     """The profile of a graph's inputs from the range of each quantity.
 
     ``inputs`` are manifest entries ``{"name", "dtype", "shape"}`` whose dynamic dims are named (see
@@ -221,7 +221,7 @@ def parse_profile_override(text: str) -> tuple[str, dict[str, Extent]]:
 
 
 def manifest_extents(profile: Mapping[str, Mapping[str, Sequence[int]]], inputs: Sequence[Mapping],
-                     latent_factor: int = 8) -> dict[str, Extent]:
+                     latent_factor: int = LATENT_FACTOR) -> dict[str, Extent]:
     """Read the role extents back out of a manifest profile (so an override can change only some)."""
     found: dict[str, list] = {}
     for spec in inputs:
@@ -238,7 +238,7 @@ def manifest_extents(profile: Mapping[str, Mapping[str, Sequence[int]]], inputs:
 
 
 def resolve_profile(graph: str, entry: Mapping, override: Mapping[str, Extent] | None = None,
-                    latent_factor: int = 8) -> dict:
+                    latent_factor: int = LATENT_FACTOR) -> dict:
     """The profile to build ``graph`` with: the manifest's, with ``override`` extents replacing its own."""
     inputs = entry.get("inputs") or []
     base = entry.get("profile") or {}
@@ -280,14 +280,6 @@ def validate_profile(graph: str, profile: Mapping, inputs: Sequence[Mapping]) ->
 # --- cache key -----------------------------------------------------------------------------------
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def onnx_sha256(path: str | os.PathLike) -> str:
     """Hash of an ONNX graph together with its external-data files (new weights -> new hash)."""
     import onnx
@@ -301,13 +293,13 @@ def onnx_sha256(path: str | os.PathLike) -> str:
         next(e.value for e in t.external_data if e.key == "location")
         for t in model.graph.initializer if uses_external_data(t)
     })
-    h = hashlib.sha256(file_sha256(path).encode())
+    h = hashlib.sha256(sha256_file(path).encode())
     for loc in locations:
         data = path.parent / loc
         if not data.is_file():
             raise LatentfuseError(f"{path} refers to external data {loc!r}, which is missing next to it")
         h.update(loc.encode())
-        h.update(file_sha256(data).encode())
+        h.update(sha256_file(data).encode())
     return h.hexdigest()
 
 
@@ -320,7 +312,7 @@ def cache_key(onnx_hash: str, profile: Mapping, trt_version: str, gpu: Mapping |
         "tensorrt": str(trt_version),
         "gpu": gpu if isinstance(gpu, str) else {k: gpu[k] for k in sorted(gpu)},
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return sha256_json(payload)
 
 
 def gpu_identity() -> dict:
@@ -386,14 +378,6 @@ def check_precision_support(precisions: Iterable[str], gpu: Mapping) -> None:
                 f"export the bundle with --precision {' or '.join(works)} for it")
 
 
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise MissingDependencyError("tensorrt", extra="trt", purpose="building TensorRT engines (needs an NVIDIA GPU)") from None
-    return trt
-
-
 # --- the build (needs TensorRT) ------------------------------------------------------------------
 
 
@@ -407,7 +391,7 @@ def build_engine(onnx_path: str | os.PathLike, profile: Mapping, out_path: str |
                  timing_cache: str | os.PathLike | None = None, workspace_gb: float | None = None,
                  verbose: bool = False) -> dict:
     """Build one strongly typed engine from ``onnx_path`` and write it atomically to ``out_path``."""
-    trt = import_tensorrt()
+    trt = import_tensorrt(BUILD_PURPOSE)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
@@ -459,15 +443,11 @@ def build_engine(onnx_path: str | os.PathLike, profile: Mapping, out_path: str |
 
 
 def read_manifest(bundle: str | os.PathLike) -> dict:
-    """The bundle's manifest through :func:`export.bundle.load_manifest` (files checked against it)."""
-    from export.bundle import load_manifest
-
+    """The bundle's manifest through :func:`runtime.manifest.load_manifest` (files checked against it)."""
     return load_manifest(bundle)
 
 
 def write_manifest(bundle: str | os.PathLike, manifest: Mapping) -> None:
-    from export.bundle import save_manifest
-
     save_manifest(bundle, dict(manifest))
 
 
@@ -481,7 +461,7 @@ def graph_onnx(bundle: Path, graph: str, entry: Mapping) -> Path:
 
 def latent_factor(manifest: Mapping) -> int:
     """Pixels per latent pixel (the VAE's f), from ``manifest["latent"]["downsample"]``."""
-    return int((manifest.get("latent") or {}).get("downsample", 8))
+    return int((manifest.get("latent") or {}).get("downsample", LATENT_FACTOR))
 
 
 def plan_builds(bundle: str | os.PathLike, overrides: Mapping[str, Mapping[str, Extent]] | None = None,
@@ -518,9 +498,7 @@ def build_bundle_engines(bundle: str | os.PathLike, overrides: Mapping[str, Mapp
     """Build (or reuse) an engine per graph of ``bundle`` and record each one in the manifest."""
     from tqdm.auto import tqdm
 
-    from export.bundle import record_files
-
-    trt = import_tensorrt()
+    trt = import_tensorrt(BUILD_PURPOSE)
     bundle = Path(bundle)
     gpu = gpu_identity()
     trt_version = str(trt.__version__)

@@ -3,7 +3,7 @@
 TensorRT 11 removed ``BuilderFlag.FP16``: the precision of every tensor comes from the ONNX graph. The
 conversion itself is ONNX Runtime's ``onnxruntime.transformers.float16.convert_float_to_float16`` (the
 maintained fork of onnxconverter-common's converter): weights and activations become FP16, the nodes the
-plan (:mod:`calibration.plan`) keeps in FP32 are block-listed - they keep FP32 weights - and Cast nodes
+plan (:mod:`calibration.plan` decides it; its file format is here) keeps in FP32 are block-listed - they keep FP32 weights - and Cast nodes
 are inserted at every FP32-island boundary. Graph inputs and outputs keep their FP32 types by default
 (``keep_io_types``), so the runtime feeds and reads the same dtypes as for the FP32 graph.
 
@@ -23,6 +23,59 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from model.errors import LatentfuseError
+from runtime.manifest import write_json
+
+PLAN_FORMAT = "latentfuse-precision-plan/1"
+
+
+# ---------------------------------------------------------------------- the precision plan file
+# Written by calibration (calibration.plan decides it), read here: the format lives with its reader, so
+# calibration depends on export and not the other way round.
+def fp32_node_names(plan_for_graph: Mapping) -> list[str]:
+    return [entry["name"] for entry in plan_for_graph.get("fp32_nodes", [])]
+
+
+def save_plan(plan: Mapping, path: str | os.PathLike) -> Path:
+    return write_json(path, plan, compact_lists=False)
+
+
+def load_plan(path: str | os.PathLike) -> dict:
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise LatentfuseError(f"precision plan {path} does not exist (run `latentfuse calibrate` first)")
+    try:
+        plan = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LatentfuseError(f"precision plan {path} is not valid JSON: {err}") from None
+    if plan.get("format") != PLAN_FORMAT:
+        raise LatentfuseError(f"{path} is not a precision plan (format {plan.get('format')!r}, expected {PLAN_FORMAT!r})")
+    return plan
+
+
+def ensure_node_names(model) -> None:
+    """Name unnamed nodes (``<op>_<index>``) so that the plan can refer to every node."""
+    seen = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def load_model(model) -> "onnx.ModelProto":
+    """A ModelProto from a path (external data resolved next to it) or a ModelProto (returned as is)."""
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise LatentfuseError(f"ONNX graph {path} does not exist")
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except Exception as err:  # protobuf / external-data errors carry no file name
+        raise LatentfuseError(f"cannot read ONNX graph {path}: {err}") from None
 
 
 def convert_model(model, plan_for_graph: Mapping, *, keep_io_types: bool | Sequence[str] = True):
@@ -35,7 +88,6 @@ def convert_model(model, plan_for_graph: Mapping, *, keep_io_types: bool | Seque
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    from calibration.plan import ensure_node_names, fp32_node_names
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -345,7 +397,6 @@ def convert_bundle_graph(
     """
     import onnx
 
-    from calibration.ranges import load_model
 
     fp32 = load_model(fp32_path)
     converted = convert_model(fp32, plan_for_graph, keep_io_types=keep_io_types)

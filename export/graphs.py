@@ -32,22 +32,17 @@ from torch import nn
 
 from model.errors import LatentfuseError
 
-DOWNSAMPLE = 8                      # VAE f (MMAIF 3.2)
-PATCH = 2                           # DiT patch size p (MMAIF 3.3.1)
-PIXEL_MULTIPLE = DOWNSAMPLE * PATCH  # images are padded to multiples of 16 px
+from model.geometry import HEADS, LATENT_FACTOR, MIN_GRID, PATCH, PIXEL_MULTIPLE
+# The manifest schema's symbolic dims and tensor roles (runtime.manifest, the reader every host shares).
+from runtime.manifest import (BATCH, GRAPH_KINDS, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, SYMBOLS,  # noqa: F401
+                              TEXT_LENGTH, WIDTH, legacy_role)
 
-# Symbolic dim names, as they appear in the ONNX graphs and in manifest.json.
-BATCH, HEIGHT, WIDTH = "batch", "height", "width"
-LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
-TEXT_LENGTH = "text_length"
-SYMBOLS = (BATCH, HEIGHT, WIDTH, LATENT_HEIGHT, LATENT_WIDTH, TEXT_LENGTH)
+DOWNSAMPLE = LATENT_FACTOR          # VAE f (MMAIF 3.2), model.geometry
+KINDS = GRAPH_KINDS
 
 # Range the exported graphs accept (torch.export Dim bounds); the profiles below are narrower.
 EXPORT_MAX_BATCH = 64
 EXPORT_MAX_PIXELS = 8192
-
-KINDS = ("vae_encoder", "vae_decoder", "text_encoder", "dit")
-HEADS = ("flow", "regression")
 
 
 @dataclass(frozen=True)
@@ -83,15 +78,16 @@ class Resolution:
                 "min_height": self.min, "min_width": self.min, "max_height": self.max, "max_width": self.max}
 
 
-# How sample inputs are drawn, by I/O name (anything else: a standard-normal latent).
-SAMPLE_ROLES = {"image": "image", "t": "timestep", "input_ids": "token_ids", "attention_mask": "mask",
+# How sample inputs are drawn, by tensor role (anything else: a standard-normal latent).
+SAMPLE_KINDS = {"image": "image", "timestep": "timestep", "token_ids": "token_ids", "attention_mask": "mask",
                 "prompt_mask": "mask", "prompt_embeds": "embeds"}
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One graph input or output. ``shape`` mixes ints (static) and symbol names (dynamic);
-    ``role`` says how sample inputs are drawn (image, latent, timestep, token_ids, mask, embeds)."""
+    """One graph input or output. ``shape`` mixes ints (static) and symbol names (dynamic); ``role`` says
+    what the tensor is (``runtime.manifest.ROLE_NAMES``: hosts find tensors by it; it also decides how
+    sample inputs are drawn). Without one, the role follows from the name (as for old manifests)."""
 
     name: str
     dtype: str
@@ -100,17 +96,27 @@ class TensorSpec:
 
     def __post_init__(self):
         if self.role is None:
-            object.__setattr__(self, "role", SAMPLE_ROLES.get(self.name, "latent"))
+            object.__setattr__(self, "role", legacy_role(self.name))
+
+    @property
+    def sample_kind(self) -> str:
+        return SAMPLE_KINDS.get(self.role, "latent")
 
     def dims(self, sizes: Mapping[str, int]) -> list[int]:
         return [int(sizes[d]) if isinstance(d, str) else int(d) for d in self.shape]
 
     def to_manifest(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        entry = {"name": self.name}
+        if self.role is not None:
+            entry["role"] = self.role
+        entry.update({"dtype": self.dtype, "shape": list(self.shape)})
+        return entry
 
     @classmethod
-    def from_manifest(cls, entry: Mapping) -> "TensorSpec":
-        return cls(str(entry["name"]), str(entry["dtype"]), tuple(entry["shape"]))
+    def from_manifest(cls, entry: Mapping, kind: str | None = None, output: bool = False) -> "TensorSpec":
+        name = str(entry["name"])
+        role = entry.get("role") or legacy_role(name, kind, output)
+        return cls(name, str(entry["dtype"]), tuple(entry["shape"]), role)
 
 
 @dataclass(frozen=True)
@@ -201,8 +207,8 @@ class GraphSpec:
         from torch.export import Dim
 
         batch = Dim(BATCH, min=1, max=EXPORT_MAX_BATCH)
-        grid_h = Dim("grid_height", min=2, max=EXPORT_MAX_PIXELS // PIXEL_MULTIPLE)
-        grid_w = Dim("grid_width", min=2, max=EXPORT_MAX_PIXELS // PIXEL_MULTIPLE)
+        grid_h = Dim("grid_height", min=MIN_GRID, max=EXPORT_MAX_PIXELS // PIXEL_MULTIPLE)
+        grid_w = Dim("grid_width", min=MIN_GRID, max=EXPORT_MAX_PIXELS // PIXEL_MULTIPLE)
         dims = {BATCH: batch, HEIGHT: PIXEL_MULTIPLE * grid_h, WIDTH: PIXEL_MULTIPLE * grid_w,
                 LATENT_HEIGHT: PATCH * grid_h, LATENT_WIDTH: PATCH * grid_w,
                 TEXT_LENGTH: Dim(TEXT_LENGTH, min=1, max=self.max_text_length)}
@@ -229,18 +235,19 @@ class GraphSpec:
         for t in self.inputs:
             shape = t.dims(sizes)
             dtype = TORCH_DTYPES[t.dtype]
-            if t.role == "image":
+            kind = t.sample_kind
+            if kind == "image":
                 value = torch.rand(shape, generator=gen) * 2 - 1
-            elif t.role == "timestep":
+            elif kind == "timestep":
                 value = torch.rand(shape, generator=gen)
-            elif t.role == "token_ids":
+            elif kind == "token_ids":
                 value = torch.randint(2, max(self.vocab_size, 3), shape, generator=gen)
                 for row, n in enumerate(lengths):
                     value[row, n - 1] = 1           # EOS
                     value[row, n:] = 0              # padding
-            elif t.role == "mask":
+            elif kind == "mask":
                 value = mask.clone()
-            elif t.role == "embeds":
+            elif kind == "embeds":
                 value = torch.randn(shape, generator=gen) * mask[..., None]
             else:
                 value = torch.randn(shape, generator=gen)
@@ -280,8 +287,8 @@ class GraphSpec:
             batch_of = lambda key: next(iter(prof[key].values()))[0] if prof.get(key) else 1  # noqa: E731
             return GraphSpec(
                 name=name, kind=str(entry["kind"]), head=entry.get("head"),
-                inputs=tuple(TensorSpec.from_manifest(t) for t in entry["inputs"]),
-                outputs=tuple(TensorSpec.from_manifest(t) for t in entry["outputs"]),
+                inputs=tuple(TensorSpec.from_manifest(t, str(entry["kind"])) for t in entry["inputs"]),
+                outputs=tuple(TensorSpec.from_manifest(t, str(entry["kind"]), True) for t in entry["outputs"]),
                 resolution=Resolution(**{k: (tuple(v) if k == "aspect_ratios" else v) for k, v in res.items()
                                          if k in ("min", "max", "multiple", "opt", "aspect_ratios")}),
                 max_text_length=int((text or {}).get("max_length", 128)),
@@ -373,8 +380,9 @@ class VaeEncoderSpec(GraphSpec):
     @classmethod
     def create(cls, latent_channels: int, **kw) -> "VaeEncoderSpec":
         return cls(name="vae_encoder", kind="vae_encoder",
-                   inputs=(TensorSpec("image", "float32", (BATCH, 3, HEIGHT, WIDTH)),),
-                   outputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, LATENT_HEIGHT, LATENT_WIDTH)),),
+                   inputs=(TensorSpec("image", "float32", (BATCH, 3, HEIGHT, WIDTH), "image"),),
+                   outputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, LATENT_HEIGHT, LATENT_WIDTH),
+                                       "latent"),),
                    **kw)
 
     def module(self, components) -> nn.Module:
@@ -388,8 +396,8 @@ class VaeDecoderSpec(GraphSpec):
     @classmethod
     def create(cls, latent_channels: int, **kw) -> "VaeDecoderSpec":
         return cls(name="vae_decoder", kind="vae_decoder",
-                   inputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, LATENT_HEIGHT, LATENT_WIDTH)),),
-                   outputs=(TensorSpec("image", "float32", (BATCH, 3, HEIGHT, WIDTH)),),
+                   inputs=(TensorSpec("latent", "float32", (BATCH, latent_channels, LATENT_HEIGHT, LATENT_WIDTH), "latent"),),
+                   outputs=(TensorSpec("image", "float32", (BATCH, 3, HEIGHT, WIDTH), "image"),),
                    **kw)
 
     def module(self, components) -> nn.Module:
@@ -403,9 +411,9 @@ class TextEncoderSpec(GraphSpec):
     @classmethod
     def create(cls, hidden_size: int, **kw) -> "TextEncoderSpec":
         return cls(name="text_encoder", kind="text_encoder",
-                   inputs=(TensorSpec("input_ids", "int64", (BATCH, TEXT_LENGTH)),
-                           TensorSpec("attention_mask", "int64", (BATCH, TEXT_LENGTH))),
-                   outputs=(TensorSpec("prompt_embeds", "float32", (BATCH, TEXT_LENGTH, hidden_size)),),
+                   inputs=(TensorSpec("input_ids", "int64", (BATCH, TEXT_LENGTH), "token_ids"),
+                           TensorSpec("attention_mask", "int64", (BATCH, TEXT_LENGTH), "attention_mask")),
+                   outputs=(TensorSpec("prompt_embeds", "float32", (BATCH, TEXT_LENGTH, hidden_size), "prompt_embeds"),),
                    **kw)
 
     def module(self, components) -> nn.Module:
@@ -423,14 +431,16 @@ class DiTSpec(GraphSpec):
         if head not in HEADS:
             raise LatentfuseError(f"unknown DiT head {head!r}; expected one of {', '.join(HEADS)}")
         latent = (BATCH, latent_channels, LATENT_HEIGHT, LATENT_WIDTH)
-        cond = (TensorSpec("z_a", "float32", latent), TensorSpec("z_b", "float32", latent),
-                TensorSpec("prompt_embeds", "float32", (BATCH, TEXT_LENGTH, text_dim)),
-                TensorSpec("prompt_mask", "int64", (BATCH, TEXT_LENGTH)))
+        cond = (TensorSpec("z_a", "float32", latent, "source_latent_a"),
+                TensorSpec("z_b", "float32", latent, "source_latent_b"),
+                TensorSpec("prompt_embeds", "float32", (BATCH, TEXT_LENGTH, text_dim), "prompt_embeds"),
+                TensorSpec("prompt_mask", "int64", (BATCH, TEXT_LENGTH), "prompt_mask"))
         if head == "flow":
-            inputs = (TensorSpec("z_t", "float32", latent), TensorSpec("t", "float32", (BATCH,)), *cond)
-            outputs = (TensorSpec("velocity", "float32", latent),)
+            inputs = (TensorSpec("z_t", "float32", latent, "noisy_latent"),
+                      TensorSpec("t", "float32", (BATCH,), "timestep"), *cond)
+            outputs = (TensorSpec("velocity", "float32", latent, "velocity"),)
         else:
-            inputs, outputs = cond, (TensorSpec("latent", "float32", latent),)
+            inputs, outputs = cond, (TensorSpec("latent", "float32", latent, "fused_latent"),)
         return cls(name=f"dit_{head}", kind="dit", head=head, inputs=inputs, outputs=outputs, **kw)
 
     def module(self, components) -> nn.Module:

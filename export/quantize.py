@@ -6,7 +6,7 @@ runs in INT8 or FP8 (explicit quantization). This module makes those graphs the 
 diffusion deployment does (TensorRT demoDiffusion), with NVIDIA ModelOpt's PyTorch quantization
 (``pip install 'latentfuse[quant]'``, imported only here and only when asked for):
 
-1. **Calibration inputs** (:mod:`calibration.pipeline_inputs`): each graph's inputs recorded from the
+1. **Calibration inputs** (:mod:`export.calib_inputs`): each graph's inputs recorded from the
    FP32 PyTorch pipeline on crops of real pairs: VAE latents of real images, text-encoder embeddings of
    real prompts, the flow DiT at every step of its sampler.
 2. **Calibrate** (``mtq.quantize``, ``max`` calibration): INT8 weights per output channel and
@@ -139,7 +139,7 @@ class QuantOptions:
     level: str = DEFAULT_LEVEL
     graphs: tuple[str, ...] = DEFAULT_GRAPHS        # kinds: dit, vae_encoder, vae_decoder
     calibration_samples: int = 24
-    calibration_data: tuple = ()                   # calibration.pipeline_inputs.PairSource, or "TASK=DIR"
+    calibration_data: tuple = ()                   # export.calib_inputs.PairSource, or "TASK=DIR"
     seed: int = 0
     graph_tolerance: float = DEFAULT_GRAPH_TOLERANCE
     layer_tolerance: float = DEFAULT_LAYER_TOLERANCE
@@ -147,7 +147,7 @@ class QuantOptions:
     target: str = "tensorrt"
 
     def __post_init__(self):
-        from calibration.pipeline_inputs import PairSource, parse_source
+        from export.calib_inputs import PairSource, parse_source
 
         problems = []
         if self.precision not in PRECISIONS:
@@ -248,7 +248,7 @@ def torch_feeds(spec, feeds: Sequence[Mapping[str, np.ndarray]], max_rows: int =
     """Recorded numpy feeds -> tuples of tensors in the spec's input order, stacked into batches."""
     import torch
 
-    from calibration.pipeline_inputs import stack_feeds
+    from export.calib_inputs import stack_feeds
 
     names = spec.input_names
     out = []
@@ -719,19 +719,9 @@ def export_quantized(graph: QuantizedGraph, out_dir: str | os.PathLike, opset: i
 
 # ------------------------------------------------------------------------------ ONNX Runtime
 def ort_session(path: str | os.PathLike, optimized: str | os.PathLike | None = None, threads: int | None = None):
-    import onnxruntime as ort
+    from runtime.backends.onnxruntime_backend import ort_session as session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    if optimized is not None:
-        options.optimized_model_filepath = str(optimized)
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - ORT raises its own types
-        raise LatentfuseError(f"ONNX Runtime cannot load {path}: {str(err).strip().splitlines()[0][:300]}") from None
+    return session(path, optimization="all", threads=threads, optimized=optimized, purpose="quantized graphs")
 
 
 def ort_outputs(session, spec, batches: Sequence[tuple]) -> list[np.ndarray]:
@@ -803,7 +793,7 @@ def quantize_bundle_graphs(tmp: Path, results: dict, specs: Mapping, components,
     """
     from tqdm.auto import tqdm
 
-    from calibration.pipeline_inputs import calibration_inputs
+    from export.calib_inputs import calibration_inputs
 
     require_modelopt(options.precision)
     log = log or (lambda s: tqdm.write(s))
@@ -999,8 +989,8 @@ def graph_accuracy(bundle_dir: str | os.PathLike, components, *, manifest: dict 
     """Per quantized graph of a bundle: ONNX Runtime output against the FP32 PyTorch graph on
     calibration inputs re-recorded as the manifest's ``quantization.calibration`` describes them (the
     shipped sample pairs when its folders are gone). Returns the rows and where the inputs came from."""
-    from calibration.pipeline_inputs import PairSource, calibration_inputs
-    from export.bundle import load_manifest
+    from export.calib_inputs import PairSource, calibration_inputs
+    from runtime.manifest import load_manifest
     from export.graphs import graph_specs
 
     root = Path(bundle_dir)
@@ -1073,7 +1063,7 @@ def fusion_accuracy(reference, candidate, pairs: Sequence, heads: Sequence[str],
                     progress: bool = True) -> list[FusionRow]:
     """Per task and head: fused-image PSNR of ``candidate`` against ``reference`` (two
     :class:`runtime.pipeline.Pipeline`, e.g. the FP32 and INT8 bundles) and both Q^AB/F, over
-    ``pairs`` (:class:`calibration.pipeline_inputs.CalibrationCrop`: task, a, b, prompt)."""
+    ``pairs`` (:class:`export.calib_inputs.CalibrationCrop`: task, a, b, prompt)."""
     from tqdm.auto import tqdm
 
     from model.metrics import qabf

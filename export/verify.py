@@ -122,18 +122,9 @@ class VerifyReport:
 
 # ---------------------------------------------------------------------- parity
 def ort_session(path: str | os.PathLike):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        from model.errors import MissingDependencyError
+    from runtime.backends.onnxruntime_backend import ort_session as session
 
-        raise MissingDependencyError("onnxruntime", purpose="verifying exported graphs") from None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
-        raise LatentfuseError(f"ONNX Runtime cannot load {path}: {err}") from None
+    return session(path, purpose="verifying exported graphs")
 
 
 def parity(spec: GraphSpec, module: torch.nn.Module, onnx_path: str | os.PathLike,
@@ -268,7 +259,7 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
     many held-out pairs per task (:func:`quantization_fusion_report`)."""
     from tqdm import tqdm
 
-    from export.bundle import load_manifest
+    from runtime.manifest import load_manifest
     from export.graphs import graph_specs
 
     root = Path(bundle_dir)
@@ -345,7 +336,7 @@ def quantization_fusion_report(bundle_dir, components, manifest: dict, pairs_per
     FP32 bundle computes, to its parity tolerance) on ``pairs_per_task`` held-out pairs per task: crops
     of the calibration folders' pairs that calibration did not use (the shipped sample pairs when the
     bundle was calibrated on them)."""
-    from calibration.pipeline_inputs import PairSource, draw_crops
+    from export.calib_inputs import PairSource, draw_crops
     from export.quantize import fusion_accuracy
     from runtime.pipeline import Pipeline
 

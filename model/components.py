@@ -23,10 +23,10 @@ import torch
 from model.atomic import atomic_dir
 from model.detail import DetailSettings
 from model.errors import LatentfuseError
+from model.geometry import HEADS
 from model.work_scale import check_window, check_work_scale
 
 INDEX_NAME = "model_index.json"
-HEADS = ("flow", "regression")
 DEFAULT_MODEL_DIR = Path(__file__).with_name("weights") / "default"
 
 

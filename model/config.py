@@ -17,9 +17,9 @@ from pathlib import Path
 
 from model.errors import LatentfuseError
 from model.flow import check_prior
+from model.geometry import HEADS
 
 PRESET_DIR = Path(__file__).with_name("presets")
-HEADS = ("flow", "regression")
 DISPATCHES = ("sparse", "dense", "grouped")   # MoE dispatch forms (model.moe)
 EXPORT_DISPATCHES = ("dense", "grouped")      # those without data-dependent shapes: TensorRT-safe ONNX
 

@@ -51,6 +51,13 @@ from model.errors import LatentfuseError
 Array = Any
 
 DEFAULT_SOURCE_SIGMA = 0.5
+
+# The sampler a flow DiT runs with when none is asked for (runtime.samplers implements them; the bundle
+# writer records these in manifest "sampler"). Its diffusion norm g for the SDE samplers: the paper does not
+# report one, so this is a moderate starting point to be tuned on validation data.
+DEFAULT_SAMPLER = "midpoint_reuse_sde"
+DEFAULT_STEPS = 5
+DEFAULT_G = 0.3
 TIMESTEP_SCHEMES: tuple[str, ...] = ("uniform", "logit_normal")
 
 

@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from model.errors import LatentfuseError
+from model.geometry import LATENT_FACTOR
 
 LATENT_CHANNELS = 32
 WIDTH = 64
-DOWNSAMPLE_FACTOR = 8
+DOWNSAMPLE_FACTOR = LATENT_FACTOR  # model.geometry: the f=8 every graph assumes
 ENCODER_FILE = "taef2_encoder.safetensors"
 DECODER_FILE = "taef2_decoder.safetensors"
 ENCODER_PARAMETERS = 1_338_528

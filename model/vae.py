@@ -32,8 +32,9 @@ from torch import nn
 
 from model.atomic import atomic_dir
 from model.errors import LatentfuseError
+from model.geometry import LATENT_FACTOR
 
-DOWNSAMPLE_FACTOR = 8
+DOWNSAMPLE_FACTOR = LATENT_FACTOR  # model.geometry: the f=8 every graph assumes
 RANGE_TOLERANCE = 0.02  # inputs may overshoot [-1, 1] by resampling round-off, not by a wrong convention
 
 _FOUR_BLOCKS = {

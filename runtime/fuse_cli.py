@@ -8,7 +8,7 @@
 resumes), continues past a file that fails and lists every failure at the end (exit 1 if any).
 ``demo`` runs the bundled default model on the shipped sample pairs of each task through ONNX Runtime
 and prints the latency table. A bundle backend given a model directory (``--backend onnxruntime`` with
-no ``--bundle``, and ``demo``) exports it once into the user cache (:mod:`runtime.bundle_cache`).
+no ``--bundle``, and ``demo``) exports it once into the user cache (:mod:`export.bundle_cache`).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def build_pipeline(args: argparse.Namespace):
     if backend_source(backend) == "bundle":
         if not args.bundle:
             # a model directory on a bundle backend: export it once into the user cache and reuse that
-            from runtime.bundle_cache import cached_bundle
+            from export.bundle_cache import cached_bundle
 
             args.bundle = str(cached_bundle(args.checkpoint, backend))
         return Pipeline.from_bundle(args.bundle, backend=backend, **options)
@@ -301,7 +301,7 @@ def run_demo(args: argparse.Namespace) -> int:
     elif args.backend == "torch":
         pipe = Pipeline.from_checkpoint(model_dir, **options)
     else:
-        from runtime.bundle_cache import cached_bundle
+        from export.bundle_cache import cached_bundle
 
         pipe = Pipeline.from_bundle(cached_bundle(model_dir, args.backend), backend=args.backend, **options)
     print(f"backend: {pipe.backend.describe()}")

@@ -39,12 +39,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from model.errors import LatentfuseError
+from model.geometry import PIXEL_MULTIPLE
 from model.work_scale import check_window, check_work_scale, downscale, upscale
 from runtime import samplers
 from runtime.backends import Backend, get_backend
 from runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
 
-PAD_MULTIPLE = 16  # VAE downsampling (8) × DiT patch size (2)
+PAD_MULTIPLE = PIXEL_MULTIPLE  # VAE downsampling (8) × DiT patch size (2)
 # Where a backend states no size limit (torch): the largest side, in working pixels, one DiT call takes,
 # as a bundle exported with the default resolution range (it bounds the DiT's attention memory).
 MAX_SIDE = 1024

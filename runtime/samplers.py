@@ -59,11 +59,10 @@ from runtime import noise
 Array = Any
 Velocity = Callable[[Array, Any], Array]
 
-DEFAULT_SAMPLER = "midpoint_reuse_sde"
-DEFAULT_STEPS = 5
-# Diffusion norm for the SDE samplers when none is given; the paper does not report its value, so this
-# is a moderate starting point to be tuned on validation data (it is written into bundle manifests).
-DEFAULT_G = 0.3
+# The defaults live with the model (model.flow), where the bundle writer reads them too.
+DEFAULT_SAMPLER = flow.DEFAULT_SAMPLER
+DEFAULT_STEPS = flow.DEFAULT_STEPS
+DEFAULT_G = flow.DEFAULT_G
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    from calibration.pipeline_inputs import draw_crops, parse_source
+    from export.calib_inputs import draw_crops, parse_source
     from export.bundle import load_manifest
     from export.quantize import fusion_accuracy, ort_kernel_report
     from runtime.pipeline import Pipeline

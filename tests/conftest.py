@@ -18,5 +18,5 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _private_user_cache(tmp_path_factory, monkeypatch):
-    """Bundles exported on demand (runtime.bundle_cache) go to a per-session folder, never ~/.cache."""
+    """Bundles exported on demand (export.bundle_cache) go to a per-session folder, never ~/.cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg_cache"))

@@ -17,13 +17,13 @@ come back as float32, so the sampler arithmetic stays float32 on the host for ev
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from model.errors import LatentfuseError, MissingDependencyError
-from runtime.backends.base import as_f32
 from runtime.backends import bundle as bundle_io
 
 # ONNX Runtime's type strings -> numpy dtypes
@@ -38,12 +38,47 @@ PROVIDER_NAMES = {
 }
 
 
-def _import_ort():
+def _import_ort(purpose: str = "the onnxruntime backend"):
     try:
         import onnxruntime
     except ImportError:
-        raise MissingDependencyError("onnxruntime", purpose="the onnxruntime backend") from None
+        raise MissingDependencyError("onnxruntime", purpose=purpose) from None
     return onnxruntime
+
+
+_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+                 "none": "ORT_DISABLE_ALL"}
+
+
+def ort_session(model, providers: Sequence | None = None, *, optimization: str | None = None,
+                log_severity: int = 3, threads: int | None = None, optimized: str | os.PathLike | None = None,
+                purpose: str = "the onnxruntime backend"):
+    """The one place an ONNX Runtime ``InferenceSession`` is made (backend, verification, calibration).
+
+    ``model``: a path, serialized bytes or an ``onnx.ModelProto``; ``providers``: ORT provider entries
+    (default CPU); ``optimization``: all / extended / basic / none (None: ORT's default, all);
+    ``optimized``: where ORT writes the optimized graph. A file ORT cannot load is one LatentfuseError line
+    naming it; a missing onnxruntime one MissingDependencyError line saying what needs it."""
+    ort = _import_ort(purpose)
+    options = ort.SessionOptions()
+    options.log_severity_level = int(log_severity)
+    if optimization is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION[optimization])
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    if optimized is not None:
+        options.optimized_model_filepath = str(optimized)
+    if isinstance(model, (str, os.PathLike)):
+        source, what = str(model), str(model)
+    elif isinstance(model, (bytes, bytearray)):
+        source, what = bytes(model), "an in-memory ONNX graph"
+    else:
+        source, what = model.SerializeToString(), f"ONNX graph {getattr(model.graph, 'name', '') or '(unnamed)'}"
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=list(providers or [PROVIDER_NAMES["cpu"]]))
+    except Exception as err:  # noqa: BLE001 - ORT raises its own exception types for bad / truncated files
+        detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise LatentfuseError(f"ONNX Runtime cannot load {what}: {type(err).__name__}: {detail}") from None
 
 
 def _shape_string(shapes: dict[str, Sequence[int]]) -> str:
@@ -54,11 +89,8 @@ def _shape_string(shapes: dict[str, Sequence[int]]) -> str:
 class _Session:
     """One graph: an InferenceSession plus its input dtypes; ``run(**feeds) -> first output``."""
 
-    def __init__(self, ort, path: Path, providers: list, options):
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as err:  # ORT raises its own exception types for bad / truncated files
-            raise LatentfuseError(f"ONNX Runtime cannot load {path}: {type(err).__name__}: {err}") from None
+    def __init__(self, path: Path, providers: list, threads: int | None = None):
+        self.session = ort_session(path, providers, optimization="all", threads=threads)
         self.path = path
         self.inputs = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output = self.session.get_outputs()[0].name
@@ -80,17 +112,12 @@ class OnnxRuntimeBackend(bundle_io.BundleBackend):
         ort = _import_ort()
         self.bundle = bundle_io.open_bundle(bundle_dir)
         self.provider_key = self._pick_provider(ort, providers)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # warnings about unused initialisers etc. are noise to a user
-        if threads:
-            options.intra_op_num_threads = int(threads)
         cache = Path(engine_cache) if engine_cache else self.bundle.root / "ort_trt_cache"
         self.sessions: dict[str, _Session] = {}
         for graph in self.bundle.graph_names:
             providers_list = self._providers(graph, fp16, cache)
-            self.sessions[graph] = _Session(ort, self.bundle.graph_path(graph), providers_list, options)
-        self.heads = tuple(h for h in ("flow", "regression") if self.bundle.dit_graph_or_none(h) in self.sessions)
+            self.sessions[graph] = _Session(self.bundle.graph_path(graph), providers_list, threads)
+        self.heads = self._available_heads()
 
     @classmethod
     def from_bundle(cls, directory: str | Path, **options) -> "OnnxRuntimeBackend":
@@ -134,36 +161,13 @@ class OnnxRuntimeBackend(bundle_io.BundleBackend):
         return [(PROVIDER_NAMES["tensorrt"], trt_options), cuda, cpu]
 
     # ------------------------------------------------------------------ interface
-    def _run(self, graph: str, **feeds) -> np.ndarray:
+    def _has_graph(self, graph) -> bool:
+        return graph in self.sessions
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if graph not in self.sessions:
             raise LatentfuseError(f"{self.bundle.root}: the bundle has no {graph!r} graph")
-        # feeds are named as the graph specs (export.graphs) name the inputs
         return self.sessions[graph].run(**feeds)
-
-    def encode_images(self, images: np.ndarray) -> np.ndarray:
-        return self._run("vae_encoder", image=as_f32(images, "images"))
-
-    def encode_prompts(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = self.bundle.tokenize(list(prompts))
-        embeds = self._run("text_encoder", input_ids=ids, attention_mask=mask)
-        return embeds, mask.astype(np.int64)
-
-    def velocity(self, z_t, t, z_a, z_b, embeds, mask) -> np.ndarray:
-        self.require_head("flow")
-        return self._run(self.bundle.dit_graph("flow"), z_t=as_f32(z_t, "z_t"),
-                         t=np.asarray(t, np.float32).reshape(-1), z_a=z_a, z_b=z_b,
-                         prompt_embeds=embeds, prompt_mask=mask)
-
-    def regress(self, z_a, z_b, embeds, mask) -> np.ndarray:
-        self.require_head("regression")
-        return self._run(self.bundle.dit_graph("regression"), z_a=z_a, z_b=z_b,
-                         prompt_embeds=embeds, prompt_mask=mask)
-
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self._run("vae_decoder", latent=as_f32(latents, "latents"))
-
-    def max_image_size(self):
-        return self.bundle.max_image_size()
 
     def describe(self) -> str:
         providers = self.sessions["vae_encoder"].session.get_providers() if self.sessions else []

@@ -24,21 +24,18 @@ FP16 builder flag): I/O dtypes come from the engine, and host arrays are cast to
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 
 from model.errors import LatentfuseError, MissingDependencyError
 from runtime.backends import bundle as bundle_io
-from runtime.backends.base import as_f32
 
 
-def import_tensorrt():
-    """``tensorrt`` module, or one MissingDependencyError line saying what to install."""
+def import_tensorrt(purpose: str = "the tensorrt backend"):
+    """``tensorrt`` module, or one MissingDependencyError line saying what to install (and what for)."""
     try:
         import tensorrt
     except ImportError:
-        raise MissingDependencyError("tensorrt", extra="trt", purpose="the tensorrt backend") from None
+        raise MissingDependencyError("tensorrt", extra="trt", purpose=purpose) from None
     return tensorrt
 
 
@@ -175,57 +172,36 @@ class TensorRTBackend(bundle_io.BundleBackend):
         for needed in ("vae_encoder", "vae_decoder"):
             if needed not in self.engines:
                 raise LatentfuseError(f"{self.bundle.root}: the manifest lists no {needed} engine")
-        self.heads = tuple(h for h in ("flow", "regression") if self.bundle.dit_graph_or_none(h) in self.engines)
+        self.heads = self._available_heads()
         self._trt_version = trt.__version__
 
     @classmethod
     def from_bundle(cls, directory: str | Path, **options) -> "TensorRTBackend":
         return cls(directory, **options)
 
-    def _run(self, graph: str, **feeds) -> np.ndarray:
+    def _has_graph(self, graph) -> bool:
+        return graph in self.engines
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if graph not in self.engines:
             raise LatentfuseError(f"{self.bundle.root}: no TensorRT engine for the {graph} graph")
-        # feeds are named as the graph specs (export.graphs) name the inputs
         return self.engines[graph](feeds)
-
-    def encode_images(self, images):
-        return self._run("vae_encoder", image=as_f32(images, "images"))
-
-    def encode_prompts(self, prompts: Sequence[str]):
-        ids, mask = self.bundle.tokenize(list(prompts))
-        return self._run("text_encoder", input_ids=ids, attention_mask=mask), mask.astype(np.int64)
-
-    def velocity(self, z_t, t, z_a, z_b, embeds, mask):
-        self.require_head("flow")
-        return self._run(self.bundle.dit_graph("flow"), z_t=as_f32(z_t, "z_t"),
-                         t=np.asarray(t, np.float32).reshape(-1), z_a=z_a, z_b=z_b,
-                         prompt_embeds=embeds, prompt_mask=mask)
-
-    def regress(self, z_a, z_b, embeds, mask):
-        self.require_head("regression")
-        return self._run(self.bundle.dit_graph("regression"), z_a=z_a, z_b=z_b,
-                         prompt_embeds=embeds, prompt_mask=mask)
-
-    def decode(self, latents):
-        return self._run("vae_decoder", latent=as_f32(latents, "latents"))
 
     def synchronize(self) -> None:
         self.stream.synchronize()
 
     def max_image_size(self):
         """The VAE encoder engine's profile max (H, W): the hard limit of this backend."""
-        engine = self.engines["vae_encoder"]
-        _, _, hi = engine.profile_range(engine.inputs[0])
+        _, _, hi = self.engines["vae_encoder"].profile_range(self.bundle.input_for("vae_encoder", "image"))
         return int(hi[-2]), int(hi[-1])
 
     def max_batch_size(self) -> int:
         """The DiT engines' profile max batch: batched windows are chunked to it."""
-        dits = [e for name, e in self.engines.items() if name.startswith("dit_")]
-        return min(int(e.profile_range(e.inputs[0])[2][0]) for e in dits)
+        dits = [(name, e) for name, e in self.engines.items() if self.bundle.graph_entry(name).kind == "dit"]
+        return min(int(e.profile_range(self.bundle.input_for(name, "source_latent_a"))[2][0]) for name, e in dits)
 
     def min_image_size(self) -> int:
-        engine = self.engines["vae_encoder"]
-        lo, _, _ = engine.profile_range(engine.inputs[0])
+        lo, _, _ = self.engines["vae_encoder"].profile_range(self.bundle.input_for("vae_encoder", "image"))
         return int(max(lo[-2], lo[-1]))
 
     def describe(self) -> str:

@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from model.errors import LatentfuseError
+from model.geometry import LATENT_FACTOR, PIXEL_MULTIPLE
 from runtime.backends.base import Backend, WrappedBackend
 
-LATENT_FACTOR = 8    # VAE downsampling
-GRID = 16            # pixels per DiT patch (8 x 2): window starts and sizes are multiples of this
+GRID = PIXEL_MULTIPLE  # pixels per DiT patch (8 x 2): window starts and sizes are multiples of this
 VAE_OVERLAP = 128    # pixels shared by neighbouring VAE tiles (receptive field; seam error measured in tests)
 
 Window = tuple[int, int, int, int]  # (y, x, h, w)

@@ -70,7 +70,7 @@ def test_bundle_layout_and_manifest(exported):
     assert "moe_dispatch" not in manifest["graphs"]["vae_encoder"]
     assert [t["name"] for t in dit["inputs"]] == ["z_t", "t", "z_a", "z_b", "prompt_embeds", "prompt_mask"]
     assert dit["inputs"][0]["shape"] == ["batch", 16, "latent_height", "latent_width"]
-    assert manifest["graphs"]["vae_encoder"]["inputs"][0] == {"name": "image", "dtype": "float32",
+    assert manifest["graphs"]["vae_encoder"]["inputs"][0] == {"name": "image", "role": "image", "dtype": "float32",
                                                               "shape": ["batch", 3, "height", "width"]}
     assert manifest["latent"]["channels"] == 16 and manifest["latent"]["downsample"] == 8
     assert manifest["latent"]["work_scale"] == 1  # tiny_components: a model at its own size
@@ -137,6 +137,64 @@ def _copy(exported, name):
     dst = exported["root"] / name
     shutil.copytree(exported["bundle"], dst)
     return dst
+
+
+ROLES = {
+    "text_encoder": ({"input_ids": "token_ids", "attention_mask": "attention_mask"}, {"prompt_embeds": "prompt_embeds"}),
+    "vae_encoder": ({"image": "image"}, {"latent": "latent"}),
+    "vae_decoder": ({"latent": "latent"}, {"image": "image"}),
+    "dit_flow": ({"z_t": "noisy_latent", "t": "timestep", "z_a": "source_latent_a", "z_b": "source_latent_b",
+                  "prompt_embeds": "prompt_embeds", "prompt_mask": "prompt_mask"}, {"velocity": "velocity"}),
+    "dit_regression": ({"z_a": "source_latent_a", "z_b": "source_latent_b", "prompt_embeds": "prompt_embeds",
+                        "prompt_mask": "prompt_mask"}, {"latent": "fused_latent"}),
+}
+
+
+def test_manifest_inputs_and_outputs_carry_roles(exported):
+    manifest = load_manifest(exported["bundle"])
+    assert manifest["format_minor"] == 1
+    bundle = Bundle.open(exported["bundle"], verify_hashes=False)
+    for name, (inputs, outputs) in ROLES.items():
+        entry = manifest["graphs"][name]
+        assert {t["name"]: t["role"] for t in entry["inputs"]} == inputs
+        assert {t["name"]: t["role"] for t in entry["outputs"]} == outputs
+        for tensor, role in inputs.items():
+            assert bundle.input_for(name, role) == tensor
+        for tensor, role in outputs.items():
+            assert bundle.output_for(name, role) == tensor
+        spec = bundle.spec(name)                     # the export view reads the roles back
+        assert {t.name: t.role for t in spec.inputs} == inputs and {t.name: t.role for t in spec.outputs} == outputs
+    with pytest.raises(LatentfuseError, match=r"no input with role 'timestep'"):
+        bundle.input_for("dit_regression", "timestep")
+
+
+def test_a_manifest_without_roles_still_loads_and_resolves_by_name(exported):
+    """Bundles written before roles (format_minor 0): every tensor is found by the names export.graphs gives."""
+    from runtime.backends.bundle import open_bundle
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    copy = _copy(exported, "no_roles")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.pop("format_minor")
+    for entry in manifest["graphs"].values():
+        for t in entry["inputs"] + entry["outputs"]:
+            t.pop("role")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    bundle = open_bundle(copy)
+    for name, (inputs, outputs) in ROLES.items():
+        assert {t["name"]: t["role"] for t in bundle.graph_entry(name).inputs} == inputs
+        assert {t["name"]: t["role"] for t in bundle.graph_entry(name).outputs} == outputs
+        assert {t.name: t.role for t in Bundle.open(copy).spec(name).outputs} == outputs
+    assert bundle.input_for("dit_flow", "noisy_latent") == "z_t"
+    assert bundle.output_for("dit_regression", "fused_latent") == "latent"
+    # the backend runs it as it runs a bundle with roles
+    old, new = OnnxRuntimeBackend(copy, providers="cpu"), OnnxRuntimeBackend(exported["bundle"], providers="cpu")
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((1, int(exported["components"].vae.latent_channels), 4, 4)).astype(np.float32)
+    embeds, mask = new.encode_prompts(["fuse the images"])
+    np.testing.assert_array_equal(old.regress(z, z, embeds, mask), new.regress(z, z, embeds, mask))
+    np.testing.assert_array_equal(old.velocity(z, np.array([0.5]), z, z, embeds, mask),
+                                  new.velocity(z, np.array([0.5]), z, z, embeds, mask))
 
 
 def test_manifest_hashes_detect_modified_and_missing_files(exported):

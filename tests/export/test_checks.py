@@ -160,7 +160,8 @@ def test_spec_manifest_round_trip():
     entry = spec.to_manifest()
     back = GraphSpec.from_manifest("dit_regression", entry, Resolution().to_manifest(), {"max_length": 64})
     assert back.inputs == spec.inputs and back.outputs == spec.outputs and back.profile() == spec.profile()
-    assert entry["inputs"][-1] == {"name": "prompt_mask", "dtype": "int64", "shape": ["batch", TEXT_LENGTH]}
+    assert entry["inputs"][-1] == {"name": "prompt_mask", "dtype": "int64", "shape": ["batch", TEXT_LENGTH],
+                                  "role": "prompt_mask"}
 
 
 def test_graph_specs_reject_unknown_head():

@@ -125,7 +125,8 @@ def test_onnxruntime_without_a_bundle_exports_once_into_the_user_cache(tmp_path,
     import shutil
 
     import export.bundle
-    from runtime.bundle_cache import cache_root, model_key
+    import export.bundle_cache
+    from export.bundle_cache import cache_root, model_key
 
     exports = []
     real_export = export.bundle.export_bundle
@@ -134,7 +135,7 @@ def test_onnxruntime_without_a_bundle_exports_once_into_the_user_cache(tmp_path,
         exports.append(out)
         return real_export(model_dir, out, **{**kw, "exporter": "torchscript", "verify": False, "lint": False})
 
-    monkeypatch.setattr(export.bundle, "export_bundle", quick_export)
+    monkeypatch.setattr(export.bundle_cache, "export_bundle", quick_export)
     _pair(tmp_path, "x")
     args = ["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "--mode", "regression",
             "--backend", "onnxruntime", "--threads", "1", "-o", str(tmp_path / "o.png")]

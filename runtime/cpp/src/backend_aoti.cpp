@@ -29,7 +29,7 @@ class AotiRunner : public Runner {
   }
 
   std::string name() const override { return "aoti"; }
-  int min_side() const override { return 32; }  // export/graphs.py: the 16-px grid symbol has min 2
+  int min_side() const override { return kMinSide; }  // model/geometry.py MIN_SIDE
   int max_batch() const override { return kAotiMaxBatch; }
 
   std::vector<Tensor> run(const GraphInfo& graph, const std::vector<Tensor>& inputs) override {

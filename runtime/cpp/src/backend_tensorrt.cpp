@@ -73,7 +73,7 @@ std::string trt_version() {
 
 class TensorRtRunner : public Runner {
  public:
-  explicit TensorRtRunner(const Bundle& bundle) {
+  explicit TensorRtRunner(const Bundle& bundle) : image_input_(bundle.input_for("vae_encoder", "image")) {
     cuda_check(cudaStreamCreate(&stream_), "cudaStreamCreate");
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw Error("cannot create the TensorRT runtime");
@@ -128,12 +128,12 @@ class TensorRtRunner : public Runner {
   void synchronize() override { cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
 
   int min_side() const override {
-    const auto d = profile("vae_encoder", "image", nvinfer1::OptProfileSelector::kMIN);
+    const auto d = profile("vae_encoder", image_input_.c_str(), nvinfer1::OptProfileSelector::kMIN);
     return static_cast<int>(std::max(d.d[2], d.d[3]));
   }
 
   std::pair<int, int> max_size() const override {
-    const auto d = profile("vae_encoder", "image", nvinfer1::OptProfileSelector::kMAX);
+    const auto d = profile("vae_encoder", image_input_.c_str(), nvinfer1::OptProfileSelector::kMAX);
     return {static_cast<int>(d.d[2]), static_cast<int>(d.d[3])};
   }
 
@@ -232,6 +232,7 @@ class TensorRtRunner : public Runner {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<nvinfer1::IRuntime> runtime_;
   std::map<std::string, Engine> engines_;
+  std::string image_input_;  // the vae_encoder input with role "image" (its profile bounds the image size)
   DeviceBuffer scratch_;
   std::map<std::string, DeviceBuffer> buffers_;
   std::vector<std::vector<char>> staging_;

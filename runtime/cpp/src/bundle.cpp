@@ -23,16 +23,44 @@ T get_or(const json& j, const char* key, T fallback) {
 
 std::string dim_str(const json& d) { return d.is_string() ? d.get<std::string>() : std::to_string(d.get<int64_t>()); }
 
-std::vector<TensorInfo> tensor_infos(const json& list) {
+std::vector<TensorInfo> tensor_infos(const json& list, const std::string& kind, bool output) {
   std::vector<TensorInfo> out;
   for (const auto& t : list) {
-    TensorInfo info{t.at("name").get<std::string>(), t.at("dtype").get<std::string>(), {}};
+    TensorInfo info{t.at("name").get<std::string>(), t.at("dtype").get<std::string>(), {}, ""};
     for (const auto& d : t.at("shape")) info.shape.push_back(dim_str(d));
+    info.role = get_or<std::string>(t, "role", "");
+    if (info.role.empty()) info.role = legacy_role(info.name, kind, output);
     out.push_back(std::move(info));
   }
   return out;
 }
+
+const std::string& find_role(const GraphInfo& g, const std::vector<TensorInfo>& tensors, const std::string& role,
+                             const char* what) {
+  for (const auto& t : tensors)
+    if (t.role == role) return t.name;
+  std::string listed;
+  for (const auto& t : tensors) listed += (listed.empty() ? "" : ", ") + t.name + " (" + t.role + ")";
+  throw Error("graph '" + g.name + "' has no " + what + " with role '" + role + "' (" + what + "s: " +
+              (listed.empty() ? "none" : listed) + ")");
+}
 }  // namespace
+
+std::string legacy_role(const std::string& name, const std::string& kind, bool output) {
+  if (output && kind == "dit" && name == "latent") return "fused_latent";
+  static const std::map<std::string, std::string> by_name = {
+      {"image", "image"},           {"latent", "latent"},       {"input_ids", "token_ids"},
+      {"attention_mask", "attention_mask"}, {"prompt_embeds", "prompt_embeds"}, {"prompt_mask", "prompt_mask"},
+      {"z_t", "noisy_latent"},      {"t", "timestep"},          {"z_a", "source_latent_a"},
+      {"z_b", "source_latent_b"},   {"velocity", "velocity"}};
+  auto it = by_name.find(name);
+  return it == by_name.end() ? std::string() : it->second;
+}
+
+const std::string& GraphInfo::input_for(const std::string& role) const { return find_role(*this, inputs, role, "input"); }
+const std::string& GraphInfo::output_for(const std::string& role) const {
+  return find_role(*this, outputs, role, "output");
+}
 
 std::string sha256_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -78,9 +106,9 @@ Bundle Bundle::open(const fs::path& root, bool verify_hashes) {
     throw Error(path.string() + " lacks its 'files' / 'graphs' tables");
   try {
     for (const auto& [name, entry] : m["graphs"].items()) {
-      GraphInfo g{name, entry.at("kind").get<std::string>(), get_or<std::string>(entry, "head", ""),
-                  entry.at("file").get<std::string>(), tensor_infos(entry.at("inputs")),
-                  tensor_infos(entry.at("outputs"))};
+      const std::string kind = entry.at("kind").get<std::string>();
+      GraphInfo g{name, kind, get_or<std::string>(entry, "head", ""), entry.at("file").get<std::string>(),
+                  tensor_infos(entry.at("inputs"), kind, false), tensor_infos(entry.at("outputs"), kind, true)};
       if (!m["files"].contains(g.file))
         throw Error(path.string() + ": graph '" + name + "' file '" + g.file + "' is not listed in 'files'");
       b.graphs_[name] = std::move(g);
@@ -133,7 +161,7 @@ std::string Bundle::dit_graph(const std::string& head) const {
               "); use --mode " + (names.empty() ? "flow" : heads().front()) + " or export the " + head + " head");
 }
 
-int Bundle::min_side() const { return get_or<int>(manifest_.value("resolution", json::object()), "min", 16); }
+int Bundle::min_side() const { return get_or<int>(manifest_.value("resolution", json::object()), "min", kPixelMultiple); }
 int Bundle::max_height() const {
   const json r = manifest_.value("resolution", json::object());
   return get_or<int>(r, "max_height", get_or<int>(r, "max", 8192));
@@ -142,7 +170,9 @@ int Bundle::max_width() const {
   const json r = manifest_.value("resolution", json::object());
   return get_or<int>(r, "max_width", get_or<int>(r, "max", 8192));
 }
-int Bundle::multiple() const { return get_or<int>(manifest_.value("resolution", json::object()), "multiple", 16); }
+int Bundle::multiple() const {
+  return get_or<int>(manifest_.value("resolution", json::object()), "multiple", kPixelMultiple);
+}
 int Bundle::max_text_length() const { return get_or<int>(manifest_.value("text", json::object()), "max_length", 128); }
 int Bundle::work_scale() const {
   const json latent = manifest_.value("latent", json::object());
@@ -156,7 +186,7 @@ int Bundle::window() const {
   const json latent = manifest_.value("latent", json::object());
   const json value = latent.is_object() && latent.contains("window") ? latent["window"] : json(0);
   const int w = value.is_number_integer() ? value.get<int>() : -1;
-  if (w != 0 && (w < 32 || w % 16))
+  if (w != 0 && (w < kMinSide || w % kPixelMultiple))
     throw Error((root_ / "manifest.json").string() +
                 ": latent.window must be 0 or a multiple of 16 of at least 32, got " + value.dump());
   return w;

@@ -59,11 +59,14 @@ std::string Pipeline::default_prompt(const std::string& task) const {
 }
 
 std::vector<Tensor> Pipeline::run(const std::string& graph_name, const std::map<std::string, Tensor>& feeds) {
+  // feeds are keyed by tensor role (the manifest's, or the legacy names' for bundles without roles)
   const GraphInfo& graph = bundle_.graph(graph_name);
   std::vector<Tensor> inputs;
   for (const auto& info : graph.inputs) {
-    auto it = feeds.find(info.name);
-    if (it == feeds.end()) throw Error("graph '" + graph_name + "' needs input '" + info.name + "' that the host does not make");
+    auto it = feeds.find(info.role);
+    if (it == feeds.end())
+      throw Error("graph '" + graph_name + "' needs input '" + info.name + "' (role '" + info.role +
+                  "') that the host does not make");
     inputs.push_back(it->second);
   }
   std::vector<Tensor> outs = runner_->run(graph, inputs);
@@ -80,7 +83,7 @@ std::tuple<Tensor, Tensor, bool> Pipeline::encode_prompt(const std::string& prom
   if (it != cache_.end()) return {it->second.embeds, it->second.mask, true};
   if (!tokenizer_) tokenizer_ = std::make_unique<Tokenizer>(bundle_.tokenizer_path());
   auto [ids, mask] = tokenizer_->encode(key, bundle_.max_text_length());
-  Tensor embeds = run("text_encoder", {{"input_ids", ids}, {"attention_mask", mask}}).at(0);
+  Tensor embeds = run("text_encoder", {{"token_ids", ids}, {"attention_mask", mask}}).at(0);
   return {embeds, mask, false};
 }
 
@@ -122,7 +125,7 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
                 size_str(img_b.width, img_b.height) + " (W x H); register / crop them to the same size");
   const bool gray = img_a.channels == 1 && img_b.channels == 1;
   const int h = img_a.height, w = img_a.width, k = bundle_.work_scale();
-  const int minimum = std::max(runner_->min_side(), 16);
+  const int minimum = std::max(runner_->min_side(), bundle_.multiple());
   const int ph = padded_side(k * h, minimum), pw = padded_side(k * w, minimum);
   // any size runs: the DiT in the model's window (batched), the VAE whole up to its bound (runtime.pipeline)
   const WindowPlan plan = plan_windows(ph, pw, max_image_size(), bundle_.window(), o.tile);
@@ -157,8 +160,8 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   auto dit_call = [&](const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared) {
     std::map<std::string, Tensor> feeds = {{"prompt_embeds", shared.at(0)}, {"prompt_mask", shared.at(1)}};
     const size_t off = spatial.size() > 2 ? 1 : 0;
-    if (off) feeds["z_t"] = spatial[0], feeds["t"] = shared.at(2);
-    feeds["z_a"] = spatial.at(off), feeds["z_b"] = spatial.at(off + 1);
+    if (off) feeds["noisy_latent"] = spatial[0], feeds["timestep"] = shared.at(2);
+    feeds["source_latent_a"] = spatial.at(off), feeds["source_latent_b"] = spatial.at(off + 1);
     return run(dit, feeds).at(0);
   };
   auto dit_run = [&](const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared) {

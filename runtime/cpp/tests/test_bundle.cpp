@@ -53,7 +53,15 @@ int main(int argc, char** argv) {
   m["graphs"]["vae_encoder"] = {{"kind", "vae_encoder"}, {"file", "vae_encoder.pt2"},
                                 {"inputs", {{{"name", "image"}, {"dtype", "float32"}, {"shape", {"batch", 3, "height", "width"}}}}},
                                 {"outputs", {{{"name", "latent"}, {"dtype", "float32"}, {"shape", {"batch", 16, "latent_height", "latent_width"}}}}}};
-  m["graphs"]["dit_flow"] = {{"kind", "dit"}, {"head", "flow"}, {"file", "vae_encoder.pt2"}, {"inputs", json::array()}, {"outputs", json::array()}};
+  // dit_flow carries roles (one tensor renamed: found by role, not name) next to one without (by name);
+  // vae_encoder and dit_regression have none, as bundles written before roles (the legacy names)
+  m["graphs"]["dit_flow"] = {{"kind", "dit"}, {"head", "flow"}, {"file", "vae_encoder.pt2"},
+                             {"inputs", {{{"name", "noisy"}, {"role", "noisy_latent"}, {"dtype", "float32"}, {"shape", {"batch", 16, 8, 8}}},
+                                         {{"name", "t"}, {"dtype", "float32"}, {"shape", {"batch"}}}}},
+                             {"outputs", {{{"name", "velocity"}, {"role", "velocity"}, {"dtype", "float32"}, {"shape", {"batch", 16, 8, 8}}}}}};
+  m["graphs"]["dit_regression"] = {{"kind", "dit"}, {"head", "regression"}, {"file", "vae_encoder.pt2"},
+                                   {"inputs", {{{"name", "z_a"}, {"dtype", "float32"}, {"shape", {"batch", 16, 8, 8}}}}},
+                                   {"outputs", {{{"name", "latent"}, {"dtype", "float32"}, {"shape", {"batch", 16, 8, 8}}}}}};
   for (const char* f : {"abc.txt", "vae_encoder.pt2", "prompt_cache.safetensors"})
     m["files"][f] = {{"sha256", sha256_file(root / f)}, {"bytes", fs::file_size(root / f)}};
   m["resolution"] = {{"min", 64}, {"max", 1024}, {"multiple", 16}, {"max_height", 512}, {"max_width", 768}};
@@ -67,7 +75,19 @@ int main(int argc, char** argv) {
   check::expect(b.graph("vae_encoder").inputs.at(0).shape == std::vector<std::string>({"batch", "3", "height", "width"}),
                 "graph input dims");
   check::expect(b.dit_graph("flow") == "dit_flow", "dit graph by head");
-  check::expect(contains(error_of([&] { b.dit_graph("regression"); }), "no 'regression' DiT"), "missing head error");
+  check::expect(b.input_for("dit_flow", "noisy_latent") == "noisy", "input found by its manifest role");
+  check::expect(b.input_for("dit_flow", "timestep") == "t", "input without a role: found by its legacy name");
+  check::expect(b.graph("dit_flow").output_for("velocity") == "velocity", "output by role");
+  check::expect(b.input_for("vae_encoder", "image") == "image" && b.graph("vae_encoder").output_for("latent") == "latent",
+                "bundle without roles: image / latent by name");
+  check::expect(b.graph("dit_regression").inputs.at(0).role == "source_latent_a" &&
+                    b.graph("dit_regression").output_for("fused_latent") == "latent",
+                "bundle without roles: a DiT's 'latent' output is the fused latent");
+  check::expect(contains(error_of([&] { b.dit_graph("other"); }), "no 'other' DiT"), "missing head error");
+  check::expect(contains(error_of([&] { b.input_for("dit_flow", "prompt_mask"); }), "no input with role 'prompt_mask'"),
+                "missing role error");
+  check::expect(legacy_role("z_b", "dit", false) == "source_latent_b" && legacy_role("mystery", "dit", false).empty(),
+                "legacy role table");
   check::expect(contains(error_of([&] { b.graph("nope"); }), "no 'nope' graph"), "missing graph error");
   check::expect(b.max_height() == 512 && b.max_width() == 768 && b.max_text_length() == 77, "resolution / text");
   check::expect(b.default_sampler() == "midpoint_reuse_sde" && b.default_steps() == 5 && b.default_g() == 0.3, "sampler defaults");

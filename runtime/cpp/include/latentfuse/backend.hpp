@@ -1,6 +1,6 @@
 // One C++ interface over the inference backends (the twin of runtime/backends/base.py, reduced to
 // what differs between backends: running one deployed graph on host tensors). Inputs and outputs
-// are in the graph's manifest order; the pipeline builds them by name.
+// are in the graph's manifest order; the pipeline builds them by role (GraphInfo::input_for).
 #pragma once
 
 #include <memory>
@@ -22,7 +22,7 @@ class Runner {
   // Waits for queued device work so stage timings are honest (no-op on CPU).
   virtual void synchronize() {}
   // Smallest padded image side the backend accepts (a profile / export minimum).
-  virtual int min_side() const { return 16; }
+  virtual int min_side() const { return kPixelMultiple; }
   // Largest (height, width) the backend accepts, or {0, 0} for no limit beyond the manifest's.
   virtual std::pair<int, int> max_size() const { return {0, 0}; }
   // Most rows one DiT call takes (a TensorRT profile's / an AOTInductor package's maximum batch), or 0

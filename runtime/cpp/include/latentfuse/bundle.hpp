@@ -18,6 +18,15 @@ namespace latentfuse {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+// The model's geometry, one definition in Python: model/geometry.py (the manifest records the VAE factor
+// and patch in "latent" and the padding multiple in "resolution"; these are the fallbacks and the floor).
+constexpr int kPixelMultiple = 16;  // model/geometry.py PIXEL_MULTIPLE: VAE f=8 x DiT patch 2
+constexpr int kMinSide = 32;        // model/geometry.py MIN_SIDE: the exported graphs' 16-px grid has min 2
+
+// The role -> tensor name table of bundles written before tensors carried roles (runtime/manifest.py
+// ROLE_NAMES / legacy_role): the role of a tensor named `name` in a graph of `kind` (empty: unknown).
+std::string legacy_role(const std::string& name, const std::string& kind, bool output);
+
 // Lower-case hex sha256 of a file's bytes (OpenSSL EVP).
 std::string sha256_file(const fs::path& path);
 
@@ -25,11 +34,16 @@ struct TensorInfo {
   std::string name;
   std::string dtype;               // float32 | int64 | float16 | ...
   std::vector<std::string> shape;  // dims as strings: "3" or a symbol ("batch", "height", ...)
+  std::string role;                // image | latent | token_ids | ... (runtime/manifest.py ROLE_NAMES)
 };
 
 struct GraphInfo {
   std::string name, kind, head, file;
   std::vector<TensorInfo> inputs, outputs;
+  // The name of the input / output with `role` (the manifest's "role", or for bundles without roles the
+  // name runtime/manifest.py ROLE_NAMES gives it); an Error naming the graph and its tensors otherwise.
+  const std::string& input_for(const std::string& role) const;
+  const std::string& output_for(const std::string& role) const;
 };
 
 struct PromptEmbedding {
@@ -47,6 +61,10 @@ class Bundle {
   const json& manifest() const { return manifest_; }
 
   const GraphInfo& graph(const std::string& name) const;
+  // graph(graph).input_for(role): the one lookup of a graph's tensors (runtime.manifest.Bundle.input_for).
+  const std::string& input_for(const std::string& graph_name, const std::string& role) const {
+    return graph(graph_name).input_for(role);
+  }
   bool has_graph(const std::string& name) const { return graphs_.count(name) > 0; }
   std::vector<std::string> heads() const;
   std::string dit_graph(const std::string& head) const;  // Error when the bundle lacks that head

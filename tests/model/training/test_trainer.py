@@ -116,7 +116,7 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 
 def test_shipped_configs_load():
-    root = Path(__file__).resolve().parents[2] / "configs"
+    root = Path(__file__).resolve().parents[3] / "configs"
     files = sorted(root.glob("*.toml")) + sorted(root.glob("*.yaml"))
     assert {"paper_flow.toml", "paper_regression.toml"} <= {f.name for f in files}
     for f in files:

@@ -20,7 +20,7 @@ from model.metrics._matlab import rgb2gray
 from model.metrics.cli import load_255
 from model.metrics.visual_information import vif
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 ROOT = SHARED / "conformance" / "vifb"
 STORED = ROOT / "metrics" / "vifb_stored_values.json"
 

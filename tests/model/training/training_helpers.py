@@ -60,7 +60,7 @@ def tiny_config(tmp_path, head: str = "flow", **sections) -> TrainConfig:
 
 # Every expert active (top-k = number of experts): a near-tied top-2 choice can flip between the
 # 1-process and 2-process float reduction orders and send a token to another expert, so the exact
-# comparison of tests/training/test_ddp.py would test routing ties, not gradient averaging.
+# comparison of tests/model/training/test_ddp.py would test routing ties, not gradient averaging.
 DDP_DIT = dict(num_experts=2, top_k=2)
 DDP_SECTIONS = dict(
     optim={"steps": 6, "batch_size": 8, "grad_accum": 2, "lr": 3e-3},
@@ -72,7 +72,7 @@ DDP_SECTIONS = dict(
 
 
 def ddp_worker(rank: int, world: int, port: int, out_dir: str, result: str) -> None:
-    """One process of a gloo DDP run of the tiny flow DiT (spawned by tests/training/test_ddp.py)."""
+    """One process of a gloo DDP run of the tiny flow DiT (spawned by tests/model/training/test_ddp.py)."""
     import os
     from pathlib import Path
 

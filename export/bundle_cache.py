@@ -11,6 +11,8 @@ unchanged one is reused by every later call. For ``tensorrt`` the engines are bu
 bundle (``export.engines.build_bundle_engines``, which itself skips engines already built for this
 TensorRT version and GPU). The export is atomic (a temporary folder renamed into place), so an
 interrupted first call leaves nothing half-written.
+
+It exports, so it lives in export; the runtime CLI (the top layer) imports it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from export.bundle import export_bundle
 from model.errors import LatentfuseError
+from runtime.manifest import MANIFEST_NAME
 
 CACHE_ENV = "XDG_CACHE_HOME"
 KEY_LENGTH = 16  # hex digits of the model hash in the folder name
@@ -47,16 +51,14 @@ def model_key(model_dir: str | os.PathLike) -> str:
 
 def cached_bundle(model_dir: str | os.PathLike, backend: str = "onnxruntime", progress: bool = True) -> Path:
     """The cached bundle of ``model_dir`` (exported now if missing; engines built for ``tensorrt``)."""
-    from export.bundle import export_bundle
-
     model_dir = Path(model_dir)
     bundle = cache_root() / "bundles" / model_key(model_dir)[:KEY_LENGTH]
-    if not (bundle / "manifest.json").is_file():
+    if not (bundle / MANIFEST_NAME).is_file():
         print(f"exporting {model_dir} to a deployment bundle in {bundle} (once; later calls reuse it) ...",
               flush=True)
         export_bundle(model_dir, bundle, force=bundle.exists(), progress=progress, on_report=lambda report: None)
     if backend == "tensorrt":
-        from export.engines import build_bundle_engines
+        from export.engines import build_bundle_engines  # needs nothing until engines are built
 
         build_bundle_engines(bundle, progress=progress)
     return bundle
