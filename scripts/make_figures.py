@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from model.atomic import atomic_file  # noqa: E402
 from model.errors import LatentfuseError  # noqa: E402
 
 TASKS = ("vif", "mef", "mff")
@@ -92,7 +93,8 @@ def main(argv=None) -> int:
             strip, meta[task] = figure(components, args.data, task, args.height)
             path = write_image(args.out / f"heldout_{task}.jpg", strip)
             print(f"{path}: {meta[task]['pair']}, Q^AB/F " + ", ".join(f"{k} {v:.3f}" for k, v in meta[task]["qabf"].items()))
-        (args.out / "heldout.json").write_text(json.dumps(meta, indent=1) + "\n")
+        with atomic_file(args.out / "heldout.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=1) + "\n")
     except LatentfuseError as err:
         print(f"make_figures: error: {err}", file=sys.stderr)
         return 2

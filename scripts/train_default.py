@@ -85,8 +85,6 @@ def make_real_data(work: Path, root: Path, split: str, per_pair: int, size: int,
     tag = f"real_{split}_{size}px_x{per_pair}_n{''.join(map(str, n_degradations))}{'_crop' if crop else ''}_s{seed}"
     out = work / "build" / tag
     for i, task in enumerate(TASKS):
-        if not (root / task).is_dir():
-            raise LatentfuseError(f"--real-data {root}: no {task}/ folder (expected the layout of ../shared/datasets)")
         built = build_dataset(root / task, out / task, task, n_degradations=n_degradations, seed=seed + 101 * i,
                               per_pair=per_pair, long_side=size, crop=crop, progress=False, split=split)
         log(f"  {split} {task}: {built.total} tuples ({built.built} new) from the real pairs of {root / task}")
@@ -246,9 +244,10 @@ def _detail_config(spec: str, flag: str):
     if len(parts) != 3:
         raise LatentfuseError(f"{flag} takes sigma,radius,fused_candidate (e.g. 8,4,0), got {spec!r}")
     try:
-        return DetailConfig(sigma=float(parts[0]), radius=int(parts[1]), fused_candidate=bool(int(parts[2])))
+        sigma, radius, fused = float(parts[0]), int(parts[1]), bool(int(parts[2]))
     except ValueError:
         raise LatentfuseError(f"{flag} takes numbers sigma,radius,fused_candidate (e.g. 8,4,0), got {spec!r}") from None
+    return DetailConfig(sigma=sigma, radius=radius, fused_candidate=fused)
 
 
 def detail_settings(args):
@@ -746,6 +745,12 @@ def main(argv=None) -> int:
         flow_finetune_config(args)
     check_work_scale(args.work_scale, "--work-scale")
     check_window(args.window, "--window")
+    detail_settings(args)
+    if args.data == "real":
+        missing = [task for task in TASKS if not (args.real_data / task).is_dir()]
+        if missing:
+            raise LatentfuseError(f"--real-data {args.real_data}: no {'/, '.join(missing)}/ folder (expected the "
+                                  "layout of ../shared/datasets: vif/, mef/, mff/)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -832,7 +837,8 @@ def main(argv=None) -> int:
     table_md = markdown_table(table)
     print(table_md, flush=True)
     write_model_card(args.out, report, table_md)
-    (args.out / "training_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    with atomic_file(args.out / "training_report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1, default=str) + "\n")
     log(f"done in {report['wall_seconds'] / 60:.1f} min")
     return 0
 

@@ -139,6 +139,12 @@ def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path):
         train_default.main(["--work", str(tmp_path / "work"), "--flow-prior", "source_mean", "--prior-sigma", "0"])
     with pytest.raises(LatentfuseError, match="optim.lr must be positive"):
         train_default.main(["--work", str(tmp_path / "work"), "--flow-finetune-lr", "0"])
+    with pytest.raises(LatentfuseError, match=r"--detail-clean takes sigma,radius,fused_candidate \(e.g. 8,4,0\), got '8,4'"):
+        train_default.main(["--work", str(tmp_path / "work"), "--detail-clean", "8,4"])
+    with pytest.raises(LatentfuseError, match="detail sigma must be positive"):
+        train_default.main(["--work", str(tmp_path / "work"), "--detail-safe", "0,4,1"])
+    with pytest.raises(LatentfuseError, match=r"--real-data .*nothing: no vif/, mef/, mff/ folder"):
+        train_default.main(["--work", str(tmp_path / "work"), "--real-data", str(tmp_path / "nothing")])
     assert not (tmp_path / "work").exists()
 
 
