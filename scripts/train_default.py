@@ -210,6 +210,7 @@ def train_stage_vae(args, train_root: Path, test_root: Path, report: dict):
 def reuse_components(args, report: dict):
     """(VAE, prompt encoder) of the model directory ``--init-from``, kept as they are; the VAE's section
     of that model's training report is carried over (with where it came from) so the card can cite it."""
+    from export.bundle_cache import model_key
     from model.components import read_index
     from model.text_encoder import PromptEncoder
     from model.vae import LatentVAE
@@ -221,19 +222,10 @@ def reuse_components(args, report: dict):
     section = json.loads(previous.read_text()).get("vae", {}) if previous.is_file() else {}
     report["vae"] = {**section, "reused_from": str(args.init_from), "seconds": 0.0,
                      "stages": [{**st, "reused": True} for st in section.get("stages", [])],
-                     "cache_key": {"init_from": str(args.init_from), "vae_sha256": _file_digest(args.init_from / index["vae"])},
+                     "cache_key": {"init_from": str(args.init_from), "vae_sha256": model_key(args.init_from / index["vae"])[:16]},
                      "scaling_factor": vae.scaling_factor, "shift_factor": vae.shift_factor}
     report["text_encoder_from"] = str(args.init_from)
     return vae, text_encoder
-
-
-def _file_digest(folder: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _detail_config(spec: str, flag: str):
