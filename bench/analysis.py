@@ -1,4 +1,4 @@
-"""What a sweep's measurements say (:mod:`bench.sweep` runs, :mod:`bench.report` writes the files).
+"""What a sweep's measurements say (:mod:`latentfuse.bench.sweep` runs, :mod:`latentfuse.bench.report` writes the files).
 
 * per pipeline and size: median, inter-quartile range, min / max of the total and of every stage, and
   the achieved FLOP/s per stage as a fraction of the measured matmul peak (:func:`finish_row`);
@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bench.flops import fit_exponent
-from bench.pipelines import BenchPipeline
-from bench.plan import ANY_PRESET, PLANNER_NOTE, PRESET_INDEPENDENT, WARMUP_NOTE, WEIGHTS_NOTE, MemoryBudget, SweepConfig
+from latentfuse.bench.flops import fit_exponent
+from latentfuse.bench.pipelines import BenchPipeline
+from latentfuse.bench.plan import ANY_PRESET, PLANNER_NOTE, PRESET_INDEPENDENT, WARMUP_NOTE, WEIGHTS_NOTE, MemoryBudget, SweepConfig
 
 
 def _quantile(xs: Sequence[float], q: float) -> float:

@@ -3,7 +3,7 @@ seconds that are left (``latentfuse bench --time-budget MINUTES``).
 
 Projection (never reported as a measurement: it goes into ``projected_s``), best source first:
 
-1. the pipeline's own medians at >= 2 earlier sizes: latency ∝ pixels^k (:func:`bench.flops.fit_exponent`,
+1. the pipeline's own medians at >= 2 earlier sizes: latency ∝ pixels^k (:func:`latentfuse.bench.flops.fit_exponent`,
    k clamped to [0.8, 2.5] against two-point noise), anchored at the largest measured size;
 2. its own median at one earlier size, scaled by the ratio of analytic FLOPs;
 3. nothing of its own yet: analytic FLOPs / (``FIRST_CALL_EFFICIENCY`` × the measured matmul peak).
@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
-from bench.flops import fit_exponent
+from latentfuse.bench.flops import fit_exponent
 
 #: On CPU a call projected above this many seconds gets no warm-up (it would cost a whole timed call).
 WARMUP_SKIP_S = 3.0

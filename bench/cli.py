@@ -1,5 +1,5 @@
 """``latentfuse bench``: latency and cost of the latent pipelines against pixel-space
-restoration+fusion pipelines, side by side in one interleaved run (:mod:`bench.sweep`).
+restoration+fusion pipelines, side by side in one interleaved run (:mod:`latentfuse.bench.sweep`).
 
     latentfuse bench --resolutions 256,512,768,1024 --aspect 1:1,16:9 --backends torch \\
         --precision fp32,fp16 --preset paper --repeat 5 --warmup 2 --out bench-out/
@@ -89,10 +89,10 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from bench.report import markdown, write_report
-    from bench.sweep import SweepConfig, run_sweep
-    from model.errors import LatentfuseError
-    from runtime.backends import check_backend_name
+    from latentfuse.bench.report import markdown, write_report
+    from latentfuse.bench.sweep import SweepConfig, run_sweep
+    from latentfuse.model.errors import LatentfuseError
+    from latentfuse.runtime.backends import check_backend_name
 
     if args.no_sweep and not args.user_pair:
         raise LatentfuseError("--no-sweep leaves nothing to run: add --user-pair [WxH]")
@@ -119,9 +119,9 @@ def _run(args) -> int:
 
 
 def _run_user_pair(args) -> None:
-    from bench.user_pair import parse_size, run_user_pair, write_user_pair
-    from model.components import DEFAULT_MODEL_DIR
-    from runtime.backends import check_backend_name
+    from latentfuse.bench.user_pair import parse_size, run_user_pair, write_user_pair
+    from latentfuse.model.components import DEFAULT_MODEL_DIR
+    from latentfuse.runtime.backends import check_backend_name
 
     size = parse_size(args.user_pair)
     model_dir = args.user_model or str(DEFAULT_MODEL_DIR)

@@ -2,11 +2,11 @@
 
 ``nafnet+densefuse``
     restoration then fusion, the structure of Table 5's "NAFNet+PSLPT": NAFNet-width32 (GoPro
-    deblurring config, 17.11 M parameters, :mod:`bench.nafnet`) restores both sources (one batch of
-    two), then DenseFuse (74,193 parameters, :mod:`bench.densefuse`) fuses them on luma. PSLPT itself
+    deblurring config, 17.11 M parameters, :mod:`latentfuse.bench.nafnet`) restores both sources (one batch of
+    two), then DenseFuse (74,193 parameters, :mod:`latentfuse.bench.densefuse`) fuses them on luma. PSLPT itself
     is a tiny fusion stage (0.013 s of 0.358 s in Table 5); DenseFuse plays that role here.
 ``pixel-dit-reg`` / ``pixel-dit-flow-reuse5``
-    the MoE-DiT run directly on RGB pixels (:mod:`bench.pixel_dit`) with the latent DiT's parameter
+    the MoE-DiT run directly on RGB pixels (:mod:`latentfuse.bench.pixel_dit`) with the latent DiT's parameter
     count: no VAE, the prompt through the same T5, the same samplers. It isolates what the latent
     space buys.
 
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.densefuse import DenseFuse
-from bench.flops import forward_cost, module_bytes
-from bench.nafnet import NAFNet
-from bench.pipelines import BENCH_PROMPT, Analytic, BenchPipeline, dit_cost, prompt_cost
-from bench.pixel_dit import DEFAULT_PATCH, pixel_dit_config
+from latentfuse.bench.densefuse import DenseFuse
+from latentfuse.bench.flops import forward_cost, module_bytes
+from latentfuse.bench.nafnet import NAFNet
+from latentfuse.bench.pipelines import BENCH_PROMPT, Analytic, BenchPipeline, dit_cost, prompt_cost
+from latentfuse.bench.pixel_dit import DEFAULT_PATCH, pixel_dit_config
 
 
 def _to_tensor(imgs, device, dtype) -> torch.Tensor:
@@ -108,8 +108,8 @@ class PixelDiTPipeline(BenchPipeline):
     def __init__(self, name: str, latent_dit, text_encoder, precision: str, device, sampler: str | None = None,
                  steps: int = 1, patch_size: int = DEFAULT_PATCH):
         super().__init__("torch", precision, device)
-        from model.dit import MoEDiT
-        from runtime.samplers import get_sampler
+        from latentfuse.model.dit import MoEDiT
+        from latentfuse.runtime.samplers import get_sampler
 
         self.name = name
         self.config = pixel_dit_config(latent_dit.config, patch_size)
@@ -126,7 +126,7 @@ class PixelDiTPipeline(BenchPipeline):
         self._pair = (a, b)
 
     def _network(self, x, embeds, mask):
-        from runtime import samplers
+        from latentfuse.runtime import samplers
 
         p = self.config.patch_size
         h, w = x.shape[-2:]

@@ -33,7 +33,7 @@ def bench_size() -> int:
 
 @pytest.fixture(scope="session")
 def components():
-    from model.components import FusionComponents
+    from latentfuse.model.components import FusionComponents
 
     return FusionComponents.from_preset(_env("LATENTFUSE_BENCH_PRESET", "tiny"))
 
@@ -53,7 +53,7 @@ def bundle_dir(components, tmp_path_factory):
     if path:
         return path
     try:
-        from export.bundle import export_bundle
+        from latentfuse.export.bundle import export_bundle
     except ImportError as err:
         pytest.skip(f"no bundle given and export.bundle is not importable ({err})")
     out = tmp_path_factory.mktemp("bench-bundle") / "bundle"
@@ -63,11 +63,11 @@ def bundle_dir(components, tmp_path_factory):
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request, components, device):
     """A runtime backend (runtime.backends) over the benchmarked model."""
-    from runtime.backends import get_backend
+    from latentfuse.runtime.backends import get_backend
 
     if request.param == "torch":
         return get_backend("torch", components=components, device=device)
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     return Pipeline.from_bundle(request.getfixturevalue("bundle_dir"), backend=request.param).backend
 

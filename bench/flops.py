@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 _ROUTED_EXPERT = re.compile(r"\.moe\.experts\.\d+$")
 

@@ -8,7 +8,7 @@ stride-2 conv doubling the channels; ``middle_blk_num`` NAFBlocks; per decoder l
 ending conv to RGB plus the input (global residual). Inputs are padded to a multiple of 2^levels
 and the output cropped back, as the official ``check_image_size`` does.
 
-The blocks are :class:`model.nafblock.NAFBlock` (the same block the MoE-DiT uses), whose β / γ start
+The blocks are :class:`latentfuse.model.nafblock.NAFBlock` (the same block the MoE-DiT uses), whose β / γ start
 at zero like the official ones. Weights here are random: the benchmark measures cost, not quality.
 """
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.errors import LatentfuseError
-from model.nafblock import NAFBlock
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.nafblock import NAFBlock
 
 #: The published GoPro deblurring configurations (``options/test/GoPro/NAFNet-width{32,64}.yml``).
 NAFNET_PRESETS: dict[str, dict] = {

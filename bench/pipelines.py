@@ -1,14 +1,14 @@
 """What the sweep times: one *bench pipeline* per method, all with the same small interface, and the
-latent pipelines of latentfuse itself (the pixel-space competitors are in :mod:`bench.competitors`).
+latent pipelines of latentfuse itself (the pixel-space competitors are in :mod:`latentfuse.bench.competitors`).
 
     setup(a, b)        take the input pair (HxWx3 float32 [0, 1] numpy) for the next runs
     run()              one full fuse call -> {stage: seconds, ..., "total": seconds}
     analytic(h, w)     FLOPs per stage (DiT × NFE included) and the estimated peak bytes, no run
     params()           parameter counts per component
 
-Latent pipelines go through :class:`runtime.pipeline.Pipeline` (so the timed call is exactly the
+Latent pipelines go through :class:`latentfuse.runtime.pipeline.Pipeline` (so the timed call is exactly the
 deployed one: padding, VAE-Enc, T5, the sampler's DiT calls, VAE-Dec, crop) and report its per-stage
-timings (:mod:`runtime.latency`). A method that cannot run in a setting is an :class:`Unavailable`
+timings (:mod:`latentfuse.runtime.latency`). A method that cannot run in a setting is an :class:`Unavailable`
 record with the reason, so it shows up in the report instead of vanishing.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.flops import Cost, dense_moe, forward_cost, module_bytes
-from runtime.latency import STAGES
+from latentfuse.bench.flops import Cost, dense_moe, forward_cost, module_bytes
+from latentfuse.runtime.latency import STAGES
 
 PROMPT_TASK = "vif"
 #: Not one of the canonical task prompts that bundles ship pre-encoded: every pipeline on every
@@ -162,7 +162,7 @@ class LatentPipeline(BenchPipeline):
 
     def __init__(self, name: str, variant: dict, pipeline, components, backend: str, precision: str, device):
         super().__init__(backend, precision, device)
-        from runtime.samplers import get_sampler
+        from latentfuse.runtime.samplers import get_sampler
 
         self.name = name
         self.variant = dict(variant)
@@ -213,7 +213,7 @@ class LatentPipeline(BenchPipeline):
 
 def torch_latent_pipelines(components, precision: str, device, variants: dict | None = None) -> list[LatentPipeline]:
     """The latent variants (default :func:`latent_variants`) on the torch backend, sharing one set of modules."""
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     variants = latent_variants() if variants is None else variants
     dtype = {"fp32": "float32", "fp16": "float16"}[precision]
@@ -230,7 +230,7 @@ def bundle_latent_pipelines(bundle: str, backend: str, components, precision: st
     """The latent variants over a deployment bundle (onnxruntime / tensorrt); the torch ``components``
     of the same architecture give the analytic cost. A bundle without a head yields Unavailable rows.
     ``threads``: ONNX Runtime's intra-op threads (the sweep's ``--threads``, as torch gets)."""
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     variants = latent_variants() if variants is None else variants
     options = {"threads": int(threads)} if threads and backend == "onnxruntime" else {}

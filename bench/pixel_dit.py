@@ -2,7 +2,7 @@
 effect of working in latent space (MMAIF 4.6.4: "Our framework operates in the latent space,
 significantly reducing the overhead of DiT").
 
-Same :class:`model.dit.MoEDiT` code, but its "latents" are the RGB images themselves
+Same :class:`latentfuse.model.dit.MoEDiT` code, but its "latents" are the RGB images themselves
 (``latent_channels=3``) patchified with a pixel-space ViT patch size (default 8: an 8x8x3 patch; the
 latent DiT's 2x2 patch of an f=8 latent covers 16x16 pixels, so p=8 gives 4x its tokens, p=16 the
 same count without any VAE). The bigger patch embedding / output projection change the parameter
@@ -12,8 +12,8 @@ closest to the latent DiT's, so both models hold (within a fraction of a percent
 
 from __future__ import annotations
 
-from model.config import DiTConfig
-from model.errors import LatentfuseError
+from latentfuse.model.config import DiTConfig
+from latentfuse.model.errors import LatentfuseError
 
 RGB = 3
 DEFAULT_PATCH = 8
@@ -23,7 +23,7 @@ def dit_param_count(cfg: DiTConfig) -> int:
     """Total parameters of ``MoEDiT(cfg)``, without building it (counted on the meta device)."""
     import torch
 
-    from model.dit import MoEDiT
+    from latentfuse.model.dit import MoEDiT
 
     with torch.device("meta"):
         return sum(p.numel() for p in MoEDiT(cfg).parameters())

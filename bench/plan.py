@@ -1,4 +1,4 @@
-"""What the sweep runs (:mod:`bench.sweep` executes it, :mod:`bench.analysis` summarises it).
+"""What the sweep runs (:mod:`latentfuse.bench.sweep` executes it, :mod:`latentfuse.bench.analysis` summarises it).
 
 Everything here is decided from the settings, the built pipelines and what was measured so far, and
 nothing here runs a pipeline or reads the clock (the runner passes the seconds left in):
@@ -9,7 +9,7 @@ nothing here runs a pipeline or reads the clock (the runner passes the seconds l
   (size, pipeline) with its analytic FLOPs and estimated peak, and the reason a pipeline is not run
   there (``unavailable``, ``analytic``, ``infeasible``);
 * the time budget (``--time-budget``): each remaining call's projected seconds (:func:`project`) and
-  the calls fitted into the seconds left (:func:`plan_budget`, :func:`bench.budget.plan_calls`), and
+  the calls fitted into the seconds left (:func:`plan_budget`, :func:`latentfuse.bench.budget.plan_calls`), and
   the ``over-budget`` reason (:func:`over_budget_reason`).
 """
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from bench.budget import (FIRST_CALL_EFFICIENCY, WARMUP_SKIP_S, Allotment, Call, Projection, plan_calls,
-                          project_from_rate, project_own)
-from bench.memory import available_bytes
-from bench.pipelines import BenchPipeline, Unavailable, latent_variants
-from model.errors import LatentfuseError
+from latentfuse.bench.budget import (FIRST_CALL_EFFICIENCY, WARMUP_SKIP_S, Allotment, Call, Projection, plan_calls,
+                                     project_from_rate, project_own)
+from latentfuse.bench.memory import available_bytes
+from latentfuse.bench.pipelines import BenchPipeline, Unavailable, latent_variants
+from latentfuse.model.errors import LatentfuseError
 
 PRECISIONS = ("fp32", "fp16", "int8")   # int8: an explicit Q/DQ bundle (export.quantize) on onnxruntime / tensorrt
 BACKENDS = ("torch", "onnxruntime", "tensorrt")

@@ -1,4 +1,4 @@
-"""Write a sweep result (:func:`bench.sweep.run_sweep`) as ``bench.json``, ``bench.md`` and PNG plots.
+"""Write a sweep result (:func:`latentfuse.bench.sweep.run_sweep`) as ``bench.json``, ``bench.md`` and PNG plots.
 
     latency.png   latency vs pixels, log-log, one line per pipeline (× backend / precision), one panel
                   per preset × aspect ratio (the preset-independent pipelines in every panel);
@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from model.atomic import atomic_file
+from latentfuse.model.atomic import atomic_file
 
 STATUS_TEXT = {"ok": "ok", "analytic": "not timed", "infeasible": "infeasible (memory)", "oom": "OOM",
                "unavailable": "n/a", "error": "error", "over-budget": "over budget (time)"}

@@ -1,12 +1,12 @@
 """The latency sweep: every pipeline (latent and pixel-space) at every resolution, aspect ratio,
 backend and precision, in one run (MMAIF 4.6.4 / Table 5, measured on this machine).
 
-The sweep is three parts: :mod:`bench.plan` decides what to run (sizes, pipelines, the analytic pass,
+The sweep is three parts: :mod:`latentfuse.bench.plan` decides what to run (sizes, pipelines, the analytic pass,
 memory and time budgets, skip reasons), this module builds the pipelines and runs the plan (warm-up,
-timed rounds, progress bar), :mod:`bench.analysis` turns the measurements into statistics, fits,
-speed-ups and the result (:mod:`bench.report` writes ``bench.json``, ``bench.md`` and the plots).
+timed rounds, progress bar), :mod:`latentfuse.bench.analysis` turns the measurements into statistics, fits,
+speed-ups and the result (:mod:`latentfuse.bench.report` writes ``bench.json``, ``bench.md`` and the plots).
 
-For each image size the sweep first computes every pipeline's analytic cost (:mod:`bench.flops`) and
+For each image size the sweep first computes every pipeline's analytic cost (:mod:`latentfuse.bench.flops`) and
 drops nothing: a pipeline whose estimated peak memory exceeds the budget is recorded as
 ``infeasible`` (with its FLOPs), one that runs out of memory as ``oom``, one that cannot run in a
 setting as ``unavailable``. The rest run ``warmup`` untimed calls each, then ``repeat`` timed rounds;
@@ -14,7 +14,7 @@ each round visits every pipeline once (round-robin, the start rotating by one pe
 drifts of the machine (thermal, other load) hit all pipelines alike instead of whichever ran last.
 
 Per pipeline and size: median and inter-quartile range / min / max of the total and of every stage,
-peak memory (:mod:`bench.memory`), achieved FLOP/s per stage as a fraction of the measured matmul
+peak memory (:mod:`latentfuse.bench.memory`), achieved FLOP/s per stage as a fraction of the measured matmul
 peak. Per pipeline over sizes: the fitted exponent k of latency ∝ pixels^k. Per size: the speed-up of
 each latent pipeline over the fastest pixel-space pipeline of the same precision.
 
@@ -24,7 +24,7 @@ every size interleaves all of them, every row carries its ``preset`` (``"any"`` 
 preset-independent ones, which every preset's speed-ups use). Sizes run in ascending pixel order.
 
 With ``time_budget_s`` the warm-up and repeat counts become upper bounds: before each size
-:mod:`bench.budget` projects every remaining call and fits them into the seconds left (coverage
+:mod:`latentfuse.bench.budget` projects every remaining call and fits them into the seconds left (coverage
 first, presets in the order given), so a pipeline may get fewer calls, or none (``over-budget``).
 The clock starts when :func:`run_sweep` is called (model building and the analytic pass count).
 """
@@ -39,17 +39,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.analysis import assemble, finish_row, fits, headline, pixel_twin, speedups  # noqa: F401 (re-exported)
-from bench.budget import Allotment
-from bench.flops import matmul_peak_flops
-from bench.memory import PeakMemory
-from bench.pipelines import Unavailable, latent_variants
-from bench.plan import (ANY_PRESET, BACKENDS, PLANNER_NOTE, PRECISIONS, PRESET_INDEPENDENT,  # noqa: F401
-                        WARMUP_NOTE, WEIGHTS_NOTE, BudgetInputs, BudgetPlan, FirstCall, SizePlan, SweepConfig,
-                        ident, image_size, is_preset_independent, memory_budget, over_budget_reason, parse_aspect,
-                        peak_precisions, pipeline_names, plan_budget, plan_sizes, planned_calls, preset_order,
-                        short_reason)
-from model.errors import LatentfuseError
+from latentfuse.bench.analysis import assemble, finish_row, fits, headline, pixel_twin, speedups  # noqa: F401 (re-exported)
+from latentfuse.bench.budget import Allotment
+from latentfuse.bench.flops import matmul_peak_flops
+from latentfuse.bench.memory import PeakMemory
+from latentfuse.bench.pipelines import Unavailable, latent_variants
+from latentfuse.bench.plan import (ANY_PRESET, BACKENDS, PLANNER_NOTE, PRECISIONS, PRESET_INDEPENDENT,  # noqa: F401
+                                   WARMUP_NOTE, WEIGHTS_NOTE, BudgetInputs, BudgetPlan, FirstCall, SizePlan, SweepConfig,
+                                   ident, image_size, is_preset_independent, memory_budget, over_budget_reason, parse_aspect,
+                                   peak_precisions, pipeline_names, plan_budget, plan_sizes, planned_calls, preset_order,
+                                   short_reason)
+from latentfuse.model.errors import LatentfuseError
 
 _clock = time.perf_counter  # the sweep's clock (tests replace it)
 
@@ -58,27 +58,17 @@ _clock = time.perf_counter  # the sweep's clock (tests replace it)
 
 
 def load_components(cfg: SweepConfig):
-    from model.components import FusionComponents
+    from latentfuse.model.components import FusionComponents
 
     if cfg.checkpoint:
         return FusionComponents.from_pretrained(cfg.checkpoint), "checkpoint " + str(cfg.checkpoint)
     return FusionComponents.from_preset(cfg.preset), "random"
 
 
-def pipeline_names(cfg: SweepConfig) -> tuple[str, ...]:
-    """Every pipeline name with these step counts: the latent ones, then the pixel-space ones."""
-    return tuple(latent_variants(cfg.flow_steps, cfg.euler_steps)) + (
-        "nafnet+densefuse", "pixel-dit-reg", f"pixel-dit-flow-reuse{cfg.flow_steps}")
-
-
-def is_preset_independent(p) -> bool:
-    return bool(getattr(p, "preset_independent", False)) or p.name in PRESET_INDEPENDENT
-
-
 def build_pipelines(cfg: SweepConfig, components, device: torch.device) -> list[Any]:
     """Every (backend, precision) × pipeline: a BenchPipeline, or an Unavailable saying why."""
-    from bench.competitors import pixel_pipelines
-    from bench.pipelines import bundle_latent_pipelines, torch_latent_pipelines
+    from latentfuse.bench.competitors import pixel_pipelines
+    from latentfuse.bench.pipelines import bundle_latent_pipelines, torch_latent_pipelines
 
     variants = {n: v for n, v in latent_variants(cfg.flow_steps, cfg.euler_steps).items()
                 if cfg.pipelines is None or n in cfg.pipelines}
@@ -151,7 +141,7 @@ def _exported_bundle(cfg: SweepConfig, components, precision: str) -> str:
     """Export the benchmarked components once per precision into ``cfg.export_dir`` (export.bundle)."""
     from pathlib import Path
 
-    from export.bundle import export_bundle
+    from latentfuse.export.bundle import export_bundle
 
     out = Path(cfg.export_dir) / (f"bundle-{precision}" if cfg.checkpoint else f"bundle-{cfg.preset}-{precision}")
     key = (str(out), precision)
@@ -159,7 +149,7 @@ def _exported_bundle(cfg: SweepConfig, components, precision: str) -> str:
         if not (out / "manifest.json").is_file():
             quantization = None
             if precision == "int8":
-                from export.quantize import QuantOptions
+                from latentfuse.export.quantize import QuantOptions
 
                 # tuned for the backend it is timed on: TensorRT, else ONNX Runtime's CPU kernels
                 quantization = QuantOptions(precision="int8",
@@ -391,7 +381,7 @@ def _run_size(sweep: Sweep, si: int, size: SizePlan) -> None:
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
-    """Run the sweep; returns the JSON-ready result (see :mod:`bench.report` for the files)."""
+    """Run the sweep; returns the JSON-ready result (see :mod:`latentfuse.bench.report` for the files)."""
     from tqdm.auto import tqdm
 
     start = _clock()

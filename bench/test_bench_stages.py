@@ -48,7 +48,7 @@ def test_vae_decode(benchmark, backend, latent_inputs):
 def test_sampler_overhead_per_step(benchmark, bench_size, sampler):
     """Host-side sampler arithmetic and noise for 5 steps with a free velocity: what the runtime adds
     to the DiT calls. ``extra_info["per_step_s"]`` is the overhead of one step."""
-    from runtime import samplers
+    from latentfuse.runtime import samplers
 
     steps = 5
     z0 = np.random.default_rng(0).standard_normal((1, 16, bench_size // 8, bench_size // 8)).astype(np.float32)
@@ -62,7 +62,7 @@ def test_sampler_overhead_per_step(benchmark, bench_size, sampler):
 
 def test_qabf(benchmark, bench_size):
     try:
-        from model.metrics import qabf
+        from latentfuse.model.metrics import qabf
     except ImportError as err:
         pytest.skip(f"model.metrics.qabf is not available: {err}")
     rng = np.random.default_rng(0)
@@ -76,8 +76,8 @@ def test_qabf(benchmark, bench_size):
 def test_pixel_competitor(benchmark, device, bench_size, network):
     import torch
 
-    from bench.densefuse import DenseFuse
-    from bench.nafnet import NAFNet
+    from latentfuse.bench.densefuse import DenseFuse
+    from latentfuse.bench.nafnet import NAFNet
 
     with torch.inference_mode():
         if network == "densefuse":

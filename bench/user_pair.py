@@ -1,9 +1,9 @@
 """What a user waits for: one camera-size pair fused end to end, per backend and head, in one run.
 
-The sweep (:mod:`bench.sweep`) times the graphs of random-weight presets at square sizes. This is the
+The sweep (:mod:`latentfuse.bench.sweep`) times the graphs of random-weight presets at square sizes. This is the
 other view: a real model directory (by default the bundled default, at its own working scale and
 window) fusing one pair of a camera's size (640x480 by default: the shipped VIF sample enlarged to
-it) through :class:`runtime.pipeline.Pipeline`, exactly as ``latentfuse fuse`` runs it: the VAE once
+it) through :class:`latentfuse.runtime.pipeline.Pipeline`, exactly as ``latentfuse fuse`` runs it: the VAE once
 per image, the DiT in batched windows, the prompt from the cache. Backends are interleaved round by
 round (warm-up first), so their ratio is measured under the same machine load.
 
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 
 @dataclass
@@ -52,8 +52,8 @@ def sample_pair(size: tuple[int, int], task: str = "vif") -> tuple[np.ndarray, n
     """The first shipped sample pair of ``task``, resampled to ``size`` (H, W) (bicubic, antialiased)."""
     from skimage.transform import resize
 
-    from model.data.samples import sample_pairs
-    from model.image_io import read_image
+    from latentfuse.model.data.samples import sample_pairs
+    from latentfuse.model.image_io import read_image
 
     pair = sample_pairs(task)[0]
     out = []
@@ -64,8 +64,8 @@ def sample_pair(size: tuple[int, int], task: str = "vif") -> tuple[np.ndarray, n
 
 
 def _pipelines(model_dir: Path, backends: Sequence[str], threads: int | None):
-    from export.bundle_cache import cached_bundle
-    from runtime.pipeline import Pipeline
+    from latentfuse.export.bundle_cache import cached_bundle
+    from latentfuse.runtime.pipeline import Pipeline
 
     options = {"threads": threads} if threads else {}
     out = {}
@@ -88,8 +88,8 @@ def run_user_pair(model_dir: str | os.PathLike | None = None, backends: Sequence
     """Median per stage of ``repeat`` timed fuse calls per (backend, mode), rounds interleaved."""
     from tqdm import tqdm
 
-    from model.components import DEFAULT_MODEL_DIR
-    from runtime.latency import summarize
+    from latentfuse.model.components import DEFAULT_MODEL_DIR
+    from latentfuse.runtime.latency import summarize
 
     model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
     if repeat < 1 or warmup < 0:
@@ -115,7 +115,7 @@ def run_user_pair(model_dir: str | os.PathLike | None = None, backends: Sequence
 
 def format_user_pair(rows: Sequence[UserPairRow], size: tuple[int, int], model_dir: str) -> str:
     """Markdown: one row per (backend, mode), stages in ms, and each backend's ratio to torch."""
-    from runtime.latency import STAGES
+    from latentfuse.runtime.latency import STAGES
 
     lines = [f"### A {size[1]}x{size[0]} pair, end to end ({model_dir})", "",
              "| backend | mode | " + " | ".join(STAGES) + " | total (min-max) | vs torch |",
@@ -131,7 +131,7 @@ def format_user_pair(rows: Sequence[UserPairRow], size: tuple[int, int], model_d
 
 
 def write_user_pair(rows: Sequence[UserPairRow], out: str | os.PathLike, size: tuple[int, int], model_dir: str) -> str:
-    from model.atomic import atomic_file
+    from latentfuse.model.atomic import atomic_file
 
     out = Path(out)
     text = format_user_pair(rows, size, model_dir)

@@ -1,8 +1,8 @@
 """Calibrate a deployment bundle: measure every FP32 graph on the calibration set, write the precision plan.
 
-The walk: :mod:`calibration.dataset` (degraded pairs + prompts) -> :mod:`calibration.feeds` (graph inputs
-through the bundle's own FP32 graphs) -> :mod:`calibration.plan` (ranges, FP16 error, FP32 islands) ->
-a check of the whole converted graph (:func:`export.fp16.compare`). That last step is the safety net of
+The walk: :mod:`latentfuse.calibration.dataset` (degraded pairs + prompts) -> :mod:`latentfuse.calibration.feeds` (graph inputs
+through the bundle's own FP32 graphs) -> :mod:`latentfuse.calibration.plan` (ranges, FP16 error, FP32 islands) ->
+a check of the whole converted graph (:func:`latentfuse.export.fp16.compare`). That last step is the safety net of
 the node rules, a measured escalation: when the mixed-precision output differs from FP32 by more than
 ``graph_tolerance`` (relative to its output's magnitude) or turns non-finite, every normalisation /
 softmax node is moved to FP32 together with the nodes that feed it and the graph measured again
@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from calibration.plan import Thresholds, decide, make_plan, measure_graph
-from model.errors import LatentfuseError
+from latentfuse.calibration.plan import Thresholds, decide, make_plan, measure_graph
+from latentfuse.model.errors import LatentfuseError
 
 DEFAULT_GRAPH_TOLERANCE = 2e-2  # ~2.5 grey levels of 255 on a decoded image; 40x FP16's unit roundoff
 RUNGS = ("measured", "statistics_fp32")  # calibration.plan.decide(escalate=False / True)
@@ -47,14 +47,14 @@ def calibrate_bundle(bundle: str | Path, *, samples: int = 12, seed: int = 0, th
                      graphs: Sequence[str] | None = None, fp32_graphs: Sequence[str] = (),
                      graph_tolerance: float = DEFAULT_GRAPH_TOLERANCE, long_sides: Sequence[int] | None = None,
                      chunk_size: int = 256, progress: bool = True) -> dict:
-    """The precision plan of ``bundle`` (see :mod:`calibration.plan` for the format)."""
+    """The precision plan of ``bundle`` (see :mod:`latentfuse.calibration.plan` for the format)."""
     from tqdm.auto import tqdm
 
-    from calibration.dataset import calibration_prompts, calibration_samples, describe
-    from calibration.feeds import build_feeds
-    from calibration.ranges import load_model
-    from export.bundle import load_manifest
-    from export.fp16 import compare, convert_model
+    from latentfuse.calibration.dataset import calibration_prompts, calibration_samples, describe
+    from latentfuse.calibration.feeds import build_feeds
+    from latentfuse.calibration.ranges import load_model
+    from latentfuse.export.bundle import load_manifest
+    from latentfuse.export.fp16 import compare, convert_model
 
     bundle = Path(bundle)
     thresholds = thresholds or Thresholds()

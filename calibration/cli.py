@@ -6,7 +6,7 @@ import argparse
 
 
 def _sizes(text: str) -> list[int]:
-    from model.errors import LatentfuseError
+    from latentfuse.model.errors import LatentfuseError
 
     try:
         sizes = [int(v) for v in text.split(",") if v.strip()]
@@ -18,8 +18,8 @@ def _sizes(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    from calibration.calibrate import DEFAULT_GRAPH_TOLERANCE
-    from calibration.plan import Thresholds
+    from latentfuse.calibration.calibrate import DEFAULT_GRAPH_TOLERANCE
+    from latentfuse.calibration.plan import Thresholds
 
     d = Thresholds()
     p = subparsers.add_parser(
@@ -50,10 +50,10 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calibration.calibrate import calibrate_bundle
-    from calibration.dataset import DEFAULT_LONG_SIDES
-    from calibration.plan import Thresholds, save_plan
-    from model.errors import LatentfuseError
+    from latentfuse.calibration.calibrate import calibrate_bundle
+    from latentfuse.calibration.dataset import DEFAULT_LONG_SIDES
+    from latentfuse.calibration.plan import Thresholds, save_plan
+    from latentfuse.model.errors import LatentfuseError
 
     if args.samples < 1:
         raise LatentfuseError(f"--samples must be >= 1, got {args.samples}")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 TASKS = ("vif", "mef", "mff")
 DEFAULT_LONG_SIDES = (128, 192, 256)
@@ -54,8 +54,8 @@ def to_graph_image(image01: np.ndarray, multiple: int = 16) -> np.ndarray:
 def _source_pairs(task: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The shipped sample pairs of ``task`` (``model/data/samples``); skimage images if none are shipped."""
     try:
-        from model.data.samples import sample_pairs
-        from model.image_io import read_image
+        from latentfuse.model.data.samples import sample_pairs
+        from latentfuse.model.image_io import read_image
 
         pairs = [(p.name, read_image(p.a), read_image(p.b)) for p in sample_pairs(task)]
         if pairs:
@@ -71,7 +71,7 @@ def _source_pairs(task: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
 def calibration_samples(n: int = 12, *, seed: int = 0, long_sides: Sequence[int] = DEFAULT_LONG_SIDES,
                         tasks: Sequence[str] = TASKS) -> list[CalibrationSample]:
     """``n`` degraded pairs cycling through tasks, shipped pairs and long sides (seeded, reproducible)."""
-    from model.data.pipeline import degrade_pair
+    from latentfuse.model.data.pipeline import degrade_pair
 
     if n < 1:
         raise LatentfuseError(f"the calibration set needs at least 1 sample, got {n}")
@@ -93,7 +93,7 @@ def calibration_samples(n: int = 12, *, seed: int = 0, long_sides: Sequence[int]
 
 def calibration_prompts(samples: Sequence[CalibrationSample]) -> list[str]:
     """The canonical deployment prompts followed by the samples' own prompts (deduplicated)."""
-    from model.data.prompts import canonical_prompts
+    from latentfuse.model.data.prompts import canonical_prompts
 
     return list(dict.fromkeys(list(canonical_prompts().values()) + [s.prompt for s in samples]))
 

@@ -16,10 +16,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from calibration.dataset import CalibrationSample
-from model.errors import LatentfuseError
-from runtime.backends.onnxruntime_backend import ort_session
-from runtime.manifest import GraphEntry, graph_kind  # noqa: F401 - graph_kind re-exported
+from latentfuse.calibration.dataset import CalibrationSample
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.backends.onnxruntime_backend import ort_session
+from latentfuse.runtime.manifest import GraphEntry, graph_kind  # noqa: F401 - graph_kind re-exported
 
 def _feed(name: str, entry: Mapping, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Map role -> value onto the graph's input names (by role through the manifest, the runtime's reader),
@@ -40,7 +40,7 @@ class _Graph:
 
 def load_tokenizer(bundle: Path, manifest: Mapping):
     """The bundle's SentencePiece tokenizer (``manifest["text"]["tokenizer"]``, a file or a folder)."""
-    from model.text_encoder import SpieceTokenizer
+    from latentfuse.model.text_encoder import SpieceTokenizer
 
     entry = (manifest.get("text") or {}).get("tokenizer") or manifest.get("tokenizer") or "spiece.model"
     path = bundle / str(entry)

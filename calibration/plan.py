@@ -1,8 +1,8 @@
 """The FP16 precision plan: which nodes of each graph stay FP32, why, and the measured value behind it.
 
 TensorRT 11 builds only strongly typed networks, so precision lives in the ONNX graph: export converts
-each FP32 graph to FP16 except for the nodes this plan lists (:mod:`export.fp16`). The decision is made
-from measurements on a calibration set (:mod:`calibration.ranges`), in three rules:
+each FP32 graph to FP16 except for the nodes this plan lists (:mod:`latentfuse.export.fp16`). The decision is made
+from measurements on a calibration set (:mod:`latentfuse.calibration.ranges`), in three rules:
 
 1. **Range.** A float tensor is *FP16-unsafe* when its measured max |x| exceeds ``range_fraction`` x 65504
    (default 1/4, i.e. 16376), or when more than ``flush_fraction`` of its non-zero values would round to
@@ -40,9 +40,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from calibration.ranges import FP16_MAX, TensorRange, load_model, measure_ranges, run_tensors
-from export.fp16 import PLAN_FORMAT, ensure_node_names, fp32_node_names, load_plan, save_plan  # noqa: F401
-from model.errors import LatentfuseError
+from latentfuse.calibration.ranges import FP16_MAX, TensorRange, load_model, measure_ranges, run_tensors
+from latentfuse.export.fp16 import PLAN_FORMAT, ensure_node_names, fp32_node_names, load_plan, save_plan  # noqa: F401
+from latentfuse.model.errors import LatentfuseError
 
 
 # Normalisation statistics and softmax: the ops whose FP16 error is measured node by node (rule 2).
@@ -272,7 +272,7 @@ def measure_graph(model, feeds: Sequence[Mapping[str, np.ndarray]], *, chunk_siz
 def decide(model, measured: Measurements, thresholds: Thresholds | None = None, *, escalate: bool = False) -> dict:
     """Apply the three rules to the measurements; the per-graph entry of the plan file.
 
-    ``escalate`` (the second rung of :func:`calibration.calibrate.calibrate_bundle`, climbed when the
+    ``escalate`` (the second rung of :func:`latentfuse.calibration.calibrate.calibrate_bundle`, climbed when the
     whole graph's FP16 error is still too large) keeps *every* normalisation / softmax node FP32 whatever
     its measured error (reason ``escalated``), with the producers of its inputs. Keeping the node alone
     would change nothing measurable: its FP16 error is that of its rounded inputs and output.

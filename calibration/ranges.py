@@ -1,6 +1,6 @@
 """Measured activation ranges of an FP32 ONNX graph: per-tensor max |x|, non-finite counts, fp16 underflow.
 
-The FP16 precision plan (:mod:`calibration.plan`) is decided from these numbers, not guessed: a tensor
+The FP16 precision plan (:mod:`latentfuse.calibration.plan`) is decided from these numbers, not guessed: a tensor
 whose magnitude approaches the FP16 maximum (65504) overflows to inf in an FP16 engine, and a tensor whose
 non-zero values fall below the FP16 subnormal range is flushed to zero.
 
@@ -21,9 +21,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from export.fp16 import load_model  # noqa: F401 - re-exported (calibration.plan)
-from runtime.backends.onnxruntime_backend import ort_session
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.export.fp16 import load_model  # noqa: F401 - re-exported (calibration.plan)
+from latentfuse.runtime.backends.onnxruntime_backend import ort_session
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0 ** -14      # below this fp16 is subnormal: fewer mantissa bits, lost precision

@@ -1,8 +1,8 @@
 """AOTInductor packages (``.pt2``) of the deployed graphs, for the C++ host's libtorch backend.
 
 ``latentfuse export --aoti`` calls :func:`add_aoti_packages` after the ONNX bundle is written: each
-graph of :mod:`export.graphs` is captured with ``torch.export.export`` using the same dynamic shapes
-as its ONNX export (:meth:`export.graphs.GraphSpec.dynamic_shapes`: batch, a 16-px grid symbol per
+graph of :mod:`latentfuse.export.graphs` is captured with ``torch.export.export`` using the same dynamic shapes
+as its ONNX export (:meth:`latentfuse.export.graphs.GraphSpec.dynamic_shapes`: batch, a 16-px grid symbol per
 spatial axis, text length), compiled ahead of time by Inductor and packaged with
 ``torch._inductor.aoti_compile_and_package`` (PyTorch "AOTInductor" docs). The C++ host loads them with
 ``torch::inductor::AOTIModelPackageLoader`` (runtime/cpp/src/backend_aoti.cpp), feeding the inputs in
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from model.errors import LatentfuseError
-from model.geometry import HEADS
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import HEADS
 
 AOTI_SUFFIX = ".pt2"
 # Batch bound of the packages: Inductor's guards cap some graphs (the VAE decoder) below
@@ -34,7 +34,7 @@ def dynamic_shapes(spec) -> tuple[dict, ...]:
     symbol bounded by :data:`AOTI_MAX_BATCH`."""
     from torch.export import Dim
 
-    from export.graphs import BATCH
+    from latentfuse.export.graphs import BATCH
 
     batch = Dim(BATCH, min=1, max=AOTI_MAX_BATCH)
     return tuple({axis: (batch if getattr(dim, "__name__", None) == BATCH else dim) for axis, dim in shapes.items()}
@@ -80,8 +80,8 @@ def add_aoti_packages(bundle_dir: str | os.PathLike, components, graphs: Sequenc
     import torch
     from tqdm import tqdm
 
-    from export.bundle import load_manifest, record_files, save_manifest
-    from export.graphs import graph_specs
+    from latentfuse.export.bundle import load_manifest, record_files, save_manifest
+    from latentfuse.export.graphs import graph_specs
 
     root = Path(bundle_dir)
     manifest = load_manifest(root, verify_hashes=False)
@@ -122,17 +122,17 @@ def export_aoti_bundle(components, out: str | os.PathLike, heads: Sequence[str] 
                        progress: bool = True) -> Path:
     """A bundle of AOTInductor packages only (no ONNX graphs), for C++ hosts on libtorch.
 
-    Same layout and manifest as :func:`export.bundle.export_bundle` (tokenizer, prompt cache, latent,
+    Same layout and manifest as :func:`latentfuse.export.bundle.export_bundle` (tokenizer, prompt cache, latent,
     resolution, text and sampler sections), with each graph's ``file`` the ``<graph>.pt2`` package
-    and ``"precision": "fp32"``. Written atomically (:func:`model.atomic.atomic_dir`).
+    and ``"precision": "fp32"``. Written atomically (:func:`latentfuse.model.atomic.atomic_dir`).
     """
     import torch
     from tqdm import tqdm
 
-    from export.bundle import bundle_manifest, record_files, save_manifest, write_text_assets
-    from export.graphs import graph_specs
-    from model.atomic import atomic_dir
-    from model.data.prompts import canonical_prompts
+    from latentfuse.export.bundle import bundle_manifest, record_files, save_manifest, write_text_assets
+    from latentfuse.export.graphs import graph_specs
+    from latentfuse.model.atomic import atomic_dir
+    from latentfuse.model.data.prompts import canonical_prompts
 
     out = Path(out)
     if out.exists() and not force:

@@ -2,8 +2,8 @@
 
 A bundle is what ``latentfuse export --checkpoint DIR --out BUNDLE`` writes and what the Python runtime,
 the engine builder and the C++ host read (docs/design.md "The manifest"). One export walks
-:mod:`export.graphs` (specs) -> :mod:`export.onnx` -> :mod:`export.verify` -> this module. Everything
-is written to a temporary sibling directory and renamed into place (:func:`model.atomic.atomic_dir`):
+:mod:`latentfuse.export.graphs` (specs) -> :mod:`latentfuse.export.onnx` -> :mod:`latentfuse.export.verify` -> this module. Everything
+is written to a temporary sibling directory and renamed into place (:func:`latentfuse.model.atomic.atomic_dir`):
 an interrupted or failed export (including a failed verification) leaves no bundle behind.
 
 Layout::
@@ -14,7 +14,7 @@ Layout::
     BUNDLE/prompt_cache.safetensors            "<id>.embeds" [1, L_id, d_t] float32, "<id>.mask" [1, L_id] int64
 
 ``manifest.json`` (format ``latentfuse-bundle``, ``format_version`` 1, ``format_minor`` 1; read by
-:mod:`runtime.manifest`, which also reads minor 0: bundles without ``format_minor`` nor tensor roles)::
+:mod:`latentfuse.runtime.manifest`, which also reads minor 0: bundles without ``format_minor`` nor tensor roles)::
 
     {"format": "latentfuse-bundle", "format_version": 1, "format_minor": 1,
      "graphs": {"<name>": {
@@ -73,14 +73,14 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from model.flow import DEFAULT_G, DEFAULT_SAMPLER, DEFAULT_STEPS
-from model.errors import LatentfuseError
-from model.geometry import HEADS, LATENT_FACTOR, PATCH
-from runtime import manifest as reader
+from latentfuse.model.flow import DEFAULT_G, DEFAULT_SAMPLER, DEFAULT_STEPS
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import HEADS, LATENT_FACTOR, PATCH
+from latentfuse.runtime import manifest as reader
 # The reader's names, re-exported: the schema, hashes and loading live in runtime.manifest.
-from runtime.manifest import (FORMAT, FORMAT_MINOR, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS,  # noqa: F401
-                              PROMPT_CACHE_NAME, QUANTIZED, TOKENIZER_NAME, dumps, file_entry, load_manifest,
-                              sha256_file)
+from latentfuse.runtime.manifest import (FORMAT, FORMAT_MINOR, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS,  # noqa: F401
+                                         PROMPT_CACHE_NAME, QUANTIZED, TOKENIZER_NAME, dumps, file_entry, load_manifest,
+                                         sha256_file)
 
 
 # ---------------------------------------------------------------------- manifest writing
@@ -102,10 +102,10 @@ def save_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
 
 
 class Bundle(reader.Bundle):
-    """:class:`runtime.manifest.Bundle` plus the export side's view of a graph (a :class:`GraphSpec`)."""
+    """:class:`latentfuse.runtime.manifest.Bundle` plus the export side's view of a graph (a :class:`GraphSpec`)."""
 
     def spec(self, name: str):
-        from export.graphs import GraphSpec
+        from latentfuse.export.graphs import GraphSpec
 
         return GraphSpec.from_manifest(name, self.graph(name), self.manifest.get("resolution"),
                                        self.manifest.get("text"))
@@ -197,7 +197,7 @@ def _convert_fp16(tmp: Path, results: dict, plan_path) -> None:
         raise LatentfuseError("fp16 export needs calibration: run `latentfuse calibrate` on an fp32 bundle "
                               "and pass its precision plan with --plan PLAN")
     try:
-        from export.fp16 import convert_bundle_graph, load_plan
+        from latentfuse.export.fp16 import convert_bundle_graph, load_plan
     except ImportError as err:
         raise LatentfuseError(f"fp16 export needs calibration: the FP16 converter is unavailable ({err})") from None
     plan = load_plan(plan_path)
@@ -232,21 +232,21 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
                   quantization=None) -> Path:
     """Export a model directory (``FusionComponents``) to a verified deployment bundle at ``out``.
 
-    ``precision`` int8 / fp8: post-training quantization (:mod:`export.quantize`) of the graphs
-    ``quantization`` (an :class:`export.quantize.QuantOptions`, default: the DiTs) names.
+    ``precision`` int8 / fp8: post-training quantization (:mod:`latentfuse.export.quantize`) of the graphs
+    ``quantization`` (an :class:`latentfuse.export.quantize.QuantOptions`, default: the DiTs) names.
 
     ``heads``: DiT heads to export (default: all the checkpoint has). ``components``: an already
     loaded model (``checkpoint`` is then only recorded). Verification failures raise, so a bundle
     that exists has passed ONNX Runtime parity and the static checks; the
-    :class:`~export.verify.VerifyReport` goes to ``on_report`` (default: printed as tables).
+    :class:`~latentfuse.export.verify.VerifyReport` goes to ``on_report`` (default: printed as tables).
     """
     import onnx
     import torch
     from tqdm import tqdm
 
-    from export.graphs import graph_specs
-    from export.onnx import DEFAULT_OPSET, export_graph
-    from model.atomic import atomic_dir
+    from latentfuse.export.graphs import graph_specs
+    from latentfuse.export.onnx import DEFAULT_OPSET, export_graph
+    from latentfuse.model.atomic import atomic_dir
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if precision not in PRECISIONS:
@@ -255,7 +255,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
         # fail before the (slow) export rather than after it
         _convert_fp16(Path(out), {}, None)
     if precision in QUANTIZED:
-        from export.quantize import MIN_OPSET, QuantOptions, require_modelopt
+        from latentfuse.export.quantize import MIN_OPSET, QuantOptions, require_modelopt
 
         require_modelopt(precision)  # before any slow work
         quantization = quantization or QuantOptions(precision=precision)
@@ -270,7 +270,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
     if components is None:
         if not checkpoint.is_dir():
             raise LatentfuseError(f"checkpoint directory {checkpoint} does not exist")
-        from model.components import FusionComponents
+        from latentfuse.model.components import FusionComponents
 
         components = FusionComponents.from_pretrained(checkpoint)
     if out.exists() and not force:
@@ -278,7 +278,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
     heads = list(heads) if heads else [h for h in HEADS if h in components.dits]
     specs = graph_specs(components, heads)
 
-    from model.data.prompts import canonical_prompts
+    from latentfuse.model.data.prompts import canonical_prompts
 
     prompts = canonical_prompts()
     torch_threads = torch.get_num_threads()
@@ -296,7 +296,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
             _convert_fp16(tmp, results, plan)
         quantized = {}
         if precision in QUANTIZED:
-            from export.quantize import modelopt_version, quantize_bundle_graphs
+            from latentfuse.export.quantize import modelopt_version, quantize_bundle_graphs
 
             quantized = quantize_bundle_graphs(tmp, results, specs, components, quantization, opset=opset,
                                                progress=progress)
@@ -337,7 +337,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
         save_manifest(tmp, manifest)
 
         if verify:
-            from export.verify import verify_bundle
+            from latentfuse.export.verify import verify_bundle
 
             report = verify_bundle(tmp, components=components, lint=lint, progress=progress)
             if on_report is None:

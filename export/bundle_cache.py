@@ -21,9 +21,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from export.bundle import export_bundle
-from model.errors import LatentfuseError
-from runtime.manifest import MANIFEST_NAME
+from latentfuse.export.bundle import export_bundle
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.manifest import MANIFEST_NAME
 
 CACHE_ENV = "XDG_CACHE_HOME"
 KEY_LENGTH = 16  # hex digits of the model hash in the folder name
@@ -58,7 +58,7 @@ def cached_bundle(model_dir: str | os.PathLike, backend: str = "onnxruntime", pr
               flush=True)
         export_bundle(model_dir, bundle, force=bundle.exists(), progress=progress, on_report=lambda report: None)
     if backend == "tensorrt":
-        from export.engines import build_bundle_engines  # needs nothing until engines are built
+        from latentfuse.export.engines import build_bundle_engines  # needs nothing until engines are built
 
         build_bundle_engines(bundle, progress=progress)
     return bundle

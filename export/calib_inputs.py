@@ -1,10 +1,10 @@
 """Quantization calibration inputs: what each graph receives in deployment, recorded on real pairs.
 
-Post-training quantization (:mod:`export.quantize`) fixes every activation's range from the inputs it
+Post-training quantization (:mod:`latentfuse.export.quantize`) fixes every activation's range from the inputs it
 is calibrated on, so those inputs are the ones the deployed graphs see, not stand-ins: crops of real
-image pairs (``TASK=DIR`` folders in any layout :func:`model.data.pairs.discover_pairs` reads, e.g.
+image pairs (``TASK=DIR`` folders in any layout :func:`latentfuse.model.data.pairs.discover_pairs` reads, e.g.
 ``vif=../shared/datasets/vif/RoadScene``; the shipped sample pairs when none is given) run through the
-FP32 PyTorch pipeline (:class:`runtime.pipeline.Pipeline` on the torch backend) with a
+FP32 PyTorch pipeline (:class:`latentfuse.runtime.pipeline.Pipeline` on the torch backend) with a
 :class:`RecordingBackend` in front of the networks. It records, per graph, the arrays of every call:
 
 * ``vae_encoder``: the enlarged, padded pair (the model's working scale, ``model.work_scale``);
@@ -29,8 +29,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from runtime.backends.base import Backend, WrappedBackend
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.backends.base import Backend, WrappedBackend
 
 TASKS = ("vif", "mef", "mff")
 DEFAULT_CROP = 128           # input pixels per crop for a model without a window
@@ -50,7 +50,7 @@ class PairSource:
 
 def parse_source(text: str) -> PairSource:
     """``TASK=DIR`` (``vif=../shared/datasets/vif/TNO``) -> :class:`PairSource`."""
-    from model.data.tasks import check_task
+    from latentfuse.model.data.tasks import check_task
 
     if "=" not in str(text):
         raise LatentfuseError(f"--calibration-data {text!r}: expected TASK=DIR, e.g. vif=datasets/vif/RoadScene")
@@ -77,26 +77,26 @@ class CalibrationCrop:
 
 
 def _sample_pair_list(task: str) -> list[tuple[str, object]]:
-    from model.data.samples import sample_pairs
+    from latentfuse.model.data.samples import sample_pairs
 
     return [(f"samples/{task}/{p.name}", p) for p in sample_pairs(task)]
 
 
 def _read(task: str, pair) -> tuple[np.ndarray, np.ndarray, str]:
-    """(a, b, prompt) of a dataset pair (:class:`model.data.pairs.ImagePair`) or a shipped sample pair."""
-    from model.data.prompts import CANONICAL_TASK_PROMPTS
-    from model.image_io import read_image
+    """(a, b, prompt) of a dataset pair (:class:`latentfuse.model.data.pairs.ImagePair`) or a shipped sample pair."""
+    from latentfuse.model.data.prompts import CANONICAL_TASK_PROMPTS
+    from latentfuse.model.image_io import read_image
 
     if hasattr(pair, "prompt"):                      # model.data.samples.SamplePair
         return read_image(pair.a), read_image(pair.b), pair.prompt
-    from model.data.pairs import load_pair
+    from latentfuse.model.data.pairs import load_pair
 
     a, b, _ = load_pair(pair, task)
     return a, b, CANONICAL_TASK_PROMPTS[task]
 
 
 def _pairs_of(source: PairSource) -> list[tuple[str, object]]:
-    from model.data.pairs import discover_pairs
+    from latentfuse.model.data.pairs import discover_pairs
 
     found = discover_pairs(source.root, source.task)
     if not found.pairs:
@@ -158,7 +158,7 @@ def crop_side(components) -> int:
 # ------------------------------------------------------------------------------ recording
 class RecordingBackend(WrappedBackend):
     """Forwards every call to ``inner`` and keeps a copy of its inputs, keyed by graph and input name
-    (the names of :mod:`export.graphs`)."""
+    (the names of :mod:`latentfuse.export.graphs`)."""
 
     name = "recording"
 
@@ -223,8 +223,8 @@ def record_inputs(components, crops: Sequence[CalibrationCrop], heads: Sequence[
     """Run every crop through the FP32 torch pipeline once per head and record each graph's inputs."""
     from tqdm.auto import tqdm
 
-    from runtime.backends.torch_backend import TorchBackend
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.backends.torch_backend import TorchBackend
+    from latentfuse.runtime.pipeline import Pipeline
 
     if not crops:
         raise LatentfuseError("calibration needs at least one crop")

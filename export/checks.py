@@ -1,6 +1,6 @@
 """Static checks on an exported ONNX graph: symbolic dims, data-dependent shapes, TensorRT op support.
 
-- :func:`check_symbolic_dims`: every dim the :class:`~export.graphs.GraphSpec` declares symbolic must be
+- :func:`check_symbolic_dims`: every dim the :class:`~latentfuse.export.graphs.GraphSpec` declares symbolic must be
   symbolic (``dim_param``) in the ONNX inputs and outputs. ``torch.export`` silently specialises a dim
   traced at size 1 or hit by a shape-dependent branch; this catches it.
 - :func:`find_data_dependent_shapes`: TensorRT needs every tensor shape to be computable from the input
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 TRT_OPS_PATH = Path(__file__).with_name("trt_onnx_ops.json")
 

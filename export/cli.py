@@ -69,12 +69,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from model.errors import LatentfuseError
+    from latentfuse.model.errors import LatentfuseError
 
     if args.verify:
         if args.out:
             raise LatentfuseError("--verify BUNDLE checks an existing bundle; do not combine it with --out")
-        from export.verify import verify_bundle
+        from latentfuse.export.verify import verify_bundle
 
         if args.held_out < 0:
             raise LatentfuseError(f"--held-out must be >= 0, got {args.held_out}")
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise LatentfuseError("export needs --out BUNDLE (or --verify BUNDLE)")
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from model.components import DEFAULT_MODEL_DIR
+        from latentfuse.model.components import DEFAULT_MODEL_DIR
 
         checkpoint = DEFAULT_MODEL_DIR
         if not Path(checkpoint).is_dir():
@@ -104,14 +104,14 @@ def run(args: argparse.Namespace) -> int:
     if args.aoti and quantization is not None:
         raise LatentfuseError(f"--aoti compiles the FP32 PyTorch graphs for the C++ host; a --precision {args.precision} "
                               "bundle runs its Q/DQ graphs on ONNX Runtime or TensorRT (export --aoti separately)")
-    from export.bundle import export_bundle
+    from latentfuse.export.bundle import export_bundle
 
     out = export_bundle(checkpoint, args.out, heads=heads, precision=args.precision, opset=args.opset,
                         force=args.force, plan=args.plan, exporter=args.exporter, verify=args.run_verify,
                         lint=args.lint, quantization=quantization)
     if args.aoti:
-        from export.aoti import add_aoti_packages
-        from model.components import FusionComponents
+        from latentfuse.export.aoti import add_aoti_packages
+        from latentfuse.model.components import FusionComponents
 
         add_aoti_packages(out, FusionComponents.from_pretrained(checkpoint))
     print(f"wrote {out}")
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _quant_options(args: argparse.Namespace):
     """The QuantOptions of an int8 / fp8 export (None otherwise); quantization flags need such a precision."""
-    from model.errors import LatentfuseError
+    from latentfuse.model.errors import LatentfuseError
 
     given = [flag for flag, value in (("--calibration-data", args.calibration_data),
                                       ("--quant-level", args.quant_level), ("--quant-graphs", args.quant_graphs),
@@ -131,7 +131,7 @@ def _quant_options(args: argparse.Namespace):
         if given:
             raise LatentfuseError(f"{given[0]} is for --precision int8 / fp8 (got --precision {args.precision})")
         return None
-    from export.quantize import DEFAULT_GRAPH_TOLERANCE, DEFAULT_GRAPHS, DEFAULT_LAYER_TOLERANCE, DEFAULT_LEVEL, QuantOptions
+    from latentfuse.export.quantize import DEFAULT_GRAPH_TOLERANCE, DEFAULT_GRAPHS, DEFAULT_LAYER_TOLERANCE, DEFAULT_LEVEL, QuantOptions
 
     graphs = tuple(g.strip() for g in args.quant_graphs.split(",")) if args.quant_graphs else DEFAULT_GRAPHS
     return QuantOptions(

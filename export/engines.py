@@ -1,10 +1,10 @@
 """TensorRT engines for a deployment bundle: optimization profiles, the engine cache and the build.
 
 One engine per graph of the bundle, built from the bundle's (mixed-precision FP16, or INT8 / FP8 Q/DQ:
-:mod:`export.quantize`) ONNX graph as a *strongly typed* network (explicit quantization: the
+:mod:`latentfuse.export.quantize`) ONNX graph as a *strongly typed* network (explicit quantization: the
 QuantizeLinear / DequantizeLinear pairs set where TensorRT runs INT8 / FP8, no calibrator - TensorRT 11
 has none; FP8 needs compute capability >= 8.9, :func:`check_precision_support`): TensorRT 11 removed ``BuilderFlag.FP16`` and weak typing, so tensor types come
-from the graph (see :mod:`export.fp16`); on TensorRT 10.x the ``STRONGLY_TYPED`` creation flag gives the
+from the graph (see :mod:`latentfuse.export.fp16`); on TensorRT 10.x the ``STRONGLY_TYPED`` creation flag gives the
 same behaviour (it is deprecated and ignored on 11.x, where strong typing is always on; the
 ``EXPLICIT_BATCH`` flag is ignored on 10.x and gone on 11.x, so it is never passed). The calls follow
 NVIDIA's Python API and the 10.x -> 11.x migration guide: ``Builder.create_network``,
@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from export.bundle import record_files, save_manifest
-from model.atomic import atomic_file
-from model.errors import LatentfuseError
-from model.geometry import LATENT_FACTOR, PIXEL_MULTIPLE
-from runtime.backends.tensorrt_backend import import_tensorrt
-from runtime.manifest import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, MANIFEST_NAME, TEXT_LENGTH, WIDTH,
-                              load_manifest, sha256_file, sha256_json)
+from latentfuse.export.bundle import record_files, save_manifest
+from latentfuse.model.atomic import atomic_file
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import LATENT_FACTOR, PIXEL_MULTIPLE
+from latentfuse.runtime.backends.tensorrt_backend import import_tensorrt
+from latentfuse.runtime.manifest import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, MANIFEST_NAME, TEXT_LENGTH, WIDTH,
+                                         load_manifest, sha256_file, sha256_json)
 
 MANIFEST = MANIFEST_NAME
 ENGINE_DIR = "engines"
@@ -443,7 +443,7 @@ def build_engine(onnx_path: str | os.PathLike, profile: Mapping, out_path: str |
 
 
 def read_manifest(bundle: str | os.PathLike) -> dict:
-    """The bundle's manifest through :func:`runtime.manifest.load_manifest` (files checked against it)."""
+    """The bundle's manifest through :func:`latentfuse.runtime.manifest.load_manifest` (files checked against it)."""
     return load_manifest(bundle)
 
 

@@ -35,8 +35,8 @@ def _run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from export.engines import build_bundle_engines, parse_profile_override, plan_builds
-    from model.errors import LatentfuseError
+    from latentfuse.export.engines import build_bundle_engines, parse_profile_override, plan_builds
+    from latentfuse.model.errors import LatentfuseError
 
     overrides = {}
     for text in args.profile:

@@ -3,7 +3,7 @@
 TensorRT 11 removed ``BuilderFlag.FP16``: the precision of every tensor comes from the ONNX graph. The
 conversion itself is ONNX Runtime's ``onnxruntime.transformers.float16.convert_float_to_float16`` (the
 maintained fork of onnxconverter-common's converter): weights and activations become FP16, the nodes the
-plan (:mod:`calibration.plan` decides it; its file format is here) keeps in FP32 are block-listed - they keep FP32 weights - and Cast nodes
+plan (:mod:`latentfuse.calibration.plan` decides it; its file format is here) keeps in FP32 are block-listed - they keep FP32 weights - and Cast nodes
 are inserted at every FP32-island boundary. Graph inputs and outputs keep their FP32 types by default
 (``keep_io_types``), so the runtime feeds and reads the same dtypes as for the FP32 graph.
 
@@ -22,8 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from runtime.manifest import write_json
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.manifest import write_json
 
 PLAN_FORMAT = "latentfuse-precision-plan/1"
 
@@ -268,7 +268,7 @@ def float_weight_bytes(model) -> dict[str, int]:
 
 def save_model(model, out_path: str | os.PathLike, *, external_data: bool = True) -> list[Path]:
     """Write ``model`` to ``out_path`` atomically; weights (tensors > 1 kB) go to ``<name>.data``
-    (the bundle's convention, :mod:`export.onnx`: any size stays under protobuf's 2 GB limit).
+    (the bundle's convention, :mod:`latentfuse.export.onnx`: any size stays under protobuf's 2 GB limit).
 
     Returns the files written (the graph first). Like ``onnx.save``, this moves ``model``'s weights
     to external references. Both files are written into a temporary sibling

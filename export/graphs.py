@@ -4,8 +4,8 @@ Following TensorRT demoDiffusion's per-model classes, each deployed graph is a
 :class:`GraphSpec` that knows its ONNX input/output names, dtypes and symbolic dims, the supported
 resolution range and the optimization-profile shapes (min/opt/max), how to build sample inputs at a
 given (batch, height, width, text length), and how to wrap the PyTorch module as a tensor-in /
-tensor-out ``nn.Module`` for ``torch.onnx.export``. Export (:mod:`export.onnx`), verification
-(:mod:`export.verify`), the engine builder, the runtime and the manifest (:mod:`export.bundle`) all
+tensor-out ``nn.Module`` for ``torch.onnx.export``. Export (:mod:`latentfuse.export.onnx`), verification
+(:mod:`latentfuse.export.verify`), the engine builder, the runtime and the manifest (:mod:`latentfuse.export.bundle`) all
 read these specs; no other module lists input names.
 
 The deployed graphs (docs/design.md "The four graphs")::
@@ -30,12 +30,12 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
-from model.geometry import HEADS, LATENT_FACTOR, MIN_GRID, PATCH, PIXEL_MULTIPLE
+from latentfuse.model.geometry import HEADS, LATENT_FACTOR, MIN_GRID, PATCH, PIXEL_MULTIPLE
 # The manifest schema's symbolic dims and tensor roles (runtime.manifest, the reader every host shares).
-from runtime.manifest import (BATCH, GRAPH_KINDS, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, SYMBOLS,  # noqa: F401
-                              TEXT_LENGTH, WIDTH, legacy_role)
+from latentfuse.runtime.manifest import (BATCH, GRAPH_KINDS, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, SYMBOLS,  # noqa: F401
+                                         TEXT_LENGTH, WIDTH, legacy_role)
 
 DOWNSAMPLE = LATENT_FACTOR          # VAE f (MMAIF 3.2), model.geometry
 KINDS = GRAPH_KINDS
@@ -130,6 +130,25 @@ class Tolerance:
         return self.atol + self.rtol * ref_max
 
 
+@dataclass(frozen=True)
+class VerifyShape:
+    label: str
+    batch: int
+    height: int
+    width: int
+    text_length: int
+
+    def describe(self, text: bool = True) -> str:
+        return f"{self.batch}x{self.height}x{self.width}" + (f" L{self.text_length}" if text else "")
+
+
+# The shapes a graph is checked at after export (export.verify, export.quantize's parity). None equals the
+# export example (GraphSpec.example, 2 x 96 x 128, L 9): other aspect ratios, batch and lengths.
+DEFAULT_SHAPES = (
+    VerifyShape("square", 1, 64, 64, 5),
+    VerifyShape("16:9", 1, 64, 112, 12),
+    VerifyShape("portrait", 2, 96, 64, 17),
+)
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
                 "bool": torch.bool}
 
@@ -338,7 +357,7 @@ class _TextEncode(nn.Module):
 def _export_copy(dit: nn.Module, dispatch: str) -> nn.Module:
     import copy
 
-    from model.config import EXPORT_DISPATCHES
+    from latentfuse.model.config import EXPORT_DISPATCHES
 
     if dispatch not in EXPORT_DISPATCHES:
         raise LatentfuseError(f"the exported MoE dispatch must be one of {', '.join(EXPORT_DISPATCHES)}, "

@@ -10,7 +10,7 @@ After export the graph's I/O dim names are renamed to the spec's symbols (``batc
 ``latent_height``, ``text_length``, ...; the dynamo exporter names derived dims ``2*grid_height``),
 the weights are stored as external data next to the graph (``<name>.onnx.data``, so graphs of any size
 stay under protobuf's 2 GB limit and the checker runs in the same mode for all), and
-:func:`export.checks.check_symbolic_dims` confirms the declared dims stayed symbolic.
+:func:`latentfuse.export.checks.check_symbolic_dims` confirms the declared dims stayed symbolic.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from export.checks import check_symbolic_dims
-from export.graphs import GraphSpec
-from model.errors import LatentfuseError
+from latentfuse.export.checks import check_symbolic_dims
+from latentfuse.export.graphs import GraphSpec
+from latentfuse.model.errors import LatentfuseError
 
 # TensorRT 10.0-10.3 (JetPack 6) parse opsets 9-20; newer 10.x and 11.x go to 24.
 DEFAULT_OPSET = 20

@@ -6,7 +6,7 @@ runs in INT8 or FP8 (explicit quantization). This module makes those graphs the 
 diffusion deployment does (TensorRT demoDiffusion), with NVIDIA ModelOpt's PyTorch quantization
 (``pip install 'latentfuse[quant]'``, imported only here and only when asked for):
 
-1. **Calibration inputs** (:mod:`export.calib_inputs`): each graph's inputs recorded from the
+1. **Calibration inputs** (:mod:`latentfuse.export.calib_inputs`): each graph's inputs recorded from the
    FP32 PyTorch pipeline on crops of real pairs: VAE latents of real images, text-encoder embeddings of
    real prompts, the flow DiT at every step of its sampler.
 2. **Calibrate** (``mtq.quantize``, ``max`` calibration): INT8 weights per output channel and
@@ -42,7 +42,7 @@ FP32.
 FP8: no runtime here executes FP8 arithmetic. ONNX Runtime's CPU provider implements FP8
 QuantizeLinear / DequantizeLinear, so an FP8 graph runs as FP32 arithmetic on FP8-rounded values
 (what TensorRT's FP8 kernels compute, up to accumulation order); FP8 engines need an NVIDIA GPU of
-compute capability >= 8.9 (:func:`export.engines.check_precision_support`).
+compute capability >= 8.9 (:func:`latentfuse.export.engines.check_precision_support`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.model.errors import LatentfuseError, MissingDependencyError
 
 PRECISIONS = ("int8", "fp8")
 LEVELS = ("conv", "ffn", "qkv", "all-linear")
@@ -147,7 +147,7 @@ class QuantOptions:
     target: str = "tensorrt"
 
     def __post_init__(self):
-        from export.calib_inputs import PairSource, parse_source
+        from latentfuse.export.calib_inputs import PairSource, parse_source
 
         problems = []
         if self.precision not in PRECISIONS:
@@ -248,7 +248,7 @@ def torch_feeds(spec, feeds: Sequence[Mapping[str, np.ndarray]], max_rows: int =
     """Recorded numpy feeds -> tuples of tensors in the spec's input order, stacked into batches."""
     import torch
 
-    from export.calib_inputs import stack_feeds
+    from latentfuse.export.calib_inputs import stack_feeds
 
     names = spec.input_names
     out = []
@@ -682,8 +682,8 @@ def export_quantized(graph: QuantizedGraph, out_dir: str | os.PathLike, opset: i
     import onnx
     import torch
 
-    from export.checks import check_symbolic_dims
-    from export.onnx import export_graph, save_with_external_data
+    from latentfuse.export.checks import check_symbolic_dims
+    from latentfuse.export.onnx import export_graph, save_with_external_data
 
     if opset < MIN_OPSET:
         raise LatentfuseError(f"quantized export needs ONNX opset >= {MIN_OPSET} (QuantizeLinear with per-axis INT8 "
@@ -719,7 +719,7 @@ def export_quantized(graph: QuantizedGraph, out_dir: str | os.PathLike, opset: i
 
 # ------------------------------------------------------------------------------ ONNX Runtime
 def ort_session(path: str | os.PathLike, optimized: str | os.PathLike | None = None, threads: int | None = None):
-    from runtime.backends.onnxruntime_backend import ort_session as session
+    from latentfuse.runtime.backends.onnxruntime_backend import ort_session as session
 
     return session(path, optimization="all", threads=threads, optimized=optimized, purpose="quantized graphs")
 
@@ -788,12 +788,12 @@ def quantize_bundle_graphs(tmp: Path, results: dict, specs: Mapping, components,
                            opset: int, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Replace the chosen graphs of a bundle being written in ``tmp`` by quantized ones.
 
-    ``results``: graph name -> :class:`export.onnx.ExportedGraph` of the FP32 export (updated in place).
+    ``results``: graph name -> :class:`latentfuse.export.onnx.ExportedGraph` of the FP32 export (updated in place).
     Returns ``{"graphs": {name: manifest "quantization" entry}, "calibration": provenance}``.
     """
     from tqdm.auto import tqdm
 
-    from export.calib_inputs import calibration_inputs
+    from latentfuse.export.calib_inputs import calibration_inputs
 
     require_modelopt(options.precision)
     log = log or (lambda s: tqdm.write(s))
@@ -868,11 +868,11 @@ def quantize_bundle_graphs(tmp: Path, results: dict, specs: Mapping, components,
 
 def fake_quant_parity(graph: QuantizedGraph, path: str | os.PathLike, seed: int = 1) -> list[dict]:
     """ONNX Runtime on the exported graph against the fake-quantized PyTorch model it was exported from,
-    at :data:`export.verify.DEFAULT_SHAPES` (batch, aspect ratios and prompt lengths other than the
+    at :data:`latentfuse.export.graphs.DEFAULT_SHAPES` (batch, aspect ratios and prompt lengths other than the
     export example): the Q/DQ graph is the calibrated model at every shape, not just the traced one."""
     import torch
 
-    from export.verify import DEFAULT_SHAPES
+    from latentfuse.export.graphs import DEFAULT_SHAPES
 
     spec = graph.spec
     session = ort_session(path)
@@ -989,9 +989,9 @@ def graph_accuracy(bundle_dir: str | os.PathLike, components, *, manifest: dict 
     """Per quantized graph of a bundle: ONNX Runtime output against the FP32 PyTorch graph on
     calibration inputs re-recorded as the manifest's ``quantization.calibration`` describes them (the
     shipped sample pairs when its folders are gone). Returns the rows and where the inputs came from."""
-    from export.calib_inputs import PairSource, calibration_inputs
-    from runtime.manifest import load_manifest
-    from export.graphs import graph_specs
+    from latentfuse.export.calib_inputs import PairSource, calibration_inputs
+    from latentfuse.runtime.manifest import load_manifest
+    from latentfuse.export.graphs import graph_specs
 
     root = Path(bundle_dir)
     manifest = manifest or load_manifest(root, verify_hashes=False)
@@ -1062,11 +1062,11 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def fusion_accuracy(reference, candidate, pairs: Sequence, heads: Sequence[str], *, seed: int = 0,
                     progress: bool = True) -> list[FusionRow]:
     """Per task and head: fused-image PSNR of ``candidate`` against ``reference`` (two
-    :class:`runtime.pipeline.Pipeline`, e.g. the FP32 and INT8 bundles) and both Q^AB/F, over
-    ``pairs`` (:class:`export.calib_inputs.CalibrationCrop`: task, a, b, prompt)."""
+    :class:`latentfuse.runtime.pipeline.Pipeline`, e.g. the FP32 and INT8 bundles) and both Q^AB/F, over
+    ``pairs`` (:class:`latentfuse.export.calib_inputs.CalibrationCrop`: task, a, b, prompt)."""
     from tqdm.auto import tqdm
 
-    from model.metrics import qabf
+    from latentfuse.model.metrics import qabf
 
     scores: dict[tuple[str, str], list] = {}
     jobs = [(p, h) for p in pairs for h in heads]

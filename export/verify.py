@@ -1,14 +1,14 @@
 """Verify exported graphs: ONNX Runtime vs PyTorch at new shapes, plus static ONNX checks.
 
 Parity: every graph runs on ONNX Runtime (CPUExecutionProvider) and in PyTorch on the same seeded
-inputs (:meth:`export.graphs.GraphSpec.sample_inputs`) at shapes that differ from the export example
+inputs (:meth:`latentfuse.export.graphs.GraphSpec.sample_inputs`) at shapes that differ from the export example
 (batch 2, 96x128 px, 9 tokens): a square, a 16:9 and a portrait image, the last with batch 2, each
 with a different prompt length. ``max_abs`` and ``rel = max_abs / max|torch|`` are printed per graph
 and shape and checked against the spec's tolerance (``max_abs <= atol + rtol · max|torch|``).
 
 Static checks per graph: ``onnx.checker.check_model(path, full_check=True)`` (with the path, so the
 external weights and strict shape inference are covered), the symbolic-dims check, the
-data-dependent-shape check and the TensorRT op table (:mod:`export.checks`), and polygraphy's
+data-dependent-shape check and the TensorRT op table (:mod:`latentfuse.export.checks`), and polygraphy's
 ``check lint`` when its dependency onnx-graphsurgeon is installed (skipped with that reason otherwise).
 """
 
@@ -28,29 +28,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from export import checks
-from export.graphs import TEXT_LENGTH, GraphSpec, Tolerance
-from model.errors import LatentfuseError
+from latentfuse.export import checks
+from latentfuse.export.graphs import DEFAULT_SHAPES, TEXT_LENGTH, GraphSpec, Tolerance, VerifyShape  # noqa: F401
+from latentfuse.model.errors import LatentfuseError
 
 
-@dataclass(frozen=True)
-class VerifyShape:
-    label: str
-    batch: int
-    height: int
-    width: int
-    text_length: int
-
-    def describe(self, text: bool = True) -> str:
-        return f"{self.batch}x{self.height}x{self.width}" + (f" L{self.text_length}" if text else "")
-
-
-# None of these equals the export example (2, 96, 128, 9): other aspect ratios, batch and lengths.
-DEFAULT_SHAPES = (
-    VerifyShape("square", 1, 64, 64, 5),
-    VerifyShape("16:9", 1, 64, 112, 12),
-    VerifyShape("portrait", 2, 96, 64, 17),
-)
 FP16_TOLERANCE = Tolerance(2e-2, 5e-2)      # FP16 graph on ORT CPU vs FP32 PyTorch
 
 
@@ -112,7 +94,7 @@ class VerifyReport:
             for c in self.checks:
                 lines.append(f"{c.graph:<16}{c.check:<22}{c.status}{': ' + c.detail if c.detail else ''}")
         if self.accuracy or self.fusion:
-            from export.quantize import format_accuracy
+            from latentfuse.export.quantize import format_accuracy
 
             lines.append(format_accuracy(self.accuracy, self.fusion))
         if self.accuracy_skipped:
@@ -122,7 +104,7 @@ class VerifyReport:
 
 # ---------------------------------------------------------------------- parity
 def ort_session(path: str | os.PathLike):
-    from runtime.backends.onnxruntime_backend import ort_session as session
+    from latentfuse.runtime.backends.onnxruntime_backend import ort_session as session
 
     return session(path, purpose="verifying exported graphs")
 
@@ -254,13 +236,13 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
     or the manifest's ``source_checkpoint``), the ONNX-only checks run regardless.
 
     ``accuracy`` (int8 / fp8 bundles, with the PyTorch model): each quantized graph's error against FP32
-    on its calibration inputs, re-recorded (:func:`export.quantize.graph_accuracy`); ``held_out`` > 0
+    on its calibration inputs, re-recorded (:func:`latentfuse.export.quantize.graph_accuracy`); ``held_out`` > 0
     adds, per task and head, the fused-image PSNR against the FP32 model and the Q^AB/F change on that
     many held-out pairs per task (:func:`quantization_fusion_report`)."""
     from tqdm import tqdm
 
-    from runtime.manifest import load_manifest
-    from export.graphs import graph_specs
+    from latentfuse.runtime.manifest import load_manifest
+    from latentfuse.export.graphs import graph_specs
 
     root = Path(bundle_dir)
     manifest = load_manifest(root, verify_hashes=verify_hashes)
@@ -273,7 +255,7 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
     if components is None:
         ckpt, report.parity_skipped = _checkpoint_for(manifest, checkpoint)
         if ckpt is not None:
-            from model.components import FusionComponents
+            from latentfuse.model.components import FusionComponents
 
             components = FusionComponents.from_pretrained(ckpt)
     torch_specs = {}
@@ -307,7 +289,7 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
         if components is None:
             report.accuracy_skipped = f"needs the PyTorch model: {report.parity_skipped}"
         else:
-            from export.quantize import graph_accuracy
+            from latentfuse.export.quantize import graph_accuracy
 
             report.accuracy, _ = graph_accuracy(root, components, manifest=manifest, progress=progress)
             if held_out > 0:
@@ -336,9 +318,9 @@ def quantization_fusion_report(bundle_dir, components, manifest: dict, pairs_per
     FP32 bundle computes, to its parity tolerance) on ``pairs_per_task`` held-out pairs per task: crops
     of the calibration folders' pairs that calibration did not use (the shipped sample pairs when the
     bundle was calibrated on them)."""
-    from export.calib_inputs import PairSource, draw_crops
-    from export.quantize import fusion_accuracy
-    from runtime.pipeline import Pipeline
+    from latentfuse.export.calib_inputs import PairSource, draw_crops
+    from latentfuse.export.quantize import fusion_accuracy
+    from latentfuse.runtime.pipeline import Pipeline
 
     prov = (manifest.get("quantization") or {}).get("calibration") or {}
     used = {str(p).split("@", 1)[0] for p in prov.get("pairs", [])}

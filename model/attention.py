@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.rope import apply_rope
+from latentfuse.model.rope import apply_rope
 
 
 class JointAttention(nn.Module):

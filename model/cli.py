@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def model_info(preset: str | None = None, checkpoint: str | None = None, head: str | None = None) -> dict:
     import torch
 
-    from model.config import DiTConfig
-    from model.dit import MoEDiT
+    from latentfuse.model.config import DiTConfig
+    from latentfuse.model.dit import MoEDiT
 
     if checkpoint:
         cfg = DiTConfig.from_json(f"{checkpoint}/config.json")

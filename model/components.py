@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from model.atomic import atomic_dir
-from model.detail import DetailSettings
-from model.errors import LatentfuseError
-from model.geometry import HEADS
-from model.work_scale import check_window, check_work_scale
+from latentfuse.model.atomic import atomic_dir
+from latentfuse.model.detail import DetailSettings
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import HEADS
+from latentfuse.model.work_scale import check_window, check_work_scale
 
 INDEX_NAME = "model_index.json"
 DEFAULT_MODEL_DIR = Path(__file__).with_name("weights") / "default"
@@ -71,10 +71,10 @@ class FusionComponents:
     @classmethod
     def from_preset(cls, preset: str = "tiny", heads=HEADS, seed: int = 0) -> "FusionComponents":
         """Randomly initialised components of a preset (tests, benchmarks, training from scratch)."""
-        from model.config import DiTConfig
-        from model.dit import MoEDiT
-        from model.text_encoder import PromptEncoder
-        from model.vae import LatentVAE
+        from latentfuse.model.config import DiTConfig
+        from latentfuse.model.dit import MoEDiT
+        from latentfuse.model.text_encoder import PromptEncoder
+        from latentfuse.model.vae import LatentVAE
 
         torch.manual_seed(seed)
         vae = LatentVAE.from_preset(preset)
@@ -88,9 +88,9 @@ class FusionComponents:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path = DEFAULT_MODEL_DIR) -> "FusionComponents":
-        from model.dit import MoEDiT
-        from model.text_encoder import PromptEncoder
-        from model.vae import LatentVAE
+        from latentfuse.model.dit import MoEDiT
+        from latentfuse.model.text_encoder import PromptEncoder
+        from latentfuse.model.vae import LatentVAE
 
         directory = Path(directory)
         index = read_index(directory)

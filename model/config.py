@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.errors import LatentfuseError
-from model.flow import check_prior
-from model.geometry import HEADS
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.flow import check_prior
+from latentfuse.model.geometry import HEADS
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DISPATCHES = ("sparse", "dense", "grouped")   # MoE dispatch forms (model.moe)

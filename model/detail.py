@@ -25,7 +25,7 @@ sources it keeps its own detail where the sources' is noise-level, so the noise 
 come back.
 
 Every step is a separable gaussian, a box mean or per-pixel arithmetic on whole arrays (the filters of
-:mod:`model.data.filters`, reflect borders), so the C++ host can run the same stage line for line. The
+:mod:`latentfuse.model.data.filters`, reflect borders), so the C++ host can run the same stage line for line. The
 parameters live in :class:`DetailConfig` (its defaults are a neutral starting point, not a measured
 choice): they depend on the VAE and its working scale and are chosen on training scenes only by
 ``scripts/measure_real_ceilings.py tune`` (``docs/real-data-ceilings.md``), so a model should carry its own.
@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from model.data.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
-from model.data.filters import box_filter, gaussian
-from model.errors import LatentfuseError
+from latentfuse.model.data.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from latentfuse.model.data.filters import box_filter, gaussian
+from latentfuse.model.errors import LatentfuseError
 
 MAD_TO_SIGMA = 0.6745  # median |N(0, 1)|
 
@@ -172,7 +172,7 @@ class DetailSettings:
     @classmethod
     def for_configs(cls, clean: DetailConfig, safe: DetailConfig) -> "DetailSettings":
         """Settings with the canonical task prompts as the clean ones."""
-        from model.data.prompts import CANONICAL_TASK_PROMPTS
+        from latentfuse.model.data.prompts import CANONICAL_TASK_PROMPTS
 
         return cls(clean, safe, tuple(normalize_prompt(p) for p in CANONICAL_TASK_PROMPTS.values()))
 

@@ -20,17 +20,17 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.adaln import LoRAAdaLN, NormNoAffine, modulate
-from model.atomic import atomic_dir
-from model.attention import JointAttention
-from model.config import DiTConfig
-from model.errors import LatentfuseError
-from model.moe import DISPATCHES, MoEGLU
-from model.nafblock import NAFBlock
-from model.patchify import check_latent, patchify, unpatchify
-from model.posembed import BlockPositionalEmbedding
-from model.rope import rope_2d_tables
-from model.timestep import TimestepEmbedder
+from latentfuse.model.adaln import LoRAAdaLN, NormNoAffine, modulate
+from latentfuse.model.atomic import atomic_dir
+from latentfuse.model.attention import JointAttention
+from latentfuse.model.config import DiTConfig
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.moe import DISPATCHES, MoEGLU
+from latentfuse.model.nafblock import NAFBlock
+from latentfuse.model.patchify import check_latent, patchify, unpatchify
+from latentfuse.model.posembed import BlockPositionalEmbedding
+from latentfuse.model.rope import rope_2d_tables
+from latentfuse.model.timestep import TimestepEmbedder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 # numpy.ndarray or torch.Tensor; kept as Any so the runtime never needs torch to import this module.
 Array = Any

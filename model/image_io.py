@@ -4,7 +4,7 @@ Arrays are float32 in [0, 1], shaped HxW (gray) or HxWx3 (RGB). 8-bit PNG, JPEG 
 Pillow; 16-bit PNG (gray, gray + alpha, RGB, RGBA) through imagecodecs' libpng codec, since Pillow reads
 and writes 16-bit PNG in gray only and truncates 16-bit RGB to 8 bits; TIFF through tifffile (it handles
 16-bit and float TIFFs that Pillow does not). Alpha channels are dropped. Writes are atomic
-(:func:`model.atomic.atomic_file`), at 8 or 16 bits per sample.
+(:func:`latentfuse.model.atomic.atomic_file`), at 8 or 16 bits per sample.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.atomic import atomic_file
-from model.errors import LatentfuseError
+from latentfuse.model.atomic import atomic_file
+from latentfuse.model.errors import LatentfuseError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _TIFF = (".tif", ".tiff")

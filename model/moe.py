@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import DISPATCHES, EXPORT_DISPATCHES  # noqa: F401 - re-exported
+from latentfuse.model.config import DISPATCHES, EXPORT_DISPATCHES  # noqa: F401 - re-exported
 
 BLOCKS_PER_EXPERT = 4                         # m of the grouped form: padding <= T·k/m rows
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 
 def check_latent(name: str, latent: torch.Tensor, channels: int, patch_size: int) -> None:

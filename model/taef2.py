@@ -17,7 +17,7 @@ The module indices are those of the published ``nn.Sequential`` (``<index>.conv.
 so the safetensors files load as they are: encoder 1,338,528 and decoder 1,338,499 parameters.
 Images are in [0, 1] (not [-1, 1]); raw latents lie roughly in [-3, 3].
 
-:class:`TAEF2` speaks the convention of :class:`model.vae.LatentVAE` (images in [-1, 1], latents
+:class:`TAEF2` speaks the convention of :class:`latentfuse.model.vae.LatentVAE` (images in [-1, 1], latents
 ``(z_raw - shift) · scale``), so a model can use it in place of the KL-VAE; ``encode01`` / ``decode01``
 are the raw published functions.
 """
@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.errors import LatentfuseError
-from model.geometry import LATENT_FACTOR
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import LATENT_FACTOR
 
 LATENT_CHANNELS = 32
 WIDTH = 64
@@ -117,7 +117,7 @@ def _load_state(module: nn.Module, path: Path) -> None:
 
 
 class TAEF2(nn.Module):
-    """Encoder + decoder; ``encode`` / ``decode`` in the convention of :class:`model.vae.LatentVAE`."""
+    """Encoder + decoder; ``encode`` / ``decode`` in the convention of :class:`latentfuse.model.vae.LatentVAE`."""
 
     def __init__(self, latent_channels: int = LATENT_CHANNELS, scaling_factor: float = 1.0,
                  shift_factor: float = 0.0):

@@ -29,8 +29,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from model.atomic import atomic_dir
-from model.errors import LatentfuseError
+from latentfuse.model.atomic import atomic_dir
+from latentfuse.model.errors import LatentfuseError
 
 TOKENIZER_DIR = Path(__file__).with_name("assets") / "tokenizer"
 SHIPPED_SPIECE = TOKENIZER_DIR / "spiece.model"

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.atomic import atomic_dir
-from model.errors import LatentfuseError
-from model.geometry import LATENT_FACTOR
+from latentfuse.model.atomic import atomic_dir
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import LATENT_FACTOR
 
 DOWNSAMPLE_FACTOR = LATENT_FACTOR  # model.geometry: the f=8 every graph assumes
 RANGE_TOLERANCE = 0.02  # inputs may overshoot [-1, 1] by resampling round-off, not by a wrong convention

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 MAX_WORK_SCALE = 4
 _A = -0.75  # Keys' cubic convolution parameter (torch, OpenCV)

@@ -11,15 +11,15 @@ import importlib
 import sys
 
 COMMAND_MODULES = (  # in the order `latentfuse --help` lists them: use, deploy, build, inspect
-    "runtime.fuse_cli",        # fuse, fuse-dir, demo
-    "export.cli",              # export
-    "calibration.cli",         # calibrate
-    "export.engines_cli",      # build-engines
-    "model.data.cli",          # data synth | build
-    "model.training.cli",      # train
-    "model.metrics.cli",       # metrics
-    "model.cli",               # info
-    "bench.cli",               # bench
+    "latentfuse.runtime.fuse_cli",    # fuse, fuse-dir, demo
+    "latentfuse.export.cli",          # export
+    "latentfuse.calibration.cli",     # calibrate
+    "latentfuse.export.engines_cli",  # build-engines
+    "latentfuse.model.data.cli",      # data synth | build
+    "latentfuse.model.training.cli",  # train
+    "latentfuse.model.metrics.cli",   # metrics
+    "latentfuse.model.cli",           # info
+    "latentfuse.bench.cli",           # bench
 )
 
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.errors import LatentfuseError
+    from latentfuse.model.errors import LatentfuseError
 
     args = build_parser().parse_args(argv)
     try:

@@ -1,4 +1,4 @@
-"""``latentfuse fuse``, ``fuse-dir`` and ``demo``: the command-line face of :mod:`runtime.pipeline`.
+"""``latentfuse fuse``, ``fuse-dir`` and ``demo``: the command-line face of :mod:`latentfuse.runtime.pipeline`.
 
     latentfuse fuse A B --task vif [--prompt TEXT] [--bundle DIR | --checkpoint DIR] -o OUT
     latentfuse fuse-dir DIR_A DIR_B --task mef --bundle DIR --out DIR
@@ -8,7 +8,7 @@
 resumes), continues past a file that fails and lists every failure at the end (exit 1 if any).
 ``demo`` runs the bundled default model on the shipped sample pairs of each task through ONNX Runtime
 and prints the latency table. A bundle backend given a model directory (``--backend onnxruntime`` with
-no ``--bundle``, and ``demo``) exports it once into the user cache (:mod:`export.bundle_cache`).
+no ``--bundle``, and ``demo``) exports it once into the user cache (:mod:`latentfuse.export.bundle_cache`).
 """
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_pipeline(args: argparse.Namespace):
     """The Pipeline the model arguments ask for (one error line if they do not fit together)."""
-    from model.errors import LatentfuseError
-    from runtime.backends import backend_source
-    from runtime.pipeline import Pipeline
+    from latentfuse.model.errors import LatentfuseError
+    from latentfuse.runtime.backends import backend_source
+    from latentfuse.runtime.pipeline import Pipeline
 
-    from model.components import DEFAULT_MODEL_DIR
+    from latentfuse.model.components import DEFAULT_MODEL_DIR
 
     if not args.bundle and not args.checkpoint:
         # No model given: the bundled default model directory (eager torch, or a cached bundle of it)
@@ -133,7 +133,7 @@ def build_pipeline(args: argparse.Namespace):
     if backend_source(backend) == "bundle":
         if not args.bundle:
             # a model directory on a bundle backend: export it once into the user cache and reuse that
-            from export.bundle_cache import cached_bundle
+            from latentfuse.export.bundle_cache import cached_bundle
 
             args.bundle = str(cached_bundle(args.checkpoint, backend))
         return Pipeline.from_bundle(args.bundle, backend=backend, **options)
@@ -160,8 +160,8 @@ def _describe(result) -> str:
 
 
 def run_fuse(args: argparse.Namespace) -> int:
-    from runtime.latency import format_table
-    from runtime.pipeline import load_image, match_pair
+    from latentfuse.runtime.latency import format_table
+    from latentfuse.runtime.pipeline import load_image, match_pair
 
     # read and check the pair before loading any model, so input errors come back at once
     a, b = match_pair(load_image(args.a, f"image A ({args.a})"), load_image(args.b, f"image B ({args.b})"),
@@ -181,8 +181,8 @@ def run_fuse(args: argparse.Namespace) -> int:
 
 def pair_files(dir_a: Path, dir_b: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Pairs of image files with the same stem in both folders, and the names present in only one."""
-    from model.errors import LatentfuseError
-    from model.image_io import is_image_file
+    from latentfuse.model.errors import LatentfuseError
+    from latentfuse.model.image_io import is_image_file
 
     for d in (dir_a, dir_b):
         if not d.is_dir():
@@ -200,7 +200,7 @@ def pair_files(dir_a: Path, dir_b: Path) -> tuple[list[tuple[Path, Path]], list[
 def run_fuse_dir(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from model.errors import LatentfuseError
+    from latentfuse.model.errors import LatentfuseError
 
     pairs, unmatched = pair_files(Path(args.dir_a), Path(args.dir_b))
     out_dir = Path(args.out)
@@ -246,7 +246,7 @@ def side_by_side(images, gap: int = 4):
     """A | B | fused as one HxWx3 image (gray repeated to RGB), separated by white gaps."""
     import numpy as np
 
-    from runtime.pipeline import to_rgb
+    from latentfuse.runtime.pipeline import to_rgb
 
     h = max(i.shape[0] for i in images)
     tiles = []
@@ -262,7 +262,7 @@ def side_by_side(images, gap: int = 4):
 
 def demo_model_dir(out: Path, checkpoint: str | None) -> tuple[Path, bool]:
     """(model directory, weights are random): the given one, the bundled default, or a random tiny model."""
-    from model.components import DEFAULT_MODEL_DIR, INDEX_NAME, FusionComponents
+    from latentfuse.model.components import DEFAULT_MODEL_DIR, INDEX_NAME, FusionComponents
 
     if checkpoint:
         return Path(checkpoint), False
@@ -278,19 +278,19 @@ def demo_model_dir(out: Path, checkpoint: str | None) -> tuple[Path, bool]:
 def run_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from model.data.samples import sample_pairs
-    from model.data.tasks import TASKS
-    from model.image_io import write_image
-    from runtime.latency import format_table
-    from runtime.pipeline import Pipeline, load_image
+    from latentfuse.model.data.samples import sample_pairs
+    from latentfuse.model.data.tasks import TASKS
+    from latentfuse.model.image_io import write_image
+    from latentfuse.runtime.latency import format_table
+    from latentfuse.runtime.pipeline import Pipeline, load_image
 
-    from runtime.backends.torch_backend import quiet_loaders
+    from latentfuse.runtime.backends.torch_backend import quiet_loaders
 
     quiet_loaders()  # no library progress bars / hints between the demo's own lines
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if getattr(args, "bundle", None) and (args.checkpoint or args.backend == "torch"):
-        from model.errors import LatentfuseError
+        from latentfuse.model.errors import LatentfuseError
 
         raise LatentfuseError("demo --bundle runs a deployment bundle on onnxruntime / tensorrt: drop --checkpoint "
                               "and --backend torch")
@@ -301,7 +301,7 @@ def run_demo(args: argparse.Namespace) -> int:
     elif args.backend == "torch":
         pipe = Pipeline.from_checkpoint(model_dir, **options)
     else:
-        from export.bundle_cache import cached_bundle
+        from latentfuse.export.bundle_cache import cached_bundle
 
         pipe = Pipeline.from_bundle(cached_bundle(model_dir, args.backend), backend=args.backend, **options)
     print(f"backend: {pipe.backend.describe()}")

@@ -1,6 +1,6 @@
 """Reading a deployment bundle: the manifest schema, its hashes and loading, and the :class:`Bundle` view.
 
-This is the one reader of ``manifest.json`` (the format is documented in :mod:`export.bundle`, its writer;
+This is the one reader of ``manifest.json`` (the format is documented in :mod:`latentfuse.export.bundle`, its writer;
 docs/design.md "The manifest"); the runtime, the engine builder, calibration and the C++ host
 (runtime/cpp/src/bundle.cpp, its twin) read bundles through it. It depends on nothing above
 :mod:`model` (no torch, no onnx), so anything may import it.
@@ -30,8 +30,8 @@ from typing import Mapping
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from model.geometry import HEADS, LATENT_FACTOR, MIN_SIDE, PATCH, PIXEL_MULTIPLE  # noqa: F401 - re-exported
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import HEADS, LATENT_FACTOR, MIN_SIDE, PATCH, PIXEL_MULTIPLE  # noqa: F401 - re-exported
 
 FORMAT = "latentfuse-bundle"
 FORMAT_VERSION = 1          # readers accept 1; a bundle without "format_minor" is minor 0 (no tensor roles)
@@ -108,7 +108,7 @@ def dumps(obj, indent: int = 2, _level: int = 0) -> str:
 
 def write_json(path: str | os.PathLike, obj, *, compact_lists: bool = True) -> Path:
     """Write ``obj`` as JSON atomically (``model.atomic.atomic_file``), with a final newline; NaN refused."""
-    from model.atomic import atomic_file
+    from latentfuse.model.atomic import atomic_file
 
     path = Path(path)
     text = dumps(obj) if compact_lists else json.dumps(obj, indent=2, allow_nan=False)

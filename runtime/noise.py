@@ -62,7 +62,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
@@ -247,7 +247,7 @@ def reference_vectors() -> dict:
 
 def write_vectors(path: str | Path = VECTORS_PATH) -> Path:
     """Regenerate ``tests/vectors/philox.json`` (only needed if the specification changes)."""
-    from model.atomic import atomic_file
+    from latentfuse.model.atomic import atomic_file
 
     path = Path(path)
     with atomic_file(path) as tmp:

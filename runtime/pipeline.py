@@ -5,8 +5,8 @@
     result.save("fused.png")                                            # result.nfe, result.timings
 
 The walk a reader follows: :class:`Pipeline` reads and pads the pair, asks the backend
-(:mod:`runtime.backends`) to encode both images and the prompt, hands the backend's velocity to a
-sampler (:mod:`runtime.samplers`, noise from :mod:`runtime.noise` on the host), has the backend
+(:mod:`latentfuse.runtime.backends`) to encode both images and the prompt, hands the backend's velocity to a
+sampler (:mod:`latentfuse.runtime.samplers`, noise from :mod:`latentfuse.runtime.noise` on the host), has the backend
 decode the final latent, and crops the result back to the input size.
 
 Pre-processing: images are float32 [0, 1] (``model.image_io``: PNG / JPEG / TIFF, 8 or 16 bit, gray or
@@ -15,7 +15,7 @@ RGB); a gray image (infrared) is repeated to 3 channels for the VAE; the pair mu
 (``model.work_scale``: bicubic, k = 1 leaves them as they are), padded by reflection to a multiple of
 16 pixels (VAE f=8 × DiT patch 2), and up to the backend's smallest supported size (a TensorRT profile
 minimum), and mapped to [-1, 1]. Any size runs (:meth:`Pipeline.plan_windows`,
-:mod:`runtime.backends.tiled`): the VAE encodes and decodes each image once, in tiles only over a
+:mod:`latentfuse.runtime.backends.tiled`): the VAE encodes and decodes each image once, in tiles only over a
 graph's size limit; the DiT runs in the model's window (``model.work_scale``), batched.
 The result is cropped back, shrunk by k (k x k box means), clipped to [0, 1], given the sources' fine
 detail back where the model has a detail path (``model.detail``: parameters chosen by the prompt, timed
@@ -38,12 +38,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from model.geometry import PIXEL_MULTIPLE
-from model.work_scale import check_window, check_work_scale, downscale, upscale
-from runtime import samplers
-from runtime.backends import Backend, get_backend
-from runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import PIXEL_MULTIPLE
+from latentfuse.model.work_scale import check_window, check_work_scale, downscale, upscale
+from latentfuse.runtime import samplers
+from latentfuse.runtime.backends import Backend, get_backend
+from latentfuse.runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
 
 PAD_MULTIPLE = PIXEL_MULTIPLE  # VAE downsampling (8) × DiT patch size (2)
 # Where a backend states no size limit (torch): the largest side, in working pixels, one DiT call takes,
@@ -79,7 +79,7 @@ class FusionResult:
 
     def save(self, path: str | os.PathLike, bit_depth: int = 8) -> Path:
         """Write the image (PNG / JPEG / TIFF by suffix) atomically, at 8 or 16 bits."""
-        from model.image_io import write_image
+        from latentfuse.model.image_io import write_image
 
         return write_image(path, self.image, bit_depth=bit_depth)
 
@@ -90,12 +90,12 @@ class FusionResult:
 def load_image(image: Any, name: str = "image") -> np.ndarray:
     """A path or an array -> float32 [0, 1], HxW or HxWx3."""
     if isinstance(image, (str, os.PathLike)):
-        from model.image_io import read_image
+        from latentfuse.model.image_io import read_image
 
         return read_image(image)
     if not isinstance(image, np.ndarray):
         raise LatentfuseError(f"{name} must be an image path or a numpy array, got {type(image).__name__}")
-    from model.image_io import normalise_image
+    from latentfuse.model.image_io import normalise_image
 
     return normalise_image(image, name)
 
@@ -185,8 +185,8 @@ class Pipeline:
     @classmethod
     def from_bundle(cls, directory: str | os.PathLike, backend: str = "onnxruntime", **options) -> "Pipeline":
         """A pipeline over a deployment bundle (``latentfuse export``) on ``onnxruntime`` or ``tensorrt``."""
-        from runtime.backends import backend_source
-        from runtime.backends.bundle import open_bundle
+        from latentfuse.runtime.backends import backend_source
+        from latentfuse.runtime.backends.bundle import open_bundle
 
         if backend_source(backend) != "bundle":
             raise LatentfuseError(f"the {backend} backend runs a model directory: use Pipeline.from_checkpoint")
@@ -197,7 +197,7 @@ class Pipeline:
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, backend: str = "torch", **options) -> "Pipeline":
         """A pipeline over a model directory (``model.components``) on the reference torch backend."""
-        from runtime.backends import backend_source
+        from latentfuse.runtime.backends import backend_source
 
         if backend_source(backend) != "checkpoint":
             raise LatentfuseError(f"the {backend} backend runs a deployment bundle: use Pipeline.from_bundle "
@@ -206,7 +206,7 @@ class Pipeline:
 
     @classmethod
     def from_components(cls, components, **options) -> "Pipeline":
-        """A torch pipeline over in-memory :class:`model.components.FusionComponents`."""
+        """A torch pipeline over in-memory :class:`latentfuse.model.components.FusionComponents`."""
         return cls(get_backend("torch", components=components, **options))
 
     # ------------------------------------------------------------------ prompts
@@ -232,8 +232,8 @@ class Pipeline:
 
     @staticmethod
     def default_prompt(task: str) -> str:
-        from model.data.prompts import CANONICAL_TASK_PROMPTS
-        from model.data.tasks import check_task
+        from latentfuse.model.data.prompts import CANONICAL_TASK_PROMPTS
+        from latentfuse.model.data.tasks import check_task
 
         return CANONICAL_TASK_PROMPTS[check_task(task)]
 
@@ -253,7 +253,7 @@ class Pipeline:
         window, vae_tile = self.plan_windows(ph, pw, tile)
         backend = self.backend
         if window or vae_tile:
-            from runtime.backends.tiled import TiledBackend
+            from latentfuse.runtime.backends.tiled import TiledBackend
 
             cap = self.backend.max_batch_size()
             batch = self.max_dit_batch if cap is None else min(self.max_dit_batch, cap)
@@ -302,8 +302,8 @@ class Pipeline:
         parameters from the prompt (``DetailSettings.mode_for``), ``clean`` / ``safe`` force a set, ``off``
         skips it; a model without one runs none.
         """
-        from model.data.tasks import check_task
-        from model.detail import check_detail_mode, restore_detail
+        from latentfuse.model.data.tasks import check_task
+        from latentfuse.model.detail import check_detail_mode, restore_detail
 
         task = check_task(task)
         detail_mode = check_detail_mode(detail)
@@ -384,7 +384,7 @@ class Pipeline:
 
 @functools.lru_cache(maxsize=1)
 def _canonical_prompts() -> frozenset[str]:
-    from model.data.prompts import canonical_prompts
+    from latentfuse.model.data.prompts import canonical_prompts
 
     return frozenset(" ".join(p.split()) for p in canonical_prompts().values())
 

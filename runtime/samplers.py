@@ -52,9 +52,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from model import flow
-from model.errors import LatentfuseError
-from runtime import noise
+from latentfuse.model import flow
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime import noise
 
 Array = Any
 Velocity = Callable[[Array, Any], Array]

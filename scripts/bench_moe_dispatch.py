@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 FORMS = ("dense", "grouped")
 
@@ -34,10 +31,10 @@ def bench(preset: str, depth: int | None, head: str, latents: list[int], threads
     import onnxruntime as ort
     import torch
 
-    from export.graphs import DiTSpec
-    from export.onnx import export_graph
-    from model.config import DiTConfig
-    from model.dit import MoEDiT
+    from latentfuse.export.graphs import DiTSpec
+    from latentfuse.export.onnx import export_graph
+    from latentfuse.model.config import DiTConfig
+    from latentfuse.model.dit import MoEDiT
 
     torch.manual_seed(0)
     cfg = DiTConfig.from_preset(preset, head=head, **({"depth": depth} if depth else {}))

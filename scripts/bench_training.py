@@ -17,17 +17,15 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def bench(preset: str, head: str, batch: int, latent: int, steps: int, precision: str, checkpointing: bool,
           device: str = "cpu") -> dict:
-    from model.config import DiTConfig
-    from model.dit import MoEDiT
-    from model.training.config import TrainConfig
-    from model.training.data import LatentDataset
-    from model.training.trainer import Trainer
+    from latentfuse.model.config import DiTConfig
+    from latentfuse.model.dit import MoEDiT
+    from latentfuse.model.training.config import TrainConfig
+    from latentfuse.model.training.data import LatentDataset
+    from latentfuse.model.training.trainer import Trainer
 
     dit_cfg = DiTConfig.from_preset(preset, head=head, gradient_checkpointing=checkpointing)
     g = torch.Generator().manual_seed(0)

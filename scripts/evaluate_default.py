@@ -37,12 +37,10 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from model.errors import LatentfuseError  # noqa: E402
-from model.flow import describe_prior  # noqa: E402
-from model.work_scale import downscale, upscale  # noqa: E402
+from latentfuse.model.errors import LatentfuseError  # noqa: E402
+from latentfuse.model.flow import describe_prior  # noqa: E402
+from latentfuse.model.work_scale import downscale, upscale  # noqa: E402
 
 METHODS = ("regression", "regression_raw", "flow", "flow_sde", "teacher", "vae_label", "average")
 FLOW_SAMPLER, FLOW_STEPS = "midpoint_reuse", 5
@@ -65,7 +63,7 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
 
 def _decode_image(vae, z: torch.Tensor, h: int, w: int) -> np.ndarray:
     """[0, 1] RGB HxWx3 of one latent, the padding of :func:`_pad16` cut off."""
-    from model.vae import from_vae_output
+    from latentfuse.model.vae import from_vae_output
 
     return from_vae_output(vae.decode(z)[..., :h, :w])[0].permute(1, 2, 0).numpy()
 
@@ -81,7 +79,7 @@ def vae_round_trip(components, img: np.ndarray) -> np.ndarray:
 def fuse(pipe, head: str, a: np.ndarray, b: np.ndarray, task: str, prompt: str, seed: int = 0,
          sampler: str = FLOW_SAMPLER, detail: str = "auto") -> np.ndarray:
     """Fuse two [0, 1] RGB images with ``head`` ("regression" or "flow", sampled by ``sampler`` in
-    ``FLOW_STEPS`` steps) through ``pipe`` (:class:`runtime.pipeline.Pipeline`): the runtime's own
+    ``FLOW_STEPS`` steps) through ``pipe`` (:class:`latentfuse.runtime.pipeline.Pipeline`): the runtime's own
     working scale, windows, padding and noise. Returns [0, 1] RGB."""
     if head == "regression":
         return pipe(a, b, task=task, prompt=prompt, mode="regression", seed=seed, detail=detail).image
@@ -92,7 +90,7 @@ def fuse(pipe, head: str, a: np.ndarray, b: np.ndarray, task: str, prompt: str, 
 def _scores(clean_a: np.ndarray, clean_b: np.ndarray, fused: np.ndarray, label: np.ndarray, task: str) -> dict:
     from skimage.metrics import structural_similarity
 
-    from model.metrics import compute
+    from latentfuse.model.metrics import compute
 
     m = compute(clean_a * 255.0, clean_b * 255.0, fused * 255.0, names=["vif", "qabf"])
     m["ssim_label"] = float(structural_similarity(fused, label, data_range=1.0, channel_axis=-1))
@@ -110,7 +108,7 @@ def modality_scores(visible: np.ndarray, infrared: np.ndarray, fused: np.ndarray
                  targets = the ``hot`` share of brightest infrared pixels, contrast = their mean minus
                  the mean of the rest (1: the targets stand out as much as in the infrared image)
     """
-    from model.data.color import luma, rgb_to_ycbcr
+    from latentfuse.model.data.color import luma, rgb_to_ycbcr
 
     chroma = float(np.mean(np.abs(rgb_to_ycbcr(fused)[..., 1:] - rgb_to_ycbcr(visible)[..., 1:])) * 255.0)
     ir, y = luma(infrared), luma(fused)
@@ -123,7 +121,7 @@ def modality_scores(visible: np.ndarray, infrared: np.ndarray, fused: np.ndarray
 
 
 def _rgb(path: Path) -> np.ndarray:
-    from model.image_io import read_image
+    from latentfuse.model.image_io import read_image
 
     img = np.asarray(read_image(path), dtype=np.float32)  # float [0, 1]
     if img.ndim == 2:
@@ -135,9 +133,9 @@ def evaluate(components, data_root: str | Path, limit: int = 0, progress: bool =
     """{task: {method: {metric: mean}}, "_meta": {...}} over the held-out samples under ``data_root``."""
     from tqdm import tqdm
 
-    from model.training.data import find_manifests, read_manifest
-    from runtime import samplers
-    from runtime.pipeline import Pipeline
+    from latentfuse.model.training.data import find_manifests, read_manifest
+    from latentfuse.runtime import samplers
+    from latentfuse.runtime.pipeline import Pipeline
 
     records = []
     for manifest in find_manifests(data_root):
@@ -220,7 +218,7 @@ def markdown_table(table: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from model.components import DEFAULT_MODEL_DIR, FusionComponents
+    from latentfuse.model.components import DEFAULT_MODEL_DIR, FusionComponents
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="latentfuse model directory")

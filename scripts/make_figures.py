@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from model.atomic import atomic_file  # noqa: E402
-from model.errors import LatentfuseError  # noqa: E402
+from latentfuse.model.atomic import atomic_file  # noqa: E402
+from latentfuse.model.errors import LatentfuseError  # noqa: E402
 
 TASKS = ("vif", "mef", "mff")
 PANELS = ("A", "B", "average", "teacher", "regression", "flow")
@@ -53,10 +51,10 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 def figure(components, data_root: Path, task: str, height: int) -> tuple[np.ndarray, dict]:
     """(the labelled strip, {panel: Q^AB/F, "pair": name}) for the first held-out sample of ``task``."""
-    from model.metrics import compute
-    from model.training.data import find_manifests, read_manifest
-    from runtime.fuse_cli import side_by_side
-    from runtime.pipeline import Pipeline, load_image
+    from latentfuse.model.metrics import compute
+    from latentfuse.model.training.data import find_manifests, read_manifest
+    from latentfuse.runtime.fuse_cli import side_by_side
+    from latentfuse.runtime.pipeline import Pipeline, load_image
 
     records = [(m.parent, rec) for m in find_manifests(data_root / task) for rec in read_manifest(m)]
     if not records:
@@ -77,8 +75,8 @@ def figure(components, data_root: Path, task: str, height: int) -> tuple[np.ndar
 
 
 def main(argv=None) -> int:
-    from model.components import DEFAULT_MODEL_DIR, FusionComponents
-    from model.image_io import write_image
+    from latentfuse.model.components import DEFAULT_MODEL_DIR, FusionComponents
+    from latentfuse.model.image_io import write_image
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)

@@ -49,11 +49,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from model.atomic import atomic_file  # noqa: E402
-from model.errors import LatentfuseError  # noqa: E402
+from latentfuse.model.atomic import atomic_file  # noqa: E402
+from latentfuse.model.errors import LatentfuseError  # noqa: E402
 
 TASKS = ("vif", "mef", "mff")
 VAES = {
@@ -98,7 +96,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def _rgb(x: np.ndarray) -> np.ndarray:
-    from model.image_io import to_rgb
+    from latentfuse.model.image_io import to_rgb
 
     return to_rgb(np.asarray(x, np.float32))
 
@@ -118,8 +116,8 @@ def _fit(img: np.ndarray, long_side: int) -> np.ndarray:
 def split_pairs(data: Path, task: str, split: str, per_task: int = 0):
     """The validated pairs of ``task`` in ``split``; ``per_task`` > 0 keeps that many, in scene-hash order
     (a deterministic, shuffled choice that does not depend on the other scenes)."""
-    from model.data.pairs import discover_pairs, validate_pairs
-    from model.data.split import scene_hash, select
+    from latentfuse.model.data.pairs import discover_pairs, validate_pairs
+    from latentfuse.model.data.split import scene_hash, select
 
     pairs = select(validate_pairs(discover_pairs(data / task, task)).pairs, split)
     if per_task:
@@ -134,14 +132,14 @@ class RoundTrip:
     def __init__(self, key: str, model_dir: Path, taef2_dir: Path):
         import torch
 
-        from model.vae import LatentVAE
+        from latentfuse.model.vae import LatentVAE
 
         self.key = key
         self.description, family, self.scale = VAES[key]
         if family == "tiny":
             self.vae = LatentVAE.from_pretrained(model_dir / "vae").eval()
         else:
-            from model.taef2 import TAEF2
+            from latentfuse.model.taef2 import TAEF2
 
             self.vae = TAEF2.from_pretrained(taef2_dir).eval()
         self.torch = torch
@@ -149,7 +147,7 @@ class RoundTrip:
     def __call__(self, img: np.ndarray) -> np.ndarray:
         import torch.nn.functional as F
 
-        from model.work_scale import downscale, upscale
+        from latentfuse.model.work_scale import downscale, upscale
 
         torch = self.torch
         x = upscale(_rgb(img), self.scale)
@@ -175,8 +173,8 @@ def prepare(args) -> None:
     """Sources (fitted to the long side), the teacher label and the VAE round trips, cached per pair."""
     from tqdm import tqdm
 
-    from model.data.labels import pseudo_label
-    from model.data.pairs import load_pair
+    from latentfuse.model.data.labels import pseudo_label
+    from latentfuse.model.data.pairs import load_pair
 
     jobs = [(task, pair) for task in args.tasks
             for pair in split_pairs(args.data, task, args.split, args.per_task if args.split == "train" else 0)]
@@ -219,7 +217,7 @@ def _cached(work: Path, task: str, split: str, data: Path, vae: str, per_task: i
 def _degraded_variants(name: str, d: dict, task: str, count: int) -> list[tuple[np.ndarray, np.ndarray, list]]:
     """``count`` degraded versions of a cached clean pair (one degradation of the task each, the pipeline's
     ``degrade_pair`` without cropping), seeded by the pair name."""
-    from model.data.pipeline import degrade_pair
+    from latentfuse.model.data.pipeline import degrade_pair
 
     out = []
     for v in range(count):
@@ -249,8 +247,8 @@ def tune(args) -> None:
 
     from tqdm import tqdm
 
-    from model.detail import DetailConfig, restore_detail
-    from model.metrics import compute
+    from latentfuse.model.detail import DetailConfig, restore_detail
+    from latentfuse.model.metrics import compute
 
     def qabf(d, f):
         return compute(_rgb(d["a"]) * 255, _rgb(d["b"]) * 255, _rgb(f) * 255, names=["qabf"])["qabf"]
@@ -301,7 +299,7 @@ def choose_config(rows: list[dict], kind: str) -> dict:
 
 
 def _tuned(work: Path, vae: str, kind: str):
-    from model.detail import DetailConfig
+    from latentfuse.model.detail import DetailConfig
 
     tuned = _read_json(work / "tune.json", "tune")
     if vae not in tuned["vaes"]:
@@ -314,8 +312,8 @@ def _tuned(work: Path, vae: str, kind: str):
 def _scores(a: np.ndarray, b: np.ndarray, fused: np.ndarray, label: np.ndarray, task: str) -> dict:
     from skimage.metrics import structural_similarity
 
-    from model.data.selection import structure_score
-    from model.metrics import compute
+    from latentfuse.model.data.selection import structure_score
+    from latentfuse.model.metrics import compute
 
     a3, b3, f3 = _rgb(a), _rgb(b), np.clip(_rgb(fused), 0, 1)
     m = compute(a3 * 255, b3 * 255, f3 * 255, names=["qabf", "vif", "ssim"])
@@ -329,7 +327,7 @@ def _scores(a: np.ndarray, b: np.ndarray, fused: np.ndarray, label: np.ndarray, 
 def measure(args) -> None:
     from tqdm import tqdm
 
-    from model.detail import restore_detail
+    from latentfuse.model.detail import restore_detail
 
     configs = {vae: {kind: _tuned(args.work, vae, kind) for kind in KINDS} for vae in args.vaes}
     out = {"long_side": args.long_side, "detail": {v: {k: c.as_dict() for k, c in cs.items()} for v, cs in configs.items()},
@@ -377,10 +375,10 @@ def noise(args) -> None:
     what is reported."""
     from tqdm import tqdm
 
-    from model.data.color import luma
-    from model.data.degradations import apply, sample_params
-    from model.detail import noise_sigma, restore_detail
-    from model.metrics import compute
+    from latentfuse.model.data.color import luma
+    from latentfuse.model.data.degradations import apply, sample_params
+    from latentfuse.model.detail import noise_sigma, restore_detail
+    from latentfuse.model.metrics import compute
 
     out = {"vaes": {}, "split": args.split}
     for vae in args.vaes:
@@ -440,7 +438,7 @@ def timing(args) -> None:
 
     import torch
 
-    from model.detail import restore_detail
+    from latentfuse.model.detail import restore_detail
 
     h, w = TIME_SIZE
     rows = {}

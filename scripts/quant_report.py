@@ -11,7 +11,7 @@ For each quantized bundle:
   integer kernels ONNX Runtime's CPU provider runs after its graph optimisation;
 * per task and head, on ``--pairs`` held-out pairs per task (crops of ``--crop`` input pixels of pairs
   the calibration did not use, seeded): fused-image PSNR of the quantized bundle against the FP32
-  bundle (both on ONNX Runtime, same seeds) and both Q^AB/F (:func:`export.quantize.fusion_accuracy`);
+  bundle (both on ONNX Runtime, same seeds) and both Q^AB/F (:func:`latentfuse.export.quantize.fusion_accuracy`);
 * DiT latency on ONNX Runtime (CPU, ``--threads``): the FP32 and the quantized graph interleaved, at the
   shapes the pipeline feeds it (a batch of ``--windows`` windows of the model's window size, and one
   window), median of ``--repeat`` calls each, several rounds.
@@ -25,22 +25,19 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def _dit_latency(fp32_bundle: Path, quant_bundle: Path, graph: str, *, windows: int, repeat: int, rounds: int,
                  threads: int) -> dict:
     """Median seconds per call of the FP32 and the quantized DiT graph, interleaved, on recorded-like inputs."""
-    from export.bundle import Bundle
-    from export.quantize import ort_session
+    from latentfuse.export.bundle import Bundle
+    from latentfuse.export.quantize import ort_session
 
     b32, bq = Bundle.open(fp32_bundle), Bundle.open(quant_bundle)
     latent = b32.latent
@@ -87,10 +84,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    from export.calib_inputs import draw_crops, parse_source
-    from export.bundle import load_manifest
-    from export.quantize import fusion_accuracy, ort_kernel_report
-    from runtime.pipeline import Pipeline
+    from latentfuse.export.calib_inputs import draw_crops, parse_source
+    from latentfuse.export.bundle import load_manifest
+    from latentfuse.export.quantize import fusion_accuracy, ort_kernel_report
+    from latentfuse.runtime.pipeline import Pipeline
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

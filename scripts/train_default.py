@@ -39,16 +39,16 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model.atomic import atomic_file  # noqa: E402
-from model.components import DEFAULT_MODEL_DIR, FusionComponents  # noqa: E402
-from model.errors import LatentfuseError  # noqa: E402
-from model.flow import describe_prior  # noqa: E402
-from model.data.tasks import TASKS  # noqa: E402
+from latentfuse.model.atomic import atomic_file  # noqa: E402
+from latentfuse.model.components import DEFAULT_MODEL_DIR, FusionComponents  # noqa: E402
+from latentfuse.model.errors import LatentfuseError  # noqa: E402
+from latentfuse.model.flow import describe_prior  # noqa: E402
+from latentfuse.model.training.recipe import add_recipe_overrides, recipe_sha256, resolve_recipe  # noqa: E402
+from latentfuse.model.data.tasks import TASKS  # noqa: E402
 
+DEFAULT_RECIPE = REPO / "configs" / "recipes" / "default.toml"
 PAPER_VAE = {"name": "Cosmos VAE (MMAIF Table 1)", "psnr": 34.02, "ssim": 0.9367}
 
 
@@ -57,8 +57,8 @@ def log(msg: str) -> None:
 
 
 def make_data(work: Path, split: str, pairs: int, per_pair: int, size: int, seed: int) -> Path:
-    from model.data.build import build_dataset
-    from model.data.synth import make_synthetic
+    from latentfuse.model.data.build import build_dataset
+    from latentfuse.model.data.synth import make_synthetic
 
     root = work / "build" / split
     for i, task in enumerate(TASKS):
@@ -80,7 +80,7 @@ def make_real_data(work: Path, root: Path, split: str, per_pair: int, size: int,
     layouts of ``latentfuse data build``), only the scenes of ``split`` (``model.data.split``), one folder
     per task. The folder name carries the settings, so a run with other settings builds beside it and a
     run with the same ones resumes (``build_dataset`` keeps finished samples)."""
-    from model.data.build import build_dataset
+    from latentfuse.model.data.build import build_dataset
 
     tag = f"real_{split}_{size}px_x{per_pair}_n{''.join(map(str, n_degradations))}{'_crop' if crop else ''}_s{seed}"
     out = work / "build" / tag
@@ -92,7 +92,7 @@ def make_real_data(work: Path, root: Path, split: str, per_pair: int, size: int,
 
 
 def count_tuples(root: Path) -> int:
-    from model.training.data import find_manifests, read_manifest
+    from latentfuse.model.training.data import find_manifests, read_manifest
 
     return sum(len(read_manifest(m)) for m in find_manifests(root))
 
@@ -119,7 +119,7 @@ def _keep_stage(folder: Path, key: dict, model, stage_report: dict) -> None:
 def _cached_stage(folder: Path, key: dict, run, measure):
     """(VAE, stage report): reloaded from ``folder`` if it was made with ``key``, else ``run()`` and kept.
     A reloaded stage is measured again (``measure(vae)``): the held-out set is not part of the key."""
-    from model.vae import LatentVAE
+    from latentfuse.model.vae import LatentVAE
 
     kept = _reload_stage(folder, key, LatentVAE.from_pretrained)
     if kept is not None:
@@ -140,7 +140,7 @@ def vae_stages(args) -> list[tuple[str, "VAETrainConfig"]]:
              sharpened decoder renders better (measured: optimising a latent against the label raised
              Q^AB/F of the round trip far above E(label), i.e. the encoder, not the decoder, was the limit)
     """
-    from model.training.vae_trainer import VAETrainConfig
+    from latentfuse.model.training.vae_trainer import VAETrainConfig
 
     def finetune(steps: int, trainable: str, seed: int) -> VAETrainConfig:
         return VAETrainConfig(patch=args.vae_ft_patch, batch_size=args.vae_batch, steps=steps, lr=args.vae_ft_lr,
@@ -159,10 +159,10 @@ def train_stage_vae(args, train_root: Path, test_root: Path, report: dict):
     """Train the VAE stages of :func:`vae_stages`. Each stage's result is kept in ``--work`` with the
     settings of every stage up to it, so a re-run with the same settings (e.g. to try DiT recipes)
     reuses it instead of training it again."""
-    from model.training.data import find_manifests, read_manifest, read_training_manifest
-    from model.training.vae_trainer import (calibrate_scaling, load_images, random_patches, reconstruction_metrics,
-                                            train_vae)
-    from model.vae import LatentVAE
+    from latentfuse.model.training.data import find_manifests, read_manifest, read_training_manifest
+    from latentfuse.model.training.vae_trainer import (calibrate_scaling, load_images, random_patches, reconstruction_metrics,
+                                                       train_vae)
+    from latentfuse.model.vae import LatentVAE
 
     def clean_files(root, training=True):
         out = []
@@ -210,10 +210,10 @@ def train_stage_vae(args, train_root: Path, test_root: Path, report: dict):
 def reuse_components(args, report: dict):
     """(VAE, prompt encoder) of the model directory ``--init-from``, kept as they are; the VAE's section
     of that model's training report is carried over (with where it came from) so the card can cite it."""
-    from export.bundle_cache import model_key
-    from model.components import read_index
-    from model.text_encoder import PromptEncoder
-    from model.vae import LatentVAE
+    from latentfuse.export.bundle_cache import model_key
+    from latentfuse.model.components import read_index
+    from latentfuse.model.text_encoder import PromptEncoder
+    from latentfuse.model.vae import LatentVAE
 
     index = read_index(args.init_from)
     vae = LatentVAE.from_pretrained(args.init_from / index["vae"]).float()
@@ -228,33 +228,18 @@ def reuse_components(args, report: dict):
     return vae, text_encoder
 
 
-def _detail_config(spec: str, flag: str):
-    """``sigma,radius,fused_candidate`` (e.g. ``8,4,0``) -> DetailConfig."""
-    from model.detail import DetailConfig
-
-    parts = spec.split(",")
-    if len(parts) != 3:
-        raise LatentfuseError(f"{flag} takes sigma,radius,fused_candidate (e.g. 8,4,0), got {spec!r}")
-    try:
-        sigma, radius, fused = float(parts[0]), int(parts[1]), bool(int(parts[2]))
-    except ValueError:
-        raise LatentfuseError(f"{flag} takes numbers sigma,radius,fused_candidate (e.g. 8,4,0), got {spec!r}") from None
-    return DetailConfig(sigma=sigma, radius=radius, fused_candidate=fused)
-
-
 def detail_settings(args):
-    """The model's detail path (``model.detail``), or None with ``--no-detail``."""
-    from model.detail import DetailSettings
+    """The model's detail path (``model.detail``), or None when the recipe has ``detail = false``."""
+    from latentfuse.model.detail import DetailConfig, DetailSettings
 
     if not args.detail:
         return None
-    return DetailSettings.for_configs(_detail_config(args.detail_clean, "--detail-clean"),
-                                      _detail_config(args.detail_safe, "--detail-safe"))
+    return DetailSettings.for_configs(DetailConfig(**args.detail_clean), DetailConfig(**args.detail_safe))
 
 
 def dit_overrides(args) -> dict:
     """DiTConfig fields changed from the tiny preset by --dit-width / --dit-depth (experts stay 2x wide)."""
-    from model.config import DiTConfig
+    from latentfuse.model.config import DiTConfig
 
     tiny = DiTConfig.from_preset("tiny")
     overrides = {}
@@ -267,7 +252,7 @@ def dit_overrides(args) -> dict:
 
 def dit_train_config(args, head: str, steps: int):
     """The TrainConfig of one default DiT."""
-    from model.training.config import TrainConfig
+    from latentfuse.model.training.config import TrainConfig
 
     sections = {
         "run": {"output_dir": str(args.work / f"dit_{head}"), "seed": args.seed, "device": "cpu",
@@ -290,7 +275,7 @@ def dit_train_config(args, head: str, steps: int):
 def flow_finetune_config(args):
     """The flow DiT's second stage: from its first stage's weights, ``--flow-finetune-steps`` more at
     ``--flow-finetune-lr`` (a fresh warmup + cosine), on new data order (seed + 7)."""
-    from model.training.config import TrainConfig
+    from latentfuse.model.training.config import TrainConfig
 
     sections = dit_train_config(args, "flow", args.flow_finetune_steps).to_dict()
     sections["run"].update(output_dir=str(args.work / "dit_flow_finetune"), seed=args.seed + 7)
@@ -300,8 +285,8 @@ def flow_finetune_config(args):
 
 
 def train_stage_dit(args, head: str, steps: int, dataset, vae, report: dict, cfg=None):
-    from model.training.run import build_dit
-    from model.training.trainer import Trainer
+    from latentfuse.model.training.run import build_dit
+    from latentfuse.model.training.trainer import Trainer
 
     cfg = cfg or dit_train_config(args, head, steps)
     dit = build_dit(cfg, dataset.prompt_embeds.shape[-1], vae.latent_channels)
@@ -390,7 +375,7 @@ def train_dits(args, dataset, vae, report: dict) -> dict:
 def _finetune_flow(args, dataset, vae, report: dict):
     """:func:`flow_finetune_config` on the first stage kept in ``--work``; kept and reused the same way.
     Its stage report goes under ``report["dit_flow"]["finetune"]``."""
-    from model.dit import MoEDiT
+    from latentfuse.model.dit import MoEDiT
 
     cfg = flow_finetune_config(args)
     config = cfg.to_dict()
@@ -421,7 +406,7 @@ def _dit_stage_key(args, head: str, steps: int, report: dict) -> dict:
 
 def _cached_dit(args, head: str, steps: int, report: dict):
     """The DiT of an earlier run with the same :func:`_dit_stage_key`, or None."""
-    from model.dit import MoEDiT
+    from latentfuse.model.dit import MoEDiT
 
     kept = _reload_stage(_dit_folder(args, head), _dit_stage_key(args, head, steps, report),
                          lambda folder: MoEDiT.from_pretrained(folder).eval().float())
@@ -483,7 +468,7 @@ def _shortfalls(evaluation: dict) -> list[str]:
 
 def _dit_architecture(stage: dict) -> str:
     """'tiny (d=128, 4 layers, experts 256 wide, 4+1 top-2)' from a DiT stage of the report (preset + overrides)."""
-    from model.config import DiTConfig
+    from latentfuse.model.config import DiTConfig
 
     model = stage["config"]["model"]
     c = DiTConfig.from_preset(model["preset"], **model.get("overrides", {}))
@@ -496,6 +481,17 @@ def _markdown_table(table: dict) -> str:
     from evaluate_default import markdown_table
 
     return markdown_table(table)
+
+
+def _recipe_line(report: dict) -> str:
+    """`` on the recipe FILE (sha256 ...)`` for the card, when the report has one (reports before the recipe
+    file do not)."""
+    recipe = report.get("recipe")
+    if not recipe:
+        return ""
+    path = Path(recipe["path"])
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return f" on the recipe `{shown}` (sha256 {recipe['sha256'][:12]})"
 
 
 def write_model_card(out: Path, report: dict, table_md: str) -> None:
@@ -603,7 +599,7 @@ it shows the whole method end to end at a size a 2-core CPU trains in hours, not
 Built by `scripts/train_default.py` (seed {report['seed']}) on {report['machine']} ({report['threads']} torch
 thread(s); {dit_runs}): training took {v['seconds'] / 60:.1f} min for the VAE stages and {dit_minutes:.1f} min for the DiTs;
 this run's wall time was {report['wall_seconds'] / 60:.1f} min{reuse}. Weights are fp16 safetensors, {report['size_bytes'] / 1e6:.1f} MB in all.
-Command: `{report.get('command', 'python scripts/train_default.py')}`; every number below is in `training_report.json`.
+Command: `{report.get('command', 'python scripts/train_default.py')}`{_recipe_line(report)}; every number below is in `training_report.json`.
 {('Note: ' + report['note'] + '.') if report.get('note') else ''}
 
 ## Components
@@ -651,74 +647,25 @@ is untrained (random T5), so prompts act as task/degradation identifiers, not as
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", type=Path, default=REPO / "runs" / "default_training")
-    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE,
+                   help="the training recipe (default: configs/recipes/default.toml; keys: model/training/recipe.py)")
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "default_training", help="stage cache (resumable)")
+    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="the model directory written")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the data, VAE and evaluation stages")
     p.add_argument("--dit-workers", type=int, default=2, choices=(1, 2),
                    help="2: train the two DiTs side by side in forked processes of one thread each; 1: in turn")
-    p.add_argument("--data", choices=("real", "synthetic"), default="real",
-                   help="real: the real registered pairs of --real-data (training scenes; held-out scenes for the "
-                        "evaluation); synthetic: pairs rendered from the scikit-image photographs")
     p.add_argument("--real-data", type=Path, default=REPO.parent / "shared" / "datasets",
                    help="folder with vif/, mef/, mff/ in the layouts `latentfuse data build` reads")
-    p.add_argument("--real-degradations", type=int, nargs="+", default=[0, 1, 2, 3], metavar="N",
-                   help="degradation counts drawn per real training tuple (0: the clean pair with the task's "
-                        "canonical prompt, so clean input stays clean)")
-    p.add_argument("--test-size", type=int, default=512, help="long side of the real held-out pairs")
     p.add_argument("--init-from", type=Path, default=None,
                    help="a model directory: keep its VAE and prompt encoder, start both DiTs from its DiTs "
                         "(no VAE stages)")
-    p.add_argument("--detail", action=argparse.BooleanOptionalAction, default=True,
-                   help="give the model the pixel-space detail path (model.detail)")
-    p.add_argument("--detail-clean", default="8,4,0",
-                   help="its parameters for clean prompts: sigma,radius,fused_candidate (default: the 'clean' "
-                        "choice for the tiny VAE at scale 1 on training scenes, docs/real-data-ceilings.md)")
-    p.add_argument("--detail-safe", default="4,4,1", help="its parameters for other prompts (default: the 'safe' choice)")
-    p.add_argument("--pairs", type=int, default=300, help="synthetic training pairs per task")
-    p.add_argument("--per-pair", type=int, default=4, help="degraded variants per training pair")
-    p.add_argument("--test-pairs", type=int, default=40,
-                   help="held-out pairs per task (seeded: a smaller set is a prefix of a larger one)")
-    p.add_argument("--size", type=int, default=384, help="long side of the training images")
-    p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--vae-patch", type=int, default=48)
-    p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--vae-lr", type=float, default=2e-3)
-    p.add_argument("--vae-eval-patches", type=int, default=64)
-    p.add_argument("--vae-decoder-steps", type=int, default=4000, help="decoder-only fine-tune steps (0: none)")
-    p.add_argument("--vae-joint-steps", type=int, default=5000, help="encoder + decoder fine-tune steps (0: none)")
-    p.add_argument("--vae-ft-patch", type=int, default=64, help="patch size of the fine-tune stages")
-    p.add_argument("--vae-ft-lr", type=float, default=1e-3, help="learning rate of the fine-tune stages")
-    p.add_argument("--vae-ft-edge", type=float, default=4.0, help="edge-loss weight of the fine-tune stages")
-    p.add_argument("--work-scale", type=int, default=1,
-                   help="the model's working scale (model.work_scale): pairs enlarged k times before the VAE")
-    p.add_argument("--crop", type=int, default=128, help="DiT training crop (pixels of the enlarged images)")
-    p.add_argument("--crops-per-tuple", type=int, default=3,
-                   help="crops of each training tuple, spread evenly over the grid that covers it (1: the centre one)")
-    p.add_argument("--window", type=int, default=128,
-                   help="the model's window (model.work_scale): larger pairs run in overlapping windows of this "
-                        "many enlarged pixels, the DiT's training crop by default; 0: whole images")
-    p.add_argument("--dit-width", type=int, default=128, help="DiT hidden size (tiny preset: 128; experts 2x)")
-    p.add_argument("--dit-depth", type=int, default=4, help="DiT blocks (tiny preset: 4)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--reg-steps", type=int, default=10000)
-    p.add_argument("--flow-steps", type=int, default=10000)
-    p.add_argument("--flow-finetune-steps", type=int, default=5000,
-                   help="a second flow stage from the first one's weights (0: none)")
-    p.add_argument("--flow-finetune-lr", type=float, default=3e-4, help="learning rate of the flow's second stage")
-    p.add_argument("--flow-prior", default="gaussian", choices=("gaussian", "source_a", "source_b", "source_mean"),
-                   help="the flow DiT's prior p0 (model.flow); the model declares it, so every runtime samples from it")
-    p.add_argument("--prior-sigma", type=float, default=0.5, help="σ_p of a source prior (model.flow)")
-    p.add_argument("--aux-weight", type=float, default=0.05)
-    p.add_argument("--aux-samples", type=int, default=2, help="decoded items per batch for the pixel-space terms (0: all)")
-    p.add_argument("--label-weight", type=float, default=1.0, help="weight of the pixel-space label term (losses.label_loss)")
-    p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--eval-limit", type=int, default=0, help="held-out samples per task to score (0: all)")
     p.add_argument("--only-vae", action="store_true", help="stop after the VAE stages (their results are kept in --work)")
     p.add_argument("--rewrite-card", action="store_true",
                    help="only re-render MODEL_CARD.md from --out/training_report.json")
+    add_recipe_overrides(p)
     args = p.parse_args(argv)
+    overrides = resolve_recipe(args, args.recipe)
     if args.rewrite_card:
         from evaluate_default import markdown_table
 
@@ -726,9 +673,9 @@ def main(argv=None) -> int:
         write_model_card(args.out, report, markdown_table(report["evaluation"]))
         return 0
 
-    from model.config import DiTConfig
+    from latentfuse.model.config import DiTConfig
 
-    from model.work_scale import check_window, check_work_scale
+    from latentfuse.model.work_scale import check_window, check_work_scale
 
     # a bad --dit-width / --dit-depth / --work-scale / --window / flow setting fails now, not after the VAE
     DiTConfig.from_preset("tiny", **dit_overrides(args))
@@ -747,7 +694,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
-    report: dict = {"seed": args.seed, "threads": args.threads, "dit_workers": args.dit_workers, "args": {k: str(v) for k, v in vars(args).items()},
+    report: dict = {"recipe": {"path": str(args.recipe), "sha256": recipe_sha256(args.recipe), "overrides": overrides},
+                    "seed": args.seed, "threads": args.threads, "dit_workers": args.dit_workers, "args": {k: str(v) for k, v in vars(args).items()},
                     "machine": f"{platform.machine()} CPU, torch {torch.__version__}",
                     "command": "python scripts/train_default.py " + " ".join(sys.argv[1:] if argv is None else argv)}
 
@@ -781,7 +729,7 @@ def main(argv=None) -> int:
                           "train_samples": 3 * args.pairs * args.per_pair, "test_samples": 3 * args.test_pairs,
                           "seconds": round(time.perf_counter() - t, 1)}
 
-    from model.text_encoder import PromptEncoder
+    from latentfuse.model.text_encoder import PromptEncoder
 
     if args.init_from:
         log(f"2/6 VAE and prompt encoder of {args.init_from} (kept as they are); its DiTs start the DiT stages")
@@ -794,7 +742,7 @@ def main(argv=None) -> int:
         return 0
 
     log("3/6 prompt encoder + latent cache")
-    from model.training.data import build_latent_cache
+    from latentfuse.model.training.data import build_latent_cache
 
     text_encoder = text_encoder.eval().requires_grad_(False)
     dataset = build_latent_cache(train_root, vae, text_encoder, args.crop, TASKS, aux_sources="clean",

@@ -119,9 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only verify that retraining reproduces --out")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(REPO))
-    from model.atomic import atomic_file
-    from model.data.prompts import corpus
+    from latentfuse.model.atomic import atomic_file
+    from latentfuse.model.data.prompts import corpus
 
     texts = corpus()
     model_bytes = train(texts, args.vocab_size)

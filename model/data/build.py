@@ -7,13 +7,13 @@ Output layout (``latentfuse data build``)::
     OUT/samples/<id>/              a.png b.png clean_a.png clean_b.png gt.png meta.json
     OUT/manifest.jsonl             one JSON record per sample (the samples' meta.json, sorted by id)
 
-Real pairs are split by scene name (:mod:`model.data.split`): by default only training scenes are
+Real pairs are split by scene name (:mod:`latentfuse.model.data.split`): by default only training scenes are
 written (``split="train"``); ``"heldout"`` writes the held-out scenes (for evaluation), ``"all"`` both.
 Every record carries its scene's side (``"split": "train" | "heldout"``) and the training data loader
 refuses held-out records. Synthetic folders (``latentfuse data synth``) are not split: their held-out
 pairs come from another seed.
 
-Every sample directory is written atomically (:func:`model.atomic.atomic_dir`), so a sample either
+Every sample directory is written atomically (:func:`latentfuse.model.atomic.atomic_dir`), so a sample either
 exists completely or not at all; re-running the same command skips finished samples and rewrites the
 manifest from their ``meta.json``. Sample ``<pair>_<k>`` draws everything from a generator seeded by
 ``(seed, crc32(pair), k)``: results do not depend on which samples were built before.
@@ -30,16 +30,16 @@ from typing import Sequence
 
 import numpy as np
 
-from model.atomic import atomic_dir, atomic_file
-from model.data.depth import DepthEstimator
-from model.data.labels import pseudo_label
-from model.data.pairs import ImagePair, discover_pairs, load_pair, validate_pairs
-from model.data.pipeline import N_CHOICES, degrade_pair
-from model.data.split import check_split, select, split_of
-from model.data.tasks import check_task
-from model.data.teachers import Teacher, teachers_for
-from model.errors import LatentfuseError
-from model.image_io import read_image, write_image
+from latentfuse.model.atomic import atomic_dir, atomic_file
+from latentfuse.model.data.depth import DepthEstimator
+from latentfuse.model.data.labels import pseudo_label
+from latentfuse.model.data.pairs import ImagePair, discover_pairs, load_pair, validate_pairs
+from latentfuse.model.data.pipeline import N_CHOICES, degrade_pair
+from latentfuse.model.data.split import check_split, select, split_of
+from latentfuse.model.data.tasks import check_task
+from latentfuse.model.data.teachers import Teacher, teachers_for
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_io import read_image, write_image
 
 FORMAT_VERSION = 1
 SAMPLE_FILES = ("a", "b", "clean_a", "clean_b", "gt")

@@ -7,8 +7,8 @@ import argparse
 
 def _teacher_dirs(specs: list[str] | None):
     """``NAME=DIR`` plug-in teachers (precomputed outputs of learned fusion networks)."""
-    from model.data.teachers import FolderTeacher
-    from model.errors import LatentfuseError
+    from latentfuse.model.data.teachers import FolderTeacher
+    from latentfuse.model.errors import LatentfuseError
 
     out = []
     for spec in specs or []:
@@ -22,8 +22,8 @@ def _teacher_dirs(specs: list[str] | None):
 def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from model.data.depth import load_depth_estimator
-    from model.data.synth import make_synthetic
+    from latentfuse.model.data.depth import load_depth_estimator
+    from latentfuse.model.data.synth import make_synthetic
 
     out = make_synthetic(args.task, args.out, args.n, seed=args.seed, long_side=args.size, gt=args.gt,
                          overwrite=args.force, depth_estimator=load_depth_estimator(args.depth_model),
@@ -33,8 +33,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from model.data.build import build_dataset
-    from model.data.depth import load_depth_estimator
+    from latentfuse.model.data.build import build_dataset
+    from latentfuse.model.data.depth import load_depth_estimator
 
     report = build_dataset(
         args.src, args.out, args.task, n_degradations=args.n_degradations, seed=args.seed,

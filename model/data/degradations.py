@@ -15,8 +15,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
-from model.data.filters import gaussian
-from model.errors import LatentfuseError
+from latentfuse.model.data.filters import gaussian
+from latentfuse.model.errors import LatentfuseError
 
 Params = dict[str, Any]
 
@@ -160,7 +160,7 @@ def snow(image: np.ndarray, rng: np.random.Generator, density: float, flake: flo
 def haze(image: np.ndarray, depth: np.ndarray, beta: float, airlight: float) -> np.ndarray:
     """Atmospheric scattering (Koschmieder; MMAIF ref. [52]): I = J·t + A·(1 - t), t = exp(-β·d).
 
-    ``depth`` is HxW in [0, 1] (1 = far, e.g. :func:`model.data.depth.estimate_depth`); ``beta`` 1.0-2.5
+    ``depth`` is HxW in [0, 1] (1 = far, e.g. :func:`latentfuse.model.data.depth.estimate_depth`); ``beta`` 1.0-2.5
     is the scattering coefficient for that unit depth range, ``airlight`` A 0.75-1.0.
     """
     arr = _spatial(image)
@@ -252,7 +252,7 @@ def apply(name: str, image: np.ndarray, params: Params, rng: np.random.Generator
         kwargs["rng"] = rng
     if name == "haze":
         if depth is None:
-            from model.data.depth import depth_prior
+            from latentfuse.model.data.depth import depth_prior
 
             depth = depth_prior(image)
         kwargs["depth"] = depth

@@ -30,8 +30,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from model.data.filters import gaussian, guided_filter
-from model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.model.data.filters import gaussian, guided_filter
+from latentfuse.model.errors import LatentfuseError, MissingDependencyError
 
 DepthEstimator = Callable[[np.ndarray], np.ndarray]
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.data.refiner import RefinerConfig, refine
-from model.data.selection import select_label
-from model.data.tasks import check_task
-from model.data.teachers import Teacher, run_teachers, teachers_for
+from latentfuse.model.data.refiner import RefinerConfig, refine
+from latentfuse.model.data.selection import select_label
+from latentfuse.model.data.tasks import check_task
+from latentfuse.model.data.teachers import Teacher, run_teachers, teachers_for
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""Regenerate the shipped sample pairs: ``python -m model.data.make_samples [--out DIR]``.
+"""Regenerate the shipped sample pairs: ``python -m latentfuse.model.data.make_samples [--out DIR]``.
 
 Three pairs per task at 256x144, 192x256 and 224x224, rendered from scikit-image photographs with
-:mod:`model.data.synth` and degraded with fixed degradation lists (so the demo shows restoration), the
+:mod:`latentfuse.model.data.synth` and degraded with fixed degradation lists (so the demo shows restoration), the
 prompt being the canonical one for that list. Deterministic (seed 2024).
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data.pipeline import degrade_pair
-from model.data.prompts import canonical_prompt
-from model.data.samples import SAMPLES_DIR
-from model.data.synth import load_natural_image, synth_pair
+from latentfuse.model.data.pipeline import degrade_pair
+from latentfuse.model.data.prompts import canonical_prompt
+from latentfuse.model.data.samples import SAMPLES_DIR
+from latentfuse.model.data.synth import load_natural_image, synth_pair
 
 SIZES = ((144, 256), (256, 192), (224, 224))  # (height, width)
 
@@ -49,7 +49,7 @@ def fit(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def make_samples(out: Path = SAMPLES_DIR) -> list[Path]:
-    from model.image_io import write_image
+    from latentfuse.model.image_io import write_image
 
     written = []
     for t_index, (task, plan) in enumerate(PLAN.items()):

@@ -23,7 +23,7 @@
   folder (Lytro / MFFW ``lytro-01-A.jpg``; MEFB ``<scene>_A.png``).
 
 :func:`validate_pairs` checks partners, readability and sizes, and raises one
-:class:`~model.errors.LatentfuseError` listing every offending file.
+:class:`~latentfuse.model.errors.LatentfuseError` listing every offending file.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data.tasks import check_task
-from model.errors import LatentfuseError
-from model.image_io import IMAGE_SUFFIXES
+from latentfuse.model.data.tasks import check_task
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_io import IMAGE_SUFFIXES
 
 FOLDER_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "vif": (("visible", "infrared"), ("vi", "ir"), ("vis", "ir"), ("vis", "inf"), ("rgb", "thermal")),
@@ -286,7 +286,7 @@ def validate_pairs(pairset: PairSet) -> PairSet:
 def load_pair(pair: ImagePair, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read a validated pair as float32 [0, 1]. VIF infrared is reduced to one channel (IR files are
     often stored as 3 identical channels); MEF / MFF gray partners of an RGB image are replicated."""
-    from model.image_io import read_image, to_gray, to_rgb
+    from latentfuse.model.image_io import read_image, to_gray, to_rgb
 
     a, b = read_image(pair.a), read_image(pair.b)
     gt = read_image(pair.gt) if pair.gt is not None else None

@@ -5,13 +5,13 @@ One call of :func:`degrade_pair`:
 1. crops the pair **and the ground truth** with the same random aspect-ratio window (16:9, 4:3 or 1:1,
    landscape or portrait) and optionally resizes all three to a target long side -- the GT is only ever
    cropped / resized, never degraded;
-2. draws n ∈ {1, 2, 3} distinct degradation types from the task's set (:mod:`model.data.tasks`);
+2. draws n ∈ {1, 2, 3} distinct degradation types from the task's set (:mod:`latentfuse.model.data.tasks`);
 3. applies them in a physical order (scene → optics → sensor → codec, :data:`APPLY_ORDER`) and routes
    each to the image(s) the paper's rules say it affects (:func:`targets`): for VIF, weather (rain, snow,
    haze) goes on the visible image while the infrared image gets a mild blur; low exposure on the
    visible image; low contrast and IR dark strips on the infrared image. MEF and MFF pairs are two shots
    of one scene, so every degradation hits both;
-4. draws a prompt for the chosen list (:mod:`model.data.prompts`).
+4. draws a prompt for the chosen list (:mod:`latentfuse.model.data.prompts`).
 
 Parameters are drawn once per degradation (the two shots share a camera); random content (noise, rain
 streaks) is drawn independently per image. Everything comes from the ``numpy.random.Generator`` given.
@@ -24,11 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from model.data import degradations as D
-from model.data.depth import DepthEstimator, estimate_depth
-from model.data.prompts import sample_prompt
-from model.data.tasks import WEATHER, check_task, task_degradations
-from model.errors import LatentfuseError
+from latentfuse.model.data import degradations as D
+from latentfuse.model.data.depth import DepthEstimator, estimate_depth
+from latentfuse.model.data.prompts import sample_prompt
+from latentfuse.model.data.tasks import WEATHER, check_task, task_degradations
+from latentfuse.model.errors import LatentfuseError
 
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {"16:9": (16, 9), "4:3": (4, 3), "1:1": (1, 1)}
 N_CHOICES: tuple[int, ...] = (1, 2, 3)

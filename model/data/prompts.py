@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from model.data.tasks import DEGRADATIONS, TASKS, check_task
-from model.errors import LatentfuseError
+from latentfuse.model.data.tasks import DEGRADATIONS, TASKS, check_task
+from latentfuse.model.errors import LatentfuseError
 
 # --- clean fusion (no degradation) ----------------------------------------------------------------
 

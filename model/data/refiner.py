@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.data.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
-from model.data.filters import guided_filter
+from latentfuse.model.data.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from latentfuse.model.data.filters import guided_filter
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The small degraded sample pairs shipped in ``model/data/samples/<task>/`` (what the README demo fuses).
 
 Each task folder holds ``<name>_a.png`` / ``<name>_b.png`` and a ``samples.json`` listing, per pair, its
-name, task, degradations, prompt and size. They were rendered by :mod:`model.data.make_samples`.
+name, task, degradations, prompt and size. They were rendered by :mod:`latentfuse.model.data.make_samples`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.data.tasks import check_task
-from model.errors import LatentfuseError
+from latentfuse.model.data.tasks import check_task
+from latentfuse.model.errors import LatentfuseError
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
@@ -31,7 +31,7 @@ def sample_pairs(task: str) -> list[SamplePair]:
     task = check_task(task)
     index = SAMPLES_DIR / task / "samples.json"
     if not index.is_file():
-        raise LatentfuseError(f"sample index missing: {index} (regenerate with python -m model.data.make_samples)")
+        raise LatentfuseError(f"sample index missing: {index} (regenerate with python -m latentfuse.model.data.make_samples)")
     entries = json.loads(index.read_text())["samples"]
     out = []
     for e in entries:

@@ -4,7 +4,7 @@ FusionFM scores the fusion results of several teachers with a task-aware functio
 per sample; the abstract leaves the function open, so ours is a weighted sum of fusion criteria chosen
 per task (:data:`TASK_WEIGHTS`), each computed on luminance:
 
-* VIF -- Q^AB/F (edge transfer), VIF (information fidelity) and MI (from :mod:`model.metrics`);
+* VIF -- Q^AB/F (edge transfer), VIF (information fidelity) and MI (from :mod:`latentfuse.model.metrics`);
 * MEF -- exposure quality (mean Mertens well-exposedness, exp(-(Y-0.5)²/2·0.2²)), a MEF-SSIM-like
   structure score and Q^AB/F;
 * MFF -- sharpness (average gradient, AG), Q^AB/F and the structure score.
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.data.color import luma
-from model.data.tasks import check_task
-from model.errors import LatentfuseError
+from latentfuse.model.data.color import luma
+from latentfuse.model.data.tasks import check_task
+from latentfuse.model.errors import LatentfuseError
 
 TASK_WEIGHTS: dict[str, dict[str, float]] = {
     "vif": {"qabf": 0.4, "vif": 0.35, "mi": 0.25},
@@ -56,7 +56,7 @@ def structure_score(a: np.ndarray, b: np.ndarray, fused: np.ndarray) -> float:
 
 def criteria(a: np.ndarray, b: np.ndarray, fused: np.ndarray, task: str) -> dict[str, float]:
     """The raw criterion values of :data:`TASK_WEIGHTS` for one candidate (images in [0, 1])."""
-    import model.metrics as M
+    import latentfuse.model.metrics as M
 
     task = check_task(task)
     ya, yb, yf = (luma(x) * 255.0 for x in (a, b, fused))

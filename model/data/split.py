@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Sequence, TypeVar
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 HELDOUT_FRACTION = 0.2
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")

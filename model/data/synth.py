@@ -6,7 +6,7 @@ photographs bundled in the scikit-image wheel (:data:`NATURAL_IMAGES`; all load 
 * **MEF** -- the photo is inverse-tone-mapped to a scene radiance (inverse Reinhard), then photographed
   twice through a camera response curve (gamma + soft highlight shoulder) at -s1 and +s2 EV: an under-exposed
   shot that keeps the highlights and an over-exposed one that opens the shadows.
-* **MFF** -- a depth map (:func:`model.data.depth.estimate_depth`) drives a spatially varying defocus
+* **MFF** -- a depth map (:func:`latentfuse.model.data.depth.estimate_depth`) drives a spatially varying defocus
   (thin-lens circle of confusion ∝ |d - d_focus|) rendered from a stack of Gaussian blurs; image A
   focuses near (depth quantile 0.2), image B far (0.8).
 * **VIF** -- ``a`` is the photo; ``b`` a pseudo-thermal rendering: SLIC superpixels scored for
@@ -30,10 +30,10 @@ from typing import Callable
 
 import numpy as np
 
-from model.data.depth import DepthEstimator, estimate_depth
-from model.data.filters import gaussian
-from model.data.tasks import check_task
-from model.errors import LatentfuseError
+from latentfuse.model.data.depth import DepthEstimator, estimate_depth
+from latentfuse.model.data.filters import gaussian
+from latentfuse.model.data.tasks import check_task
+from latentfuse.model.errors import LatentfuseError
 
 # scikit-image sample photographs stored inside the wheel (checked to load without network).
 NATURAL_IMAGES: tuple[str, ...] = (
@@ -204,9 +204,9 @@ def make_synthetic(task: str, out: str | os.PathLike, n: int, seed: int = 0, lon
 
     Sample ``i`` is seeded by ``(seed, i)`` so any subset regenerates identically. Written atomically.
     """
-    from model.atomic import atomic_dir
-    from model.data.labels import pseudo_label
-    from model.image_io import write_image
+    from latentfuse.model.atomic import atomic_dir
+    from latentfuse.model.data.labels import pseudo_label
+    from latentfuse.model.image_io import write_image
 
     task = check_task(task)
     if gt not in ("teachers", "source"):

@@ -9,7 +9,7 @@ low and high exposure for MFF.
 
 from __future__ import annotations
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 TASKS: tuple[str, ...] = ("vif", "mef", "mff")
 

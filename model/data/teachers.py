@@ -28,11 +28,11 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from model.data import pyramid as P
-from model.data.color import fuse_luma, luma, rgb_to_ycbcr, ycbcr_to_rgb
-from model.data.filters import box_filter, gaussian, guided_filter
-from model.data.tasks import TASKS, check_task
-from model.errors import LatentfuseError
+from latentfuse.model.data import pyramid as P
+from latentfuse.model.data.color import fuse_luma, luma, rgb_to_ycbcr, ycbcr_to_rgb
+from latentfuse.model.data.filters import box_filter, gaussian, guided_filter
+from latentfuse.model.data.tasks import TASKS, check_task
+from latentfuse.model.errors import LatentfuseError
 
 FuseFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -203,7 +203,7 @@ class FolderTeacher(Teacher):
                               f"(expected {sample}.png or another image suffix)")
 
     def _load(self, a: np.ndarray, b: np.ndarray, sample: str | None) -> np.ndarray:
-        from model.image_io import read_image
+        from latentfuse.model.image_io import read_image
 
         if sample is None:
             raise LatentfuseError(f"teacher {self.name} reads precomputed outputs and needs the sample name")

@@ -15,28 +15,28 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "compute": "model.metrics.registry",
-    "resolve_names": "model.metrics.registry",
-    "METRICS": "model.metrics.registry",
-    "ALL_METRICS": "model.metrics.registry",
-    "DEFAULT_NAMES": "model.metrics.registry",
-    "LOWER_IS_BETTER": "model.metrics.registry",
-    "CONVENTIONS": "model.metrics._common",
-    "vif": "model.metrics.visual_information",
-    "vif_sb": "model.metrics.visual_information",
-    "qabf": "model.metrics.xydeas_petrovic",
-    "qcv": "model.metrics.chen_varshney",
-    "qcb": "model.metrics.chen_blum",
-    "en": "model.metrics.entropy",
-    "ce": "model.metrics.entropy",
-    "sd": "model.metrics.statistics",
-    "sf": "model.metrics.sharpness",
-    "ag": "model.metrics.sharpness",
-    "ei": "model.metrics.sharpness",
-    "mi": "model.metrics.mutual_info",
-    "ssim": "model.metrics.structural_similarity",
-    "psnr": "model.metrics.error",
-    "rmse": "model.metrics.error",
+    "compute": "latentfuse.model.metrics.registry",
+    "resolve_names": "latentfuse.model.metrics.registry",
+    "METRICS": "latentfuse.model.metrics.registry",
+    "ALL_METRICS": "latentfuse.model.metrics.registry",
+    "DEFAULT_NAMES": "latentfuse.model.metrics.registry",
+    "LOWER_IS_BETTER": "latentfuse.model.metrics.registry",
+    "CONVENTIONS": "latentfuse.model.metrics._common",
+    "vif": "latentfuse.model.metrics.visual_information",
+    "vif_sb": "latentfuse.model.metrics.visual_information",
+    "qabf": "latentfuse.model.metrics.xydeas_petrovic",
+    "qcv": "latentfuse.model.metrics.chen_varshney",
+    "qcb": "latentfuse.model.metrics.chen_blum",
+    "en": "latentfuse.model.metrics.entropy",
+    "ce": "latentfuse.model.metrics.entropy",
+    "sd": "latentfuse.model.metrics.statistics",
+    "sf": "latentfuse.model.metrics.sharpness",
+    "ag": "latentfuse.model.metrics.sharpness",
+    "ei": "latentfuse.model.metrics.sharpness",
+    "mi": "latentfuse.model.metrics.mutual_info",
+    "ssim": "latentfuse.model.metrics.structural_similarity",
+    "psnr": "latentfuse.model.metrics.error",
+    "rmse": "latentfuse.model.metrics.error",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,7 +47,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'model.metrics' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

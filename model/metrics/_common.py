@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from model.metrics._matlab import rgb2gray
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.metrics._matlab import rgb2gray
 
 CONVENTIONS = ("vifb", "corrected")
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.metrics._common import check_convention, gray, per_channel, prepare
-from model.metrics._matlab import correlate_sep, freq_filter, freqspace
-from model.metrics.chen_varshney import normalize1
+from latentfuse.model.metrics._common import check_convention, gray, per_channel, prepare
+from latentfuse.model.metrics._matlab import correlate_sep, freq_filter, freqspace
+from latentfuse.model.metrics.chen_varshney import normalize1
 
 F0, F1, A_DOG = 15.3870, 1.3456, 0.7622
 K_T, H_T, Z_T = 1.0, 1.0, 1e-4  # masking C' = t C^3 / (h C^2 + Z): p = 3, q = 2

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from model.metrics._common import check_convention, gray, per_channel, prepare
-from model.metrics._matlab import blocks, filter2_same, freq_filter, freqspace, mround
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.metrics._common import check_convention, gray, per_channel, prepare
+from latentfuse.model.metrics._matlab import blocks, filter2_same, freq_filter, freqspace, mround
 
 WINDOW = 16
 _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])

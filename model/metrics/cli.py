@@ -36,7 +36,7 @@ def load_255(path: str):
     """
     import numpy as np
 
-    from model.image_io import read_image
+    from latentfuse.model.image_io import read_image
 
     x = read_image(path).astype(np.float64) * 255.0
     snapped = np.round(x)
@@ -44,7 +44,7 @@ def load_255(path: str):
 
 
 def run_metrics(args: argparse.Namespace) -> int:
-    from model.metrics import compute, resolve_names
+    from latentfuse.model.metrics import compute, resolve_names
 
     names = resolve_names(args.names)  # fail on a bad name before reading any image
     values = compute(load_255(args.a), load_255(args.b), load_255(args.fused), names, args.convention)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.metrics._common import check_convention, fused_channels, gray, per_channel, prepare
-from model.metrics._matlab import mround
+from latentfuse.model.metrics._common import check_convention, fused_channels, gray, per_channel, prepare
+from latentfuse.model.metrics._matlab import mround
 
 
 def _levels(x: np.ndarray, convention: str) -> np.ndarray:

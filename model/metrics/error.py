@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.metrics._common import check_convention, gray, per_channel, prepare
+from latentfuse.model.metrics._common import check_convention, gray, per_channel, prepare
 
 
 def _vifb_mse(x: np.ndarray, z: np.ndarray) -> float:

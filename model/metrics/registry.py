@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from model.errors import LatentfuseError
-from model.metrics._common import check_convention, prepare
-from model.metrics.chen_blum import qcb
-from model.metrics.chen_varshney import qcv
-from model.metrics.entropy import ce, en
-from model.metrics.error import psnr, rmse
-from model.metrics.mutual_info import mi
-from model.metrics.sharpness import ag, ei, sf
-from model.metrics.statistics import sd
-from model.metrics.structural_similarity import ssim
-from model.metrics.visual_information import vif, vif_sb
-from model.metrics.xydeas_petrovic import qabf
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.metrics._common import check_convention, prepare
+from latentfuse.model.metrics.chen_blum import qcb
+from latentfuse.model.metrics.chen_varshney import qcv
+from latentfuse.model.metrics.entropy import ce, en
+from latentfuse.model.metrics.error import psnr, rmse
+from latentfuse.model.metrics.mutual_info import mi
+from latentfuse.model.metrics.sharpness import ag, ei, sf
+from latentfuse.model.metrics.statistics import sd
+from latentfuse.model.metrics.structural_similarity import ssim
+from latentfuse.model.metrics.visual_information import vif, vif_sb
+from latentfuse.model.metrics.xydeas_petrovic import qabf
 
 MetricFn = Callable[..., float]
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.metrics._common import check_convention, fused_channels, prepare
-from model.metrics._matlab import gradient, imfilter_replicate
+from latentfuse.model.metrics._common import check_convention, fused_channels, prepare
+from latentfuse.model.metrics._matlab import gradient, imfilter_replicate
 
 _SOBEL = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])  # fspecial('sobel')
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.metrics._common import check_convention, fused_channels, prepare
+from latentfuse.model.metrics._common import check_convention, fused_channels, prepare
 
 
 def sd(a, b, f, convention: str = "corrected") -> float:

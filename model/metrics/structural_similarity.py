@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.metrics._common import check_convention, gray, per_channel, prepare, require_size
-from model.metrics._matlab import filter2_gaussian
+from latentfuse.model.metrics._common import check_convention, gray, per_channel, prepare, require_size
+from latentfuse.model.metrics._matlab import filter2_gaussian
 
 K1, K2, L = 0.01, 0.03, 255.0
 WINDOW, SIGMA = 11, 1.5

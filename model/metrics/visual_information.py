@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.metrics._common import check_convention, gray, per_channel, prepare, require_size
-from model.metrics._matlab import filter2_gaussian
+from latentfuse.model.metrics._common import check_convention, gray, per_channel, prepare, require_size
+from latentfuse.model.metrics._matlab import filter2_gaussian
 
 VIFF_NOISE = 0.005 * 255.0 * 255.0
 VIFF_C = 1e-7

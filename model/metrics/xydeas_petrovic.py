@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.metrics._common import check_convention, gray, per_channel, prepare
-from model.metrics._matlab import conv2_same
+from latentfuse.model.metrics._common import check_convention, gray, per_channel, prepare
+from latentfuse.model.metrics._matlab import conv2_same
 
 # Model parameters of the reference code (L = 1).
 TG, KG, DG = 0.9994, -15.0, 0.5

@@ -12,5 +12,6 @@
     run.py           config -> components, data, DiT, trainer (what `latentfuse train` runs)
     vae_trainer.py   training and measuring the tiny VAE
     plot.py          loss curves PNG
+    recipe.py        the bundled default's recipe file (configs/recipes/default.toml), read by scripts/train_default.py
     cli.py           `latentfuse train --config FILE [--resume DIR]`
 """

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from model.atomic import atomic_dir, atomic_file
-from model.errors import LatentfuseError
+from latentfuse.model.atomic import atomic_dir, atomic_file
+from latentfuse.model.errors import LatentfuseError
 
 STATE_NAME = "trainer_state.pt"
 DIT_DIR = "dit"
@@ -73,7 +73,7 @@ def resolve(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path):
     """Return (checkpoint dir, MoEDiT with the saved weights, trainer state dict); clear errors otherwise."""
-    from model.dit import MoEDiT
+    from latentfuse.model.dit import MoEDiT
 
     directory = resolve(path)
     state_path = directory / STATE_NAME

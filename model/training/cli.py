@@ -2,7 +2,7 @@
 
     latentfuse train --config configs/tiny_flow.toml
     latentfuse train --config configs/tiny_flow.toml --resume runs/tiny_flow
-    torchrun --nproc_per_node 2 -m runtime.cli train --config configs/paper_flow.toml
+    torchrun --nproc_per_node 2 -m latentfuse.runtime.cli train --config configs/paper_flow.toml
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from model.training.config import TrainConfig
-    from model.training.run import run_training
+    from latentfuse.model.training.config import TrainConfig
+    from latentfuse.model.training.run import run_training
 
     cfg = TrainConfig.load(args.config)
     changes = {}

@@ -22,8 +22,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.errors import LatentfuseError
-from model.work_scale import check_work_scale
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.work_scale import check_work_scale
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -116,6 +116,36 @@ SECTIONS = {
 }
 
 
+def read_config_file(path: str | Path, what: str) -> dict:
+    """The mapping in a ``.toml``, ``.yaml`` / ``.yml`` or ``.json`` file; a LatentfuseError naming ``what`` and
+    the file when it is missing, of another format, or not valid."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentfuseError(f"{what} not found: {path}")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise LatentfuseError(f"{what} {path}: unsupported format {suffix!r} (use .toml, .yaml or .json)")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise LatentfuseError(f"{what} {path} is not valid {suffix[1:].upper()}: {err}") from None
+    except Exception as err:  # yaml.YAMLError without importing yaml at module level
+        if type(err).__module__.startswith("yaml"):
+            raise LatentfuseError(f"{what} {path} is not valid YAML: {err}") from None
+        raise
+    if not isinstance(data, dict):
+        raise LatentfuseError(f"{what} {path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
 @dataclass
 class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
@@ -132,8 +162,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        from model.data.tasks import TASKS
-        from model.flow import TIMESTEP_SCHEMES, check_prior
+        from latentfuse.model.data.tasks import TASKS
+        from latentfuse.model.flow import TIMESTEP_SCHEMES, check_prior
 
         problems = []
         if self.run.precision not in PRECISIONS:
@@ -221,27 +251,7 @@ class TrainConfig:
     def load(cls, path: str | Path) -> "TrainConfig":
         """Read a ``.toml`` or ``.yaml`` / ``.yml`` (or ``.json``) training config."""
         path = Path(path)
-        if not path.is_file():
-            raise LatentfuseError(f"training config not found: {path}")
-        text = path.read_text()
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".toml":
-                data = tomllib.loads(text)
-            elif suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            elif suffix == ".json":
-                data = json.loads(text)
-            else:
-                raise LatentfuseError(f"{path}: unsupported config format {suffix!r} (use .toml, .yaml or .json)")
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-            raise LatentfuseError(f"{path} is not valid {suffix[1:].upper()}: {err}") from None
-        except Exception as err:  # yaml.YAMLError without importing yaml at module level
-            if type(err).__module__.startswith("yaml"):
-                raise LatentfuseError(f"{path} is not valid YAML: {err}") from None
-            raise
+        data = read_config_file(path, "training config")
         return cls.from_dict(data, source=str(path))
 
     def replace(self, **sections: dict) -> "TrainConfig":

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.atomic import atomic_file
-from model.errors import LatentfuseError
-from model.work_scale import check_work_scale, upscale
+from latentfuse.model.atomic import atomic_file
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.work_scale import check_work_scale, upscale
 
 CACHE_FORMAT = 2  # 2: + x_gt
 MANIFEST_NAMES = ("manifest.jsonl", "train.jsonl", "index.jsonl")
@@ -198,7 +198,7 @@ def crop_offsets(h: int, w: int, size: int, count: int) -> list[tuple[int, int]]
 def _load_rgb(path: Path, size: int, work_scale: int = 1, index: int = 0, count: int = 1) -> np.ndarray:
     """Crop ``index`` of ``count`` (:func:`crop_offsets`; 1: the centre one) of an image enlarged
     ``work_scale`` times (as a pipeline enlarges it)."""
-    from model.image_io import read_image
+    from latentfuse.model.image_io import read_image
 
     img = np.asarray(read_image(path), dtype=np.float32)  # float [0, 1]
     if img.ndim == 2:
@@ -208,7 +208,7 @@ def _load_rgb(path: Path, size: int, work_scale: int = 1, index: int = 0, count:
 
 def read_training_manifest(path: Path) -> list[dict]:
     """:func:`read_manifest` for a training step: a record of a held-out scene (``"split": "heldout"``,
-    :mod:`model.data.split`) is refused, so no training step ever reads one."""
+    :mod:`latentfuse.model.data.split`) is refused, so no training step ever reads one."""
     records = read_manifest(path)
     for lineno, rec in enumerate(records, 1):
         if rec.get("split") == "heldout":
@@ -247,7 +247,7 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
     larger than the crop is seen."""
     from tqdm import tqdm
 
-    from model.vae import to_vae_input
+    from latentfuse.model.vae import to_vae_input
 
     work_scale = check_work_scale(work_scale, "work_scale")
     keep_tasks = tuple(tasks) if tasks else None
@@ -275,7 +275,7 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
             if not p.is_file():
                 raise LatentfuseError(f"the manifest under {root} references a missing image: {p}")
     if crops_per_tuple > 1:  # one row per crop: (row..., crop index in the grid, grid size)
-        from model.image_io import read_image
+        from latentfuse.model.image_io import read_image
 
         expanded = []
         for row in rows:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from model.atomic import atomic_file
+from latentfuse.model.atomic import atomic_file
 
 TERMS = ("loss", "main", "aux", "label", "balance", "ewc")
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from model.errors import LatentfuseError
-from model.training.config import TrainConfig
-from model.training.data import LatentDataset, build_latent_cache, find_manifests
-from model.training.trainer import DistInfo, Trainer, init_distributed, resolve_device
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.training.config import TrainConfig
+from latentfuse.model.training.data import LatentDataset, build_latent_cache, find_manifests
+from latentfuse.model.training.trainer import DistInfo, Trainer, init_distributed, resolve_device
 
 
 def load_frozen_components(cfg: TrainConfig):
     """(VAE, text encoder) from ``model.components`` or, if empty, random ones of ``model.preset``."""
-    from model.text_encoder import PromptEncoder
-    from model.vae import LatentVAE
+    from latentfuse.model.text_encoder import PromptEncoder
+    from latentfuse.model.vae import LatentVAE
 
     if cfg.model.components:
         root = Path(cfg.model.components)
@@ -40,7 +40,7 @@ def load_frozen_components(cfg: TrainConfig):
 
 def _check_work_scale_matches(cfg: TrainConfig, root: Path) -> None:
     """A DiT trained for a model directory must see latents at that model's working scale."""
-    from model.components import INDEX_NAME, read_index
+    from latentfuse.model.components import INDEX_NAME, read_index
 
     if not (root / INDEX_NAME).is_file():
         return  # a bare vae/ + text_encoder/ folder: nothing says how its pipeline scales images
@@ -53,8 +53,8 @@ def _check_work_scale_matches(cfg: TrainConfig, root: Path) -> None:
 
 
 def build_dit(cfg: TrainConfig, text_dim: int, latent_channels: int):
-    from model.config import DiTConfig
-    from model.dit import MoEDiT
+    from latentfuse.model.config import DiTConfig
+    from latentfuse.model.dit import MoEDiT
 
     if cfg.model.init_from:
         dit = MoEDiT.from_pretrained(cfg.model.init_from)

@@ -30,16 +30,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model import flow as fm
-from model.errors import LatentfuseError
-from model.training import checkpoint as ckpt
-from model.training.config import TrainConfig
-from model.training.data import LatentDataset
-from model.training.ema import EMA
-from model.training.ewc import EWC, accumulate_squared_grads, fisher_accumulator
-from model.training.losses import aux_fusion_loss, flow_inputs, label_loss, mse
-from model.training.optim import build_optimizer, build_scheduler
-from model.training.replay import ReservoirBuffer
+from latentfuse.model import flow as fm
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.training import checkpoint as ckpt
+from latentfuse.model.training.config import TrainConfig
+from latentfuse.model.training.data import LatentDataset
+from latentfuse.model.training.ema import EMA
+from latentfuse.model.training.ewc import EWC, accumulate_squared_grads, fisher_accumulator
+from latentfuse.model.training.losses import aux_fusion_loss, flow_inputs, label_loss, mse
+from latentfuse.model.training.optim import build_optimizer, build_scheduler
+from latentfuse.model.training.replay import ReservoirBuffer
 
 LOG_COLUMNS = ("step", "task", "lr", "loss", "main", "aux", "label", "balance", "ewc", "grad_norm", "samples_per_s")
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: decorrelates neighbouring seeds
@@ -370,7 +370,7 @@ class Trainer:
         bar.close()
         self.save_checkpoint()
         if self.dist.is_main and cfg.run.plot and self.step >= cfg.optim.steps:
-            from model.training.plot import plot_log
+            from latentfuse.model.training.plot import plot_log
 
             plot_log(self.log_path, self.output_dir / "loss_curves.png")
         return self.history

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.errors import LatentfuseError
-from model.training.losses import image_gradients
-from model.training.optim import build_optimizer, build_scheduler
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.training.losses import image_gradients
+from latentfuse.model.training.optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -53,11 +53,11 @@ class VAETrainConfig:
 
 def load_images(paths=(), natural: bool = True, limit: int = 0) -> list[np.ndarray]:
     """float32 [0, 1] RGB images: the scikit-image photographs and/or image files."""
-    from model.image_io import read_image
+    from latentfuse.model.image_io import read_image
 
     images = []
     if natural:
-        from model.data.synth import NATURAL_IMAGES, load_natural_image
+        from latentfuse.model.data.synth import NATURAL_IMAGES, load_natural_image
 
         for name in NATURAL_IMAGES:
             images.append(_rgb(load_natural_image(name)))
@@ -120,7 +120,7 @@ def train_vae(vae, images: list[np.ndarray], cfg: VAETrainConfig, log_path: str 
     """Train ``vae`` (a LatentVAE) in place; returns the per-step log."""
     from tqdm import tqdm
 
-    from model.training.config import OptimSection
+    from latentfuse.model.training.config import OptimSection
 
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -160,7 +160,7 @@ def train_vae(vae, images: list[np.ndarray], cfg: VAETrainConfig, log_path: str 
 def _write_csv(rows: list[dict], path: Path) -> None:
     import csv
 
-    from model.atomic import atomic_file
+    from latentfuse.model.atomic import atomic_file
 
     with atomic_file(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

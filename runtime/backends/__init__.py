@@ -4,9 +4,9 @@
     onnxruntime  the bundle's ONNX graphs; CPU, or the CUDA / TensorRT execution providers of onnxruntime-gpu
     tensorrt     the bundle's TensorRT engines (``latentfuse build-engines``); needs tensorrt + a CUDA GPU
 
-All implement :class:`runtime.backends.base.Backend`. Modules are imported lazily, so a missing
+All implement :class:`latentfuse.runtime.backends.base.Backend`. Modules are imported lazily, so a missing
 optional dependency only matters for the backend that needs it, and then as one
-:class:`model.errors.MissingDependencyError` line that says what to install.
+:class:`latentfuse.model.errors.MissingDependencyError` line that says what to install.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from model.errors import LatentfuseError
-from runtime.backends.base import Backend
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.backends.base import Backend
 
 # name -> (module, class, what it loads from)
 BACKENDS: dict[str, tuple[str, str, str]] = {
-    "torch": ("runtime.backends.torch_backend", "TorchBackend", "checkpoint"),
-    "onnxruntime": ("runtime.backends.onnxruntime_backend", "OnnxRuntimeBackend", "bundle"),
-    "tensorrt": ("runtime.backends.tensorrt_backend", "TensorRTBackend", "bundle"),
+    "torch": ("latentfuse.runtime.backends.torch_backend", "TorchBackend", "checkpoint"),
+    "onnxruntime": ("latentfuse.runtime.backends.onnxruntime_backend", "OnnxRuntimeBackend", "bundle"),
+    "tensorrt": ("latentfuse.runtime.backends.tensorrt_backend", "TensorRTBackend", "bundle"),
 }
 
 
@@ -48,7 +48,7 @@ def get_backend(name: str, *, bundle: str | Path | None = None, checkpoint: str 
     """Construct backend ``name``.
 
     ``torch`` takes ``checkpoint`` (a model directory) or ready ``components``
-    (:class:`model.components.FusionComponents`); ``onnxruntime`` and ``tensorrt`` take ``bundle``.
+    (:class:`latentfuse.model.components.FusionComponents`); ``onnxruntime`` and ``tensorrt`` take ``bundle``.
     ``options`` go to the backend class (e.g. ``compile=True`` for torch, ``providers=[...]`` /
     ``fp16=True`` for onnxruntime, ``cuda_graph=False`` for tensorrt).
     """

@@ -1,9 +1,9 @@
 """The one small interface every inference backend implements.
 
 A backend runs the four deployed graphs (docs/design.md "Data flow") and nothing else: padding, image
-I/O, the prompt cache, the noise and the sampler loop stay in :mod:`runtime.pipeline` and
-:mod:`runtime.samplers`, shared by every backend. Everything crosses this interface as host numpy
-arrays (float32, NCHW), so the seeded host-side noise (:mod:`runtime.noise`) and the sampler
+I/O, the prompt cache, the noise and the sampler loop stay in :mod:`latentfuse.runtime.pipeline` and
+:mod:`latentfuse.runtime.samplers`, shared by every backend. Everything crosses this interface as host numpy
+arrays (float32, NCHW), so the seeded host-side noise (:mod:`latentfuse.runtime.noise`) and the sampler
 arithmetic are bit-identical whichever backend runs the networks; only the network outputs differ
 (within the tolerance of the backend's precision).
 
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 
 class Backend(abc.ABC):
@@ -81,7 +81,7 @@ class Backend(abc.ABC):
         return 0
 
     def sampler_defaults(self) -> dict:
-        """The model's own sampler settings in :class:`runtime.pipeline.Pipeline`'s terms (``prior`` /
+        """The model's own sampler settings in :class:`latentfuse.runtime.pipeline.Pipeline`'s terms (``prior`` /
         ``prior_sigma`` of its flow DiT, a bundle's sampler section); an explicit argument wins."""
         return {}
 

@@ -1,9 +1,9 @@
 """What the bundle-based backends and the pipeline read from a deployment bundle, and the code those
-backends share (:class:`BundleBackend`: the five calls of :class:`~runtime.backends.base.Backend` as graph
+backends share (:class:`BundleBackend`: the five calls of :class:`~latentfuse.runtime.backends.base.Backend` as graph
 runs with feeds found by role; a backend supplies ``_run``).
 
-:class:`export.bundle.Bundle` is the reader (the manifest is the one source of truth, shared with the
-C++ host; graph input names are those of the graph specs in :mod:`export.graphs`). This subclass adds
+:class:`latentfuse.export.bundle.Bundle` is the reader (the manifest is the one source of truth, shared with the
+C++ host; graph input names are those of the graph specs in :mod:`latentfuse.export.graphs`). This subclass adds
 the runtime's questions: tokenize a prompt with the bundle's sentencepiece model, the prompt cache
 keyed by prompt text, the largest image the bundle supports, the engines built for this TensorRT
 version and GPU, and the sampler defaults in the pipeline's terms.
@@ -18,10 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from model.geometry import HEADS
-from runtime.backends.base import Backend, as_f32
-from runtime.manifest import MANIFEST_NAME, Bundle
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import HEADS
+from latentfuse.runtime.backends.base import Backend, as_f32
+from latentfuse.runtime.manifest import MANIFEST_NAME, Bundle
 
 
 class RuntimeBundle(Bundle):
@@ -29,7 +29,7 @@ class RuntimeBundle(Bundle):
     @functools.cached_property
     def _tokenizer(self):
         """The bundle's sentencepiece model (the same file the C++ host tokenizes with)."""
-        from model.text_encoder import SpieceTokenizer
+        from latentfuse.model.text_encoder import SpieceTokenizer
 
         if not self.tokenizer_path.is_file():
             raise LatentfuseError(f"{self.root}: tokenizer file {self.tokenizer_path.name} is missing")
@@ -55,21 +55,21 @@ class RuntimeBundle(Bundle):
 
     def work_scale(self) -> int:
         """The working scale of the exported model (``model.work_scale``; 1 in bundles that predate it)."""
-        from model.work_scale import check_work_scale
+        from latentfuse.model.work_scale import check_work_scale
 
         value = (self.manifest.get("latent") or {}).get("work_scale", 1)
         return check_work_scale(value, f"{self.root}/manifest.json latent.work_scale")
 
     def window(self) -> int:
         """The window of the exported model (``model.work_scale``; 0, whole images, when absent)."""
-        from model.work_scale import check_window
+        from latentfuse.model.work_scale import check_window
 
         value = (self.manifest.get("latent") or {}).get("window", 0)
         return check_window(value, f"{self.root}/manifest.json latent.window")
 
     def detail_settings(self):
         """The model's detail path (manifest ``detail``, ``model.detail.DetailSettings``); None when absent."""
-        from model.detail import DetailSettings
+        from latentfuse.model.detail import DetailSettings
 
         section = self.manifest.get("detail")
         return None if section is None else DetailSettings.from_dict(section, f"{self.root}/manifest.json detail")
@@ -103,7 +103,7 @@ class RuntimeBundle(Bundle):
 
     # ------------------------------------------------------------------ sampler
     def sampler_defaults(self) -> dict:
-        """The manifest's sampler section in :class:`runtime.pipeline.Pipeline`'s terms."""
+        """The manifest's sampler section in :class:`latentfuse.runtime.pipeline.Pipeline`'s terms."""
         s = self.sampler
         out = {}
         if s.get("name"):

@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError, MissingDependencyError
-from runtime.backends import bundle as bundle_io
+from latentfuse.model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.runtime.backends import bundle as bundle_io
 
 # ONNX Runtime's type strings -> numpy dtypes
 _ORT_TYPES = {

@@ -26,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 
-from model.errors import LatentfuseError, MissingDependencyError
-from runtime.backends import bundle as bundle_io
+from latentfuse.model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.runtime.backends import bundle as bundle_io
 
 
 def import_tensorrt(purpose: str = "the tensorrt backend"):

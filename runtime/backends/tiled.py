@@ -1,6 +1,6 @@
 """Windows: the DiT in the model's window, batched; the VAE on whole images, tiled only over a graph limit.
 
-A wrapper with the :class:`~runtime.backends.base.Backend` interface, so the pipeline and the samplers
+A wrapper with the :class:`~latentfuse.runtime.backends.base.Backend` interface, so the pipeline and the samplers
 run unchanged. It splits the two kinds of work differently:
 
 * **DiT** (velocity / regression): the model's window (``model.work_scale``: the crop its DiT was
@@ -29,9 +29,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from model.geometry import LATENT_FACTOR, PIXEL_MULTIPLE
-from runtime.backends.base import Backend, WrappedBackend
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.geometry import LATENT_FACTOR, PIXEL_MULTIPLE
+from latentfuse.runtime.backends.base import Backend, WrappedBackend
 
 GRID = PIXEL_MULTIPLE  # pixels per DiT patch (8 x 2): window starts and sizes are multiples of this
 VAE_OVERLAP = 128    # pixels shared by neighbouring VAE tiles (receptive field; seam error measured in tests)

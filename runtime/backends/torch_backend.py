@@ -1,8 +1,8 @@
 """The reference backend: the PyTorch modules of a model directory, eager (optionally torch.compile'd).
 
-Loads :class:`model.components.FusionComponents` (``--checkpoint DIR``: VAE, T5 prompt encoder and
+Loads :class:`latentfuse.model.components.FusionComponents` (``--checkpoint DIR``: VAE, T5 prompt encoder and
 the flow / regression MoE-DiTs) and runs each on the host arrays of the
-:class:`~runtime.backends.base.Backend` interface. It is what the exported graphs are verified
+:class:`~latentfuse.runtime.backends.base.Backend` interface. It is what the exported graphs are verified
 against, so it does nothing the graphs do not: the VAE graphs are ``LatentVAE.encode_graph`` /
 ``decode_graph``, the DiT is ``MoEDiT.forward``.
 
@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from model.errors import LatentfuseError
-from runtime.backends.base import Backend, as_f32
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.backends.base import Backend, as_f32
 
 
 def quiet_loaders() -> None:
@@ -76,7 +76,7 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, **options) -> "TorchBackend":
-        from model.components import FusionComponents
+        from latentfuse.model.components import FusionComponents
 
         quiet_loaders()
         return cls(FusionComponents.from_pretrained(directory), source=str(directory), **options)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.budget import Call, plan_calls, project_from_rate, project_own
+from latentfuse.bench.budget import Call, plan_calls, project_from_rate, project_own
 
 
 def test_plan_gives_everything_when_the_budget_is_ample():

@@ -1,6 +1,6 @@
 import pytest
 
-from runtime.cli import build_parser, main
+from latentfuse.runtime.cli import build_parser, main
 
 
 def test_bench_is_registered_with_its_options():

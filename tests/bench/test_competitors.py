@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from bench.densefuse import DenseFuse
-from bench.nafnet import NAFNet
-from bench.pixel_dit import dit_param_count, pixel_dit_config
-from model.config import DiTConfig
+from latentfuse.bench.densefuse import DenseFuse
+from latentfuse.bench.nafnet import NAFNet
+from latentfuse.bench.pixel_dit import dit_param_count, pixel_dit_config
+from latentfuse.model.config import DiTConfig
 
 
 def n_params(m):

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.densefuse import DenseFuse
-from bench.flops import dense_moe, fit_exponent, forward_cost, matmul_peak_flops
-from bench.nafnet import NAFNet
-from model.config import DiTConfig
-from model.dit import MoEDiT
+from latentfuse.bench.densefuse import DenseFuse
+from latentfuse.bench.flops import dense_moe, fit_exponent, forward_cost, matmul_peak_flops
+from latentfuse.bench.nafnet import NAFNet
+from latentfuse.model.config import DiTConfig
+from latentfuse.model.dit import MoEDiT
 
 
 def test_densefuse_flops_match_hand_count_and_scale_with_pixels():

@@ -6,9 +6,9 @@ import importlib.util
 import pytest
 import torch
 
-from bench.pipelines import Unavailable
-from bench.sweep import SweepConfig, build_pipelines
-from model.errors import LatentfuseError
+from latentfuse.bench.pipelines import Unavailable
+from latentfuse.bench.sweep import SweepConfig, build_pipelines
+from latentfuse.model.errors import LatentfuseError
 
 
 def test_int8_is_a_bench_precision_with_its_own_bundle_flag(tmp_path):
@@ -21,7 +21,7 @@ def test_int8_is_a_bench_precision_with_its_own_bundle_flag(tmp_path):
 
 
 def test_torch_backend_has_no_int8_path():
-    from model.components import FusionComponents
+    from latentfuse.model.components import FusionComponents
 
     comps = FusionComponents.from_preset("tiny", seed=0)
     rows = build_pipelines(SweepConfig(backends=("torch",), precisions=("int8",), progress=False), comps,
@@ -35,10 +35,10 @@ def test_torch_backend_has_no_int8_path():
                     reason="nvidia-modelopt is not installed (pip install 'latentfuse[quant]')")
 def test_int8_and_fp32_bundles_in_one_sweep(tmp_path):
     """Both precisions of a tiny model on ONNX Runtime, timed in one run with per-stage times."""
-    from bench.sweep import run_sweep
-    from export.bundle import export_bundle
-    from export.quantize import QuantOptions
-    from model.components import FusionComponents
+    from latentfuse.bench.sweep import run_sweep
+    from latentfuse.export.bundle import export_bundle
+    from latentfuse.export.quantize import QuantOptions
+    from latentfuse.model.components import FusionComponents
 
     comps = FusionComponents.from_preset("tiny", seed=0)
     model_dir = comps.save_pretrained(tmp_path / "model")

@@ -1,6 +1,6 @@
 import torch
 
-from bench.memory import PeakMemory, rss_bytes
+from latentfuse.bench.memory import PeakMemory, rss_bytes
 
 
 def test_cpu_peak_memory_sees_a_large_temporary():

@@ -2,10 +2,10 @@
 
 import pytest
 
-from bench.analysis import finish_row, summary
-from bench.pipelines import Analytic, BenchPipeline, Unavailable
-from bench.plan import (ANY_PRESET, BudgetInputs, FirstCall, MemoryBudget, SweepConfig, over_budget_reason,
-                        plan_budget, plan_sizes, planned_calls, sweep_shapes)
+from latentfuse.bench.analysis import finish_row, summary
+from latentfuse.bench.pipelines import Analytic, BenchPipeline, Unavailable
+from latentfuse.bench.plan import (ANY_PRESET, BudgetInputs, FirstCall, MemoryBudget, SweepConfig, over_budget_reason,
+                                   plan_budget, plan_sizes, planned_calls, sweep_shapes)
 
 
 class Sized(BenchPipeline):

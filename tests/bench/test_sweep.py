@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-import bench.sweep as sweep_mod
-from bench.pipelines import Analytic, BenchPipeline, Unavailable
-from bench.report import markdown, write_report
-from bench.sweep import SweepConfig, fits, image_size, parse_aspect, run_sweep, speedups
-from model.errors import LatentfuseError
+import latentfuse.bench.sweep as sweep_mod
+from latentfuse.bench.pipelines import Analytic, BenchPipeline, Unavailable
+from latentfuse.bench.report import markdown, write_report
+from latentfuse.bench.sweep import SweepConfig, fits, image_size, parse_aspect, run_sweep, speedups
+from latentfuse.model.errors import LatentfuseError
 
 PIPELINES = ("latent-reg", "latent-flow-reuse5", "latent-euler2", "nafnet+densefuse", "pixel-dit-reg",
              "pixel-dit-flow-reuse5")
@@ -159,7 +159,7 @@ def test_analytic_only_times_nothing(monkeypatch):
 def test_non_torch_backends_without_a_usable_bundle_are_unavailable(tmp_path):
     import torch
 
-    from bench.sweep import build_pipelines
+    from latentfuse.bench.sweep import build_pipelines
 
     cfg = SweepConfig(backends=("onnxruntime", "tensorrt"), precisions=("fp32", "fp16"),
                       bundle=str(tmp_path / "missing"), progress=False)
@@ -174,7 +174,7 @@ def test_non_torch_backends_without_a_usable_bundle_are_unavailable(tmp_path):
 def test_unknown_pipeline_names_are_an_error():
     import torch
 
-    from bench.sweep import build_pipelines
+    from latentfuse.bench.sweep import build_pipelines
 
     with pytest.raises(LatentfuseError, match="latent-euler25"):
         build_pipelines(SweepConfig(pipelines=("latent-euler7",), backends=("onnxruntime",)), None,
@@ -217,7 +217,7 @@ class Costed(Fake):
 
 
 def _exact_rate(monkeypatch, clock):
-    from bench.budget import FIRST_CALL_EFFICIENCY
+    from latentfuse.bench.budget import FIRST_CALL_EFFICIENCY
 
     monkeypatch.setattr(sweep_mod, "_clock", clock)
     # FIRST_CALL_EFFICIENCY x peak = 1e4 FLOP/s: the projection before any measurement is exact

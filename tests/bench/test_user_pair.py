@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 
 def test_parse_size_is_width_by_height_with_clear_errors():
-    from bench.user_pair import parse_size
+    from latentfuse.bench.user_pair import parse_size
 
     assert parse_size("640x480") == (480, 640)
     with pytest.raises(LatentfuseError, match="WIDTHxHEIGHT"):
@@ -20,8 +20,8 @@ def test_parse_size_is_width_by_height_with_clear_errors():
 
 
 def test_user_pair_rows_time_every_stage_and_are_written(tmp_path):
-    from bench.user_pair import run_user_pair, sample_pair, write_user_pair
-    from model.components import FusionComponents
+    from latentfuse.bench.user_pair import run_user_pair, sample_pair, write_user_pair
+    from latentfuse.model.components import FusionComponents
 
     model_dir = FusionComponents.from_preset("tiny", seed=0).save_pretrained(tmp_path / "model")
     a, b = sample_pair((48, 64))

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from calibration.plan import load_plan
+from latentfuse.calibration.plan import load_plan
 
 pytestmark = pytest.mark.slow
 
@@ -15,12 +15,12 @@ def tiny_bundle(tmp_path_factory):
     """An FP32 bundle of the tiny preset (1-block DiTs with perturbed zero-init gates), TorchScript export."""
     import torch
 
-    from export.bundle import export_bundle
-    from model.components import FusionComponents
-    from model.config import DiTConfig
-    from model.dit import MoEDiT
-    from model.text_encoder import PromptEncoder
-    from model.vae import LatentVAE
+    from latentfuse.export.bundle import export_bundle
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.model.config import DiTConfig
+    from latentfuse.model.dit import MoEDiT
+    from latentfuse.model.text_encoder import PromptEncoder
+    from latentfuse.model.vae import LatentVAE
 
     torch.manual_seed(0)
     vae, text = LatentVAE.from_preset("tiny").eval(), PromptEncoder.from_preset("tiny").eval()
@@ -47,7 +47,7 @@ def cli_plan(tiny_bundle, tmp_path_factory):
     import contextlib
     import io
 
-    from runtime.cli import main
+    from latentfuse.runtime.cli import main
 
     out = tmp_path_factory.mktemp("plan") / "plan.json"
     table = io.StringIO()
@@ -81,7 +81,7 @@ def test_calibrate_cli_writes_a_measured_plan(tiny_bundle, cli_plan):
 def test_plan_converts_the_bundle_graphs(tiny_bundle, cli_plan, tmp_path):
     import onnx
 
-    from export.fp16 import convert_bundle_graph
+    from latentfuse.export.fp16 import convert_bundle_graph
 
     plan, _ = cli_plan
     for name in ("text_encoder", "dit_flow"):
@@ -95,7 +95,7 @@ def test_plan_converts_the_bundle_graphs(tiny_bundle, cli_plan, tmp_path):
 
 
 def test_build_engines_dry_run_on_a_real_manifest(tiny_bundle, capsys):
-    from runtime.cli import main
+    from latentfuse.runtime.cli import main
 
     assert main(["build-engines", str(tiny_bundle), "--dry-run",
                  "--profile", "dit_flow=64x64:256x256:512x512"]) == 0

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from calibration.dataset import calibration_prompts, calibration_samples, describe, to_graph_image
-from model.errors import LatentfuseError
+from latentfuse.calibration.dataset import calibration_prompts, calibration_samples, describe, to_graph_image
+from latentfuse.model.errors import LatentfuseError
 
 
 def test_calibration_set_spans_what_deployment_sees():
@@ -20,7 +20,7 @@ def test_calibration_set_spans_what_deployment_sees():
     again = calibration_samples(9, seed=3, long_sides=(64, 96, 128))
     assert all(np.array_equal(a.image_a, b.image_a) and a.prompt == b.prompt for a, b in zip(samples, again))
     prompts = calibration_prompts(samples)
-    from model.data.prompts import canonical_prompts
+    from latentfuse.model.data.prompts import canonical_prompts
 
     assert set(canonical_prompts().values()) <= set(prompts) and {s.prompt for s in samples} <= set(prompts)
     info = describe(samples, prompts)

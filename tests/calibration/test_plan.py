@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.plan import PLAN_FORMAT, Thresholds, load_plan, make_plan, plan_graph, save_plan
-from export.fp16 import compare, convert_model
-from model.errors import LatentfuseError
+from latentfuse.calibration.plan import PLAN_FORMAT, Thresholds, load_plan, make_plan, plan_graph, save_plan
+from latentfuse.export.fp16 import compare, convert_model
+from latentfuse.model.errors import LatentfuseError
 
 F = TensorProto.FLOAT
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.ranges import FP16_FLUSH, FP16_MIN_NORMAL, TensorRange, measure_ranges
-from model.errors import LatentfuseError
+from latentfuse.calibration.ranges import FP16_FLUSH, FP16_MIN_NORMAL, TensorRange, measure_ranges
+from latentfuse.model.errors import LatentfuseError
 
 
 def known_model(make_model):

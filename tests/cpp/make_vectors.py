@@ -4,28 +4,28 @@
 
 Each file is produced by the Python runtime itself, so C++ is compared with the code it mirrors:
 
-* ``samplers.json``: every sampler of :mod:`runtime.samplers` on an affine, time-dependent velocity
+* ``samplers.json``: every sampler of :mod:`latentfuse.runtime.samplers` on an affine, time-dependent velocity
   field ``v(z, t) = a·z + b·t + c`` (float32, element-wise), Gaussian and source priors, plus the
-  initial latent of :func:`runtime.samplers.initial_latent`.
+  initial latent of :func:`latentfuse.runtime.samplers.initial_latent`.
 * ``tokenizer.json``: ``model.text_encoder.SpieceTokenizer.ids`` (sentencepiece ids + EOS 1) of the
   shipped tokenizer ``model/assets/tokenizer/spiece.model`` on assorted prompts.
-* ``padding.json``: :func:`runtime.pipeline.pad_to_size` (numpy reflect / edge padding) at the sizes
-  :func:`runtime.pipeline._padded` picks, including pads longer than the image side; under ``resample``
-  the working-scale resampling (:func:`model.work_scale.upscale` / :func:`~model.work_scale.downscale`)
+* ``padding.json``: :func:`latentfuse.runtime.pipeline.pad_to_size` (numpy reflect / edge padding) at the sizes
+  :func:`latentfuse.runtime.pipeline._padded` picks, including pads longer than the image side; under ``resample``
+  the working-scale resampling (:func:`latentfuse.model.work_scale.upscale` / :func:`~latentfuse.model.work_scale.downscale`)
   of small gray and RGB images at k = 2 and 3.
-* ``tiling.json``: :func:`runtime.backends.tiled.window_starts` and ``ramp``, whole calls of
-  :class:`runtime.backends.tiled.TiledBackend` (DiT windows batched whole, chunked to ``max_batch`` and
+* ``tiling.json``: :func:`latentfuse.runtime.backends.tiled.window_starts` and ``ramp``, whole calls of
+  :class:`latentfuse.runtime.backends.tiled.TiledBackend` (DiT windows batched whole, chunked to ``max_batch`` and
   one per call; VAE whole or in tiles) over a stand-in backend whose graphs are *not* local (every
   output row depends on the mean of its own window, see :class:`WindowMeanBackend`), with the number of
   calls and the rows of every DiT call, so the vectors pin down the windows, their batching, the unit
-  conversions and the blending, not only a shape; and :meth:`runtime.pipeline.Pipeline.plan_windows`
+  conversions and the blending, not only a shape; and :meth:`latentfuse.runtime.pipeline.Pipeline.plan_windows`
   (DiT window and VAE tile) for assorted sizes, limits, model windows and ``--tile`` values.
-* ``detail.json``: the detail path of :mod:`model.detail`: :func:`~model.detail.restore_detail` on small
+* ``detail.json``: the detail path of :mod:`latentfuse.model.detail`: :func:`~latentfuse.model.detail.restore_detail` on small
   deterministic images (7x9, 13x16, 24x20; RGB, gray and VIF-style RGB + gray sources, identical sources
   for the argmax ties) under configs covering non-integer sigma, a gaussian wider than the image, radius
   0, box windows wider than the image, ``fused_candidate`` both ways, ``noise_k`` 0 and > 0, gain != 1
-  and clipping; the filters it uses (:func:`model.data.filters.gaussian` / ``box_filter``), ``luma`` and
-  :func:`~model.detail.noise_sigma` (odd and even counts); and :class:`~model.detail.DetailSettings`
+  and clipping; the filters it uses (:func:`latentfuse.model.data.filters.gaussian` / ``box_filter``), ``luma`` and
+  :func:`~latentfuse.model.detail.noise_sigma` (odd and even counts); and :class:`~latentfuse.model.detail.DetailSettings`
   (``from_dict`` of a manifest section, ``mode_for`` and ``config_for`` on assorted prompts).
 
 ``tests/cpp/test_vectors.py`` fails when a committed file no longer matches what this script writes.
@@ -53,8 +53,8 @@ def _short(x) -> list[float]:
 
 
 def sampler_vectors() -> dict:
-    from runtime import samplers
-    from model import flow
+    from latentfuse.runtime import samplers
+    from latentfuse.model import flow
 
     rng = np.random.default_rng(1234)
     shape = (1, 2, 3, 4)
@@ -99,7 +99,7 @@ PROMPTS = [
 
 
 def tokenizer_vectors() -> dict:
-    from model.text_encoder import SpieceTokenizer
+    from latentfuse.model.text_encoder import SpieceTokenizer
 
     tok = SpieceTokenizer.from_file(TOKENIZER)
     return {"generator": "tests/cpp/make_vectors.py (model.text_encoder.SpieceTokenizer.ids)",
@@ -108,7 +108,7 @@ def tokenizer_vectors() -> dict:
 
 
 def padding_vectors() -> dict:
-    from runtime.pipeline import _padded, pad_to_size
+    from latentfuse.runtime.pipeline import _padded, pad_to_size
 
     rng = np.random.default_rng(99)
     cases = []
@@ -118,7 +118,7 @@ def padding_vectors() -> dict:
         out = pad_to_size(img, ph, pw)
         cases.append({"height": h, "width": w, "channels": c, "minimum": minimum, "padded_height": ph,
                       "padded_width": pw, "image": _floats(img), "padded": _floats(out)})
-    from model.work_scale import downscale, upscale
+    from latentfuse.model.work_scale import downscale, upscale
 
     resample = []
     for h, w, c, k in ((5, 7, 1, 2), (4, 6, 3, 2), (3, 5, 3, 3), (1, 2, 1, 2)):
@@ -184,7 +184,7 @@ PLAN_CASES = (
 def plan_vectors() -> list[dict]:
     from types import SimpleNamespace
 
-    from runtime.pipeline import VAE_MAX_SIDE, Pipeline
+    from latentfuse.runtime.pipeline import VAE_MAX_SIDE, Pipeline
 
     cases = []
     for h, w, limit, window, tile in PLAN_CASES:
@@ -198,7 +198,7 @@ def plan_vectors() -> list[dict]:
 
 
 def tiling_vectors() -> dict:
-    from runtime.backends.tiled import TiledBackend, ramp, window_starts
+    from latentfuse.runtime.backends.tiled import TiledBackend, ramp, window_starts
 
     starts = [{"size": s, "window": w, "overlap": o, "step": st, "starts": window_starts(s, w, o, st)}
               for s, w, o, st in ((80, 32, 16, 16), (144, 64, 32, 16), (10, 4, 2, 2), (18, 8, 8, 2), (32, 64, 16, 16),
@@ -274,7 +274,7 @@ DETAIL_CASES = (
 def detail_images() -> dict[str, np.ndarray]:
     """Small float32 images on a 1/256 grid (short exact decimals): a smooth scene, its two sources with
     their own fine detail (A a texture, B edges) and a blurred fused image, as a VAE leaves it."""
-    from model.data.filters import gaussian
+    from latentfuse.model.data.filters import gaussian
 
     rng = np.random.default_rng(2024)
     images = {}
@@ -303,9 +303,9 @@ def detail_images() -> dict[str, np.ndarray]:
 
 
 def detail_vectors() -> dict:
-    from model.data.color import luma
-    from model.data.filters import box_filter, gaussian
-    from model.detail import DetailConfig, DetailSettings, noise_sigma, restore_detail
+    from latentfuse.model.data.color import luma
+    from latentfuse.model.data.filters import box_filter, gaussian
+    from latentfuse.model.detail import DetailConfig, DetailSettings, noise_sigma, restore_detail
 
     images = detail_images()
     cases = []
@@ -351,7 +351,7 @@ def dumps(obj, indent: str = "") -> str:
 
 
 def write_vectors(directory: Path = VECTORS) -> list[Path]:
-    from model.atomic import atomic_file
+    from latentfuse.model.atomic import atomic_file
 
     written = []
     for name, obj in all_vectors().items():

@@ -1,8 +1,8 @@
 """End to end: the C++ host (runtime/cpp, AOTInductor backend) against the Python pipeline.
 
 A tiny random-weight model (1-block DiTs, working scale 2 like the bundled default) is compiled once
-per session into an AOTInductor bundle (:func:`export.aoti.export_aoti_bundle`); the host fuses a non-square pair (an 8-bit RGB visible
-image, a 16-bit gray infrared one) and its 16-bit PNG must equal :class:`runtime.pipeline.Pipeline`
+per session into an AOTInductor bundle (:func:`latentfuse.export.aoti.export_aoti_bundle`); the host fuses a non-square pair (an 8-bit RGB visible
+image, a 16-bit gray infrared one) and its 16-bit PNG must equal :class:`latentfuse.runtime.pipeline.Pipeline`
 on the same model and seed to PSNR >= 40 dB, in flow mode (the default sampler, canonical prompt from
 the prompt cache) and regression mode (free text through the tokenizer and the text-encoder graph).
 Windows and tiles as in Python (runtime.backends.tiled): a pair over the model's window runs its DiT
@@ -57,9 +57,9 @@ def components():
     that declares a source prior, so the host must take its prior from the manifest."""
     import torch
 
-    from model.components import FusionComponents
-    from model.detail import DetailConfig, DetailSettings
-    from model.dit import MoEDiT
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.model.detail import DetailConfig, DetailSettings
+    from latentfuse.model.dit import MoEDiT
 
     comp = FusionComponents.from_preset("tiny", seed=0)
     comp.work_scale = 2
@@ -78,7 +78,7 @@ def bundle(tmp_path_factory, components):
     if "aoti" not in _built_backends():
         pytest.skip("the C++ host was built without the AOTInductor backend (torch not found by CMake): "
                     "rerun runtime/cpp/build.sh with the project venv")
-    from export.aoti import export_aoti_bundle
+    from latentfuse.export.aoti import export_aoti_bundle
 
     start = time.perf_counter()
     out = export_aoti_bundle(components, tmp_path_factory.mktemp("aoti") / "bundle", progress=False)
@@ -88,7 +88,7 @@ def bundle(tmp_path_factory, components):
 
 def _write_pair(d: Path, h: int, w: int):
     """An 8-bit RGB visible image and a 16-bit gray infrared one, h x w, smooth with a little noise."""
-    from model.image_io import write_image
+    from latentfuse.model.image_io import write_image
 
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
@@ -103,8 +103,8 @@ def pair(tmp_path_factory):
 
 
 def _compare(components, bundle, pair, tmp_path, mode, extra, size=SIZE, **py_kwargs):
-    from model.image_io import read_image
-    from runtime.pipeline import Pipeline
+    from latentfuse.model.image_io import read_image
+    from latentfuse.runtime.pipeline import Pipeline
 
     out = tmp_path / f"{mode}.png"
     start = time.perf_counter()

@@ -32,7 +32,7 @@ def test_committed_vectors_match_the_python_runtime(name):
 
 def test_sampler_vectors_cover_every_sampler_and_both_prior_kinds():
     data = json.loads((_make_vectors().VECTORS / "samplers.json").read_text())
-    from runtime.samplers import SAMPLERS
+    from latentfuse.runtime.samplers import SAMPLERS
 
     covered = {c["sampler"] for c in data["cases"]}
     assert covered == set(SAMPLERS) - {"regression"}

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-import export.onnx as export_onnx
-from export.bundle import Bundle, export_bundle, load_manifest
-from export.verify import DEFAULT_SHAPES
-from model.components import FusionComponents
-from model.config import DiTConfig
-from model.data.prompts import canonical_prompts
-from model.dit import MoEDiT
-from model.errors import LatentfuseError
-from runtime.cli import main
+import latentfuse.export.onnx as export_onnx
+from latentfuse.export.bundle import Bundle, export_bundle, load_manifest
+from latentfuse.export.verify import DEFAULT_SHAPES
+from latentfuse.model.components import FusionComponents
+from latentfuse.model.config import DiTConfig
+from latentfuse.model.data.prompts import canonical_prompts
+from latentfuse.model.dit import MoEDiT
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.cli import main
 
 GRAPHS = ["text_encoder", "vae_encoder", "vae_decoder", "dit_flow", "dit_regression"]
 
@@ -86,8 +86,8 @@ def test_bundle_layout_and_manifest(exported):
 
 
 def test_the_manifest_declares_the_prior_the_flow_dit_was_trained_from():
-    from export.bundle import sampler_section
-    from runtime import samplers
+    from latentfuse.export.bundle import sampler_section
+    from latentfuse.runtime import samplers
 
     comps = FusionComponents.from_preset("tiny", heads=("flow",), seed=0)
     assert sampler_section(comps) == {"name": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS,
@@ -170,8 +170,8 @@ def test_manifest_inputs_and_outputs_carry_roles(exported):
 
 def test_a_manifest_without_roles_still_loads_and_resolves_by_name(exported):
     """Bundles written before roles (format_minor 0): every tensor is found by the names export.graphs gives."""
-    from runtime.backends.bundle import open_bundle
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from latentfuse.runtime.backends.bundle import open_bundle
+    from latentfuse.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     copy = _copy(exported, "no_roles")
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -270,10 +270,10 @@ def test_fp16_call_site_replaces_graph_files(exported, tmp_path):
     """--precision fp16 converts each exported graph through export.fp16 with the calibration plan."""
     import onnx
 
-    from export.bundle import _convert_fp16
-    from export.onnx import ExportedGraph
+    from latentfuse.export.bundle import _convert_fp16
+    from latentfuse.export.onnx import ExportedGraph
 
-    pytest.importorskip("calibration.plan", reason="the precision plan module (calibration/) is not installed")
+    pytest.importorskip("latentfuse.calibration.plan", reason="the precision plan module (calibration/) is not installed")
     for f in ("text_encoder.onnx", "text_encoder.onnx.data"):
         shutil.copy(exported["bundle"] / f, tmp_path / f)
     result = ExportedGraph("text_encoder", tmp_path / "text_encoder.onnx",

@@ -8,13 +8,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from export import checks
-from export.graphs import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, TEXT_LENGTH, WIDTH, DiTSpec, GraphSpec,
-                           Resolution, TensorSpec, graph_specs)
-from export.onnx import export_graph
-from model.config import DiTConfig
-from model.dit import MoEDiT
-from model.errors import LatentfuseError
+from latentfuse.export import checks
+from latentfuse.export.graphs import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, TEXT_LENGTH, WIDTH, DiTSpec, GraphSpec,
+                                      Resolution, TensorSpec, graph_specs)
+from latentfuse.export.onnx import export_graph
+from latentfuse.model.config import DiTConfig
+from latentfuse.model.dit import MoEDiT
+from latentfuse.model.errors import LatentfuseError
 
 
 class ToyDecoder(torch.nn.Module):
@@ -175,7 +175,7 @@ def test_graph_specs_reject_unknown_head():
 
 
 def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
-    import export.onnx as export_onnx
+    import latentfuse.export.onnx as export_onnx
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated torch.export failure\nwith a long trace")
@@ -192,7 +192,7 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
 def test_polygraphy_lint_skips_with_reason_without_graphsurgeon(tmp_path, monkeypatch):
     import importlib.util
 
-    from export.verify import polygraphy_lint
+    from latentfuse.export.verify import polygraphy_lint
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx_graphsurgeon" else real(name, *a))
@@ -203,7 +203,7 @@ def test_polygraphy_lint_skips_with_reason_without_graphsurgeon(tmp_path, monkey
 def test_polygraphy_lint_passes_on_exported_graph(tmp_path):
     import importlib.util
 
-    from export.verify import polygraphy_lint
+    from latentfuse.export.verify import polygraphy_lint
 
     if importlib.util.find_spec("onnx_graphsurgeon") is None:
         pytest.skip("polygraphy check lint needs onnx-graphsurgeon, which is not installed")
@@ -213,7 +213,7 @@ def test_polygraphy_lint_passes_on_exported_graph(tmp_path):
 
 
 def test_parity_detects_a_mismatching_graph(tmp_path):
-    from export.verify import DEFAULT_SHAPES, parity
+    from latentfuse.export.verify import DEFAULT_SHAPES, parity
 
     torch.manual_seed(0)
     model = ToyDecoder().eval()

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export import engines as E
-from model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.export import engines as E
+from latentfuse.model.errors import LatentfuseError, MissingDependencyError
 
 try:
     import tensorrt  # noqa: F401
@@ -174,7 +174,7 @@ def test_onnx_hash_follows_external_weights(tmp_path):
 
 def make_bundle(root):
     """A minimal bundle in the export.bundle format: one toy graph, hashed into 'files'."""
-    from export.bundle import FORMAT, FORMAT_VERSION, record_files, save_manifest
+    from latentfuse.export.bundle import FORMAT, FORMAT_VERSION, record_files, save_manifest
 
     root.mkdir()
     toy_onnx(root / "toy.onnx")
@@ -228,7 +228,7 @@ def test_network_flags_for_trt10_and_trt11():
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_missing_tensorrt_is_a_one_line_error(tmp_path, capsys):
-    from runtime.cli import main
+    from latentfuse.runtime.cli import main
 
     bundle = make_bundle(tmp_path / "b")
     with pytest.raises(MissingDependencyError, match=r"pip install 'latentfuse\[trt\]'"):
@@ -239,7 +239,7 @@ def test_missing_tensorrt_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_cli_dry_run_prints_profiles(tmp_path, capsys):
-    from runtime.cli import main
+    from latentfuse.runtime.cli import main
 
     bundle = make_bundle(tmp_path / "b")
     assert main(["build-engines", str(bundle), "--dry-run", "--profile", "toy=1x16x16:1x16x16:2x16x16"]) == 0
@@ -252,9 +252,9 @@ def test_cli_dry_run_prints_profiles(tmp_path, capsys):
 @pytest.mark.skipif(not HAVE_TRT, reason=NO_TRT)
 def test_real_build_strongly_typed_fp16_engine(tmp_path):
     """Build the toy graph as a mixed-precision FP16 engine, then reuse it from the cache."""
-    from export.fp16 import convert_model
+    from latentfuse.export.fp16 import convert_model
 
-    from export.bundle import record_files
+    from latentfuse.export.bundle import record_files
 
     bundle = make_bundle(tmp_path / "b")
     fp16 = convert_model(onnx.load(str(bundle / "toy.onnx")), {"fp32_nodes": []})

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.plan import plan_graph
-from export.fp16 import compare, convert_bundle_graph, convert_model, drop_cast_round_trips, emulate_fp16_storage
-from model.errors import LatentfuseError
+from latentfuse.calibration.plan import plan_graph
+from latentfuse.export.fp16 import compare, convert_bundle_graph, convert_model, drop_cast_round_trips, emulate_fp16_storage
+from latentfuse.model.errors import LatentfuseError
 
 
 def overflow_model(scale=1e3, width=8):
@@ -103,8 +103,8 @@ def tiny_dit_onnx(tmp_path_factory):
     """A 1-block tiny regression DiT exported with dynamic batch / H / W / prompt length."""
     import torch
 
-    from model.config import DiTConfig
-    from model.dit import MoEDiT
+    from latentfuse.model.config import DiTConfig
+    from latentfuse.model.dit import MoEDiT
 
     torch.manual_seed(0)
     dit = MoEDiT(DiTConfig.from_preset("tiny", head="regression", depth=1)).eval()
@@ -161,7 +161,7 @@ def test_external_data_in_and_out(tiny_dit_onnx, tmp_path):
     src.parent.mkdir()
     onnx.save(model, str(src), save_as_external_data=True, location="dit.onnx.data", size_threshold=0)
     out = tmp_path / "out" / "dit.onnx"
-    from export.fp16 import save_model
+    from latentfuse.export.fp16 import save_model
 
     files = save_model(convert_model(onnx.load(str(src)), {"fp32_nodes": []}), out, external_data=True)
     assert [f.name for f in files] == ["dit.onnx", "dit.onnx.data"]

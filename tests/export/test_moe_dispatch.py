@@ -11,13 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import checks
-from export.graphs import DiTSpec, GraphSpec, Resolution, graph_specs
-from export.onnx import export_graph
-from model.config import DiTConfig
-from model.dit import MoEDiT
-from model.errors import LatentfuseError
-from model.moe import MoEGLU
+from latentfuse.export import checks
+from latentfuse.export.graphs import DiTSpec, GraphSpec, Resolution, graph_specs
+from latentfuse.export.onnx import export_graph
+from latentfuse.model.config import DiTConfig
+from latentfuse.model.dit import MoEDiT
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.moe import MoEGLU
 
 
 def _components(dit):

@@ -12,8 +12,8 @@ import onnx
 import pytest
 import torch
 
-from export.engines import check_precision_support
-from model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.export.engines import check_precision_support
+from latentfuse.model.errors import LatentfuseError, MissingDependencyError
 
 MODELOPT = importlib.util.find_spec("modelopt") is not None
 requires_modelopt = pytest.mark.skipif(
@@ -26,9 +26,9 @@ ORT_VS_FAKE_QUANT = 2e-3
 
 def tiny_components(depth: int = 1):
     """The tiny preset with one-block DiTs whose zero-initialised gates / output layer are perturbed."""
-    from model.components import FusionComponents
-    from model.config import DiTConfig
-    from model.dit import MoEDiT
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.model.config import DiTConfig
+    from latentfuse.model.dit import MoEDiT
 
     comps = FusionComponents.from_preset("tiny", seed=0)
     gen = torch.Generator().manual_seed(1)
@@ -47,7 +47,7 @@ def write_pairs(root: Path, n: int = 4, size=(80, 96), seed: int = 0) -> Path:
     """``root/vi`` (RGB) + ``root/ir`` (gray) smooth random pairs: the layout of MSRS / TNO."""
     from scipy.ndimage import gaussian_filter
 
-    from model.image_io import write_image
+    from latentfuse.model.image_io import write_image
 
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -69,8 +69,8 @@ def fixture_pairs(tmp_path_factory):
 def int8_bundle(tmp_path_factory, fixture_pairs):
     if not MODELOPT:
         pytest.skip("nvidia-modelopt is not installed (pip install 'latentfuse[quant]')")
-    from export.bundle import export_bundle
-    from export.quantize import QuantOptions
+    from latentfuse.export.bundle import export_bundle
+    from latentfuse.export.quantize import QuantOptions
 
     root = tmp_path_factory.mktemp("int8")
     comps = tiny_components()
@@ -85,7 +85,7 @@ def int8_bundle(tmp_path_factory, fixture_pairs):
 # ----------------------------------------------------------------------------- the int8 bundle
 @requires_modelopt
 def test_int8_bundle_manifest(int8_bundle, fixture_pairs):
-    from export.bundle import load_manifest
+    from latentfuse.export.bundle import load_manifest
 
     manifest = load_manifest(int8_bundle["bundle"])
     graphs = manifest["graphs"]
@@ -127,8 +127,8 @@ def test_int8_bundle_passes_the_bundle_checks(int8_bundle):
 
 @requires_modelopt
 def test_int8_bundle_runs_through_the_runtime(int8_bundle, fixture_pairs, tmp_path):
-    from runtime.cli import main
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.cli import main
+    from latentfuse.runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(int8_bundle["bundle"], backend="onnxruntime")
     a, b = fixture_pairs / "vi" / "00.png", fixture_pairs / "ir" / "00.png"
@@ -142,7 +142,7 @@ def test_int8_bundle_runs_through_the_runtime(int8_bundle, fixture_pairs, tmp_pa
 
 @requires_modelopt
 def test_verify_reports_quantization_accuracy(int8_bundle):
-    from export.verify import verify_bundle
+    from latentfuse.export.verify import verify_bundle
 
     report = verify_bundle(int8_bundle["bundle"], components=int8_bundle["components"], lint=False,
                            progress=False, accuracy=True, held_out=1)
@@ -156,9 +156,9 @@ def test_verify_reports_quantization_accuracy(int8_bundle):
 
 # ----------------------------------------------------------------------------- one graph, by hand
 def _dit_graph(precision, level="all-linear"):
-    from export.calib_inputs import calibration_inputs
-    from export.graphs import graph_specs
-    from export.quantize import QuantizedGraph, torch_feeds
+    from latentfuse.export.calib_inputs import calibration_inputs
+    from latentfuse.export.graphs import graph_specs
+    from latentfuse.export.quantize import QuantizedGraph, torch_feeds
 
     comps = tiny_components()
     recorded = calibration_inputs(comps, ["regression"], samples=2, progress=False)
@@ -170,9 +170,9 @@ def _dit_graph(precision, level="all-linear"):
 @requires_modelopt
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_qdq_nodes_where_the_plan_says_and_ort_matches_fake_quant(precision, tmp_path):
-    from export.checks import find_data_dependent_shapes, unsupported_trt_ops, unsupported_trt_types
-    from export.quantize import (_ErrorSum, choose_layers, export_quantized, graph_quantized_layers, ort_outputs,
-                                 ort_session)
+    from latentfuse.export.checks import find_data_dependent_shapes, unsupported_trt_ops, unsupported_trt_types
+    from latentfuse.export.quantize import (_ErrorSum, choose_layers, export_quantized, graph_quantized_layers, ort_outputs,
+                                            ort_session)
 
     graph = _dit_graph(precision, level="qkv")
     assert set(graph.candidates.values()) <= {"conv", "ffn", "qkv", "attn_out"}
@@ -217,7 +217,7 @@ def test_qdq_nodes_where_the_plan_says_and_ort_matches_fake_quant(precision, tmp
 
 @requires_modelopt
 def test_onnxruntime_target_keeps_dequantized_layers_fp32(tmp_path):
-    from export.quantize import _keep_cpu_dequantized_fp32, choose_layers, export_quantized, ort_kernel_report
+    from latentfuse.export.quantize import _keep_cpu_dequantized_fp32, choose_layers, export_quantized, ort_kernel_report
 
     graph = _dit_graph("int8")
     plan = choose_layers(graph, 1.0, 1.0)
@@ -235,7 +235,7 @@ def test_onnxruntime_target_keeps_dequantized_layers_fp32(tmp_path):
 
 @requires_modelopt
 def test_measured_exclusions_bring_the_graph_under_its_tolerance():
-    from export.quantize import choose_layers
+    from latentfuse.export.quantize import choose_layers
 
     graph = _dit_graph("int8")
     free = choose_layers(graph, 1.0, 1.0)
@@ -251,8 +251,8 @@ def test_measured_exclusions_bring_the_graph_under_its_tolerance():
 
 @requires_modelopt
 def test_fp8_bundle_passes_the_bundle_checks(tmp_path, fixture_pairs):
-    from export.bundle import export_bundle, load_manifest
-    from export.quantize import QuantOptions
+    from latentfuse.export.bundle import export_bundle, load_manifest
+    from latentfuse.export.quantize import QuantOptions
 
     comps = tiny_components()
     model_dir = comps.save_pretrained(tmp_path / "model")
@@ -275,7 +275,7 @@ def test_fp8_bundle_passes_the_bundle_checks(tmp_path, fixture_pairs):
 def test_precision_int8_without_modelopt_says_how_to_install(monkeypatch, tmp_path):
     import builtins
 
-    from export.bundle import export_bundle
+    from latentfuse.export.bundle import export_bundle
 
     real_import = builtins.__import__
 
@@ -291,7 +291,7 @@ def test_precision_int8_without_modelopt_says_how_to_install(monkeypatch, tmp_pa
 
 
 def test_quantization_flags_need_a_quantized_precision(capsys, tmp_path):
-    from runtime.cli import main
+    from latentfuse.runtime.cli import main
 
     assert main(["export", "--out", str(tmp_path / "b"), "--quant-level", "ffn"]) == 2
     assert "--quant-level is for --precision int8 / fp8" in capsys.readouterr().err
@@ -303,7 +303,7 @@ def test_quantization_flags_need_a_quantized_precision(capsys, tmp_path):
 
 
 def test_quant_options_validate():
-    from export.quantize import QuantOptions
+    from latentfuse.export.quantize import QuantOptions
 
     with pytest.raises(LatentfuseError, match="quantized graphs must be among"):
         QuantOptions(graphs=("text_encoder",))
@@ -316,8 +316,8 @@ def test_quant_options_validate():
 
 
 def test_layer_roles_follow_the_levels():
-    from export.graphs import graph_specs
-    from export.quantize import LEVELS, candidate_layers
+    from latentfuse.export.graphs import graph_specs
+    from latentfuse.export.quantize import LEVELS, candidate_layers
 
     comps = tiny_components()
     module = graph_specs(comps, ["flow"])["dit_flow"].module(comps)
@@ -331,7 +331,7 @@ def test_layer_roles_follow_the_levels():
 
 
 def test_draw_crops_from_a_pair_folder(fixture_pairs):
-    from export.calib_inputs import draw_crops, parse_source
+    from latentfuse.export.calib_inputs import draw_crops, parse_source
 
     source = parse_source(f"vif={fixture_pairs}")
     crops = draw_crops([source], 6, crop=64, seed=3)
@@ -370,7 +370,7 @@ def test_trt_type_check_flags_types_tensorrt_does_not_take():
         onnx.checker.check_model(model)
         return model
 
-    from export.checks import unsupported_trt_types
+    from latentfuse.export.checks import unsupported_trt_types
 
     w8 = numpy_helper.from_array(np.ones((4, 4), np.int8), "w8")
     scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
@@ -392,7 +392,7 @@ def test_trt_type_check_flags_types_tensorrt_does_not_take():
 def test_build_quantized_engines(int8_bundle):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed: INT8 / FP8 engines are built on an NVIDIA GPU "
                                            "(no runtime here executes FP8 arithmetic)")
-    from export.engines import build_bundle_engines
+    from latentfuse.export.engines import build_bundle_engines
 
     jobs = build_bundle_engines(int8_bundle["bundle"], graphs=["dit_regression"], progress=False)
     assert jobs[0]["status"] == "built"

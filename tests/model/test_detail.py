@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from model.data.color import rgb_to_ycbcr
-from model.data.filters import gaussian
-from model.detail import DetailConfig, noise_sigma, restore_detail
-from model.errors import LatentfuseError
+from latentfuse.model.data.color import rgb_to_ycbcr
+from latentfuse.model.data.filters import gaussian
+from latentfuse.model.detail import DetailConfig, noise_sigma, restore_detail
+from latentfuse.model.errors import LatentfuseError
 
 
 def scene(h=96, w=128, seed=0):

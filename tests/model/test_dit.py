@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from model.attention import JointAttention
-from model.config import DiTConfig
-from model.dit import MoEDiT
-from model.errors import LatentfuseError
-from model.moe import MoEGLU, load_balancing_loss
-from model.patchify import patchify, unpatchify
-from model.rope import apply_rope, rope_2d_tables
+from latentfuse.model.attention import JointAttention
+from latentfuse.model.config import DiTConfig
+from latentfuse.model.dit import MoEDiT
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.moe import MoEGLU, load_balancing_loss
+from latentfuse.model.patchify import patchify, unpatchify
+from latentfuse.model.rope import apply_rope, rope_2d_tables
 
 torch.manual_seed(0)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from model import flow
-from model.errors import LatentfuseError
+from latentfuse.model import flow
+from latentfuse.model.errors import LatentfuseError
 
 BACKENDS = ["numpy", "torch"]
 

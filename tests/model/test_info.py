@@ -2,7 +2,7 @@
 
 import json
 
-from runtime.cli import main
+from latentfuse.runtime.cli import main
 
 
 def test_paper_preset_matches_paper_size(capsys):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.errors import LatentfuseError
-from model.taef2 import (DECODER_PARAMETERS, ENCODER_PARAMETERS, TAEF2, build_decoder, build_encoder,
-                         count_parameters)
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.taef2 import (DECODER_PARAMETERS, ENCODER_PARAMETERS, TAEF2, build_decoder, build_encoder,
+                                    count_parameters)
 
 WEIGHTS = Path(os.environ.get("LATENTFUSE_TAEF2", Path(__file__).resolve().parents[3] / "shared" / "pretrained" / "taef2"))
 

@@ -10,9 +10,9 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from model.data.prompts import corpus
-from model.errors import LatentfuseError
-from model.text_encoder import SHIPPED_SPIECE, PromptEncoder, SpieceTokenizer
+from latentfuse.model.data.prompts import corpus
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.text_encoder import SHIPPED_SPIECE, PromptEncoder, SpieceTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["remove the rain", "please fuse the visible and infrared images, then remove the noise", ""]

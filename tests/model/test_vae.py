@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.errors import LatentfuseError
-from model.vae import LatentVAE, from_vae_output, to_vae_input
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.vae import LatentVAE, from_vae_output, to_vae_input
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.errors import LatentfuseError
-from model.work_scale import check_window, check_work_scale, downscale, upscale
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.work_scale import check_window, check_work_scale, downscale, upscale
 
 
 def _torch_resize(img: np.ndarray, **kwargs) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_bad_images_are_clear_errors():
 
 
 def test_a_model_directory_keeps_its_working_scale(tmp_path):
-    from model.components import INDEX_NAME, FusionComponents
+    from latentfuse.model.components import INDEX_NAME, FusionComponents
 
     comps = FusionComponents.from_preset("tiny", heads=("regression",), seed=0)
     comps.save_pretrained(tmp_path / "plain")

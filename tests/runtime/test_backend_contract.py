@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.detail import DetailConfig, DetailSettings
-from model.errors import LatentfuseError
-from runtime.backends import get_backend
-from runtime.backends.base import Backend
-from runtime.backends.tensorrt_backend import tensorrt_unavailable_reason
+from latentfuse.model.detail import DetailConfig, DetailSettings
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.backends import get_backend
+from latentfuse.runtime.backends.base import Backend
+from latentfuse.runtime.backends.tensorrt_backend import tensorrt_unavailable_reason
 
 TRT_REASON = tensorrt_unavailable_reason()
 BACKENDS = ("torch", "onnxruntime",
@@ -29,8 +29,8 @@ BATCH_TOL = {"torch": 1e-4, "onnxruntime": 1e-4, "tensorrt": 2e-2}
 
 @pytest.fixture(scope="module")
 def model_and_bundle(tmp_path_factory):
-    from export.bundle import export_bundle
-    from model.components import FusionComponents
+    from latentfuse.export.bundle import export_bundle
+    from latentfuse.model.components import FusionComponents
 
     root = tmp_path_factory.mktemp("contract")
     components = FusionComponents.from_preset("tiny", seed=0)
@@ -52,7 +52,7 @@ def backend(request, model_and_bundle) -> Backend:
         return get_backend("torch", checkpoint=model_dir, device="cpu")
     if request.param == "onnxruntime":
         return get_backend("onnxruntime", bundle=bundle, providers="cpu")
-    from export.engines import build_bundle_engines
+    from latentfuse.export.engines import build_bundle_engines
 
     build_bundle_engines(bundle, progress=False)
     return get_backend("tensorrt", bundle=bundle)

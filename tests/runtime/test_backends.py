@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.detail import DetailConfig, DetailSettings
-from model.errors import LatentfuseError, MissingDependencyError
-from runtime.backends import backend_names, check_backend_name, get_backend
-from runtime.backends.base import Backend
-from runtime.backends.tensorrt_backend import tensorrt_unavailable_reason
+from latentfuse.model.detail import DetailConfig, DetailSettings
+from latentfuse.model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.runtime.backends import backend_names, check_backend_name, get_backend
+from latentfuse.runtime.backends.base import Backend
+from latentfuse.runtime.backends.tensorrt_backend import tensorrt_unavailable_reason
 
 
 def test_registry_names_and_aliases():
@@ -51,9 +51,9 @@ def test_tensorrt_backend_without_tensorrt_says_what_to_install(tmp_path):
 
 
 def test_every_backend_implements_the_interface():
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from runtime.backends.tensorrt_backend import TensorRTBackend
-    from runtime.backends.torch_backend import TorchBackend
+    from latentfuse.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from latentfuse.runtime.backends.tensorrt_backend import TensorRTBackend
+    from latentfuse.runtime.backends.torch_backend import TorchBackend
 
     abstract = Backend.__abstractmethods__
     assert {"encode_images", "encode_prompts", "velocity", "regress", "decode"} <= abstract
@@ -70,7 +70,7 @@ DETAIL = DetailSettings.for_configs(DetailConfig(sigma=3.0, radius=2, fused_cand
 
 @pytest.fixture(scope="module")
 def model_and_bundle(tmp_path_factory):
-    from model.components import FusionComponents
+    from latentfuse.model.components import FusionComponents
 
     root = tmp_path_factory.mktemp("parity")
     components = FusionComponents.from_preset("tiny", seed=0)
@@ -86,7 +86,7 @@ def model_and_bundle(tmp_path_factory):
 
 
 def _export(model_dir, bundle):
-    from export.bundle import export_bundle
+    from latentfuse.export.bundle import export_bundle
 
     # TorchScript exporter and no re-verification: ~5x faster than the default dynamo export, and
     # export parity is tests/export's job; this module checks the runtime over whatever export wrote.
@@ -100,7 +100,7 @@ def _pair(h, w, seed=0):
 
 @pytest.fixture(scope="module")
 def pipelines(model_and_bundle):
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     model_dir, bundle = model_and_bundle
     return {"torch": Pipeline.from_checkpoint(model_dir, backend="torch"),
@@ -141,7 +141,7 @@ def test_every_runtime_reads_the_detail_path_the_model_declares(pipelines, model
 
 
 def test_bundle_prompt_cache_serves_canonical_prompts_without_the_text_encoder(pipelines):
-    from model.data.prompts import CANONICAL_TASK_PROMPTS
+    from latentfuse.model.data.prompts import CANONICAL_TASK_PROMPTS
 
     ort = pipelines["onnxruntime"]
     assert set(CANONICAL_TASK_PROMPTS.values()) <= set(ort.prompt_cache)
@@ -180,8 +180,8 @@ TRT_REASON = tensorrt_unavailable_reason()
 @pytest.mark.tensorrt
 @pytest.mark.skipif(TRT_REASON is not None, reason=f"TensorRT backend unavailable: {TRT_REASON}")
 def test_tensorrt_matches_onnxruntime(model_and_bundle, pipelines):
-    from export.engines import build_bundle_engines
-    from runtime.pipeline import Pipeline
+    from latentfuse.export.engines import build_bundle_engines
+    from latentfuse.runtime.pipeline import Pipeline
 
     _, bundle = model_and_bundle
     build_bundle_engines(bundle, progress=False)
@@ -197,8 +197,8 @@ def test_tensorrt_matches_onnxruntime(model_and_bundle, pipelines):
 
 
 def test_onnxruntime_tensorrt_provider_options_come_from_the_manifest_profile(model_and_bundle, tmp_path):
-    from runtime.backends.bundle import open_bundle
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from latentfuse.runtime.backends.bundle import open_bundle
+    from latentfuse.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     backend = object.__new__(OnnxRuntimeBackend)  # only the option builder: no session is created
     backend.bundle, backend.provider_key = open_bundle(model_and_bundle[1]), "tensorrt"
@@ -227,7 +227,7 @@ def test_a_bad_working_scale_in_the_manifest_is_named(model_and_bundle, tmp_path
     import json
     import shutil
 
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     bundle = tmp_path / "bundle"
     shutil.copytree(model_and_bundle[1], bundle)

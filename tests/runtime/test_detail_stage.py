@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.detail import DetailConfig, DetailSettings, restore_detail
-from model.errors import LatentfuseError
+from latentfuse.model.detail import DetailConfig, DetailSettings, restore_detail
+from latentfuse.model.errors import LatentfuseError
 
 SETTINGS = DetailSettings.for_configs(DetailConfig(sigma=3.0, radius=2, fused_candidate=False),
                                       DetailConfig(sigma=1.5, radius=1))
@@ -14,8 +14,8 @@ SETTINGS = DetailSettings.for_configs(DetailConfig(sigma=3.0, radius=2, fused_ca
 
 @pytest.fixture(scope="module")
 def pipe():
-    from model.components import FusionComponents
-    from runtime.pipeline import Pipeline
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.runtime.pipeline import Pipeline
 
     components = FusionComponents.from_preset("tiny", seed=0)
     components.detail = SETTINGS
@@ -63,8 +63,8 @@ def test_gray_pair_stays_gray_and_unknown_mode_is_refused(pipe):
 
 
 def test_a_model_without_a_detail_path_runs_none():
-    from model.components import FusionComponents
-    from runtime.pipeline import Pipeline
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.runtime.pipeline import Pipeline
 
     plain = Pipeline.from_components(FusionComponents.from_preset("tiny", seed=0))
     a, b = _pair(32, 32)
@@ -75,7 +75,7 @@ def test_a_model_without_a_detail_path_runs_none():
 def test_the_model_directory_keeps_the_settings(tmp_path):
     import json
 
-    from model.components import FusionComponents
+    from latentfuse.model.components import FusionComponents
 
     components = FusionComponents.from_preset("tiny", seed=0)
     components.detail = SETTINGS

@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from model.image_io import read_image, write_image
-from runtime.cli import main
+from latentfuse.model.image_io import read_image, write_image
+from latentfuse.runtime.cli import main
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from model.components import FusionComponents
+    from latentfuse.model.components import FusionComponents
 
     path = tmp_path_factory.mktemp("cli") / "tiny_model"
     FusionComponents.from_preset("tiny", seed=0).save_pretrained(path)
@@ -47,16 +47,16 @@ def test_fuse_mismatched_sizes_is_one_line_error(tmp_path, checkpoint, capsys):
 
 
 def test_fuse_without_a_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    import model.components
+    from latentfuse.model import components
 
-    monkeypatch.setattr(model.components, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
+    monkeypatch.setattr(components, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
     _pair(tmp_path, "x")
     code = main(["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "-o", "o.png"])
     assert code == 2 and "--bundle DIR" in capsys.readouterr().err
 
 
 def test_fuse_without_a_model_uses_the_bundled_default(tmp_path, capsys):
-    from model.components import DEFAULT_MODEL_DIR
+    from latentfuse.model.components import DEFAULT_MODEL_DIR
 
     if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
         pytest.skip(f"no bundled default model at {DEFAULT_MODEL_DIR}")
@@ -88,7 +88,7 @@ def test_fuse_dir_skips_finished_outputs_and_continues_past_a_bad_file(tmp_path,
 
 
 def test_side_by_side_puts_a_b_and_fused_in_a_row():
-    from runtime.fuse_cli import side_by_side
+    from latentfuse.runtime.fuse_cli import side_by_side
 
     a, b, f = np.zeros((10, 12, 3)), np.ones((10, 12)), np.full((10, 12, 3), 0.5)
     row = side_by_side([a, b, f], gap=2)
@@ -97,17 +97,17 @@ def test_side_by_side_puts_a_b_and_fused_in_a_row():
 
 
 def test_demo_on_random_weights_says_so_loudly_and_writes_every_task(tmp_path, monkeypatch, capsys):
-    import model.components
-    import model.data.samples
-    from model.data.samples import SamplePair
+    from latentfuse.model import components
+    from latentfuse.model.data import samples
+    from latentfuse.model.data.samples import SamplePair
 
-    monkeypatch.setattr(model.components, "DEFAULT_MODEL_DIR", tmp_path / "no_default_model")
+    monkeypatch.setattr(components, "DEFAULT_MODEL_DIR", tmp_path / "no_default_model")
     pairs = {}
     for k, task in enumerate(("vif", "mef", "mff")):
         _pair(tmp_path / task, "s", h=24, w=40, seed=k)
         pairs[task] = [SamplePair("s", task, tmp_path / task / "a/s.png", tmp_path / task / "b/s.png",
                                   "remove the noise", ("noise",))]
-    monkeypatch.setattr(model.data.samples, "sample_pairs", lambda task: pairs[task])
+    monkeypatch.setattr(samples, "sample_pairs", lambda task: pairs[task])
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--backend", "torch", "--mode", "regression",
                  "--warmup", "0", "--runs", "1"])
@@ -124,18 +124,17 @@ def test_demo_on_random_weights_says_so_loudly_and_writes_every_task(tmp_path, m
 def test_onnxruntime_without_a_bundle_exports_once_into_the_user_cache(tmp_path, checkpoint, capsys, monkeypatch):
     import shutil
 
-    import export.bundle
-    import export.bundle_cache
-    from export.bundle_cache import cache_root, model_key
+    from latentfuse.export import bundle, bundle_cache
+    from latentfuse.export.bundle_cache import cache_root, model_key
 
     exports = []
-    real_export = export.bundle.export_bundle
+    real_export = bundle.export_bundle
 
     def quick_export(model_dir, out, **kw):  # the fast exporter: this test is about the cache, not export
         exports.append(out)
         return real_export(model_dir, out, **{**kw, "exporter": "torchscript", "verify": False, "lint": False})
 
-    monkeypatch.setattr(export.bundle_cache, "export_bundle", quick_export)
+    monkeypatch.setattr(bundle_cache, "export_bundle", quick_export)
     _pair(tmp_path, "x")
     args = ["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "--mode", "regression",
             "--backend", "onnxruntime", "--threads", "1", "-o", str(tmp_path / "o.png")]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
-from model.errors import LatentfuseError
-from runtime import noise
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime import noise
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "philox.json").read_text())
 
@@ -131,7 +131,7 @@ def test_box_muller_matches_a_scalar_libm_reading_of_the_spec():
 
 def test_vector_file_is_up_to_date():
     # The committed vectors are what the current implementation writes (regenerate with
-    # `python -m runtime.noise` only after a deliberate change to the specification). Gaussian
+    # `python -m latentfuse.runtime.noise` only after a deliberate change to the specification). Gaussian
     # values are compared to one ulp in test_derived_vectors_match, the rest exactly here.
     def exact_part(vectors):
         return {**vectors, "derived": [

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.errors import LatentfuseError
-from runtime.latency import STAGES, StageTimes, format_table, summarize
-from runtime.pipeline import PAD_MULTIPLE, load_image, match_pair, pad_to_multiple
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.latency import STAGES, StageTimes, format_table, summarize
+from latentfuse.runtime.pipeline import PAD_MULTIPLE, load_image, match_pair, pad_to_multiple
 
 
 # ------------------------------------------------------------------ pre-processing (no model)
@@ -100,8 +100,8 @@ def test_latency_table_with_mixed_nfe_shows_nfe_per_column():
 
 @pytest.fixture(scope="module")
 def pipe():
-    from model.components import FusionComponents
-    from runtime.pipeline import Pipeline
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.runtime.pipeline import Pipeline
 
     return Pipeline.from_components(FusionComponents.from_preset("tiny", seed=0))
 
@@ -133,8 +133,8 @@ def test_same_seed_same_image_other_seed_other_image(pipe):
 
 
 def test_a_pipeline_samples_from_the_prior_its_flow_dit_declares():
-    from model.components import FusionComponents
-    from runtime.pipeline import Pipeline
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.runtime.pipeline import Pipeline
 
     comps = FusionComponents.from_preset("tiny", heads=("flow",), seed=0)
     comps.dits["flow"].config = comps.dits["flow"].config.replace(prior="source_mean", prior_sigma=0.3)
@@ -158,7 +158,7 @@ def test_regression_mode_is_one_call_at_300x217(pipe):
 
 
 def test_16bit_png_and_gray_inputs(pipe, tmp_path):
-    from model.image_io import write_image
+    from latentfuse.model.image_io import write_image
 
     write_image(tmp_path / "a16.png", _rand((40, 56)), bit_depth=16)   # 16-bit gray (e.g. thermal)
     write_image(tmp_path / "b16.png", _rand((40, 56), seed=5), bit_depth=16)
@@ -172,13 +172,13 @@ def test_16bit_png_and_gray_inputs(pipe, tmp_path):
 
 
 def read_back(path):
-    from model.image_io import read_image
+    from latentfuse.model.image_io import read_image
 
     return read_image(path)
 
 
 def test_prompts_are_encoded_once_and_default_to_the_task_prompt(pipe):
-    from model.data.prompts import CANONICAL_TASK_PROMPTS
+    from latentfuse.model.data.prompts import CANONICAL_TASK_PROMPTS
 
     a, b = _rand((16, 16, 3)), _rand((16, 16, 3), seed=1)
     calls = pipe.text_encoder_calls
@@ -200,7 +200,7 @@ def test_prompts_are_encoded_once_and_default_to_the_task_prompt(pipe):
 
 
 def test_bundle_prompt_cache_is_hit_without_the_text_encoder(pipe):
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     embeds, mask = pipe.backend.encode_prompts(["fuse the multi-focus images"])
     cached = Pipeline(pipe.backend, prompt_cache={"fuse the multi-focus images": (embeds, mask)})
@@ -295,7 +295,7 @@ class _LocalBackend:
 
 
 def test_window_starts_cover_the_extent_on_the_grid():
-    from runtime.backends.tiled import window_starts
+    from latentfuse.runtime.backends.tiled import window_starts
 
     assert window_starts(40, 64, 16, 16) == [0]
     starts = window_starts(208, 64, 16, 16)
@@ -305,7 +305,7 @@ def test_window_starts_cover_the_extent_on_the_grid():
 
 @pytest.mark.parametrize("mode", ["flow", "regression"])
 def test_tiled_processing_equals_untiled_for_a_local_model(mode, monkeypatch):
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     a, b = _rand((100, 150, 3)), _rand((100, 150), seed=1)
     plain = Pipeline(_LocalBackend())(a, b, task="vif", mode=mode, steps=3)
@@ -327,8 +327,8 @@ def test_tiled_torch_pipeline_returns_the_full_size(pipe, monkeypatch):
 
 
 def test_working_scale_enlarges_the_pair_for_the_backend_and_shrinks_the_result_back(monkeypatch):
-    from model.work_scale import downscale, upscale
-    from runtime.pipeline import Pipeline, from_model_range, to_model_range
+    from latentfuse.model.work_scale import downscale, upscale
+    from latentfuse.runtime.pipeline import Pipeline, from_model_range, to_model_range
 
     a, b = _rand((40, 56, 3)), _rand((40, 56), seed=1)
     local = _LocalBackend(scale=2)
@@ -347,8 +347,8 @@ def test_working_scale_enlarges_the_pair_for_the_backend_and_shrinks_the_result_
 
 
 def test_torch_pipeline_runs_a_model_at_its_working_scale():
-    from model.components import FusionComponents
-    from runtime.pipeline import Pipeline
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.runtime.pipeline import Pipeline
 
     comps = FusionComponents.from_preset("tiny", heads=("regression",), seed=0)
     comps.work_scale = 2
@@ -361,7 +361,7 @@ def test_torch_pipeline_runs_a_model_at_its_working_scale():
 
 
 def test_a_model_window_runs_larger_pairs_in_windows_of_that_size():
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     a, b = _rand((40, 56, 3)), _rand((40, 56), seed=1)
     plain = Pipeline(_LocalBackend(scale=2))(a, b, task="vif", mode="flow", steps=2)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy.linalg import expm
 
-from model import flow
-from model.errors import LatentfuseError
-from runtime import noise, samplers
+from latentfuse.model import flow
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime import noise, samplers
 
 ODE = ["euler", "midpoint", "midpoint_reuse"]
 SDE = ["euler_sde", "midpoint_sde", "midpoint_reuse_sde"]

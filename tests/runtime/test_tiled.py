@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
 
 def _pair(h, w, seed=0):
@@ -16,8 +16,8 @@ def _pair(h, w, seed=0):
 
 def _slim_components(work_scale=1, window=0):
     """The tiny preset with a slimmer VAE, so that camera-size pairs stay quick on two cores."""
-    from model.components import FusionComponents
-    from model.vae import LatentVAE
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.model.vae import LatentVAE
 
     comps = FusionComponents.from_preset("tiny", seed=0)
     comps.vae = LatentVAE.from_preset("tiny", seed=0, block_out_channels=[8, 8, 16, 16], norm_num_groups=4).eval()
@@ -27,7 +27,7 @@ def _slim_components(work_scale=1, window=0):
 
 @pytest.fixture(scope="module")
 def windowed():
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     return Pipeline.from_components(_slim_components(work_scale=1, window=64))
 
@@ -80,8 +80,8 @@ def test_the_vae_sees_each_whole_image_once(windowed, monkeypatch):
 def test_vae_tiles_match_the_whole_image(monkeypatch):
     """Tiles of the VAE over a size limit: GroupNorm statistics and the mid-block attention are per tile,
     so tiling is not exact; with the default overlap the tiled round trip stays close to the whole one."""
-    from runtime.backends.tiled import TiledBackend
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.backends.tiled import TiledBackend
+    from latentfuse.runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_checkpoint("model/weights/default") if _default_exists() else pytest.skip("no default")
     rng = np.random.default_rng(0)
@@ -96,7 +96,7 @@ def test_vae_tiles_match_the_whole_image(monkeypatch):
 
 
 def _default_exists():
-    from model.components import DEFAULT_MODEL_DIR, INDEX_NAME
+    from latentfuse.model.components import DEFAULT_MODEL_DIR, INDEX_NAME
 
     return (DEFAULT_MODEL_DIR / INDEX_NAME).is_file()
 
@@ -118,7 +118,7 @@ def test_plan_windows(windowed, monkeypatch):
 
 @pytest.fixture(scope="module")
 def slim_model_and_bundle(tmp_path_factory):
-    from export.bundle import export_bundle
+    from latentfuse.export.bundle import export_bundle
 
     root = tmp_path_factory.mktemp("slim")
     model_dir = _slim_components().save_pretrained(root / "model")
@@ -130,7 +130,7 @@ def slim_model_and_bundle(tmp_path_factory):
 
 @pytest.mark.parametrize("size", [(480, 640), (1500, 2000)])
 def test_camera_size_pairs_fuse_on_torch_and_onnxruntime_without_flags(slim_model_and_bundle, size):
-    from runtime.pipeline import Pipeline
+    from latentfuse.runtime.pipeline import Pipeline
 
     model_dir, bundle = slim_model_and_bundle
     a, b = _pair(*size)

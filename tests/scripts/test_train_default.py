@@ -28,7 +28,7 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     import torch
     from safetensors.torch import load_file
 
-    from model.components import FusionComponents
+    from latentfuse.model.components import FusionComponents
 
     monkeypatch.syspath_prepend(str(SCRIPTS))
     train_default = _script("train_default")
@@ -36,7 +36,7 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
             "--test-pairs", "1", "--size", "160", "--vae-steps", "2", "--vae-patch", "32", "--vae-batch", "2",
             "--vae-decoder-steps", "2", "--vae-joint-steps", "2", "--vae-ft-patch", "32", "--vae-eval-patches", "2",
             "--crop", "32", "--crops-per-tuple", "1", "--batch", "2", "--reg-steps", "2", "--flow-steps", "2", "--flow-finetune-steps", "0",
-            "--ema", "0", "--threads", "1", "--data", "synthetic", "--work-scale", "2", "--no-detail"]
+            "--ema", "0", "--threads", "1", "--data", "synthetic", "--work-scale", "2", "--detail", "false"]
     assert train_default.main(args) == 0
 
     out = tmp_path / "model"
@@ -113,7 +113,7 @@ def test_a_dit_worker_killed_without_reporting_fails_the_run_instead_of_hanging(
     import signal
     from types import SimpleNamespace
 
-    from model.errors import LatentfuseError
+    from latentfuse.model.errors import LatentfuseError
 
     train_default = _script("train_default")
 
@@ -129,8 +129,8 @@ def test_a_dit_worker_killed_without_reporting_fails_the_run_instead_of_hanging(
                                   dataset=None, vae=None, report={})
 
 
-def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path):
-    from model.errors import LatentfuseError
+def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path, capsys):
+    from latentfuse.model.errors import LatentfuseError
 
     train_default = _script("train_default")
     with pytest.raises(LatentfuseError, match="head dim 25 must be a multiple of 4"):
@@ -139,8 +139,11 @@ def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path):
         train_default.main(["--work", str(tmp_path / "work"), "--flow-prior", "source_mean", "--prior-sigma", "0"])
     with pytest.raises(LatentfuseError, match="optim.lr must be positive"):
         train_default.main(["--work", str(tmp_path / "work"), "--flow-finetune-lr", "0"])
-    with pytest.raises(LatentfuseError, match=r"--detail-clean takes sigma,radius,fused_candidate \(e.g. 8,4,0\), got '8,4'"):
+    with pytest.raises(SystemExit):  # argparse: the override's form
         train_default.main(["--work", str(tmp_path / "work"), "--detail-clean", "8,4"])
+    assert "--detail-clean takes sigma,radius,fused_candidate (e.g. 8,4,0), got '8,4'" in capsys.readouterr().err
+    with pytest.raises(LatentfuseError, match=r"recipe not found: .*nope.toml"):
+        train_default.main(["--work", str(tmp_path / "work"), "--recipe", str(tmp_path / "nope.toml")])
     with pytest.raises(LatentfuseError, match="detail sigma must be positive"):
         train_default.main(["--work", str(tmp_path / "work"), "--detail-safe", "0,4,1"])
     with pytest.raises(LatentfuseError, match=r"--real-data .*nothing: no vif/, mef/, mff/ folder"):
@@ -151,8 +154,8 @@ def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path):
 def _real_layout(root, per_task: int = 4):
     """``../shared/datasets``' layouts in miniature: vif/<set>/{vi,ir}/NAME, {mef,mff}/input/<scene>/<scene>_A|B,
     with scene names picked so that every task has training and held-out scenes (model/data/split.py)."""
-    from model.data.split import split_of
-    from model.image_io import write_image
+    from latentfuse.model.data.split import split_of
+    from latentfuse.model.image_io import write_image
 
     def textured(h, w, seed, rgb=True):
         rng = np.random.default_rng(seed)
@@ -182,8 +185,8 @@ def _real_layout(root, per_task: int = 4):
 
 @pytest.mark.slow
 def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_scenes_only(tmp_path):
-    from model.components import FusionComponents
-    from model.data.split import split_of
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.model.data.split import split_of
 
     train_default = _script("train_default")
     scenes = _real_layout(tmp_path / "datasets")

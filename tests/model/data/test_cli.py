@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
-from model.data import cli as data_cli
-from model.data.build import build_dataset
-from model.errors import LatentfuseError
-from model.image_io import read_image
+from latentfuse.model.data import cli as data_cli
+from latentfuse.model.data.build import build_dataset
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_io import read_image
 
 
 def run(argv):
@@ -87,7 +87,7 @@ def test_build_is_resumable_and_deterministic(synth_dir, tmp_path, capsys):
 
 
 def test_build_labels_real_layout_with_teachers(tmp_path, make_image):
-    from model.image_io import write_image
+    from latentfuse.model.image_io import write_image
 
     src = tmp_path / "lytro"
     for k in (1, 2):
@@ -112,6 +112,6 @@ def test_build_reports_bad_folders(tmp_path):
 
 
 def test_registered_in_the_latentfuse_command():
-    from runtime.cli import COMMAND_MODULES
+    from latentfuse.runtime.cli import COMMAND_MODULES
 
-    assert "model.data.cli" in COMMAND_MODULES
+    assert "latentfuse.model.data.cli" in COMMAND_MODULES

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from model.data import degradations as D
+from latentfuse.model.data import degradations as D
 
 
 def rng(seed=0):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from model.data import depth as DP
-from model.data.pipeline import degrade_pair
-from model.errors import LatentfuseError
+from latentfuse.model.data import depth as DP
+from latentfuse.model.data.pipeline import degrade_pair
+from latentfuse.model.errors import LatentfuseError
 
 
 def test_prior_puts_the_top_of_a_uniform_scene_far(make_image):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.errors import LatentfuseError
-from model.image_io import read_image, to_gray, to_rgb, write_image
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_io import read_image, to_gray, to_rgb, write_image
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from model.data.pairs import discover_pairs, load_pair, validate_pairs
-from model.errors import LatentfuseError
-from model.image_io import write_image
+from latentfuse.model.data.pairs import discover_pairs, load_pair, validate_pairs
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_io import write_image
 
 
 def img(h=24, w=32, seed=0, rgb=True):

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from model.data import pipeline as PL
-from model.data.prompts import prompts_for
-from model.data.tasks import task_degradations
-from model.errors import LatentfuseError
+from latentfuse.model.data import pipeline as PL
+from latentfuse.model.data.prompts import prompts_for
+from latentfuse.model.data.tasks import task_degradations
+from latentfuse.model.errors import LatentfuseError
 
 
 def rng(seed=0):

@@ -3,9 +3,9 @@ import itertools
 import numpy as np
 import pytest
 
-from model.data import prompts as P
-from model.data.tasks import DEGRADATIONS, TASKS, task_degradations
-from model.errors import LatentfuseError
+from latentfuse.model.data import prompts as P
+from latentfuse.model.data.tasks import DEGRADATIONS, TASKS, task_degradations
+from latentfuse.model.errors import LatentfuseError
 
 
 def test_every_degradation_has_10_to_20_distinct_prompts():

@@ -1,9 +1,9 @@
 import numpy as np
 
-from model.data.prompts import corpus
-from model.data.samples import SAMPLES_DIR, sample_pairs
-from model.data.tasks import task_degradations
-from model.image_io import read_image
+from latentfuse.model.data.prompts import corpus
+from latentfuse.model.data.samples import SAMPLES_DIR, sample_pairs
+from latentfuse.model.data.tasks import task_degradations
+from latentfuse.model.image_io import read_image
 
 
 def test_shipped_samples_are_small_varied_and_indexed():
@@ -25,7 +25,7 @@ def test_shipped_samples_are_small_varied_and_indexed():
 
 
 def test_samples_regenerate_identically(tmp_path):
-    from model.data.make_samples import make_samples
+    from latentfuse.model.data.make_samples import make_samples
 
     make_samples(tmp_path)
     for task in ("vif",):

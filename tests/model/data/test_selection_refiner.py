@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from model.data import selection as S
-from model.data.labels import pseudo_label
-from model.data.refiner import decompose, refine
-from model.data.synth import exposure_pair, focus_pair, thermal_rendering
-from model.data.teachers import get_teacher
+from latentfuse.model.data import selection as S
+from latentfuse.model.data.labels import pseudo_label
+from latentfuse.model.data.refiner import decompose, refine
+from latentfuse.model.data.synth import exposure_pair, focus_pair, thermal_rendering
+from latentfuse.model.data.teachers import get_teacher
 
 
 def rng(seed=0):

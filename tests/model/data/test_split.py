@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from model.data import cli as data_cli
-from model.data.build import build_dataset
-from model.data.pairs import discover_pairs, load_pair, validate_pairs
-from model.data.split import HELDOUT_FRACTION, check_split, scene_name, select, split_of
-from model.errors import LatentfuseError
-from model.image_io import write_image
+from latentfuse.model.data import cli as data_cli
+from latentfuse.model.data.build import build_dataset
+from latentfuse.model.data.pairs import discover_pairs, load_pair, validate_pairs
+from latentfuse.model.data.split import HELDOUT_FRACTION, check_split, scene_name, select, split_of
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_io import write_image
 
 
 def names_with(split: str, n: int, prefix: str) -> list[str]:
@@ -158,7 +158,7 @@ def test_build_writes_train_scenes_unless_asked(scene_root, tmp_path):
 
 
 def test_training_loader_refuses_heldout_scenes(vif_root, tmp_path):
-    from model.training.data import read_manifest, read_training_manifest
+    from latentfuse.model.training.data import read_manifest, read_training_manifest
 
     out = tmp_path / "heldout"
     build_dataset(vif_root, out, "vif", n_degradations=[1], crop=False, teacher_names=["average"],

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from model.data import pyramid as P
-from model.data import teachers as T
-from model.data.synth import exposure_pair
-from model.errors import LatentfuseError
-from model.image_io import write_image
+from latentfuse.model.data import pyramid as P
+from latentfuse.model.data import teachers as T
+from latentfuse.model.data.synth import exposure_pair
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_io import write_image
 
 
 def test_registry_has_at_least_three_real_teachers_per_task():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import model.metrics as M
-from runtime.cli import main
+import latentfuse.model.metrics as M
+from latentfuse.runtime.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _metrics_synthetic import synthetic, to_rgb  # noqa: E402

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.signal import convolve2d
 
-import model.metrics as M
+import latentfuse.model.metrics as M
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _metrics_synthetic import synthetic  # noqa: E402

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import model.metrics as M
-from model.errors import LatentfuseError
-from model.metrics.xydeas_petrovic import DA, DG, KA, KG, TA, TG
+import latentfuse.model.metrics as M
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.metrics.xydeas_petrovic import DA, DG, KA, KG, TA, TG
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _metrics_synthetic import synthetic, to_rgb  # noqa: E402

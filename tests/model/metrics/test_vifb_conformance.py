@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.metrics import compute
-from model.metrics._matlab import rgb2gray
-from model.metrics.cli import load_255
-from model.metrics.visual_information import vif
+from latentfuse.model.metrics import compute
+from latentfuse.model.metrics._matlab import rgb2gray
+from latentfuse.model.metrics.cli import load_255
+from latentfuse.model.metrics.visual_information import vif
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 ROOT = SHARED / "conformance" / "vifb"

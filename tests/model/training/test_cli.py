@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli import main
+from latentfuse.runtime.cli import main
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from model.data.build import build_dataset
-    from model.data.synth import make_synthetic
+    from latentfuse.model.data.build import build_dataset
+    from latentfuse.model.data.synth import make_synthetic
 
     root = tmp_path_factory.mktemp("data")
     make_synthetic("mef", root / "synth", n=2, seed=0, long_side=48, gt="source")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from training_helpers import synthetic_latents, tiny_config, tiny_dit
 
-from model.training.ewc import EWC
-from model.training.replay import ReservoirBuffer
-from model.training.trainer import Trainer
+from latentfuse.model.training.ewc import EWC
+from latentfuse.model.training.replay import ReservoirBuffer
+from latentfuse.model.training.trainer import Trainer
 
 STEPS_PER_TASK = 50
 

@@ -7,7 +7,7 @@ import torch
 import torch.multiprocessing as mp
 from training_helpers import DDP_DIT, DDP_SECTIONS, ddp_worker, synthetic_latents, tiny_config, tiny_dit
 
-from model.training.trainer import Trainer
+from latentfuse.model.training.trainer import Trainer
 
 
 def _free_port() -> int:

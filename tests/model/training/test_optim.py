@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model.training.optim import CautiousAdamW, cautious_mask, warmup_cosine
+from latentfuse.model.training.optim import CautiousAdamW, cautious_mask, warmup_cosine
 
 
 def test_cautious_mask_zeroes_sign_disagreeing_components():

@@ -5,10 +5,10 @@ import pytest
 import torch
 from training_helpers import synthetic_latents, tiny_config, tiny_dit
 
-from model.errors import LatentfuseError
-from model.training import checkpoint as ckpt
-from model.training.config import TrainConfig
-from model.training.trainer import Trainer
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.training import checkpoint as ckpt
+from latentfuse.model.training.config import TrainConfig
+from latentfuse.model.training.trainer import Trainer
 
 
 def _mean(rows, key):
@@ -17,7 +17,7 @@ def _mean(rows, key):
 
 @pytest.mark.parametrize("head", ["regression", "flow"])
 def test_short_run_lowers_every_loss_term(tmp_path, head):
-    from model.vae import LatentVAE
+    from latentfuse.model.vae import LatentVAE
 
     vae = LatentVAE.from_preset("tiny", seed=0)
     data = synthetic_latents(n=16, size=2, tasks=("vif",), images=True)
@@ -140,7 +140,7 @@ def test_bf16_autocast_and_gradient_checkpointing_run(tmp_path):
 
 
 def test_pixel_space_label_term_is_learned(tmp_path):
-    from model.vae import LatentVAE
+    from latentfuse.model.vae import LatentVAE
 
     data = synthetic_latents(n=16, size=2, tasks=("vif",), images=True)
     cfg = tiny_config(tmp_path, head="regression", data={"tasks": ["vif"]}, optim={"steps": 40, "lr": 3e-3},
@@ -151,7 +151,7 @@ def test_pixel_space_label_term_is_learned(tmp_path):
 
 
 def test_label_term_needs_label_images(tmp_path):
-    from model.vae import LatentVAE
+    from latentfuse.model.vae import LatentVAE
 
     data = synthetic_latents(n=8, size=2, tasks=("vif",), images=True)
     data.x_gt = None
@@ -161,7 +161,7 @@ def test_label_term_needs_label_images(tmp_path):
 
 
 def test_a_flow_dit_declares_the_prior_it_was_trained_from(tmp_path):
-    from model.dit import MoEDiT
+    from latentfuse.model.dit import MoEDiT
 
     cfg = tiny_config(tmp_path, "flow", optim={"steps": 2}, flow={"prior": "source-mean", "prior_sigma": 0.3})
     trainer = Trainer(cfg, tiny_dit("flow"), synthetic_latents())
@@ -174,8 +174,8 @@ def test_a_flow_dit_declares_the_prior_it_was_trained_from(tmp_path):
 
 
 def test_a_dit_trains_at_the_working_scale_of_its_model_directory(tmp_path):
-    from model.components import FusionComponents
-    from model.training.run import load_frozen_components
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.model.training.run import load_frozen_components
 
     comps = FusionComponents.from_preset("tiny", heads=("regression",), seed=0)
     comps.work_scale = 2

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.errors import LatentfuseError
+from latentfuse.model.errors import LatentfuseError
 
-from model.training.vae_trainer import (VAETrainConfig, calibrate_scaling, random_patches, reconstruction_metrics,
-                                        train_vae)
+from latentfuse.model.training.vae_trainer import (VAETrainConfig, calibrate_scaling, random_patches, reconstruction_metrics,
+                                                   train_vae)
 
 
 def _images():
@@ -16,7 +16,7 @@ def _images():
 
 
 def test_vae_training_lowers_reconstruction_loss_and_calibrates(tmp_path):
-    from model.vae import LatentVAE
+    from latentfuse.model.vae import LatentVAE
 
     vae = LatentVAE.from_preset("tiny", seed=0)
     images = [np.clip(im, 0, 1) for im in _images()]
@@ -41,7 +41,7 @@ def test_random_patches_shape_and_range():
 
 
 def test_decoder_only_fine_tuning_keeps_the_latent_space():
-    from model.vae import LatentVAE
+    from latentfuse.model.vae import LatentVAE
 
     vae = LatentVAE.from_preset("tiny", seed=0)
     images = [np.clip(im, 0, 1) for im in _images()]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from model.config import DiTConfig
-from model.dit import MoEDiT
-from model.training.config import TrainConfig
-from model.training.data import LatentDataset
+from latentfuse.model.config import DiTConfig
+from latentfuse.model.dit import MoEDiT
+from latentfuse.model.training.config import TrainConfig
+from latentfuse.model.training.data import LatentDataset
 
 TINY = dict(hidden_size=32, depth=2, num_heads=2, lora_rank=8, text_dim=16, expert_hidden=48,
             pe_hidden=16, timestep_freq_dim=32)
@@ -78,7 +78,7 @@ def ddp_worker(rank: int, world: int, port: int, out_dir: str, result: str) -> N
 
     import torch.distributed as dist
 
-    from model.training.trainer import Trainer
+    from latentfuse.model.training.trainer import Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

@@ -1,0 +1,182 @@
+"""The bundled default's training recipe as a file (``configs/recipes/default.toml``), read and checked here.
+
+``scripts/train_default.py`` builds the default in stages (data, VAE, DiTs, save, evaluation); every value
+that decides *what* it builds — data sizes, the VAE stages, the DiT's size and schedule, the flow's second
+stage, the detail path — is a key of the recipe, grouped in sections (``[data]``, ``[vae]``, ``[dit]``,
+``[flow]``, ``[detail]``). The script's own flags say *where and how* it runs (folders, threads, resume) and
+one ``--KEY`` per recipe key overrides the file for a run (``--reg-steps 8000``). The report and the model
+card record the recipe's path, its sha256 and the overrides.
+
+A key the schema does not know, a missing key, or a value of the wrong type is a LatentfuseError naming
+the file, the key and what it takes, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.training.config import read_config_file
+
+@dataclass(frozen=True)
+class RecipeKey:
+    """One key: its section, its name (the TOML key, the ``--flag`` with dashes, the ``args`` attribute),
+    its kind (``int``, ``float``, ``str``, ``bool``, ``ints``: a list of int, ``detail``: a table
+    ``{sigma, radius, fused_candidate}``) and what it means."""
+
+    section: str
+    name: str
+    kind: str
+    help: str
+    choices: tuple = ()
+
+
+def _key(section: str, name: str, kind: str, help: str, choices: tuple = ()) -> RecipeKey:
+    return RecipeKey(section, name, kind, help, choices)
+
+
+DETAIL_FIELDS = ("sigma", "radius", "fused_candidate")
+
+#: The keys of the default's recipe, in file order.
+DEFAULT_RECIPE_KEYS: tuple[RecipeKey, ...] = (
+    _key("data", "seed", "int", "seed of every stage (data, weights, order)"),
+    _key("data", "data", "str", "real: the real registered pairs (training scenes; held-out scenes for the evaluation); "
+         "synthetic: pairs rendered from the scikit-image photographs", ("real", "synthetic")),
+    _key("data", "real_degradations", "ints", "degradation counts drawn per real training tuple (0: the clean pair "
+         "with the task's canonical prompt, so clean input stays clean)"),
+    _key("data", "size", "int", "long side of the training images"),
+    _key("data", "test_size", "int", "long side of the real held-out pairs"),
+    _key("data", "per_pair", "int", "degraded variants per training pair"),
+    _key("data", "pairs", "int", "synthetic training pairs per task"),
+    _key("data", "test_pairs", "int", "synthetic held-out pairs per task (seeded: a smaller set is a prefix of a larger one)"),
+    _key("data", "crop", "int", "DiT training crop (pixels of the enlarged images)"),
+    _key("data", "crops_per_tuple", "int", "crops of each training tuple, spread evenly over the grid that covers it "
+         "(1: the centre one)"),
+    _key("vae", "vae_steps", "int", "steps of the from-scratch VAE stage"),
+    _key("vae", "vae_patch", "int", "patch side of the from-scratch stage"),
+    _key("vae", "vae_batch", "int", "VAE batch size"),
+    _key("vae", "vae_lr", "float", "learning rate of the from-scratch stage"),
+    _key("vae", "vae_eval_patches", "int", "held-out patches the VAE's PSNR / SSIM are measured on"),
+    _key("vae", "vae_decoder_steps", "int", "decoder-only fine-tune steps (0: none)"),
+    _key("vae", "vae_joint_steps", "int", "encoder + decoder fine-tune steps (0: none)"),
+    _key("vae", "vae_ft_patch", "int", "patch side of the fine-tune stages"),
+    _key("vae", "vae_ft_lr", "float", "learning rate of the fine-tune stages"),
+    _key("vae", "vae_ft_edge", "float", "edge-loss weight of the fine-tune stages"),
+    _key("dit", "work_scale", "int", "the model's working scale (model.work_scale): pairs enlarged k times before the VAE"),
+    _key("dit", "window", "int", "the model's window (model.work_scale): larger pairs run in overlapping windows of this "
+         "many enlarged pixels; 0: whole images"),
+    _key("dit", "dit_width", "int", "DiT hidden size (tiny preset: 128; experts 2x)"),
+    _key("dit", "dit_depth", "int", "DiT blocks (tiny preset: 4)"),
+    _key("dit", "batch", "int", "DiT batch size"),
+    _key("dit", "lr", "float", "DiT learning rate (cautious AdamW, cosine schedule with warm-up)"),
+    _key("dit", "reg_steps", "int", "regression DiT steps"),
+    _key("dit", "flow_steps", "int", "flow DiT steps (first stage)"),
+    _key("dit", "aux_weight", "float", "weight of the pixel-space auxiliary terms (MMAIF Eq. 9-10)"),
+    _key("dit", "aux_samples", "int", "decoded items per batch for the pixel-space terms (0: all)"),
+    _key("dit", "label_weight", "float", "weight of the pixel-space label term (losses.label_loss)"),
+    _key("dit", "ema", "float", "EMA decay of the weights (0: none)"),
+    _key("flow", "flow_finetune_steps", "int", "a second flow stage from the first one's weights (0: none)"),
+    _key("flow", "flow_finetune_lr", "float", "learning rate of the flow's second stage"),
+    _key("flow", "flow_prior", "str", "the flow DiT's prior p0 (model.flow); the model declares it, so every runtime "
+         "samples from it", ("gaussian", "source_a", "source_b", "source_mean")),
+    _key("flow", "prior_sigma", "float", "σ_p of a source prior (model.flow)"),
+    _key("detail", "detail", "bool", "give the model the pixel-space detail path (model.detail)"),
+    _key("detail", "detail_clean", "detail", "its parameters for the task's canonical prompt (clean pairs)"),
+    _key("detail", "detail_safe", "detail", "its parameters for other prompts (degraded pairs)"),
+)
+
+
+def _kind_error(where: str, key: RecipeKey, value: Any) -> LatentfuseError:
+    what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+            "ints": "a list of integers", "detail": f"a table {{{', '.join(DETAIL_FIELDS)}}}"}[key.kind]
+    return LatentfuseError(f"{where}: {key.name} must be {what}, got {value!r}")
+
+
+def check_value(key: RecipeKey, value: Any, where: str) -> Any:
+    """``value`` as the key's kind, or a LatentfuseError naming ``where`` and the key."""
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "str": lambda v: isinstance(v, str),
+          "bool": lambda v: isinstance(v, bool),
+          "ints": lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+          "detail": lambda v: isinstance(v, dict) and set(v) == set(DETAIL_FIELDS)}[key.kind]
+    if not ok(value):
+        raise _kind_error(where, key, value)
+    if key.choices and value not in key.choices:
+        raise LatentfuseError(f"{where}: {key.name} must be one of {', '.join(key.choices)}, got {value!r}")
+    if key.kind == "float":
+        return float(value)
+    if key.kind == "detail":
+        return {"sigma": float(value["sigma"]), "radius": value["radius"], "fused_candidate": value["fused_candidate"]}
+    return value
+
+
+def load_recipe(path: str | Path, keys: tuple[RecipeKey, ...] = DEFAULT_RECIPE_KEYS) -> dict[str, Any]:
+    """The recipe at ``path`` as ``{name: value}``, every key of ``keys`` present, in its section, of its kind."""
+    path = Path(path)
+    raw = read_config_file(path, "recipe")
+    sections = {k.section for k in keys}
+    unknown = [f"[{s}]" for s in raw if s not in sections]
+    unknown += [f"{s}.{n}" for s, table in raw.items() if s in sections and isinstance(table, dict)
+                for n in table if not any(k.section == s and k.name == n for k in keys)]
+    if unknown:
+        raise LatentfuseError(f"recipe {path}: unknown {', '.join(unknown)} (sections {', '.join(sorted(sections))}; "
+                              "the keys are in model/training/recipe.py)")
+    missing = [f"{k.section}.{k.name}" for k in keys if k.name not in raw.get(k.section, {})]
+    if missing:
+        raise LatentfuseError(f"recipe {path}: missing {', '.join(missing)}")
+    return {k.name: check_value(k, raw[k.section][k.name], f"recipe {path}") for k in keys}
+
+
+def recipe_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _cli_value(key: RecipeKey, text: str) -> Any:
+    """A ``--KEY`` override as the key's kind: ``ints`` take ``0,1,2``; ``detail`` takes ``sigma,radius,
+    fused_candidate`` (``8,4,0``); ``bool`` takes true/false/1/0."""
+    flag = "--" + key.name.replace("_", "-")
+    try:
+        if key.kind == "int":
+            value: Any = int(text)
+        elif key.kind == "float":
+            value = float(text)
+        elif key.kind == "bool":
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
+        elif key.kind == "ints":
+            value = [int(x) for x in text.split(",")]
+        elif key.kind == "detail":
+            sigma, radius, fused = text.split(",")
+            value = {"sigma": float(sigma), "radius": int(radius), "fused_candidate": bool(int(fused))}
+        else:
+            value = text
+    except (ValueError, KeyError):
+        form = {"int": "an integer", "float": "a number", "bool": "true or false", "ints": "integers joined by "
+                "commas (e.g. 0,1,2)", "detail": "sigma,radius,fused_candidate (e.g. 8,4,0)"}[key.kind]
+        raise argparse.ArgumentTypeError(f"{flag} takes {form}, got {text!r}") from None
+    if key.choices and value not in key.choices:
+        raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(key.choices)}, got {text!r}")
+    return value
+
+
+def add_recipe_overrides(parser: argparse.ArgumentParser, keys: tuple[RecipeKey, ...] = DEFAULT_RECIPE_KEYS) -> None:
+    """One ``--KEY`` per recipe key (default None: the recipe's value), grouped by section."""
+    groups: dict[str, Any] = {}
+    for key in keys:
+        group = groups.setdefault(key.section, parser.add_argument_group(f"recipe [{key.section}] overrides"))
+        group.add_argument("--" + key.name.replace("_", "-"), dest=key.name, default=None, metavar=key.kind.upper(),
+                           type=lambda text, key=key: _cli_value(key, text), help=key.help)
+
+
+def resolve_recipe(args: argparse.Namespace, path: str | Path,
+                   keys: tuple[RecipeKey, ...] = DEFAULT_RECIPE_KEYS) -> dict[str, Any]:
+    """Fill ``args`` with the recipe at ``path``, keeping the ``--KEY`` overrides given; returns the overrides."""
+    values = load_recipe(path, keys)
+    overrides = {k.name: getattr(args, k.name) for k in keys if getattr(args, k.name, None) is not None}
+    for name, value in values.items():
+        setattr(args, name, overrides.get(name, value))
+    return overrides
