@@ -156,7 +156,7 @@ class DetailSettings:
 
     clean: DetailConfig
     safe: DetailConfig
-    clean_prompts: tuple[str, ...]  # normalised prompts that mean "nothing to restore": the canonical ones
+    clean_prompts: tuple[str, ...]  # normalised prompts that mean "nothing to restore": the task prompts
     off_prefixes: tuple[str, ...] = OFF_PREFIXES
 
     @classmethod
@@ -171,10 +171,12 @@ class DetailSettings:
 
     @classmethod
     def for_configs(cls, clean: DetailConfig, safe: DetailConfig) -> "DetailSettings":
-        """Settings with the canonical task prompts as the clean ones."""
-        from latentfuse.model.data.prompts import CANONICAL_TASK_PROMPTS
+        """Settings whose clean prompts are every phrasing of every task prompt (``model.data.prompts.
+        TASK_PROMPTS``, the canonical one first): the prompts the model was trained with on clean pairs, which
+        ask for the fusion and name nothing to restore."""
+        from latentfuse.model.data.prompts import TASK_PROMPTS
 
-        return cls(clean, safe, tuple(normalize_prompt(p) for p in CANONICAL_TASK_PROMPTS.values()))
+        return cls(clean, safe, tuple(normalize_prompt(p) for phrasings in TASK_PROMPTS.values() for p in phrasings))
 
     def to_dict(self) -> dict:
         return {"clean": self.clean.as_dict(), "safe": self.safe.as_dict(), "clean_prompts": list(self.clean_prompts),

@@ -23,6 +23,11 @@ BACKEND_CHOICES = ("torch", "onnxruntime", "tensorrt")
 # ------------------------------------------------------------------------------ registration
 
 
+DETAIL_CHOICES = ("auto", "clean", "safe", "off")
+DETAIL_HELP = ("the model's detail path after decoding (the sources' fine detail put back): auto picks 'clean' for a "
+               "prompt that only asks for the fusion (the task prompts, the default one included), 'off' for rain / "
+               "snow / stripe prompts, else 'safe' (default auto; models without one ignore it)")
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle", help="deployment bundle directory (latentfuse export); onnxruntime / tensorrt")
@@ -55,10 +60,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads per graph (ONNX Runtime intra-op threads, torch.set_num_threads; "
                         "default: all cores)")
-    p.add_argument("--detail", choices=("auto", "clean", "safe", "off"), default="auto",
-                   help="the model's detail path after decoding (the sources' fine detail put back): auto picks "
-                        "'clean' for the task's canonical prompt, 'off' for rain / snow / stripe prompts, else "
-                        "'safe' (default auto; models without one ignore it)")
+    p.add_argument("--detail", choices=DETAIL_CHOICES, default="auto", help=DETAIL_HELP)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,10 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs before timing (default 1)")
     p.add_argument("--runs", type=int, default=3, help="timed runs for the latency table (default 3)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per graph (default: all cores)")
-    p.add_argument("--detail", choices=("auto", "clean", "safe", "off"), default="auto",
-                   help="the model's detail path after decoding (the sources' fine detail put back): auto picks "
-                        "'clean' for the task's canonical prompt, 'off' for rain / snow / stripe prompts, else "
-                        "'safe' (default auto; models without one ignore it)")
+    p.add_argument("--detail", choices=DETAIL_CHOICES, default="auto", help=DETAIL_HELP)
     p.set_defaults(func=run_demo)
 
 

@@ -61,7 +61,8 @@ VAES = {
     "taef2_s2": ("TAEF2, working scale 2", "taef2", 2),
 }
 DEFAULT_VAES = ("tiny_s1", "tiny_s2", "taef2_s1")
-TUNE_GRID = {"sigma": (1.0, 2.0, 3.0, 4.0, 6.0, 8.0), "radius": (1, 2, 4), "fused_candidate": (True, False)}
+TUNE_GRID = {"sigma": (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0), "radius": (1, 2, 4, 8),
+             "fused_candidate": (True, False)}
 DEGRADED_VARIANTS = 2        # degraded versions of each tuning pair
 MAX_DEGRADED_LOSS_DB = 0.1   # the "safe" detail path may cost degraded pairs at most this much PSNR (mean, dB)
 KINDS = ("clean", "safe")    # detail configurations: best on clean pairs / best that spares degraded pairs

@@ -571,10 +571,12 @@ def write_model_card(out: Path, report: dict, table_md: str) -> None:
                    "\nDetail path (`model/detail.py`, a host-side stage after decoding that every runtime and the C++ host run):\n"
                    "the sources' luma detail finer than sigma px put back where it is above their noise level; parameters\n"
                    f"sigma, radius, fused candidate: clean {detail['clean']['sigma']:g}, {detail['clean']['radius']}, "
-                   f"{'yes' if detail['clean']['fused_candidate'] else 'no'} for the canonical prompts, safe "
+                   f"{'yes' if detail['clean']['fused_candidate'] else 'no'} for the task prompts (any of their phrasings), safe "
                    f"{detail['safe']['sigma']:g}, {detail['safe']['radius']}, {'yes' if detail['safe']['fused_candidate'] else 'no'}"
                    " for other prompts, off for rain / snow / stripe prompts\n(chosen on training scenes only, "
                    "`docs/real-data-ceilings.md`). `regression_raw` below is the regression DiT with the stage off.\n")
+    # changes made to the saved model after its build (weights untouched), newest last
+    detail_line += "".join(f"\nRevised {rev['date']}: {rev['change']}.\n" for rev in report.get("revisions", []))
     if final_vae:
         stages = ", ".join(f"{st['stage']} {st['held_out']['psnr']:.2f} dB / {st['held_out']['ssim']:.4f}" for st in v["stages"])
         vae_section = (

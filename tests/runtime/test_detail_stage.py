@@ -40,6 +40,8 @@ def test_the_stage_runs_on_the_decoded_image_at_input_size(pipe):
 @pytest.mark.parametrize("prompt,expected", [
     (None, "clean"),                                   # the task's canonical prompt
     ("  Fuse the MULTI-exposure images ", "clean"),
+    ("merge the exposure bracket into one well-exposed image", "clean"),  # another phrasing of a task prompt
+    ("fuse the infrared and visible images", "clean"),  # any task's prompt: the mode does not look at the task
     ("remove the grain from the images", "safe"),      # "grain" is not rain
     ("brighten the dark image", "safe"),
     ("remove the rain and the noise", "off"),          # the stage copies rain back

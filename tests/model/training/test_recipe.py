@@ -32,7 +32,7 @@ def test_the_shipped_recipe_has_every_key_of_its_kind():
     recipe = load_recipe(SHIPPED)
     assert list(recipe) == [k.name for k in DEFAULT_RECIPE_KEYS]
     assert recipe["data"] == "real" and recipe["real_degradations"] == [0, 1, 2, 3] and recipe["work_scale"] == 1
-    assert recipe["detail_clean"] == {"sigma": 8.0, "radius": 4, "fused_candidate": False}
+    assert recipe["detail_clean"] == {"sigma": 24.0, "radius": 8, "fused_candidate": False}
     assert isinstance(recipe["vae_lr"], float) and recipe["lr"] == 1e-3
     assert len(recipe_sha256(SHIPPED)) == 64
 
@@ -44,7 +44,7 @@ def test_the_shipped_recipe_has_every_key_of_its_kind():
     ("detail = true ", "detail = 1 ", "detail must be true or false, got 1"),
     ('data = "real"', 'data = "photos"', "data must be one of real, synthetic, got 'photos'"),
     ("real_degradations = [0, 1, 2, 3]", "real_degradations = []", "real_degradations must be a list of integers"),
-    ("{ sigma = 4.0, radius = 4, fused_candidate = true }", "{ sigma = 4.0, radius = 4 }",
+    ("{ sigma = 4.0, radius = 8, fused_candidate = true }", "{ sigma = 4.0, radius = 8 }",
      r"detail_safe must be a table \{sigma, radius, fused_candidate\}"),
     ("ema = 0.99\n", "", "missing dit.ema"),
     ("[vae]", "[vae", "is not valid TOML"),
