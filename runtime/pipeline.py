@@ -43,6 +43,7 @@ from latentfuse.model.geometry import PIXEL_MULTIPLE
 from latentfuse.model.work_scale import check_window, check_work_scale, downscale, upscale
 from latentfuse.runtime import samplers
 from latentfuse.runtime.backends import Backend, get_backend
+from latentfuse.runtime.backends.tiled import DIT_OVERLAP, TiledBackend
 from latentfuse.runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
 
 PAD_MULTIPLE = PIXEL_MULTIPLE  # VAE downsampling (8) × DiT patch size (2)
@@ -175,7 +176,7 @@ class Pipeline:
         self.min_size = int(backend.min_image_size() or PAD_MULTIPLE)
         self.work_scale = check_work_scale(backend.work_scale(), f"the {backend.name} backend's work_scale")
         self.window = check_window(backend.window(), f"the {backend.name} backend's window")
-        self.tile_overlap = 64  # pixels shared by neighbouring DiT windows (runtime.backends.tiled)
+        self.tile_overlap = DIT_OVERLAP  # pixels shared by neighbouring DiT windows (runtime.backends.tiled)
         self.max_dit_batch = MAX_DIT_BATCH  # DiT windows per graph call (also capped by the backend's)
         self.vae_max_side = VAE_MAX_SIDE  # largest side of one VAE call unless ``tile`` says otherwise
         self.detail = backend.detail_settings()  # the model's detail path after decoding, or None
@@ -253,8 +254,6 @@ class Pipeline:
         window, vae_tile = self.plan_windows(ph, pw, tile)
         backend = self.backend
         if window or vae_tile:
-            from latentfuse.runtime.backends.tiled import TiledBackend
-
             cap = self.backend.max_batch_size()
             batch = self.max_dit_batch if cap is None else min(self.max_dit_batch, cap)
             backend = TiledBackend(self.backend, window, vae_tile, overlap=self.tile_overlap, max_batch=batch)

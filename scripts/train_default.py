@@ -18,8 +18,9 @@
 6. eval     ``scripts/evaluate_default.py`` on the held-out pairs
 
 Sized for a 2-core CPU in about two and a half hours (VAE stages on two threads, 36 min; the two DiTs
-side by side on one thread each, 66 min; the flow's second stage, 26 min; the evaluation, 9 min); every
-size is a flag, and every stage is kept in ``--work`` and reused. Run it in the background:
+side by side on one thread each, 66 min; the flow's second stage, 26 min; the evaluation, 9 min). What it
+builds is the recipe file ``configs/recipes/default.toml`` (``model.training.recipe``; every key is also a
+flag that overrides it for one run); every stage is kept in ``--work`` and reused. Run it in the background:
 
     nohup .venv/bin/python scripts/train_default.py > runs/train_default.log 2>&1 &
 """

@@ -132,7 +132,7 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   std::optional<Tiler> tiler;
   if (plan.dit || plan.vae) {
     const int cap = runner_->max_batch();
-    tiler.emplace(plan.dit, plan.vae, kTileOverlap, kVaeOverlap, cap > 0 ? std::min(kMaxDitBatch, cap) : kMaxDitBatch);
+    tiler.emplace(plan.dit, plan.vae, kDitOverlap, kVaeOverlap, cap > 0 ? std::min(kMaxDitBatch, cap) : kMaxDitBatch);
   }
   const Tensor images = to_model_range({pad_to_size(upscale(to_rgb(img_a), k), ph, pw),
                                         pad_to_size(upscale(to_rgb(img_b), k), ph, pw)});

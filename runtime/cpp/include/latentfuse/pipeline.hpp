@@ -18,11 +18,10 @@
 
 namespace latentfuse {
 
-// runtime/pipeline.py: MAX_SIDE, VAE_MAX_SIDE, MAX_DIT_BATCH, Pipeline.tile_overlap
+// runtime/pipeline.py: MAX_SIDE, VAE_MAX_SIDE, MAX_DIT_BATCH (the DiT windows' overlap: tiling.hpp kDitOverlap)
 constexpr int kMaxSide = 1024;     // where a backend states no size limit: the largest side one DiT call takes
 constexpr int kVaeMaxSide = 768;   // the largest side one VAE call takes by default (--tile PX changes it)
 constexpr int kMaxDitBatch = 64;   // DiT windows per graph call (also capped by the backend's max batch)
-constexpr int kTileOverlap = 64;   // pixels shared by neighbouring DiT windows
 
 // (DiT window, VAE tile) in pixels for a padded height x width pair; nullopt where the whole image goes
 // through in one call (runtime.pipeline.Pipeline.plan_windows). `limit`: the backend's largest (H, W)

@@ -24,6 +24,7 @@ namespace latentfuse {
 constexpr int kTileGrid = 16;      // pixels per DiT patch (8 x 2): window starts and sizes are multiples
 constexpr int kLatentFactor = 8;   // VAE downsampling
 constexpr int kVaeOverlap = 128;   // pixels shared by neighbouring VAE tiles (the VAE's receptive field)
+constexpr int kDitOverlap = 32;    // pixels shared by neighbouring DiT windows (runtime/backends/tiled.py DIT_OVERLAP)
 
 // (height, width) in pixels
 using Size2 = std::pair<int, int>;
@@ -62,7 +63,7 @@ class Tiler {
   // all windows in one), VAE calls split into tiles of `vae_tile` pixels only where an image exceeds it
   // (nullopt: never). Sizes are rounded down to the 16-px grid (at least 32 px); overlaps (at least
   // 16 px) are clamped to half a window / tile, on the grid (TiledBackend.__init__).
-  Tiler(std::optional<Size2> window, std::optional<Size2> vae_tile = std::nullopt, int overlap = 64,
+  Tiler(std::optional<Size2> window, std::optional<Size2> vae_tile = std::nullopt, int overlap = kDitOverlap,
         int vae_overlap = kVaeOverlap, std::optional<int> max_batch = std::nullopt);
 
   using VaeCall = std::function<Tensor(const Tensor& x)>;
