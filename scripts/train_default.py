@@ -46,7 +46,8 @@ from latentfuse.model.atomic import atomic_file  # noqa: E402
 from latentfuse.model.components import DEFAULT_MODEL_DIR, FusionComponents  # noqa: E402
 from latentfuse.model.errors import LatentfuseError  # noqa: E402
 from latentfuse.model.flow import describe_prior  # noqa: E402
-from latentfuse.model.training.recipe import add_recipe_overrides, recipe_sha256, resolve_recipe  # noqa: E402
+from latentfuse.model.training.recipe import add_recipe_overrides, resolve_recipe  # noqa: E402
+from latentfuse.runtime.manifest import sha256_file  # noqa: E402
 from latentfuse.model.data.tasks import TASKS  # noqa: E402
 
 DEFAULT_RECIPE = REPO / "configs" / "recipes" / "default.toml"
@@ -697,7 +698,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
-    report: dict = {"recipe": {"path": str(args.recipe), "sha256": recipe_sha256(args.recipe), "overrides": overrides},
+    report: dict = {"recipe": {"path": str(args.recipe), "sha256": sha256_file(args.recipe), "overrides": overrides},
                     "seed": args.seed, "threads": args.threads, "dit_workers": args.dit_workers, "args": {k: str(v) for k, v in vars(args).items()},
                     "machine": f"{platform.machine()} CPU, torch {torch.__version__}",
                     "command": "python scripts/train_default.py " + " ".join(sys.argv[1:] if argv is None else argv)}

@@ -4,8 +4,8 @@
 that decides *what* it builds — data sizes, the VAE stages, the DiT's size and schedule, the flow's second
 stage, the detail path — is a key of the recipe, grouped in sections (``[data]``, ``[vae]``, ``[dit]``,
 ``[flow]``, ``[detail]``). The script's own flags say *where and how* it runs (folders, threads, resume) and
-one ``--KEY`` per recipe key overrides the file for a run (``--reg-steps 8000``). The report and the model
-card record the recipe's path, its sha256 and the overrides.
+one ``--KEY`` per recipe key overrides the file for a run (``--reg-steps 8000``). The script records the
+recipe's path, its sha256 and the overrides in its report and the model card.
 
 A key the schema does not know, a missing key, or a value of the wrong type is a LatentfuseError naming
 the file, the key and what it takes, before any work starts.
@@ -14,10 +14,9 @@ the file, the key and what it takes, before any work starts.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.training.config import read_config_file
@@ -35,77 +34,96 @@ class RecipeKey:
     choices: tuple = ()
 
 
-def _key(section: str, name: str, kind: str, help: str, choices: tuple = ()) -> RecipeKey:
-    return RecipeKey(section, name, kind, help, choices)
-
-
 DETAIL_FIELDS = ("sigma", "radius", "fused_candidate")
 
 #: The keys of the default's recipe, in file order.
 DEFAULT_RECIPE_KEYS: tuple[RecipeKey, ...] = (
-    _key("data", "seed", "int", "seed of every stage (data, weights, order)"),
-    _key("data", "data", "str", "real: the real registered pairs (training scenes; held-out scenes for the evaluation); "
+    RecipeKey("data", "seed", "int", "seed of every stage (data, weights, order)"),
+    RecipeKey("data", "data", "str", "real: the real registered pairs (training scenes; held-out scenes for the evaluation); "
          "synthetic: pairs rendered from the scikit-image photographs", ("real", "synthetic")),
-    _key("data", "real_degradations", "ints", "degradation counts drawn per real training tuple (0: the clean pair "
+    RecipeKey("data", "real_degradations", "ints", "degradation counts drawn per real training tuple (0: the clean pair "
          "with the task's canonical prompt, so clean input stays clean)"),
-    _key("data", "size", "int", "long side of the training images"),
-    _key("data", "test_size", "int", "long side of the real held-out pairs"),
-    _key("data", "per_pair", "int", "degraded variants per training pair"),
-    _key("data", "pairs", "int", "synthetic training pairs per task"),
-    _key("data", "test_pairs", "int", "synthetic held-out pairs per task (seeded: a smaller set is a prefix of a larger one)"),
-    _key("data", "crop", "int", "DiT training crop (pixels of the enlarged images)"),
-    _key("data", "crops_per_tuple", "int", "crops of each training tuple, spread evenly over the grid that covers it "
+    RecipeKey("data", "size", "int", "long side of the training images"),
+    RecipeKey("data", "test_size", "int", "long side of the real held-out pairs"),
+    RecipeKey("data", "per_pair", "int", "degraded variants per training pair"),
+    RecipeKey("data", "pairs", "int", "synthetic training pairs per task"),
+    RecipeKey("data", "test_pairs", "int", "synthetic held-out pairs per task (seeded: a smaller set is a prefix of a larger one)"),
+    RecipeKey("data", "crop", "int", "DiT training crop (pixels of the enlarged images)"),
+    RecipeKey("data", "crops_per_tuple", "int", "crops of each training tuple, spread evenly over the grid that covers it "
          "(1: the centre one)"),
-    _key("vae", "vae_steps", "int", "steps of the from-scratch VAE stage"),
-    _key("vae", "vae_patch", "int", "patch side of the from-scratch stage"),
-    _key("vae", "vae_batch", "int", "VAE batch size"),
-    _key("vae", "vae_lr", "float", "learning rate of the from-scratch stage"),
-    _key("vae", "vae_eval_patches", "int", "held-out patches the VAE's PSNR / SSIM are measured on"),
-    _key("vae", "vae_decoder_steps", "int", "decoder-only fine-tune steps (0: none)"),
-    _key("vae", "vae_joint_steps", "int", "encoder + decoder fine-tune steps (0: none)"),
-    _key("vae", "vae_ft_patch", "int", "patch side of the fine-tune stages"),
-    _key("vae", "vae_ft_lr", "float", "learning rate of the fine-tune stages"),
-    _key("vae", "vae_ft_edge", "float", "edge-loss weight of the fine-tune stages"),
-    _key("dit", "work_scale", "int", "the model's working scale (model.work_scale): pairs enlarged k times before the VAE"),
-    _key("dit", "window", "int", "the model's window (model.work_scale): larger pairs run in overlapping windows of this "
+    RecipeKey("vae", "vae_steps", "int", "steps of the from-scratch VAE stage"),
+    RecipeKey("vae", "vae_patch", "int", "patch side of the from-scratch stage"),
+    RecipeKey("vae", "vae_batch", "int", "VAE batch size"),
+    RecipeKey("vae", "vae_lr", "float", "learning rate of the from-scratch stage"),
+    RecipeKey("vae", "vae_eval_patches", "int", "held-out patches the VAE's PSNR / SSIM are measured on"),
+    RecipeKey("vae", "vae_decoder_steps", "int", "decoder-only fine-tune steps (0: none)"),
+    RecipeKey("vae", "vae_joint_steps", "int", "encoder + decoder fine-tune steps (0: none)"),
+    RecipeKey("vae", "vae_ft_patch", "int", "patch side of the fine-tune stages"),
+    RecipeKey("vae", "vae_ft_lr", "float", "learning rate of the fine-tune stages"),
+    RecipeKey("vae", "vae_ft_edge", "float", "edge-loss weight of the fine-tune stages"),
+    RecipeKey("dit", "work_scale", "int", "the model's working scale (model.work_scale): pairs enlarged k times before the VAE"),
+    RecipeKey("dit", "window", "int", "the model's window (model.work_scale): larger pairs run in overlapping windows of this "
          "many enlarged pixels; 0: whole images"),
-    _key("dit", "dit_width", "int", "DiT hidden size (tiny preset: 128; experts 2x)"),
-    _key("dit", "dit_depth", "int", "DiT blocks (tiny preset: 4)"),
-    _key("dit", "batch", "int", "DiT batch size"),
-    _key("dit", "lr", "float", "DiT learning rate (cautious AdamW, cosine schedule with warm-up)"),
-    _key("dit", "reg_steps", "int", "regression DiT steps"),
-    _key("dit", "flow_steps", "int", "flow DiT steps (first stage)"),
-    _key("dit", "aux_weight", "float", "weight of the pixel-space auxiliary terms (MMAIF Eq. 9-10)"),
-    _key("dit", "aux_samples", "int", "decoded items per batch for the pixel-space terms (0: all)"),
-    _key("dit", "label_weight", "float", "weight of the pixel-space label term (losses.label_loss)"),
-    _key("dit", "ema", "float", "EMA decay of the weights (0: none)"),
-    _key("flow", "flow_finetune_steps", "int", "a second flow stage from the first one's weights (0: none)"),
-    _key("flow", "flow_finetune_lr", "float", "learning rate of the flow's second stage"),
-    _key("flow", "flow_prior", "str", "the flow DiT's prior p0 (model.flow); the model declares it, so every runtime "
+    RecipeKey("dit", "dit_width", "int", "DiT hidden size (tiny preset: 128; experts 2x)"),
+    RecipeKey("dit", "dit_depth", "int", "DiT blocks (tiny preset: 4)"),
+    RecipeKey("dit", "batch", "int", "DiT batch size"),
+    RecipeKey("dit", "lr", "float", "DiT learning rate (cautious AdamW, cosine schedule with warm-up)"),
+    RecipeKey("dit", "reg_steps", "int", "regression DiT steps"),
+    RecipeKey("dit", "flow_steps", "int", "flow DiT steps (first stage)"),
+    RecipeKey("dit", "aux_weight", "float", "weight of the pixel-space auxiliary terms (MMAIF Eq. 9-10)"),
+    RecipeKey("dit", "aux_samples", "int", "decoded items per batch for the pixel-space terms (0: all)"),
+    RecipeKey("dit", "label_weight", "float", "weight of the pixel-space label term (losses.label_loss)"),
+    RecipeKey("dit", "ema", "float", "EMA decay of the weights (0: none)"),
+    RecipeKey("flow", "flow_finetune_steps", "int", "a second flow stage from the first one's weights (0: none)"),
+    RecipeKey("flow", "flow_finetune_lr", "float", "learning rate of the flow's second stage"),
+    RecipeKey("flow", "flow_prior", "str", "the flow DiT's prior p0 (model.flow); the model declares it, so every runtime "
          "samples from it", ("gaussian", "source_a", "source_b", "source_mean")),
-    _key("flow", "prior_sigma", "float", "σ_p of a source prior (model.flow)"),
-    _key("detail", "detail", "bool", "give the model the pixel-space detail path (model.detail)"),
-    _key("detail", "detail_clean", "detail", "its parameters for the task's canonical prompt (clean pairs)"),
-    _key("detail", "detail_safe", "detail", "its parameters for other prompts (degraded pairs)"),
+    RecipeKey("flow", "prior_sigma", "float", "σ_p of a source prior (model.flow)"),
+    RecipeKey("detail", "detail", "bool", "give the model the pixel-space detail path (model.detail)"),
+    RecipeKey("detail", "detail_clean", "detail", "its parameters for the task's canonical prompt (clean pairs)"),
+    RecipeKey("detail", "detail_safe", "detail", "its parameters for other prompts (degraded pairs)"),
 )
 
 
-def _kind_error(where: str, key: RecipeKey, value: Any) -> LatentfuseError:
-    what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-            "ints": "a list of integers", "detail": f"a table {{{', '.join(DETAIL_FIELDS)}}}"}[key.kind]
-    return LatentfuseError(f"{where}: {key.name} must be {what}, got {value!r}")
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _detail_from_text(text: str) -> dict:
+    sigma, radius, fused = text.split(",")
+    return {"sigma": float(sigma), "radius": int(radius), "fused_candidate": bool(int(fused))}
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What a kind takes in the file (``in_file``, described by ``file_form``) and on the command line
+    (``parse``, described by ``flag_form``)."""
+
+    in_file: Callable[[Any], bool]
+    file_form: str
+    parse: Callable[[str], Any]
+    flag_form: str
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+KINDS: dict[str, _Kind] = {
+    "int": _Kind(_int, "an integer", int, "an integer"),
+    "float": _Kind(lambda v: _int(v) or isinstance(v, float), "a number", float, "a number"),
+    "str": _Kind(lambda v: isinstance(v, str), "a string", str, "a string"),
+    "bool": _Kind(lambda v: isinstance(v, bool), "true or false", lambda t: _BOOL_WORDS[t.lower()], "true or false"),
+    "ints": _Kind(lambda v: isinstance(v, list) and bool(v) and all(_int(x) for x in v), "a list of integers",
+                  lambda t: [int(x) for x in t.split(",")], "integers joined by commas (e.g. 0,1,2)"),
+    "detail": _Kind(lambda v: isinstance(v, dict) and set(v) == set(DETAIL_FIELDS),
+                    f"a table {{{', '.join(DETAIL_FIELDS)}}}", _detail_from_text,
+                    "sigma,radius,fused_candidate (e.g. 8,4,0)"),
+}
 
 
 def check_value(key: RecipeKey, value: Any, where: str) -> Any:
     """``value`` as the key's kind, or a LatentfuseError naming ``where`` and the key."""
-    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "str": lambda v: isinstance(v, str),
-          "bool": lambda v: isinstance(v, bool),
-          "ints": lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
-          "detail": lambda v: isinstance(v, dict) and set(v) == set(DETAIL_FIELDS)}[key.kind]
-    if not ok(value):
-        raise _kind_error(where, key, value)
+    kind = KINDS[key.kind]
+    if not kind.in_file(value):
+        raise LatentfuseError(f"{where}: {key.name} must be {kind.file_form}, got {value!r}")
     if key.choices and value not in key.choices:
         raise LatentfuseError(f"{where}: {key.name} must be one of {', '.join(key.choices)}, got {value!r}")
     if key.kind == "float":
@@ -120,6 +138,10 @@ def load_recipe(path: str | Path, keys: tuple[RecipeKey, ...] = DEFAULT_RECIPE_K
     path = Path(path)
     raw = read_config_file(path, "recipe")
     sections = {k.section for k in keys}
+    not_tables = [s for s in sections if s in raw and not isinstance(raw[s], dict)]
+    if not_tables:
+        raise LatentfuseError(f"recipe {path}: {', '.join(f'[{s}]' for s in sorted(not_tables))} must be a section "
+                              f"(a table of keys), got a value")
     unknown = [f"[{s}]" for s in raw if s not in sections]
     unknown += [f"{s}.{n}" for s, table in raw.items() if s in sections and isinstance(table, dict)
                 for n in table if not any(k.section == s and k.name == n for k in keys)]
@@ -132,32 +154,14 @@ def load_recipe(path: str | Path, keys: tuple[RecipeKey, ...] = DEFAULT_RECIPE_K
     return {k.name: check_value(k, raw[k.section][k.name], f"recipe {path}") for k in keys}
 
 
-def recipe_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _cli_value(key: RecipeKey, text: str) -> Any:
-    """A ``--KEY`` override as the key's kind: ``ints`` take ``0,1,2``; ``detail`` takes ``sigma,radius,
-    fused_candidate`` (``8,4,0``); ``bool`` takes true/false/1/0."""
+    """A ``--KEY`` override as the key's kind (``KINDS``: ``ints`` take ``0,1,2``, ``detail`` takes
+    ``sigma,radius,fused_candidate``, ``bool`` takes true/false/1/0)."""
     flag = "--" + key.name.replace("_", "-")
     try:
-        if key.kind == "int":
-            value: Any = int(text)
-        elif key.kind == "float":
-            value = float(text)
-        elif key.kind == "bool":
-            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
-        elif key.kind == "ints":
-            value = [int(x) for x in text.split(",")]
-        elif key.kind == "detail":
-            sigma, radius, fused = text.split(",")
-            value = {"sigma": float(sigma), "radius": int(radius), "fused_candidate": bool(int(fused))}
-        else:
-            value = text
+        value = KINDS[key.kind].parse(text)
     except (ValueError, KeyError):
-        form = {"int": "an integer", "float": "a number", "bool": "true or false", "ints": "integers joined by "
-                "commas (e.g. 0,1,2)", "detail": "sigma,radius,fused_candidate (e.g. 8,4,0)"}[key.kind]
-        raise argparse.ArgumentTypeError(f"{flag} takes {form}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{flag} takes {KINDS[key.kind].flag_form}, got {text!r}") from None
     if key.choices and value not in key.choices:
         raise argparse.ArgumentTypeError(f"{flag} must be one of {', '.join(key.choices)}, got {text!r}")
     return value

@@ -50,6 +50,12 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
         assert rows["average"]["qabf_over_average"] == 0.0 and 0.0 <= rows["flow"]["qabf_over_average"] <= 1.0
     card = (out / "MODEL_CARD.md").read_text()
     assert "| MEF | flow_sde |" in card and "issue's bar" in card and "scratch" in card
+    from latentfuse.runtime.manifest import sha256_file
+
+    recipe = report["recipe"]  # the shipped recipe file, its hash, and this run's overrides
+    assert recipe["sha256"] == sha256_file(recipe["path"]) and len(recipe["sha256"]) == 64
+    assert recipe["overrides"]["reg_steps"] == 2 and recipe["overrides"]["detail"] is False
+    assert f"(sha256 {recipe['sha256'][:12]})" in card
     # fp16 weights load back, with the working scale the DiTs were trained at
     assert FusionComponents.from_pretrained(out).work_scale == 2
     assert report["dit_regression"]["config"]["data"]["work_scale"] == 2
