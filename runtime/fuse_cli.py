@@ -23,7 +23,7 @@ BACKEND_CHOICES = ("torch", "onnxruntime", "tensorrt")
 # ------------------------------------------------------------------------------ registration
 
 
-DETAIL_CHOICES = ("auto", "clean", "safe", "off")
+DETAIL_CHOICES = ("auto", "clean", "safe", "off")  # "auto" + model.detail.DETAIL_MODES, literal: --help stays free of scipy
 DETAIL_HELP = ("the model's detail path after decoding (the sources' fine detail put back): auto picks 'clean' for a "
                "prompt that only asks for the fusion (the task prompts, the default one included), 'off' for rain / "
                "snow / stripe prompts, else 'safe' (default auto; models without one ignore it)")

@@ -92,3 +92,11 @@ def test_the_model_directory_keeps_the_settings(tmp_path):
     (tmp_path / "m" / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(LatentfuseError, match="detail sigma must be positive"):
         FusionComponents.from_pretrained(tmp_path / "m")
+
+
+def test_the_cli_offers_exactly_the_detail_modes():
+    from latentfuse.model.detail import DETAIL_MODES
+    from latentfuse.runtime.fuse_cli import DETAIL_CHOICES
+
+    assert DETAIL_CHOICES == ("auto", *DETAIL_MODES)
+
