@@ -20,6 +20,18 @@ shrink back to the input size) the fused image F gets it back, on luminance, col
     Y_out    base(Y_F) + D_F + gain · (D - D_F)
     F_out    YCbCr(Y_out, Cb_F, Cr_F) -> RGB, clipped to [0, 1]
 
+That is ``channels = "luma"``: colour stays F's, as the VAE left it (smooth, its edges blurred). With
+``channels = "rgb"`` the trust t_s and the feathered choice weights w_i stay the ones computed on luma
+above, and the detail goes into every RGB channel c of F instead (a gray source gives its plane to all
+three), so colour edges come back too and the three channels pick the same source at every pixel::
+
+    D_s,c    X_s,c - base(X_s,c);  D_F,c likewise;  D_s,c' = t_s·D_s,c + (1 - t_s)·D_F,c
+    F_out,c  clip(F_c + gain · (Σ w_i·D_i,c' - D_F,c), 0, 1)
+
+Q^AB/F, as the benchmarks compute it on colour images (per RGB channel, ``model.metrics``), scores those
+colour edges: on real training scenes ``rgb`` is what lifts MEF and MFF past the plain average
+(``docs/real-data-ceilings.md``).
+
 On clean sources (n_s small) the fused image gets the sources' detail in place of its own; on noisy
 sources it keeps its own detail where the sources' is noise-level, so the noise a model removed does not
 come back.
@@ -43,6 +55,7 @@ from latentfuse.model.data.filters import box_filter, gaussian
 from latentfuse.model.errors import LatentfuseError
 
 MAD_TO_SIGMA = 0.6745  # median |N(0, 1)|
+DETAIL_CHANNELS = ("luma", "rgb")  # DetailConfig.channels
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class DetailConfig:
     fused_candidate: bool = True   # F's own detail competes in the selection
     gain: float = 1.0              # detail strength
     noise_k: float = 3.0           # noise gate in units of each source's noise estimate (0: off)
+    channels: str = "luma"         # where the detail goes: "luma" (colour kept from F) or "rgb" (every channel)
 
     def __post_init__(self):
         if not self.sigma > 0:
@@ -62,6 +76,8 @@ class DetailConfig:
             raise LatentfuseError(f"detail radius must be a non-negative integer, got {self.radius}")
         if self.gain < 0 or self.noise_k < 0:
             raise LatentfuseError(f"detail gain and noise_k must be >= 0, got gain {self.gain}, noise_k {self.noise_k}")
+        if self.channels not in DETAIL_CHANNELS:
+            raise LatentfuseError(f"detail channels must be one of {', '.join(DETAIL_CHANNELS)}, got {self.channels!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,28 +102,32 @@ def noise_sigma(y: np.ndarray) -> float:
     return float(np.median(np.abs(hh)) / MAD_TO_SIGMA)
 
 
-def source_detail(y: np.ndarray, cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(base, detail, trust) of one source's luma; trust is the local Wiener gain (1 when ``noise_k`` is 0)."""
-    base = gaussian(y, cfg.sigma)
-    detail = y - base
+def detail_planes(image: np.ndarray, sigma: float) -> list[np.ndarray]:
+    """X - gaussian(X, sigma) of every channel of ``image`` (one plane for a gray image)."""
+    planes = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[-1])]
+    return [p - gaussian(p, sigma) for p in planes]
+
+
+def trust(y: np.ndarray, detail: np.ndarray, cfg: DetailConfig) -> np.ndarray:
+    """The local Wiener gain of a source's luma detail against the source's noise level (1 when ``noise_k``
+    is 0): e / (e + (k·n)²), e = box(D², r), n = :func:`noise_sigma` of the luma ``y``."""
     if cfg.noise_k <= 0:
-        return base, detail, np.ones_like(detail)
+        return np.ones_like(detail)
     floor = (cfg.noise_k * noise_sigma(y)) ** 2
     energy = box_filter(detail * detail, cfg.radius)
-    return base, detail, energy / np.maximum(energy + floor, 1e-12)
+    return energy / np.maximum(energy + floor, 1e-12)
 
 
-def select_detail(layers: list[np.ndarray], radius: int) -> np.ndarray:
-    """Per pixel the layer of largest local energy (box mean of D², ties to the first), the one-hot choice
-    maps feathered by a box mean of the same radius."""
-    stack = np.stack(layers)
+def select_weights(layers: list[np.ndarray], radius: int) -> list[np.ndarray]:
+    """Per pixel the layer of largest local energy (box mean of D², ties to the first), as one-hot choice
+    maps feathered by a box mean of the same radius: one weight map per layer, summing to 1."""
     energy = np.stack([box_filter(d * d, radius) for d in layers])
     pick = energy.argmax(axis=0)
-    out = np.zeros(stack.shape[1:])
-    for i, d in enumerate(stack):
+    weights = []
+    for i in range(len(layers)):
         w = (pick == i).astype(np.float64)
-        out += (box_filter(w, radius) if radius > 0 else w) * d
-    return out
+        weights.append(box_filter(w, radius) if radius > 0 else w)
+    return weights
 
 
 def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: DetailConfig | None = None) -> np.ndarray:
@@ -120,22 +140,42 @@ def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: Deta
     f, a, b = _check(fused, "the fused image"), _check(a, "source A"), _check(b, "source B")
     if not (f.shape[:2] == a.shape[:2] == b.shape[:2]):
         raise LatentfuseError(f"detail path: sizes differ: fused {f.shape[:2]}, A {a.shape[:2]}, B {b.shape[:2]}")
-    yf = luma(f)
-    base_f = gaussian(yf, cfg.sigma)
-    detail_f = yf - base_f
-    details = []
-    for s in (a, b):
-        _, d, trust = source_detail(luma(s), cfg)
-        details.append(trust * d + (1.0 - trust) * detail_f)
+    sources = (a, b)
+    rgb = cfg.channels == "rgb" and f.ndim == 3
+    if rgb:  # every channel's detail; the luma's is their linear mix (a gaussian commutes with it)
+        fused_planes = detail_planes(f, cfg.sigma)
+        source_planes = [detail_planes(s, cfg.sigma) for s in sources]
+        detail_f, source_luma = _luma_of(fused_planes), [_luma_of(p) for p in source_planes]
+    else:
+        yf = luma(f)
+        detail_f = yf - gaussian(yf, cfg.sigma)
+        source_luma = [y - gaussian(y, cfg.sigma) for y in map(luma, sources)]
+    trusts = [trust(luma(s), d, cfg) for s, d in zip(sources, source_luma)]
+    layers = [t * d + (1.0 - t) * detail_f for t, d in zip(trusts, source_luma)]
     if cfg.fused_candidate:
-        details.append(detail_f)
-    chosen = select_detail(details, int(cfg.radius))
+        layers.append(detail_f)
+    weights = select_weights(layers, int(cfg.radius))
+    if rgb:
+        out = []
+        for c, dfc in enumerate(fused_planes):
+            candidates = [t * p[c if len(p) == 3 else 0] + (1.0 - t) * dfc for t, p in zip(trusts, source_planes)]
+            if cfg.fused_candidate:
+                candidates.append(dfc)
+            chosen = sum(w * d for w, d in zip(weights, candidates))
+            out.append(np.clip(f[..., c] + cfg.gain * (chosen - dfc), 0.0, 1.0))
+        return np.stack(out, -1).astype(np.float32)
+    chosen = sum(w * d for w, d in zip(weights, layers))
     y_out = np.clip(yf + cfg.gain * (chosen - detail_f), 0.0, 1.0)
     if f.ndim == 2:
         return y_out.astype(np.float32)
     ycc = rgb_to_ycbcr(f)
     ycc[..., 0] = y_out
     return ycbcr_to_rgb(ycc).astype(np.float32)
+
+
+def _luma_of(planes: list[np.ndarray]) -> np.ndarray:
+    """The luma of a list of channel planes (a gray image's one plane is its own)."""
+    return planes[0] if len(planes) == 1 else luma(np.stack(planes, -1))
 
 
 # ------------------------------------------------------------------------------ per model and per prompt

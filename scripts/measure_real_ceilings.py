@@ -61,8 +61,8 @@ VAES = {
     "taef2_s2": ("TAEF2, working scale 2", "taef2", 2),
 }
 DEFAULT_VAES = ("tiny_s1", "tiny_s2", "taef2_s1")
-TUNE_GRID = {"sigma": (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0), "radius": (1, 2, 4, 8),
-             "fused_candidate": (True, False)}
+TUNE_GRID = {"sigma": (4.0, 8.0, 16.0, 24.0, 32.0), "radius": (2, 4, 8), "fused_candidate": (True, False),
+             "channels": ("luma", "rgb"), "noise_k": (0.0, 3.0)}
 DEGRADED_VARIANTS = 2        # degraded versions of each tuning pair
 MAX_DEGRADED_LOSS_DB = 0.1   # the "safe" detail path may cost degraded pairs at most this much PSNR (mean, dB)
 KINDS = ("clean", "safe")    # detail configurations: best on clean pairs / best that spares degraded pairs
@@ -235,7 +235,7 @@ def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 def tune(args) -> None:
-    """Grid over the detail path's sigma / radius / fused_candidate per VAE, on training scenes only.
+    """Grid over the detail path's parameters (``TUNE_GRID``) per VAE, on training scenes only.
 
     Each configuration is scored twice on the label's round trip F = D(E(label)): on the clean pairs, the
     Q^AB/F after the detail path (mean over tasks of the task means); on ``DEGRADED_VARIANTS`` degraded
@@ -254,8 +254,7 @@ def tune(args) -> None:
     def qabf(d, f):
         return compute(_rgb(d["a"]) * 255, _rgb(d["b"]) * 255, _rgb(f) * 255, names=["qabf"])["qabf"]
 
-    grid = [DetailConfig(sigma=s, radius=k, fused_candidate=c) for s, k, c in
-            itertools.product(TUNE_GRID["sigma"], TUNE_GRID["radius"], TUNE_GRID["fused_candidate"])]
+    grid = [DetailConfig(**dict(zip(TUNE_GRID, values))) for values in itertools.product(*TUNE_GRID.values())]
     result = {"grid": TUNE_GRID, "per_task": args.per_task, "degraded_variants": DEGRADED_VARIANTS,
               "max_degraded_loss_db": MAX_DEGRADED_LOSS_DB, "vaes": {}}
     for vae in args.vaes:
@@ -595,8 +594,8 @@ def report(args) -> None:
     L.append("\n(in brackets: share of the teacher label's Q^AB/F)\n")
     L.append("## The detail path's parameters (training scenes only)\n")
     L.append(f"Grid: sigma {list(TUNE_GRID['sigma'])} (pixels of the input-size image), radius {list(TUNE_GRID['radius'])}, "
-             f"F's own detail as a selection candidate {list(TUNE_GRID['fused_candidate'])}; gain 1 and noise gate k = 3 "
-             f"fixed (not tuned). On {tuned['per_task']} training scenes per task (scene-hash order), F = D(E(label)): "
+             f"F's own detail as a selection candidate {list(TUNE_GRID['fused_candidate'])}, channels "
+             f"{list(TUNE_GRID['channels'])}, noise gate k {list(TUNE_GRID['noise_k'])}; gain 1. On {tuned['per_task']} training scenes per task (scene-hash order), F = D(E(label)): "
              f"*clean* is the Q^AB/F of F after the detail path with the clean sources (mean over tasks); *degraded "
              f"ΔPSNR* is the change of PSNR to the clean label when the stage is fed {tuned['degraded_variants']} "
              f"degraded versions of each pair instead (the pipeline's degradations, one each; F stands for a model "
@@ -604,7 +603,7 @@ def report(args) -> None:
              f"best clean Q^AB/F (for pairs known to be clean: the task's canonical prompt); **safe**, the best clean "
              f"Q^AB/F among the configurations that cost the degraded pairs at most {tuned['max_degraded_loss_db']} dB "
              f"(if none does, the one that costs them least). The held-out scenes were not looked at.\n")
-    L.append("| VAE | choice | sigma, radius, F candidate | train Q^AB/F label → +detail (VIF / MEF / MFF) | "
+    L.append("| VAE | choice | sigma, radius, F candidate, k, channels | train Q^AB/F label → +detail (VIF / MEF / MFF) | "
              "degraded ΔPSNR dB (VIF / MEF / MFF) | +detail without the noise gate (clean choice, k = 0) |")
     L.append("|---|---|---|---|---|---|")
     for v in vaes:
@@ -615,7 +614,8 @@ def report(args) -> None:
             b = row["config"]
             lifts = " / ".join(f"{t['without_detail'][k]:.3f} → {row['qabf'][k]:.3f}" for k in TASKS if k in row["qabf"])
             loss = " / ".join(f"{row['degraded_dpsnr'][k]:+.2f}" for k in TASKS if k in row["degraded_dpsnr"])
-            L.append(f"| {v} | {kind} | {b['sigma']:g}, {b['radius']}, {'yes' if b['fused_candidate'] else 'no'} | "
+            L.append(f"| {v} | {kind} | {b['sigma']:g}, {b['radius']}, {'yes' if b['fused_candidate'] else 'no'}, "
+                     f"{b.get('noise_k', 3.0):g}, {b.get('channels', 'luma')} | "
                      f"{lifts} | {loss} | {free if kind == 'clean' else ''} |")
     L.append("")
     L.append("The whole grid (every configuration's clean Q^AB/F and degraded ΔPSNR) is in `tune.json`.\n")

@@ -569,12 +569,15 @@ def write_model_card(out: Path, report: dict, table_md: str) -> None:
             f"({d['train_samples']} tuples). Held out: {d['test_pairs']} pairs per task from a different seed\n"
             f"and long side {d['test_size']} px ({d['test_samples']} tuples), used only below.")
     detail = pipeline.get("detail")
+    def detail_set(c: dict) -> str:
+        return (f"{c['sigma']:g}, {c['radius']}, {'yes' if c['fused_candidate'] else 'no'}, {c.get('noise_k', 3.0):g}, "
+                f"{c.get('channels', 'luma')}")
+
     detail_line = ("" if not detail else
                    "\nDetail path (`model/detail.py`, a host-side stage after decoding that every runtime and the C++ host run):\n"
-                   "the sources' luma detail finer than sigma px put back where it is above their noise level; parameters\n"
-                   f"sigma, radius, fused candidate: clean {detail['clean']['sigma']:g}, {detail['clean']['radius']}, "
-                   f"{'yes' if detail['clean']['fused_candidate'] else 'no'} for the task prompts (any of their phrasings), safe "
-                   f"{detail['safe']['sigma']:g}, {detail['safe']['radius']}, {'yes' if detail['safe']['fused_candidate'] else 'no'}"
+                   "the sources' detail finer than sigma px put back where it is above their noise level; parameters\n"
+                   f"sigma, radius, fused candidate, noise gate k, channels: clean {detail_set(detail['clean'])} for the task "
+                   f"prompts (any of their phrasings), safe {detail_set(detail['safe'])}"
                    " for other prompts, off for rain / snow / stripe prompts\n(chosen on training scenes only, "
                    "`docs/real-data-ceilings.md`). `regression_raw` below is the regression DiT with the stage off.\n")
     # changes made to the saved model after its build (weights untouched), newest last

@@ -34,7 +34,7 @@ class RecipeKey:
     choices: tuple = ()
 
 
-DETAIL_FIELDS = ("sigma", "radius", "fused_candidate")
+DETAIL_FIELDS = ("sigma", "radius", "fused_candidate", "noise_k", "channels")  # model.detail.DetailConfig, gain 1
 
 #: The keys of the default's recipe, in file order.
 DEFAULT_RECIPE_KEYS: tuple[RecipeKey, ...] = (
@@ -90,8 +90,10 @@ def _int(v: Any) -> bool:
 
 
 def _detail_from_text(text: str) -> dict:
-    sigma, radius, fused = text.split(",")
-    return {"sigma": float(sigma), "radius": int(radius), "fused_candidate": bool(int(fused))}
+    """The flag's form only; the values are checked where the model's DetailSettings is built."""
+    sigma, radius, fused, noise_k, channels = text.split(",")
+    return {"sigma": float(sigma), "radius": int(radius), "fused_candidate": bool(int(fused)), "noise_k": float(noise_k),
+            "channels": channels}
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ KINDS: dict[str, _Kind] = {
                   lambda t: [int(x) for x in t.split(",")], "integers joined by commas (e.g. 0,1,2)"),
     "detail": _Kind(lambda v: isinstance(v, dict) and set(v) == set(DETAIL_FIELDS),
                     f"a table {{{', '.join(DETAIL_FIELDS)}}}", _detail_from_text,
-                    "sigma,radius,fused_candidate (e.g. 8,4,0)"),
+                    "sigma,radius,fused_candidate,noise_k,channels (e.g. 8,4,0,3,luma)"),
 }
 
 
@@ -129,7 +131,14 @@ def check_value(key: RecipeKey, value: Any, where: str) -> Any:
     if key.kind == "float":
         return float(value)
     if key.kind == "detail":
-        return {"sigma": float(value["sigma"]), "radius": value["radius"], "fused_candidate": value["fused_candidate"]}
+        from latentfuse.model.detail import DetailConfig
+
+        try:
+            table = {**value, "sigma": float(value["sigma"]), "noise_k": float(value["noise_k"])}
+            DetailConfig(**table)
+        except (LatentfuseError, ValueError, TypeError) as err:
+            raise LatentfuseError(f"{where}: {key.name}: {err}") from None
+        return table
     return value
 
 
@@ -156,7 +165,7 @@ def load_recipe(path: str | Path, keys: tuple[RecipeKey, ...] = DEFAULT_RECIPE_K
 
 def _cli_value(key: RecipeKey, text: str) -> Any:
     """A ``--KEY`` override as the key's kind (``KINDS``: ``ints`` take ``0,1,2``, ``detail`` takes
-    ``sigma,radius,fused_candidate``, ``bool`` takes true/false/1/0)."""
+    ``sigma,radius,fused_candidate,noise_k,channels``, ``bool`` takes true/false/1/0)."""
     flag = "--" + key.name.replace("_", "-")
     try:
         value = KINDS[key.kind].parse(text)

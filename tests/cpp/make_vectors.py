@@ -54,7 +54,6 @@ def _short(x) -> list[float]:
 
 def sampler_vectors() -> dict:
     from latentfuse.runtime import samplers
-    from latentfuse.model import flow
 
     rng = np.random.default_rng(1234)
     shape = (1, 2, 3, 4)
@@ -268,6 +267,12 @@ DETAIL_CASES = (
     ("f24", "n24", "b24g", dict(sigma=2.2, radius=3, fused_candidate=True, gain=1.25, noise_k=6.0)),   # noisy A
     ("f24", "a24", "a24", dict(sigma=1.0, radius=1, fused_candidate=True, gain=1.0, noise_k=3.0)),     # A == B: ties
     ("f24", "b24g", "b24g", dict(sigma=3.0, radius=2, fused_candidate=False, gain=2.5, noise_k=0.0)),  # ties, strong gain
+    # channels "rgb": the luma's trust and choice on every RGB channel
+    ("f13", "a13", "b13", dict(sigma=2.5, radius=2, fused_candidate=True, gain=1.0, noise_k=3.0, channels="rgb")),
+    ("f24", "a24", "b24g", dict(sigma=8.0, radius=4, fused_candidate=False, gain=1.0, noise_k=0.0, channels="rgb")),
+    ("f24", "n24", "b24g", dict(sigma=2.2, radius=3, fused_candidate=True, gain=1.25, noise_k=6.0, channels="rgb")),
+    ("f7", "a7", "b7g", dict(sigma=4.0, radius=0, fused_candidate=False, gain=1.0, noise_k=3.0, channels="rgb")),
+    ("f7g", "a7g", "b7g", dict(sigma=1.7, radius=2, fused_candidate=True, gain=1.7, noise_k=1.0, channels="rgb")),  # gray
 )
 
 

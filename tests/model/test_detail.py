@@ -56,6 +56,30 @@ def test_colour_comes_from_the_fused_image_and_gray_stays_gray():
     assert gray.shape == fused.shape[:2]
 
 
+def test_rgb_channels_bring_colour_edges_back_with_one_choice_for_all_three():
+    """A colour edge of equal luma (red | green at the same Y) is invisible to the luma path; "rgb" restores it."""
+    h, w = 64, 96
+    truth = np.empty((h, w, 3), np.float32)
+    truth[:, : w // 4] = (0.7, 0.35, 0.4)  # the edge lies in A's sharp half
+    y_left = 0.299 * 0.7 + 0.587 * 0.35 + 0.114 * 0.4
+    truth[:, w // 4:] = (0.3, (y_left - 0.299 * 0.3 - 0.114 * 0.3) / 0.587, 0.3)  # same luma, another hue
+    truth += scene(h, w, seed=3) - 0.5  # shared texture on all channels
+    truth = np.clip(truth, 0, 1)
+    a, b = multi_focus(truth)
+    fused = gaussian(truth, 3.0).astype(np.float32)
+    luma_out = restore_detail(fused, a, b, DetailConfig(sigma=4.0, radius=2))
+    rgb_out = restore_detail(fused, a, b, DetailConfig(sigma=4.0, radius=2, channels="rgb"))
+    edge = (slice(8, -8), slice(w // 4 - 6, w // 4 + 6))
+    chroma = lambda x: rgb_to_ycbcr(x)[edge][..., 1:]  # noqa: E731
+    err_luma = np.abs(chroma(luma_out) - chroma(truth)).mean()
+    err_rgb = np.abs(chroma(rgb_out) - chroma(truth)).mean()
+    assert err_rgb < 0.5 * err_luma
+    assert psnr(rgb_out, truth) > psnr(luma_out, truth) + 1.0
+    # a gray fused image has no colour to restore: "rgb" is the luma path
+    gray = (fused[..., 0], a[..., 0], b[..., 0])
+    np.testing.assert_array_equal(restore_detail(*gray, DetailConfig(channels="rgb")), restore_detail(*gray))
+
+
 def test_noise_in_the_sources_does_not_come_back():
     clean = np.full((96, 128), 0.5, np.float32) + 0.1 * np.sin(np.mgrid[0:96, 0:128][1] / 15.0).astype(np.float32)
     rng = np.random.default_rng(0)
@@ -78,5 +102,7 @@ def test_bad_input_is_one_line_naming_the_problem():
         restore_detail(np.zeros((96, 128, 4), np.float32), img, img)
     with pytest.raises(LatentfuseError, match="radius must be a non-negative integer"):
         DetailConfig(radius=1.5)
+    with pytest.raises(LatentfuseError, match="channels must be one of luma, rgb, got 'ycbcr'"):
+        DetailConfig(channels="ycbcr")
     with pytest.raises(LatentfuseError, match="sigma must be positive"):
         DetailConfig(sigma=0)

@@ -147,11 +147,14 @@ def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path, capsys):
         train_default.main(["--work", str(tmp_path / "work"), "--flow-finetune-lr", "0"])
     with pytest.raises(SystemExit):  # argparse: the override's form
         train_default.main(["--work", str(tmp_path / "work"), "--detail-clean", "8,4"])
-    assert "--detail-clean takes sigma,radius,fused_candidate (e.g. 8,4,0), got '8,4'" in capsys.readouterr().err
+    assert ("--detail-clean takes sigma,radius,fused_candidate,noise_k,channels (e.g. 8,4,0,3,luma), got '8,4'"
+            in capsys.readouterr().err)
     with pytest.raises(LatentfuseError, match=r"recipe not found: .*nope.toml"):
         train_default.main(["--work", str(tmp_path / "work"), "--recipe", str(tmp_path / "nope.toml")])
     with pytest.raises(LatentfuseError, match="detail sigma must be positive"):
-        train_default.main(["--work", str(tmp_path / "work"), "--detail-safe", "0,4,1"])
+        train_default.main(["--work", str(tmp_path / "work"), "--detail-safe", "0,4,1,3,rgb"])
+    with pytest.raises(LatentfuseError, match="detail channels must be one of luma, rgb, got 'hsv'"):
+        train_default.main(["--work", str(tmp_path / "work"), "--detail-clean", "8,4,0,0,hsv"])
     with pytest.raises(LatentfuseError, match=r"--real-data .*nothing: no vif/, mef/, mff/ folder"):
         train_default.main(["--work", str(tmp_path / "work"), "--real-data", str(tmp_path / "nothing")])
     assert not (tmp_path / "work").exists()
@@ -201,7 +204,7 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
             "--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--per-pair", "1", "--size", "160",
             "--test-size", "160", "--crop", "32", "--crops-per-tuple", "20", "--window", "32", "--batch", "4", "--reg-steps", "120",
             "--flow-steps", "4", "--flow-finetune-steps", "0", "--ema", "0", "--threads", "1", "--dit-workers", "1",
-            "--lr", "2e-3", "--detail-clean", "3,2,0", "--detail-safe", "1.5,1,1"]
+            "--lr", "2e-3", "--detail-clean", "3,2,0,0,rgb", "--detail-safe", "1.5,1,1,3,luma"]
     assert train_default.main(args) == 0
 
     out = tmp_path / "model"

@@ -16,7 +16,8 @@ constexpr double kMadToSigma = 0.6745;  // model.detail.MAD_TO_SIGMA
 constexpr double kKr = 0.299, kKb = 0.114;
 const double kKg = 1.0 - kKr - kKb;
 
-const char* const kConfigFields[] = {"sigma", "radius", "fused_candidate", "gain", "noise_k"};
+const char* const kConfigFields[] = {"sigma", "radius", "fused_candidate", "gain", "noise_k", "channels"};
+const std::vector<std::string> kDetailChannels = {"luma", "rgb"};  // model.detail.DETAIL_CHANNELS
 
 std::string fmt(double x) {
   std::ostringstream out;
@@ -81,6 +82,44 @@ void check_image(const Image& img, const std::string& what) {
                 std::to_string(img.height) + "x" + std::to_string(img.width) + "x" + std::to_string(img.channels));
 }
 
+// model.detail.detail_planes: X - gaussian(X, sigma) of every channel (one plane for a gray image).
+std::vector<Plane> detail_planes(const Image& img, double sigma) {
+  std::vector<Plane> out;
+  for (int c = 0; c < img.channels; ++c) {
+    Plane p = make_plane(img.height, img.width);
+    for (int y = 0; y < img.height; ++y)
+      for (int x = 0; x < img.width; ++x) p.at(y, x) = img.at(y, x, c);
+    const Plane base = detail::gaussian(p, sigma);
+    for (size_t k = 0; k < p.v.size(); ++k) p.v[k] -= base.v[k];
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+// model.detail._luma_of: the luma of channel planes (a gray image's one plane is its own).
+Plane luma_of(const std::vector<Plane>& planes) {
+  if (planes.size() == 1) return planes[0];
+  Plane out = make_plane(planes[0].height, planes[0].width);
+  for (size_t k = 0; k < out.v.size(); ++k) out.v[k] = kKr * planes[0].v[k] + kKg * planes[1].v[k] + kKb * planes[2].v[k];
+  return out;
+}
+
+// model.detail.trust: e / (e + (k n)^2), e = box(D^2, r), n the noise estimate of the luma y; 1 when noise_k is 0.
+Plane trust(const Plane& y, const Plane& d, const DetailConfig& cfg) {
+  Plane t = make_plane(d.height, d.width);
+  if (cfg.noise_k <= 0) {
+    std::fill(t.v.begin(), t.v.end(), 1.0);
+    return t;
+  }
+  const double noise = cfg.noise_k * detail::noise_sigma(y);
+  const double floor = noise * noise;
+  Plane sq = d;
+  for (auto& v : sq.v) v = v * v;
+  const Plane energy = detail::box_filter(sq, cfg.radius);
+  for (size_t k = 0; k < d.v.size(); ++k) t.v[k] = energy.v[k] / std::max(energy.v[k] + floor, 1e-12);
+  return t;
+}
+
 // Python str.split() whitespace: ASCII \t\n\v\f\r, \x1c-\x1f, space, and the Unicode White_Space
 // characters (UTF-8); returns the byte length of the whitespace character at s[i], 0 if none.
 size_t whitespace_at(const std::string& s, size_t i) {
@@ -117,6 +156,8 @@ void DetailConfig::validate(const std::string& where) const {
   if (radius < 0) throw Error(where + ": detail radius must be a non-negative integer, got " + std::to_string(radius));
   if (!(gain >= 0) || !(noise_k >= 0))
     throw Error(where + ": detail gain and noise_k must be >= 0, got gain " + fmt(gain) + ", noise_k " + fmt(noise_k));
+  if (std::find(kDetailChannels.begin(), kDetailChannels.end(), channels) == kDetailChannels.end())
+    throw Error(where + ": detail channels must be one of " + join(kDetailChannels, ", ") + ", got '" + channels + "'");
 }
 
 DetailConfig DetailConfig::from_json(const json& section, const std::string& where) {
@@ -144,6 +185,9 @@ DetailConfig DetailConfig::from_json(const json& section, const std::string& whe
       c.gain = number();
     } else if (key == "noise_k") {
       c.noise_k = number();
+    } else if (key == "channels") {
+      if (!value.is_string()) throw Error(field + " must be one of " + join(kDetailChannels, ", ") + ", got " + value.dump());
+      c.channels = value.get<std::string>();
     } else {
       throw Error(where + " has an unknown field '" + key + "' (fields: " +
                   join({std::begin(kConfigFields), std::end(kConfigFields)}, ", ") + ")");
@@ -154,7 +198,8 @@ DetailConfig DetailConfig::from_json(const json& section, const std::string& whe
 }
 
 json DetailConfig::to_json() const {
-  return {{"sigma", sigma}, {"radius", radius}, {"fused_candidate", fused_candidate}, {"gain", gain}, {"noise_k", noise_k}};
+  return {{"sigma", sigma},     {"radius", radius},   {"fused_candidate", fused_candidate},
+          {"gain", gain},       {"noise_k", noise_k}, {"channels", channels}};
 }
 
 const std::vector<std::string> kDetailModes = {"clean", "safe", "off"};
@@ -301,7 +346,7 @@ double noise_sigma(const Plane& y) {
   return median / kMadToSigma;
 }
 
-Plane select_detail(const std::vector<Plane>& layers, int radius) {
+std::vector<Plane> select_weights(const std::vector<Plane>& layers, int radius) {
   const Plane& first = layers.at(0);
   const size_t n = first.v.size();
   std::vector<Plane> energy;
@@ -314,14 +359,13 @@ Plane select_detail(const std::vector<Plane>& layers, int radius) {
   for (size_t k = 0; k < n; ++k)
     for (size_t i = 1; i < layers.size(); ++i)
       if (energy[i].v[k] > energy[pick[k]].v[k]) pick[k] = i;
-  Plane out = make_plane(first.height, first.width);
+  std::vector<Plane> weights;
   for (size_t i = 0; i < layers.size(); ++i) {
     Plane w = make_plane(first.height, first.width);
     for (size_t k = 0; k < n; ++k) w.v[k] = pick[k] == i ? 1.0 : 0.0;
-    if (radius > 0) w = box_filter(w, radius);
-    for (size_t k = 0; k < n; ++k) out.v[k] += w.v[k] * layers[i].v[k];
+    weights.push_back(radius > 0 ? box_filter(w, radius) : std::move(w));
   }
-  return out;
+  return weights;
 }
 
 }  // namespace detail
@@ -337,38 +381,70 @@ Image restore_detail(const Image& fused, const Image& a, const Image& b, const D
     throw Error("detail path: sizes differ: fused (" + std::to_string(fused.height) + ", " + std::to_string(fused.width) +
                 "), A (" + std::to_string(a.height) + ", " + std::to_string(a.width) + "), B (" +
                 std::to_string(b.height) + ", " + std::to_string(b.width) + ")");
-  const Plane yf = detail::luma(fused);
-  const Plane base_f = detail::gaussian(yf, cfg.sigma);
-  Plane detail_f = yf;
-  for (size_t k = 0; k < yf.v.size(); ++k) detail_f.v[k] = yf.v[k] - base_f.v[k];
-
-  std::vector<Plane> details;
-  for (const Image* s : {&a, &b}) {
-    // source_detail: base, detail, trust (1 when noise_k is 0)
-    const Plane y = detail::luma(*s);
-    const Plane base = detail::gaussian(y, cfg.sigma);
-    Plane d = y;
-    for (size_t k = 0; k < y.v.size(); ++k) d.v[k] = y.v[k] - base.v[k];
-    Plane out = d;
-    if (cfg.noise_k > 0) {
-      const double noise = cfg.noise_k * detail::noise_sigma(y);
-      const double floor = noise * noise;
-      Plane sq = d;
-      for (auto& v : sq.v) v = v * v;
-      const Plane energy = detail::box_filter(sq, cfg.radius);
-      for (size_t k = 0; k < d.v.size(); ++k) {
-        const double trust = energy.v[k] / std::max(energy.v[k] + floor, 1e-12);
-        out.v[k] = trust * d.v[k] + (1.0 - trust) * detail_f.v[k];
-      }
-    } else {
-      for (size_t k = 0; k < d.v.size(); ++k) out.v[k] = 1.0 * d.v[k] + 0.0 * detail_f.v[k];
+  const std::vector<const Image*> sources = {&a, &b};
+  const bool rgb = cfg.channels == "rgb" && fused.channels == 3;
+  // rgb: every channel's detail, the luma's their linear mix; luma: the luma's own split
+  std::vector<Plane> fused_planes, source_luma;
+  std::vector<std::vector<Plane>> source_planes;
+  Plane yf, detail_f;
+  if (rgb) {
+    fused_planes = detail_planes(fused, cfg.sigma);
+    detail_f = luma_of(fused_planes);
+    for (const Image* s : sources) {
+      source_planes.push_back(detail_planes(*s, cfg.sigma));
+      source_luma.push_back(luma_of(source_planes.back()));
     }
-    details.push_back(std::move(out));
+  } else {
+    yf = detail::luma(fused);
+    const Plane base_f = detail::gaussian(yf, cfg.sigma);
+    detail_f = yf;
+    for (size_t k = 0; k < yf.v.size(); ++k) detail_f.v[k] = yf.v[k] - base_f.v[k];
+    for (const Image* s : sources) {
+      Plane d = detail::luma(*s);
+      const Plane base = detail::gaussian(d, cfg.sigma);
+      for (size_t k = 0; k < d.v.size(); ++k) d.v[k] -= base.v[k];
+      source_luma.push_back(std::move(d));
+    }
   }
-  if (cfg.fused_candidate) details.push_back(detail_f);
-  const Plane chosen = detail::select_detail(details, cfg.radius);
+  std::vector<Plane> trusts, layers;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    trusts.push_back(trust(detail::luma(*sources[i]), source_luma[i], cfg));
+    Plane layer = source_luma[i];
+    for (size_t k = 0; k < layer.v.size(); ++k)
+      layer.v[k] = trusts[i].v[k] * source_luma[i].v[k] + (1.0 - trusts[i].v[k]) * detail_f.v[k];
+    layers.push_back(std::move(layer));
+  }
+  if (cfg.fused_candidate) layers.push_back(detail_f);
+  const std::vector<Plane> weights = detail::select_weights(layers, cfg.radius);
 
   Image out{fused.height, fused.width, fused.channels, std::vector<float>(fused.px.size())};
+  if (rgb) {
+    for (int c = 0; c < 3; ++c) {
+      const Plane& dfc = fused_planes[c];
+      std::vector<const Plane*> candidates;
+      std::vector<Plane> mixed;
+      for (size_t i = 0; i < sources.size(); ++i) {
+        const Plane& p = source_planes[i][source_planes[i].size() == 3 ? c : 0];
+        Plane m = p;
+        for (size_t k = 0; k < m.v.size(); ++k) m.v[k] = trusts[i].v[k] * p.v[k] + (1.0 - trusts[i].v[k]) * dfc.v[k];
+        mixed.push_back(std::move(m));
+      }
+      for (const auto& m : mixed) candidates.push_back(&m);
+      if (cfg.fused_candidate) candidates.push_back(&dfc);
+      for (int y = 0; y < fused.height; ++y)
+        for (int x = 0; x < fused.width; ++x) {
+          const size_t k = static_cast<size_t>(y) * fused.width + x;
+          double chosen = 0.0;
+          for (size_t i = 0; i < candidates.size(); ++i) chosen += weights[i].v[k] * candidates[i]->v[k];
+          out.at(y, x, c) = static_cast<float>(std::clamp(fused.at(y, x, c) + cfg.gain * (chosen - dfc.v[k]), 0.0, 1.0));
+        }
+    }
+    return out;
+  }
+  Plane chosen = make_plane(yf.height, yf.width);
+  for (size_t i = 0; i < layers.size(); ++i)
+    for (size_t k = 0; k < chosen.v.size(); ++k) chosen.v[k] += weights[i].v[k] * layers[i].v[k];
+
   for (int y = 0; y < fused.height; ++y)
     for (int x = 0; x < fused.width; ++x) {
       const size_t k = static_cast<size_t>(y) * fused.width + x;

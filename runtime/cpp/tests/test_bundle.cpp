@@ -118,13 +118,14 @@ int main(int argc, char** argv) {
   check::expect(!b.detail().has_value(), "a bundle without a 'detail' section has no detail path");
   json with_detail = m;
   with_detail["detail"] = {
-      {"clean", {{"sigma", 8.0}, {"radius", 4}, {"fused_candidate", false}, {"gain", 1.0}, {"noise_k", 3.0}}},
-      {"safe", {{"sigma", 4.0}, {"radius", 4}, {"fused_candidate", true}, {"gain", 1.0}, {"noise_k", 3.0}}},
+      {"clean", {{"sigma", 8.0}, {"radius", 4}, {"fused_candidate", false}, {"gain", 1.0}, {"noise_k", 0.0}, {"channels", "rgb"}}},
+      {"safe", {{"sigma", 4.0}, {"radius", 4}, {"fused_candidate", true}, {"gain", 1.0}, {"noise_k", 3.0}, {"channels", "luma"}}},
       {"clean_prompts", {"fuse the infrared and visible images", "fuse the multi-exposure images", "fuse the multi-focus images"}},
       {"off_prefixes", {"rain", "derain", "snow", "desnow", "strip", "destrip", "bands", "lines"}}};
   write(root / "manifest.json", with_detail.dump(2));
   const Bundle bd = Bundle::open(root);
   check::expect(bd.detail() && bd.detail()->clean.sigma == 8.0 && !bd.detail()->clean.fused_candidate &&
+                    bd.detail()->clean.channels == "rgb" && bd.detail()->safe.channels == "luma" &&
                     bd.detail()->safe.sigma == 4.0 && bd.detail()->mode_for("Fuse the infrared and visible images") == "clean" &&
                     bd.detail()->mode_for("derain the images") == "off",
                 "the detail section is read");

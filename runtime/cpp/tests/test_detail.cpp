@@ -256,6 +256,8 @@ int main(int argc, char** argv) {
   bad("a negative gain", [](json& s) { s["clean"]["gain"] = -0.5; }, "gain");
   bad("a negative noise_k", [](json& s) { s["safe"]["noise_k"] = -1; }, "noise_k");
   bad("an unknown field", [](json& s) { s["clean"]["sharpen"] = 2; }, "sharpen");
+  bad("unknown channels", [](json& s) { s["clean"]["channels"] = "ycbcr"; }, "channels must be one of luma, rgb");
+  bad("numeric channels", [](json& s) { s["safe"]["channels"] = 3; }, "detail.safe.channels");
   bad("a non-list clean_prompts", [](json& s) { s["clean_prompts"] = "fuse"; }, "detail.clean_prompts");
   bad("a non-string off prefix", [](json& s) { s["off_prefixes"] = json::array({"rain", 3}); }, "detail.off_prefixes");
   {

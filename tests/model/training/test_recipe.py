@@ -31,7 +31,7 @@ def test_the_shipped_recipe_has_every_key_of_its_kind():
     recipe = load_recipe(SHIPPED)
     assert list(recipe) == [k.name for k in DEFAULT_RECIPE_KEYS]
     assert recipe["data"] == "real" and recipe["real_degradations"] == [0, 1, 2, 3] and recipe["work_scale"] == 1
-    assert recipe["detail_clean"] == {"sigma": 24.0, "radius": 8, "fused_candidate": False}
+    assert recipe["detail_clean"] == {"sigma": 16.0, "radius": 8, "fused_candidate": False, "noise_k": 0.0, "channels": "rgb"}
     assert isinstance(recipe["vae_lr"], float) and recipe["lr"] == 1e-3
 
 
@@ -42,8 +42,10 @@ def test_the_shipped_recipe_has_every_key_of_its_kind():
     ("detail = true ", "detail = 1 ", "detail must be true or false, got 1"),
     ('data = "real"', 'data = "photos"', "data must be one of real, synthetic, got 'photos'"),
     ("real_degradations = [0, 1, 2, 3]", "real_degradations = []", "real_degradations must be a list of integers"),
-    ("{ sigma = 4.0, radius = 8, fused_candidate = true }", "{ sigma = 4.0, radius = 8 }",
-     r"detail_safe must be a table \{sigma, radius, fused_candidate\}"),
+    ('fused_candidate = true, noise_k = 3.0, channels = "rgb" }', "fused_candidate = true }",
+     r"detail_safe must be a table \{sigma, radius, fused_candidate, noise_k, channels\}"),
+    ('fused_candidate = true, noise_k = 3.0, channels = "rgb" }', 'fused_candidate = true, noise_k = 3.0, channels = "lab" }',
+     "detail_safe: detail channels must be one of luma, rgb, got 'lab'"),
     ("ema = 0.99\n", "", "missing dit.ema"),
     ("[vae]", "[vae", "is not valid TOML"),
     ("[data]\nseed = 0\n", "data = 1\n[data_]\nseed = 0\n", r"\[data\] must be a section"),
@@ -59,14 +61,16 @@ def test_flags_override_the_file_for_one_run(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_recipe_overrides(parser)
     args = parser.parse_args(["--reg-steps", "8000", "--lr", "5e-4", "--real-degradations", "0,2",
-                              "--detail-clean", "3,2,1", "--detail", "false"])
+                              "--detail-clean", "3,2,1,0,rgb", "--detail", "false"])
     overrides = resolve_recipe(args, SHIPPED)
     assert overrides == {"reg_steps": 8000, "lr": 5e-4, "real_degradations": [0, 2], "detail": False,
-                         "detail_clean": {"sigma": 3.0, "radius": 2, "fused_candidate": True}}
+                         "detail_clean": {"sigma": 3.0, "radius": 2, "fused_candidate": True, "noise_k": 0.0,
+                                          "channels": "rgb"}}
     assert args.reg_steps == 8000 and args.flow_steps == 10000 and args.detail is False
     for bad, message in ((["--reg-steps", "many"], "--reg-steps takes an integer, got 'many'"),
                          (["--flow-prior", "uniform"], "--flow-prior must be one of gaussian"),
-                         (["--detail", "maybe"], "--detail takes true or false")):
+                         (["--detail", "maybe"], "--detail takes true or false"),
+                         (["--detail-safe", "3,2,1"], "--detail-safe takes sigma,radius,fused_candidate,noise_k,channels")):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
         assert message in capsys.readouterr().err

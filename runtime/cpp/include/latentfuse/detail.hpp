@@ -12,6 +12,10 @@
 //              fused_candidate), ties to the first, one-hot masks feathered by box(., r)
 //   Y_out      clip(Y_F + gain (D - D_F), 0, 1); RGB: YCbCr(Y_out, Cb_F, Cr_F) -> RGB clipped to [0, 1]
 //
+// channels "rgb" (an RGB fused image): t_s and the feathered choice weights w_i stay the luma's; every
+// channel c gets D_s,c' = t_s D_s,c + (1 - t_s) D_F,c (a gray source gives its plane to all three) and
+// F_out,c = clip(F_c + gain (sum_i w_i D_i,c' - D_F,c), 0, 1).
+//
 // Double precision throughout (the filters reproduce scipy's arithmetic order: symmetric correlate for
 // the gaussian, a running sum for the box mean), float32 result. The parameters come from the bundle
 // manifest's optional "detail" section (DetailSettings, model.detail.DetailSettings.to_dict()), one set
@@ -35,10 +39,11 @@ struct DetailConfig {
   bool fused_candidate = true;  // F's own detail competes in the selection
   double gain = 1.0;            // detail strength
   double noise_k = 3.0;         // noise gate in units of each source's noise estimate (0: off)
+  std::string channels = "luma";  // where the detail goes: "luma" (colour kept from F) or "rgb"
 
-  // DetailConfig.__post_init__: sigma > 0, radius >= 0, gain >= 0, noise_k >= 0 (Error otherwise).
+  // DetailConfig.__post_init__: sigma > 0, radius >= 0, gain >= 0, noise_k >= 0, channels luma | rgb.
   void validate(const std::string& where = "detail") const;
-  // One parameter set from JSON {"sigma", "radius", "fused_candidate", "gain", "noise_k"}; `where` names
+  // One parameter set from JSON {"sigma", "radius", "fused_candidate", "gain", "noise_k", "channels"}; `where` names
   // the section in errors (e.g. ".../manifest.json: detail.clean").
   static DetailConfig from_json(const nlohmann::json& section, const std::string& where);
   nlohmann::json to_json() const;
@@ -90,8 +95,8 @@ Plane gaussian(const Plane& p, double sigma);
 Plane box_filter(const Plane& p, int radius);
 // model.detail.noise_sigma.
 double noise_sigma(const Plane& y);
-// model.detail.select_detail.
-Plane select_detail(const std::vector<Plane>& layers, int radius);
+// model.detail.select_weights: one feathered choice map per layer.
+std::vector<Plane> select_weights(const std::vector<Plane>& layers, int radius);
 }  // namespace detail
 
 }  // namespace latentfuse
