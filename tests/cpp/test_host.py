@@ -68,7 +68,9 @@ def components():
         prior = {"prior": "source_mean", "prior_sigma": 0.4} if head == "flow" else {}
         comp.dits[head] = MoEDiT(dit.config.replace(depth=1, **prior)).eval()
     # a detail path, so the host runs the stage and picks its parameters from the prompt as Python does
-    comp.detail = DetailSettings.for_configs(DetailConfig(sigma=3.0, radius=2, fused_candidate=False),
+    # (clean: on every RGB channel, as the bundled default's; safe: on the luma)
+    comp.detail = DetailSettings.for_configs(DetailConfig(sigma=3.0, radius=2, fused_candidate=False, noise_k=0.0,
+                                                          channels="rgb"),
                                              DetailConfig(sigma=1.5, radius=1))
     return comp
 
