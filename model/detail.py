@@ -141,6 +141,7 @@ def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: Deta
     if not (f.shape[:2] == a.shape[:2] == b.shape[:2]):
         raise LatentfuseError(f"detail path: sizes differ: fused {f.shape[:2]}, A {a.shape[:2]}, B {b.shape[:2]}")
     sources = (a, b)
+    ys = [luma(s) for s in sources]
     rgb = cfg.channels == "rgb" and f.ndim == 3
     if rgb:  # every channel's detail; the luma's is their linear mix (a gaussian commutes with it)
         fused_planes = detail_planes(f, cfg.sigma)
@@ -149,8 +150,8 @@ def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: Deta
     else:
         yf = luma(f)
         detail_f = yf - gaussian(yf, cfg.sigma)
-        source_luma = [y - gaussian(y, cfg.sigma) for y in map(luma, sources)]
-    trusts = [trust(luma(s), d, cfg) for s, d in zip(sources, source_luma)]
+        source_luma = [y - gaussian(y, cfg.sigma) for y in ys]
+    trusts = [trust(y, d, cfg) for y, d in zip(ys, source_luma)]
     layers = [t * d + (1.0 - t) * detail_f for t, d in zip(trusts, source_luma)]
     if cfg.fused_candidate:
         layers.append(detail_f)

@@ -382,6 +382,8 @@ Image restore_detail(const Image& fused, const Image& a, const Image& b, const D
                 "), A (" + std::to_string(a.height) + ", " + std::to_string(a.width) + "), B (" +
                 std::to_string(b.height) + ", " + std::to_string(b.width) + ")");
   const std::vector<const Image*> sources = {&a, &b};
+  std::vector<Plane> ys;
+  for (const Image* s : sources) ys.push_back(detail::luma(*s));
   const bool rgb = cfg.channels == "rgb" && fused.channels == 3;
   // rgb: every channel's detail, the luma's their linear mix; luma: the luma's own split
   std::vector<Plane> fused_planes, source_luma;
@@ -399,8 +401,8 @@ Image restore_detail(const Image& fused, const Image& a, const Image& b, const D
     const Plane base_f = detail::gaussian(yf, cfg.sigma);
     detail_f = yf;
     for (size_t k = 0; k < yf.v.size(); ++k) detail_f.v[k] = yf.v[k] - base_f.v[k];
-    for (const Image* s : sources) {
-      Plane d = detail::luma(*s);
+    for (const Plane& y : ys) {
+      Plane d = y;
       const Plane base = detail::gaussian(d, cfg.sigma);
       for (size_t k = 0; k < d.v.size(); ++k) d.v[k] -= base.v[k];
       source_luma.push_back(std::move(d));
@@ -408,7 +410,7 @@ Image restore_detail(const Image& fused, const Image& a, const Image& b, const D
   }
   std::vector<Plane> trusts, layers;
   for (size_t i = 0; i < sources.size(); ++i) {
-    trusts.push_back(trust(detail::luma(*sources[i]), source_luma[i], cfg));
+    trusts.push_back(trust(ys[i], source_luma[i], cfg));
     Plane layer = source_luma[i];
     for (size_t k = 0; k < layer.v.size(); ++k)
       layer.v[k] = trusts[i].v[k] * source_luma[i].v[k] + (1.0 - trusts[i].v[k]) * detail_f.v[k];
@@ -421,21 +423,16 @@ Image restore_detail(const Image& fused, const Image& a, const Image& b, const D
   if (rgb) {
     for (int c = 0; c < 3; ++c) {
       const Plane& dfc = fused_planes[c];
-      std::vector<const Plane*> candidates;
-      std::vector<Plane> mixed;
-      for (size_t i = 0; i < sources.size(); ++i) {
-        const Plane& p = source_planes[i][source_planes[i].size() == 3 ? c : 0];
-        Plane m = p;
-        for (size_t k = 0; k < m.v.size(); ++k) m.v[k] = trusts[i].v[k] * p.v[k] + (1.0 - trusts[i].v[k]) * dfc.v[k];
-        mixed.push_back(std::move(m));
-      }
-      for (const auto& m : mixed) candidates.push_back(&m);
-      if (cfg.fused_candidate) candidates.push_back(&dfc);
       for (int y = 0; y < fused.height; ++y)
         for (int x = 0; x < fused.width; ++x) {
           const size_t k = static_cast<size_t>(y) * fused.width + x;
+          // the candidates t_i D_i,c + (1 - t_i) D_F,c (and D_F,c), weighted by the luma's choice
           double chosen = 0.0;
-          for (size_t i = 0; i < candidates.size(); ++i) chosen += weights[i].v[k] * candidates[i]->v[k];
+          for (size_t i = 0; i < sources.size(); ++i) {
+            const double d = source_planes[i][source_planes[i].size() == 3 ? c : 0].v[k];
+            chosen += weights[i].v[k] * (trusts[i].v[k] * d + (1.0 - trusts[i].v[k]) * dfc.v[k]);
+          }
+          if (cfg.fused_candidate) chosen += weights[sources.size()].v[k] * dfc.v[k];
           out.at(y, x, c) = static_cast<float>(std::clamp(fused.at(y, x, c) + cfg.gain * (chosen - dfc.v[k]), 0.0, 1.0));
         }
     }
