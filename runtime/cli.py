@@ -18,6 +18,7 @@ COMMAND_MODULES = (  # in the order `latentfuse --help` lists them: use, deploy,
     "latentfuse.model.data.cli",      # data synth | build
     "latentfuse.model.training.cli",  # train
     "latentfuse.model.metrics.cli",   # metrics
+    "latentfuse.bench.quality_cli",   # evaluate
     "latentfuse.model.cli",           # info
     "latentfuse.bench.cli",           # bench
 )

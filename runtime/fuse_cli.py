@@ -28,7 +28,7 @@ DETAIL_HELP = ("the model's detail path after decoding (the sources' fine detail
                "prompt that only asks for the fusion (the task prompts, the default one included), 'off' for rain / "
                "snow / stripe prompts, else 'safe' (default auto; models without one ignore it)")
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle", help="deployment bundle directory (latentfuse export); onnxruntime / tensorrt")
     src.add_argument("--checkpoint", help="model directory (model_index.json + components); torch backend "
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("a", help="image A (visible / under-exposed / near-focus)")
     p.add_argument("b", help="image B (infrared / over-exposed / far-focus)")
     p.add_argument("-o", "--out", required=True, help="output image path (.png, .jpg, .tif)")
-    _add_model_args(p)
+    add_model_args(p)
     _add_sampling_args(p)
     p.add_argument("--warmup", type=int, default=0,
                    help="warm-up runs, then time --runs more and print the latency table")
@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--ext", default=".png", help="output suffix (default .png)")
     p.add_argument("--overwrite", action="store_true", help="redo pairs whose output already exists")
-    _add_model_args(p)
+    add_model_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=run_fuse_dir)
 

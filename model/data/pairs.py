@@ -6,7 +6,7 @@
 * **folder pairs**, matched by relative path (any depth below, e.g. ``train/``/``test/`` splits) and by
   file stem, at the root or one / two levels down (``MSRS/train/vi``):
 
-  - VIF: LLVIP ``visible/`` + ``infrared/``, MSRS ``vi/`` + ``ir/``, M3FD ``Vis/`` + ``Ir/``;
+  - VIF: LLVIP ``visible/`` + ``infrared/``, MSRS ``vi/`` + ``ir/``, M3FD ``Vis/`` + ``Ir/``, plain ``A/`` + ``B/``;
   - MEF: ``under/`` + ``over/``, MEFB-style ``A/`` + ``B/``;
   - MFF: RealMFF ``imageA/`` + ``imageB/``, ``near/`` + ``far/``, ``A/`` + ``B/``;
 
@@ -41,7 +41,7 @@ from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.image_io import IMAGE_SUFFIXES
 
 FOLDER_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "vif": (("visible", "infrared"), ("vi", "ir"), ("vis", "ir"), ("vis", "inf"), ("rgb", "thermal")),
+    "vif": (("visible", "infrared"), ("vi", "ir"), ("vis", "ir"), ("vis", "inf"), ("rgb", "thermal"), ("a", "b")),
     "mef": (("under", "over"), ("underexposed", "overexposed"), ("ue", "oe"), ("a", "b")),
     "mff": (("imagea", "imageb"), ("near", "far"), ("source_1", "source_2"), ("a", "b")),
 }
@@ -255,8 +255,9 @@ def _list(problems: list[str]) -> str:
     return f"  {shown}{more}"
 
 
-def validate_pairs(pairset: PairSet) -> PairSet:
-    """Check every pair: partner present, files readable, a / b / gt sizes equal. Raises listing all."""
+def validate_pairs(pairset: PairSet, check_sizes: bool = True) -> PairSet:
+    """Check every pair: partner present, files readable, a / b / gt sizes equal (unless ``check_sizes`` is
+    off: a caller that resamples B to A's size). Raises listing all."""
     problems = list(pairset.problems)
     for pair in pairset.pairs:
         sizes: dict[str, tuple[int, int]] = {}
@@ -267,12 +268,13 @@ def validate_pairs(pairset: PairSet) -> PairSet:
                 sizes[role] = image_size(path)
             except Exception as err:
                 problems.append(f"unreadable: {path}: {type(err).__name__}: {err}")
-        if "a" in sizes:
+        if "a" in sizes and check_sizes:
             for role in ("b", "gt"):
                 if role in sizes and sizes[role] != sizes["a"]:
                     path = pair.b if role == "b" else pair.gt
                     problems.append(f"size mismatch: {pair.a} is {sizes['a'][0]}x{sizes['a'][1]} but "
-                                    f"{path} is {sizes[role][0]}x{sizes[role][1]}")
+                                    f"{path} is {sizes[role][0]}x{sizes[role][1]} (--resize resamples B to A's size "
+                                    "where the command has it)")
     if problems:
         raise LatentfuseError(
             f"{len(problems)} problem(s) in {pairset.task} dataset {pairset.root} ({pairset.layout}):\n"
