@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+PYTRITON := 0.7.0
 
 .PHONY: demo test install clean
 
@@ -11,7 +12,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,quant]'
+	$(PY) -m pip install --quiet -e '.[dev,quant,serve]'
+	# serve: PyTriton without its numpy<2 pin (meant for its stub, which gets its own numpy 1.x: runtime/serve.py)
+	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==$(PYTRITON)
+	$(VENV)/bin/latentfuse serve --prepare
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES = (  # in the order `latentfuse --help` lists them: use, deploy, build, inspect
     "latentfuse.runtime.fuse_cli",    # fuse, fuse-dir, demo
+    "latentfuse.runtime.serve_cli",   # serve (Triton Inference Server)
     "latentfuse.export.cli",          # export
     "latentfuse.calibration.cli",     # calibrate
     "latentfuse.export.engines_cli",  # build-engines

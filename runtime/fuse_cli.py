@@ -28,6 +28,10 @@ DETAIL_HELP = ("the model's detail path after decoding (the sources' fine detail
                "prompt that only asks for the fusion (the task prompts, the default one included), 'off' for rain / "
                "snow / stripe prompts, else 'safe' (default auto; models without one ignore it)")
 
+SERVER_HELP = ("fuse on a `latentfuse serve` server (http://HOST:8000 or grpc://HOST:8001) instead of loading a "
+               "model here; the server's model, backend and sampler settings apply (latentfuse[serve])")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle", help="deployment bundle directory (latentfuse export); onnxruntime / tensorrt")
@@ -73,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=0,
                    help="warm-up runs, then time --runs more and print the latency table")
     p.add_argument("--runs", type=int, default=3, help="timed runs for the latency table (with --warmup)")
+    p.add_argument("--server", metavar="URL", help=SERVER_HELP)
     p.set_defaults(func=run_fuse)
 
     p = subparsers.add_parser("fuse-dir", help="fuse every pair of two folders (matched by file name)")
@@ -83,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo pairs whose output already exists")
     add_model_args(p)
     _add_sampling_args(p)
+    p.add_argument("--server", metavar="URL", help=SERVER_HELP)
+    p.add_argument("--concurrency", type=int, default=4, metavar="N",
+                   help="with --server: requests in flight, so the server can batch them (default 4)")
     p.set_defaults(func=run_fuse_dir)
 
     p = subparsers.add_parser("demo", help="fuse the shipped samples of every task with the bundled default model")
@@ -162,6 +170,10 @@ def run_fuse(args: argparse.Namespace) -> int:
     from latentfuse.runtime.latency import format_table
     from latentfuse.runtime.pipeline import load_image, match_pair
 
+    if args.server:
+        from latentfuse.runtime.serve_client import fuse_remote
+
+        return fuse_remote(args)
     # read and check the pair before loading any model, so input errors come back at once
     a, b = match_pair(load_image(args.a, f"image A ({args.a})"), load_image(args.b, f"image B ({args.b})"),
                       args.resize, names=(args.a, args.b))
@@ -208,16 +220,21 @@ def run_fuse_dir(args: argparse.Namespace) -> int:
     todo = [(a, b, out_dir / f"{a.stem}{ext}") for a, b in pairs]
     skipped = [t for t in todo if t[2].exists() and not args.overwrite]
     todo = [t for t in todo if t not in skipped]
-    pipe = build_pipeline(args) if todo else None
-    kwargs = _call_kwargs(args)
     failed: list[tuple[str, str]] = []
     done = 0
-    for a, b, out in tqdm(todo, desc="fuse-dir", unit="pair"):
-        try:
-            pipe(a, b, **kwargs).save(out, bit_depth=args.bit_depth)
-            done += 1
-        except (LatentfuseError, OSError) as err:
-            failed.append((a.name, str(err)))
+    if args.server:
+        from latentfuse.runtime.serve_client import fuse_dir_remote
+
+        done, failed = fuse_dir_remote(args, todo)
+    else:
+        pipe = build_pipeline(args) if todo else None
+        kwargs = _call_kwargs(args)
+        for a, b, out in tqdm(todo, desc="fuse-dir", unit="pair"):
+            try:
+                pipe(a, b, **kwargs).save(out, bit_depth=args.bit_depth)
+                done += 1
+            except (LatentfuseError, OSError) as err:
+                failed.append((a.name, str(err)))
     print(f"fused {done}, skipped {len(skipped)} already done, failed {len(failed)}; outputs in {out_dir}")
     for name in unmatched:
         print(f"  unpaired: {name}")
