@@ -85,6 +85,10 @@ def register(subparsers) -> None:
                    help="model directory for --user-pair (default: the bundled default model)")
     p.add_argument("--no-sweep", action="store_true", help="only the --user-pair rows, no preset sweep")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--serve", action="store_true",
+                   help="only throughput through `latentfuse serve` (Triton) against the in-process pipeline: pairs/s "
+                        "and p50 / p95 latency at concurrency 1, 4, 16, demo size and 640x480, batching off and on "
+                        "(bench.serve_bench; --bundle or --user-model, --threads; needs latentfuse[serve])")
     p.set_defaults(func=_run)
 
 
@@ -94,6 +98,8 @@ def _run(args) -> int:
     from latentfuse.model.errors import LatentfuseError
     from latentfuse.runtime.backends import check_backend_name
 
+    if args.serve:
+        return _run_serve(args)
     if args.no_sweep and not args.user_pair:
         raise LatentfuseError("--no-sweep leaves nothing to run: add --user-pair [WxH]")
     if args.user_pair:
@@ -128,3 +134,26 @@ def _run_user_pair(args) -> None:
     rows = run_user_pair(model_dir, backends=tuple(check_backend_name(b) for b in args.backends), size=size,
                          threads=args.threads, warmup=args.warmup, repeat=args.repeat, progress=not args.no_progress)
     print(write_user_pair(rows, args.out, size, model_dir))
+
+
+def _run_serve(args) -> int:
+    import os
+    import platform
+    import time
+
+    from latentfuse.bench.serve_bench import run_serve_bench, write_serve_bench
+    from latentfuse.model.components import DEFAULT_MODEL_DIR
+    from latentfuse.runtime.serve import import_pytriton
+
+    import_pytriton()  # a missing extra is one line, before any model loads
+    if args.bundle:
+        bundle = args.bundle
+    else:
+        from latentfuse.export.bundle_cache import cached_bundle
+
+        bundle = cached_bundle(args.user_model or str(DEFAULT_MODEL_DIR), "onnxruntime")
+    rows = run_serve_bench(bundle, threads=args.threads)
+    meta = {"bundle": str(bundle), "threads": args.threads, "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(write_serve_bench(rows, args.out, meta))
+    return 0

@@ -374,3 +374,27 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'latentfuse[serve]'" in err and err.strip().count("\n") == 0
+
+
+# ------------------------------------------------------------------------------ bench --serve
+
+
+def test_serve_bench_rows_and_batching(bundle, tmp_path):
+    """bench.serve_bench on one small size: the in-process rows and the server's with batching off and on,
+    every answer checked against the in-process image inside the bench."""
+    from latentfuse.bench.serve_bench import format_serve_table, run_serve_bench, write_serve_bench
+
+    rows = run_serve_bench(bundle, sizes=((32, 48),), concurrency=(1, 4), max_batches=(1, 4), threads=1,
+                           mode="regression", min_requests=4, log=lambda line: None)
+    assert [(r.where, r.concurrency) for r in rows] == [
+        ("in-process", 1), ("in-process", 4), ("server, batching off", 1), ("server, batching off", 4),
+        ("server, max batch 4", 1), ("server, max batch 4", 4)]
+    assert all(r.size == "48x32" and r.pairs_per_s > 0 and 0 < r.p50_ms <= r.p95_ms for r in rows)
+    assert [r.requests for r in rows] == [4, 8] * 3
+    off = [r for r in rows if r.where == "server, batching off"]
+    assert all(r.mean_batch == pytest.approx(1.0) for r in off)  # max batch 1: one pair per execution
+    on = [r for r in rows if r.where == "server, max batch 4"]
+    assert on[0].mean_batch == pytest.approx(1.0) and 1.0 <= on[1].mean_batch <= 4.0
+    table = write_serve_bench(rows, tmp_path / "out", {"bundle": str(bundle)})
+    assert table == format_serve_table(rows) and (tmp_path / "out/serve_bench.json").is_file()
+    assert table.count("\n") == len(rows) + 1
