@@ -197,7 +197,9 @@ def stage_rows(base: dict, summary=None, status: str = "ok", reason: str | None 
     LatencySummary), or empty times with ``status`` and ``reason``."""
     rows = []
     for stage in STAGE_NAMES:
-        row = {**base, "stage": stage, "status": status, "reason": reason,
+        # every field in every row (null where not measured), so readers need no per-status schema
+        row = {"nfe": None, "prompt_cached": None, "sampler": None, "finite": None, "peak_mem_mib": None,
+               "vae_tiled": None, **base, "stage": stage, "status": status, "reason": reason,
                "median_ms": None, "min_ms": None, "max_ms": None, "runs": 0}
         if summary is not None:
             lo, hi = summary.spread[stage]
@@ -337,7 +339,9 @@ def part_latency(part: Part, cfg: Settings) -> None:
     part.plan(configs)
     inputs = {s: pair_at(s) for s in cfg.sizes}
     calls = max(1, cfg.warmup) + cfg.runs
-    rate: dict[tuple[str, str], float] = {}  # slowest measured seconds per call and pixel, by model and mode
+    # seconds per call and pixel, by model and mode: the latest measurement (a busy machine's outlier
+    # would otherwise skip everything after it; a wrong projection costs at most a timeout row)
+    rate: dict[tuple[str, str], float] = {}
     for model, source in cfg.models:
         mine = [k for k in configs if k[0] == model]
         t0 = time.monotonic()
@@ -379,8 +383,7 @@ def part_latency(part: Part, cfg: Settings) -> None:
                     part.put(key, stage_rows(configs[key], status=status, reason=one_line(err)))
                     progress(f"latency: {model} {precision} {mode} {size.label}: {status}: {one_line(err)}")
                     continue
-                spent = (time.monotonic() - start) / calls / pixels
-                rate[(model, mode)] = max(rate.get((model, mode), 0.0), spent)
+                rate[(model, mode)] = (time.monotonic() - start) / calls / pixels
                 part.put(key, stage_rows({**configs[key], **extra}, summary))
                 progress(f"latency: {model} {precision} {mode} {size.label}: "
                          f"{summary.median['total'] * 1e3:.1f} ms total (DiT {summary.median['DiT'] * 1e3:.1f} ms)")
