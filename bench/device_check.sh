@@ -12,7 +12,8 @@
 #    output is also in OUT_DIR/device_check.log.
 #
 # Environment: PYTHON (default python3: on the GPU image the one that holds torch), DEVICE_CHECK_BUDGET_S
-# (the whole run's seconds: 450 by default, 210 with --smoke).
+# (the whole run's seconds: 450 by default, 210 with --smoke), DEVICE_CHECK_AOTI_GRAPHS (docs/device-check.md),
+# DEVICE_CHECK_KEEP_WORK=1 (keep the work folder, whose path the log's first line gives).
 set -uo pipefail
 
 usage="usage: bench/device_check.sh OUT_DIR [--smoke]"
@@ -38,11 +39,29 @@ started=$(date +%s)
 deadline=$((started + budget))
 work="$(mktemp -d "${TMPDIR:-/tmp}/latentfuse-device-check.XXXXXX")"
 site="$work/site"
+# the work folder (installed package, packages, builds) goes when the run ends, unless asked to keep it
+[ "${DEVICE_CHECK_KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
 smoke_flag=()
 [ "$smoke" = 1 ] && smoke_flag=(--smoke)
 exec > >(tee "$out/device_check.log") 2>&1
 say() { echo "[device_check.sh $(date +%H:%M:%S)] $*"; }
 say "$([ "$smoke" = 1 ] && echo 'smoke run (CPU, tiny sizes)' || echo 'GPU run'), budget ${budget} s, out $out, work $work"
+
+fail_install() {  # nothing can be measured: a minimal device_check.json that says why, then stop
+  say "stopped: $1"
+  "$py" - "$out/device_check.json" "$1" "$budget" <<'EOF'
+import json, sys
+path, reason, budget = sys.argv[1:]
+json.dump({"schema": "latentfuse.device_check/1", "status": "failed", "reason": reason, "budget_s": float(budget),
+           "parts": {}, "rows": []}, open(path, "w"), indent=1)
+EOF
+  exit 1
+}
+if [ "$smoke" = 0 ] && ! gpu="$("$py" -c 'import torch; assert torch.cuda.is_available(); print(torch.cuda.get_device_name(0))' 2>/dev/null)"; then
+  # eight minutes of parts that each fail the same way tell nothing more than this line
+  fail_install "torch ($("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo 'not importable')) sees no CUDA GPU here: run on a GPU machine, or add --smoke for the CPU check"
+fi
+[ "$smoke" = 1 ] || say "GPU: $gpu"
 
 # ------------------------------------------------------------------------------ 1. install
 t0=$(date +%s)
@@ -61,16 +80,6 @@ done < "$repo/bench/device_wheels.txt"
 if [ "${#missing[@]}" -gt 0 ]; then
   say "not in $wheels_dir: ${missing[*]} (the interpreter's own copies are used; fetch them with the command in bench/device_wheels.txt)"
 fi
-fail_install() {  # the package cannot run: a minimal device_check.json that says why, then stop
-  say "install failed: $1"
-  "$py" - "$out/device_check.json" "$1" "$budget" <<'EOF'
-import json, sys
-path, reason, budget = sys.argv[1:]
-json.dump({"schema": "latentfuse.device_check/1", "status": "failed", "budget_s": float(budget),
-           "install": {"status": "error", "reason": reason}, "parts": {}, "rows": []}, open(path, "w"), indent=1)
-EOF
-  exit 1
-}
 if [ "${#runtime_wheels[@]}" -gt 0 ]; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check --target "$site" \
     "${runtime_wheels[@]}" || fail_install "pip could not install ${runtime_wheels[*]}"

@@ -155,6 +155,19 @@ def test_bad_budget_and_graph_names_fail_with_one_line(tmp_path):
     assert proc.returncode == 2 and "unknown graph(s) unet" in proc.stderr
 
 
+def test_a_gpu_run_without_a_gpu_stops_at_once_and_says_why(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the GPU run would start")
+    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "sees no CUDA GPU here" in proc.stdout and "--smoke" in proc.stdout
+    report = json.loads((tmp_path / "out" / "device_check.json").read_text())
+    assert report["status"] == "failed" and report["rows"] == [] and "sees no CUDA GPU" in report["reason"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no install was made, the work folder is gone
+
+
 def test_the_wheel_list_names_pinned_wheels_and_how_to_fetch_them():
     text = (ROOT / "bench" / "device_wheels.txt").read_text()
     specs = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
