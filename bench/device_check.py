@@ -696,7 +696,7 @@ def markdown(report: dict) -> str:
                   f"Paper ({report['paper']['source']}, GPU {report['paper']['gpu']}): "
                   + ", ".join(f"{p['method']} {p['bound'] if p['bound'] != '=' else ''}{p['seconds']:.3g} s"
                               for p in report["paper"]["rows"]) + ".", "",
-                  "| model | backend | precision | mode | s / image | paper | vs paper |", "|---|---|---|---|---:|---:|---:|"]
+                  "| model | backend | precision | mode | s / image | paper | measured / paper |", "|---|---|---|---|---:|---:|---:|"]
         for r in table5:
             p = paper.get(r["mode"])
             s = None if r["median_ms"] is None else r["median_ms"] / 1e3

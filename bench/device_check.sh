@@ -13,7 +13,8 @@
 #
 # Environment: PYTHON (default python3: on the GPU image the one that holds torch), DEVICE_CHECK_BUDGET_S
 # (the whole run's seconds: 450 by default, 210 with --smoke), DEVICE_CHECK_AOTI_GRAPHS (docs/device-check.md),
-# DEVICE_CHECK_KEEP_WORK=1 (keep the work folder, whose path the log's first line gives).
+# DEVICE_CHECK_KEEP_WORK=1 (keep the work folder, whose path the log's first line gives), LATENTFUSE_COMMIT
+# (the commit a tree copied without .git comes from, for the report).
 set -uo pipefail
 
 usage="usage: bench/device_check.sh OUT_DIR [--smoke]"
@@ -109,7 +110,8 @@ print(f"torch {torch.__version__} from {torch.__file__}; latentfuse from {p.__fi
 EOF
 )" || fail_install "the installed package does not import: $(echo "$check" | tail -n 1)"
 say "installed in $(( $(date +%s) - t0 )) s: $check"
-commit="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+# a copied tree has no .git: LATENTFUSE_COMMIT names the commit it was copied from
+commit="${LATENTFUSE_COMMIT:-$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 "$py" - "$work/install.json" "$site" "$(( $(date +%s) - t0 ))" "$check" "${missing[*]:-}" \
   "${runtime_wheels[@]##*/}" <<'EOF'
 import json, sys
