@@ -355,6 +355,10 @@ def part_latency(part: Part, cfg: Settings) -> None:
         progress(f"latency: {model} ({source}) loaded in {time.monotonic() - t0:.1f} s")
         for precision in PRECISIONS:
             keys = [k for k in mine if k[1] == precision]
+            if part.left() <= 0:  # building the pipeline (moving / casting the model) costs seconds too
+                for key in keys:
+                    part.put(key, stage_rows(configs[key], status="skipped", reason="time budget: 0 s left"))
+                continue
             # the torch backend moves / casts the DiTs in place: fp32 runs first, then the same modules in fp16
             try:
                 pipe = Pipeline.from_components(comp, device=cfg.device,
@@ -640,7 +644,8 @@ def assemble(work: Path, out: Path, budget_s: float | None = None, started: floa
         rc = int(rc_file.read_text().strip()) if rc_file.is_file() and rc_file.read_text().strip() else None
         if data.get("status") == "running":
             data["status"] = "timeout" if rc in (124, 137) else "failed"
-            data["reason"] = (f"killed at its time limit ({data.get('budget_s')} s); rows up to then are kept"
+            data["reason"] = (f"killed at its time limit (it planned for {data.get('budget_s')} s); rows up to "
+                              f"then are kept"
                               if rc in (124, 137) else f"the part's process ended (exit {rc}) before finishing; "
                                                        f"see device_check.log")
         for row in data.get("rows", []):
@@ -723,7 +728,7 @@ def markdown(report: dict) -> str:
                 note += " non-finite output"
             lines.append(f"| {model} | {backend} | {precision} | {mode} | {size} | "
                          + " | ".join(_ms(g.get(s, {}).get("median_ms")) for s in STAGE_NAMES)
-                         + f" | {any_row.get('peak_mem_mib', '—')} | {note.strip()} |")
+                         + f" | {_ms(any_row.get('peak_mem_mib'))} | {note.strip()} |")
     aoti = report["parts"].get("aoti", {})
     if aoti.get("graphs"):
         lines += ["", "## AOTInductor packages", "", "| graph | status | compile s | note |", "|---|---|---:|---|"]

@@ -124,7 +124,7 @@ def test_a_part_killed_at_its_limit_keeps_its_rows_and_says_so(tmp_path):
     report = assemble(work, tmp_path / "out", budget_s=60.0)
     assert report["status"] == "partial" and report["rows"][0] == row and len(report["rows"]) == 2
     assert report["rows"][1]["status"] == "timeout" and "latency part ended" in report["rows"][1]["reason"]
-    assert report["parts"]["latency"]["status"] == "timeout" and "30.0 s" in report["parts"]["latency"]["reason"]
+    assert report["parts"]["latency"]["status"] == "timeout" and "planned for 30.0 s" in report["parts"]["latency"]["reason"]
     assert report["parts"]["aoti"]["status"] == "failed" and "exit 1" in report["parts"]["aoti"]["reason"]
     assert report["parts"]["cpp"]["status"] == "not run"
     assert json.loads((tmp_path / "out" / "device_check.json").read_text()) == report
