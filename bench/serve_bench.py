@@ -10,7 +10,8 @@ does) and each concurrency (1, 4, 16 requests in flight), it times the same requ
 
 and reports pairs/s (requests / wall time of the level), p50 / p95 latency per request, and for the server
 the mean pairs per model execution (Triton's ``nv_inference_count`` / ``nv_inference_exec_count``).
-Every answer is checked against the in-process image (byte-identical), so a fast wrong server cannot pass.
+Every answer is compared with the in-process image; the table counts the byte-identical ones, so a fast
+wrong server shows.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ThroughputRow:
     p50_ms: float
     p95_ms: float
     mean_batch: float | None = None  # pairs per model execution (server rows)
+    mismatched: int = 0  # answers that differ from the in-process image (0 expected: the table says otherwise)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -82,11 +84,12 @@ def _timed(call: Callable[[int], np.ndarray], n: int, concurrency: int) -> tuple
     return time.perf_counter() - t0, lat, outs
 
 
-def _row(size, where, concurrency, wall, lat, mean_batch=None) -> ThroughputRow:
+def _row(size, where, concurrency, wall, lat, outs, want, mean_batch=None) -> ThroughputRow:
     ms = np.asarray(lat) * 1e3
     return ThroughputRow(size=f"{size[1]}x{size[0]}", where=where, concurrency=concurrency, requests=len(lat),
                          pairs_per_s=len(lat) / wall, p50_ms=float(np.percentile(ms, 50)),
-                         p95_ms=float(np.percentile(ms, 95)), mean_batch=mean_batch)
+                         p95_ms=float(np.percentile(ms, 95)), mean_batch=mean_batch,
+                         mismatched=sum(not np.array_equal(o, want) for o in outs))
 
 
 def _metric(url: str, name: str) -> float:
@@ -163,8 +166,7 @@ def run_serve_bench(bundle: str | os.PathLike, sizes: Sequence[tuple[int, int]] 
     for size in sizes:
         for c in concurrency:
             wall, lat, outs = _timed(lambda i: local(size), _requests_for(c, min_requests), c)
-            _check(outs, expected[size], "in-process")
-            rows.append(_row(size, "in-process", c, wall, lat))
+            rows.append(_row(size, "in-process", c, wall, lat, outs, expected[size]))
             log(_line(rows[-1]))
     for max_batch in max_batches:
         where = "server, batching off" if max_batch == 1 else f"server, max batch {max_batch}"
@@ -181,33 +183,29 @@ def run_serve_bench(bundle: str | os.PathLike, sizes: Sequence[tuple[int, int]] 
                         wall, lat, outs = _timed(lambda i: client.fuse(a, b, task="vif", mode=mode), n, c)
                         count = _metric(server.metrics_url, "nv_inference_count") - count0
                         execs = _metric(server.metrics_url, "nv_inference_exec_count") - exec0
-                        _check(outs, expected[size], where)
-                        rows.append(_row(size, where, c, wall, lat, mean_batch=count / execs if execs else None))
+                        rows.append(_row(size, where, c, wall, lat, outs, expected[size],
+                                         mean_batch=count / execs if execs else None))
                         log(_line(rows[-1]))
         finally:
             server.stop()
     return rows
 
 
-def _check(outs: list, want: np.ndarray, where: str) -> None:
-    bad = sum(not np.array_equal(o, want) for o in outs)
-    if bad:
-        raise LatentfuseError(f"{where}: {bad} of {len(outs)} answers differ from the in-process image")
-
-
 def _line(r: ThroughputRow) -> str:
     batch = f", {r.mean_batch:.2f} pairs/execution" if r.mean_batch is not None else ""
+    wrong = f", {r.mismatched} ANSWERS DIFFER from the in-process image" if r.mismatched else ""
     return (f"{r.size} {r.where:22s} c={r.concurrency:<3d} {r.requests:3d} requests: {r.pairs_per_s:6.2f} pairs/s, "
-            f"p50 {r.p50_ms:7.0f} ms, p95 {r.p95_ms:7.0f} ms{batch}")
+            f"p50 {r.p50_ms:7.0f} ms, p95 {r.p95_ms:7.0f} ms{batch}{wrong}")
 
 
 def format_serve_table(rows: Sequence[ThroughputRow]) -> str:
-    lines = ["| pair | where | concurrency | requests | pairs/s | p50 | p95 | pairs per execution |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| pair | where | concurrency | requests | pairs/s | p50 | p95 | pairs per execution | "
+             "= in-process image |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         batch = f"{r.mean_batch:.2f}" if r.mean_batch is not None else "—"
         lines.append(f"| {r.size} | {r.where} | {r.concurrency} | {r.requests} | {r.pairs_per_s:.2f} | "
-                     f"{r.p50_ms:.0f} ms | {r.p95_ms:.0f} ms | {batch} |")
+                     f"{r.p50_ms:.0f} ms | {r.p95_ms:.0f} ms | {batch} | {r.requests - r.mismatched}/{r.requests} |")
     return "\n".join(lines)
 
 

@@ -390,6 +390,7 @@ def test_serve_bench_rows_and_batching(bundle, tmp_path):
         ("in-process", 1), ("in-process", 4), ("server, batching off", 1), ("server, batching off", 4),
         ("server, max batch 4", 1), ("server, max batch 4", 4)]
     assert all(r.size == "48x32" and r.pairs_per_s > 0 and 0 < r.p50_ms <= r.p95_ms for r in rows)
+    assert [r.mismatched for r in rows] == [0] * 6  # every answer is the in-process image
     assert [r.requests for r in rows] == [4, 8] * 3
     off = [r for r in rows if r.where == "server, batching off"]
     assert all(r.mean_batch == pytest.approx(1.0) for r in off)  # max batch 1: one pair per execution
@@ -398,3 +399,17 @@ def test_serve_bench_rows_and_batching(bundle, tmp_path):
     table = write_serve_bench(rows, tmp_path / "out", {"bundle": str(bundle)})
     assert table == format_serve_table(rows) and (tmp_path / "out/serve_bench.json").is_file()
     assert table.count("\n") == len(rows) + 1
+
+
+def test_the_readme_tritonclient_example_runs(server):
+    """The README's plain-tritonclient block, pointed at the test server and at a smaller pair (the test
+    server's --max-pixels is small)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", readme, flags=re.S | re.M) if "tritonclient" in b]
+    assert "localhost:8000" in block and "480, 640" in block
+    code = block.replace("localhost:8000", f"127.0.0.1:{server['http_port']}").replace("480, 640", "48, 64")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["fused"].dtype == np.uint8 and namespace["fused"].shape == (48, 64, 3)
