@@ -348,11 +348,11 @@ def control_detail(pipe):
     if pipe.detail is not None:
         return pipe.detail, "the model's own detail stage"
     try:
-        section = read_index(DEFAULT_MODEL_DIR).get("detail")
+        settings = read_index(DEFAULT_MODEL_DIR)["detail"]
     except LatentfuseError:
-        section = None
-    if section:
-        return DetailSettings.from_dict(section), "the bundled default model's detail stage"
+        settings = None
+    if settings is not None:
+        return settings, "the bundled default model's detail stage"
     return DetailSettings.for_configs(DetailConfig(), DetailConfig()), "the detail stage's neutral defaults"
 
 
@@ -556,7 +556,7 @@ def protocol_report(records: list[dict], methods: Sequence[str], settings: EvalS
     for family in families:
         subset = [r for r in records if family in r["degradations"]]
         out["families"][family] = {"n": len(subset), "methods": summarize(subset, methods, metrics)}
-    out["pairs"] = [{k: v for k, v in r.items()} for r in records]
+    out["pairs"] = records
     return out
 
 

@@ -57,6 +57,7 @@ def family_table(families: dict, metric: str = "psnr_ref", fmt: str = ".2f") -> 
 
 
 def markdown(report: dict) -> str:
+    """report.md: what was measured, then :func:`task_tables`."""
     s = report["settings"]
     lines = ["# latentfuse evaluate", "",
              f"Model: `{report['model'].get('checkpoint') or report['model'].get('bundle') or '?'}` on "
@@ -66,16 +67,22 @@ def markdown(report: dict) -> str:
              f"intervals; the control `average_detail` runs {report['control_detail']}.", ""]
     for w in report.get("warnings", []):
         lines += [f"> warning: {w}", ""]
+    return "\n".join(lines + task_tables(report))
+
+
+def task_tables(report: dict, heading: str = "##") -> list[str]:
+    """Per task and protocol: the method table and, degraded, the per-family PSNR table."""
+    s, lines = report["settings"], []
     for task, protocols in report["tasks"].items():
         for protocol, entry in protocols.items():
-            extra = (f", {s['seeds']} seed(s) per pair, {'-'.join(map(str, s['degradations']))} degradations"
-                     if protocol == "degraded" else ", the task's canonical prompt")
-            lines += [f"## {task.upper()}, {protocol} ({entry['n']} samples{extra})", ""]
+            extra = (f", {s['seeds']} seed(s) per pair, {'-'.join(map(str, s['degradations']))} degradations, "
+                     "the sample's prompt" if protocol == "degraded" else ", the task's canonical prompt")
+            lines += [f"{heading} {task.upper()}, {protocol} ({entry['n']} samples{extra})", ""]
             lines += method_table(entry["methods"]) + [""]
             if entry.get("families"):
                 lines += [f"PSNR to the reference (dB) per degradation family, {task.upper()}:", ""]
                 lines += family_table(entry["families"]) + [""]
-    return "\n".join(lines)
+    return lines
 
 
 # ------------------------------------------------------------------------------------------- figures
@@ -147,4 +154,4 @@ def write_figures(report: dict, out: Path) -> list[Path]:
     return written
 
 
-__all__ = ["markdown", "method_table", "family_table", "write_figures", "captioned"]
+__all__ = ["markdown", "task_tables", "method_table", "family_table", "write_figures", "captioned"]

@@ -15,11 +15,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPTS))  # train_default imports evaluate_default
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    spec.loader.exec_module(module)
     return module
 
 
@@ -30,26 +26,28 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
 
     from latentfuse.model.components import FusionComponents
 
-    monkeypatch.syspath_prepend(str(SCRIPTS))
     train_default = _script("train_default")
     args = ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--pairs", "2", "--per-pair", "1",
             "--test-pairs", "1", "--size", "160", "--vae-steps", "2", "--vae-patch", "32", "--vae-batch", "2",
             "--vae-decoder-steps", "2", "--vae-joint-steps", "2", "--vae-ft-patch", "32", "--vae-eval-patches", "2",
             "--crop", "32", "--crops-per-tuple", "1", "--batch", "2", "--reg-steps", "2", "--flow-steps", "2", "--flow-finetune-steps", "0",
-            "--ema", "0", "--threads", "1", "--data", "synthetic", "--work-scale", "2", "--detail", "false"]
+            "--ema", "0", "--threads", "1", "--data", "synthetic", "--work-scale", "2", "--detail", "false",
+            "--eval-seeds", "1"]
     assert train_default.main(args) == 0
 
     out = tmp_path / "model"
     report = json.loads((out / "training_report.json").read_text())
     assert [st["stage"] for st in report["vae"]["stages"]] == ["scratch", "decoder", "joint"]
     assert [st["trainable"] for st in report["vae"]["stages"]] == ["all", "decoder", "all"]
-    assert set(report["evaluation"]) == {"vif", "mef", "mff"}
-    for rows in report["evaluation"].values():
-        assert set(rows) == {"regression", "flow", "flow_sde", "teacher", "vae_label", "average"}
-        assert rows["teacher"]["ssim_label"] == pytest.approx(1.0)
-        assert rows["average"]["qabf_over_average"] == 0.0 and 0.0 <= rows["flow"]["qabf_over_average"] <= 1.0
+    assert set(report["evaluation"]["tasks"]) == {"vif", "mef", "mff"}
+    for protocols in report["evaluation"]["tasks"].values():  # latentfuse evaluate's report (bench.quality)
+        assert set(protocols) == {"clean", "degraded"}
+        rows = protocols["clean"]["methods"]
+        assert set(rows) == {"regression", "flow", "average", "average_detail"}  # no detail stage: no _no_detail row
+        assert rows["average"]["above_average"] == 0.0 and 0.0 <= rows["flow"]["above_average"] <= 1.0
+        assert protocols["clean"]["n"] == 1 and protocols["degraded"]["n"] == 1
     card = (out / "MODEL_CARD.md").read_text()
-    assert "| MEF | flow_sde |" in card and "issue's bar" in card and "scratch" in card
+    assert "### MEF, degraded" in card and "| flow |" in card and "Against the control" in card and "scratch" in card
     from latentfuse.runtime.manifest import sha256_file
 
     recipe = report["recipe"]  # the shipped recipe file, its hash, and this run's overrides
@@ -85,7 +83,8 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     assert log.read_text().count("reusing") == 5
     assert same(dit_weights(out), dit_weights(third))
     report = json.loads((third / "training_report.json").read_text())
-    assert report["data"]["test_pairs"] == 2 and report["eval_meta"]["samples"] == 6
+    assert report["data"]["test_pairs"] == 2
+    assert [report["evaluation"]["tasks"][t]["clean"]["n"] for t in ("vif", "mef", "mff")] == [2, 2, 2]
     assert all(st["reused"] for st in report["vae"]["stages"]) and report["dit_flow"]["reused"]
     assert "reusing the stages VAE scratch, VAE decoder, VAE joint, regression DiT, flow DiT" in \
         (third / "MODEL_CARD.md").read_text()
@@ -107,10 +106,14 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     assert same(tuned_weights, dit_weights(tmp_path / "finetuned_again"))
 
 
-def test_shortfalls_name_rows_at_or_below_the_average():
+def test_shortfalls_name_rows_at_or_below_the_control():
     train_default = _script("train_default")
-    evaluation = {"vif": {"regression": {"qabf": 0.4}, "flow": {"qabf": 0.3}, "average": {"qabf": 0.3}},
-                  "mef": {"regression": {"qabf": 0.2}, "average": {"qabf": 0.3}}}
+
+    def clean(**qabf):
+        return {"clean": {"methods": {name: {"qabf": {"mean": q}} for name, q in qabf.items()}}}
+
+    evaluation = {"tasks": {"vif": clean(regression=0.4, flow=0.3, average_detail=0.3),
+                            "mef": clean(regression=0.2, average_detail=0.3)}}
     assert train_default._shortfalls(evaluation) == ["VIF flow", "MEF regression"]
 
 
@@ -218,16 +221,19 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
     trained = {json.loads(line)["pair"] for m in train_root.rglob("manifest.jsonl") for line in m.read_text().splitlines()}
     assert trained and all(split_of(name) == "train" for name in trained)
     heldout = [s for s in scenes if split_of(s) == "heldout"]
-    assert report["data"]["test_samples"] == report["data"]["degraded_test_samples"] == 3 * len(heldout)
-    for table in (report["evaluation"], report["evaluation_degraded"]):
-        assert set(table) == {"vif", "mef", "mff"}
-        for rows in table.values():
-            assert {"regression", "regression_raw", "flow", "flow_sde", "teacher", "vae_label", "average"} == set(rows)
-            assert rows["regression"]["seconds"] > 0
-        assert 0.0 <= table["vif"]["regression"]["chroma_err"] and table["vif"]["teacher"]["ir_contrast"] > 0
+    assert report["data"]["test_samples"] == 3 * len(heldout)
+    assert set(report["evaluation"]["tasks"]) == {"vif", "mef", "mff"}
+    for protocols in report["evaluation"]["tasks"].values():
+        for protocol, entry in protocols.items():
+            assert {p["scene"].rsplit("__", 1)[-1] for p in entry["pairs"]} <= set(heldout) and entry["n"] == len(heldout) * (
+                3 if protocol == "degraded" else 1)
+            rows = entry["methods"]
+            assert {"regression", "regression_no_detail", "flow", "average", "average_detail"} <= set(rows)
+            assert rows["regression"]["seconds"]["mean"] > 0
+        assert "classical" in protocols["degraded"]["methods"]
     # the model carries its detail path; the card says where the data, VAE and DiTs came from
     saved = FusionComponents.from_pretrained(out)
     assert saved.work_scale == 1 and saved.detail.clean.sigma == 3.0 and saved.detail.safe.radius == 1
     card = (out / "MODEL_CARD.md").read_text()
     assert "trained on real registered pairs" in card and "Detail path" in card and "kept from" in card
-    assert "The same held-out scenes degraded" in card and "regression_raw" in card
+    assert "### VIF, degraded" in card and "| regression_no_detail |" in card
