@@ -99,6 +99,17 @@ def _metric(url: str, name: str) -> float:
     return float(sum(float(v) for v in values))
 
 
+def _settled_counts(url: str, pairs: int, timeout_s: float = 10.0) -> tuple[float, float]:
+    """(pairs inferred, model executions) once Triton has counted all ``pairs`` answered so far: a response
+    can reach the client before the server's statistics take in its execution."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        count = _metric(url, "nv_inference_count")
+        if count >= pairs or time.monotonic() > deadline:
+            return count, _metric(url, "nv_inference_exec_count")
+        time.sleep(0.05)
+
+
 class ServeProcess:
     """``latentfuse serve`` as a subprocess on loopback ports; ``stop`` sends SIGINT and waits."""
 
@@ -171,18 +182,20 @@ def run_serve_bench(bundle: str | os.PathLike, sizes: Sequence[tuple[int, int]] 
     for max_batch in max_batches:
         where = "server, batching off" if max_batch == 1 else f"server, max batch {max_batch}"
         server = ServeProcess(bundle, max_batch, threads)
+        answered = 0  # pairs this server has answered
         try:
             with FusionClient(server.url) as client:
                 for size in sizes:
                     a, b = pairs[size]
                     client.fuse(a, b, task="vif", mode=mode)  # warm-up
+                    answered += 1
                     for c in concurrency:
                         n = _requests_for(c, min_requests)
-                        count0 = _metric(server.metrics_url, "nv_inference_count")
-                        exec0 = _metric(server.metrics_url, "nv_inference_exec_count")
+                        count0, exec0 = _settled_counts(server.metrics_url, answered)
                         wall, lat, outs = _timed(lambda i: client.fuse(a, b, task="vif", mode=mode), n, c)
-                        count = _metric(server.metrics_url, "nv_inference_count") - count0
-                        execs = _metric(server.metrics_url, "nv_inference_exec_count") - exec0
+                        answered += n
+                        count, execs = _settled_counts(server.metrics_url, answered)
+                        count, execs = count - count0, execs - exec0
                         rows.append(_row(size, where, c, wall, lat, outs, expected[size],
                                          mean_batch=count / execs if execs else None))
                         log(_line(rows[-1]))

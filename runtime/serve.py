@@ -54,9 +54,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.model.geometry import LATENT_FACTOR
 from latentfuse.runtime.backends.base import Backend, WrappedBackend
+from latentfuse.runtime.pipeline import VAE_MAX_SIDE
 
 MODEL_NAME = "latentfuse"
+PYTRITON_VERSION = "0.7.0"  # the proxy model PER_REQUEST_ERRORS extends is this release's (Makefile pins it)
+STUB_NUMPY = "numpy>=1.21,<2"  # what the Python-backend stub's tensor conversion works with
 TASKS = ("vif", "mef", "mff")
 MODES = ("flow", "regression")
 MAX_STEPS = 200  # a bound on the work one request may ask for
@@ -65,8 +69,7 @@ DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_DELAY_MS = 5.0  # how long Triton holds a request for others to join its batch
 EXIT_TIMEOUT_S = 3  # tritonserver's wait for in-flight requests on shutdown (keep-alive clients count as such)
 ERROR_KEY = "__latentfuse_error__"  # a response holding only this output becomes a Triton error response
-PYTRITON_VERSION = "0.7.0"  # the proxy model PER_REQUEST_ERRORS extends is this release's (Makefile pins it)
-STUB_NUMPY = "numpy>=1.21,<2"  # what the Python-backend stub's tensor conversion works with
+VAE_MERGE_PIXELS = 2 * VAE_MAX_SIDE ** 2  # most pixels in one merged VAE call: one pair at the VAE's whole-image limit
 GROUP_TIMEOUT_S = 600.0  # one graph call of a batched group; a wedged group gives up instead of hanging
 
 INPUTS = (  # (name, dtype, per-pair shape, optional)
@@ -86,17 +89,18 @@ OUTPUT = ("fused", np.uint8, (-1, -1, -1))
 # request with an empty tensor, which PyTriton cannot copy, is refused before the batch goes on.
 PER_REQUEST_ERRORS = f'''
 
-# --- latentfuse.runtime.serve: per-request error responses ---
+# --- latentfuse.runtime.serve: per-request error responses (written for PyTriton {PYTRITON_VERSION}) ---
 _latentfuse_wrap_response = _wrap_response
 
 
-def _wrap_response(response, requested_outputs_names, model_outputs_dict):
+def _latentfuse_wrap_response_or_error(response, requested_outputs_names, model_outputs_dict):
     if response.data is not None and {ERROR_KEY!r} in response.data:
         message = bytes(response.data[{ERROR_KEY!r}].reshape(-1)[0]).decode("utf-8", "replace")
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
     return _latentfuse_wrap_response(response, requested_outputs_names, model_outputs_dict)
 
 
+_wrap_response = _latentfuse_wrap_response_or_error
 _latentfuse_execute = TritonPythonModel.execute
 
 
@@ -129,6 +133,14 @@ def import_pytriton():
         import pytriton.triton as triton
     except ImportError:
         raise PyTritonMissing() from None
+    from importlib.metadata import version
+
+    found = version("nvidia-pytriton")
+    proxy = Path(models.__file__).parent.parent / "proxy" / "model.py"
+    if found != PYTRITON_VERSION and not all(name in proxy.read_text() for name in
+                                              ("def _wrap_response", "class TritonPythonModel", "def execute")):
+        raise LatentfuseError(f"latentfuse serve extends PyTriton {PYTRITON_VERSION}'s proxy model, and PyTriton "
+                              f"{found} has another: pip install --no-deps nvidia-pytriton=={PYTRITON_VERSION}")
     return triton, model_config, models, triton_server
 
 
@@ -295,6 +307,14 @@ class GatheringBackend(WrappedBackend):
     def _merged_call(self, method: str, per_item: list[tuple]) -> list:
         rows = [int(np.asarray(args[0]).shape[0]) for args in per_item]
         cap = self._row_cap(method)
+        if method in ("encode_images", "decode"):
+            # the VAE's memory grows with its pixels (mid-block attention: quadratic): a merged call holds at
+            # most the pixels of one pair at the pipeline's whole-image limit, so batching never needs more
+            # memory than one large request already may
+            h, w = np.asarray(per_item[0][0]).shape[-2:]
+            per_row = int(h) * int(w) * (LATENT_FACTOR ** 2 if method == "decode" else 1)
+            budget = max(1, VAE_MERGE_PIXELS // per_row)
+            cap = budget if cap is None else min(cap, budget)
         chunks: list[list[int]] = [[]]
         for i, r in enumerate(rows):  # whole pairs per chunk, at most `cap` rows (a pair alone may be over)
             if chunks[-1] and cap is not None and sum(rows[j] for j in chunks[-1]) + r > cap:

@@ -26,7 +26,7 @@ TIMEOUT_S = 900.0  # one request under load on a CPU server can take minutes
 # flags of fuse / fuse-dir that choose the model or its settings on the server side: refused with --server
 SERVER_SIDE = {"bundle": None, "checkpoint": None, "backend": None, "provider": None, "compile": False,
                "sampler": None, "g": None, "prior": None, "tile": None, "threads": None, "detail": "auto",
-               "bit_depth": 8, "warmup": 0}
+               "bit_depth": 8, "warmup": 0, "max_memory": None}
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -175,7 +175,8 @@ def _read_pair(path_a, path_b, resize: bool) -> tuple[np.ndarray, np.ndarray, bo
 
     a, b = match_pair(read_image(path_a), read_image(path_b), resize, names=(str(path_a), str(path_b)))
     wire_a, wire_b = to_wire(a), to_wire(b)
-    rounded = any(not np.array_equal(w.astype(np.float32) / 255.0, (x[..., None] if x.ndim == 2 else x))
+    # an 8-bit file comes back exactly (within float32 rounding); a 16-bit one by up to half an 8-bit step
+    rounded = any(np.abs(w / 255.0 - (x[..., None] if x.ndim == 2 else x)).max() > 1e-6
                   for w, x in ((wire_a, a), (wire_b, b)))
     return wire_a, wire_b, rounded
 

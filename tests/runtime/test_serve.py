@@ -301,6 +301,12 @@ def test_server_side_flags_and_an_unreachable_server_are_one_line_errors(server,
     assert err.count("\n") == 0 and "cannot reach the server" in err, err
     assert main(args + ["--server", "ftp://host:1"]) == 2
     assert "http://HOST:PORT" in capsys.readouterr().err
+    # 8-bit files travel as they are; a 16-bit one is rounded to 8 bits, and the user is told
+    assert main(args + ["--server", server["http"]]) == 0
+    assert "rounded" not in capsys.readouterr().err
+    write_image(tmp_path / "b.png", b[..., 0].astype(np.float32) / 255 + 0.001, bit_depth=16)
+    assert main(args + ["--server", server["http"]]) == 0
+    assert "rounded to 8 bits" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ the command, start to stop
@@ -340,12 +346,19 @@ def test_serve_command_answers_then_stops_cleanly_on_a_signal(bundle, tmp_path, 
             proc.wait()
 
 
-def test_stop_ends_tritonserver_and_its_stub(server, reference):
+def test_two_instances_answer_and_stop_ends_tritonserver_and_its_stub(server, reference):
     before = triton_children(os.getpid())  # the module's server
-    srv = FusionServer([BatchFuser(fresh(reference))], ServeOptions(host="127.0.0.1", **dict(zip(
-        ("http_port", "grpc_port", "metrics_port"), free_ports(3)))), log=lambda line: None).start()
+    http, grpc, metrics = free_ports(3)
+    fusers = [BatchFuser(fresh(reference)), BatchFuser(fresh(reference))]  # --instances 2
+    srv = FusionServer(fusers, ServeOptions(host="127.0.0.1", http_port=http, grpc_port=grpc, metrics_port=metrics),
+                       log=lambda line: None).start()
     ours = triton_children(os.getpid()) - before
     assert ours and srv.is_alive()
+    a, b = pair(32, 32, seed=9)
+    with FusionClient(f"http://127.0.0.1:{http}") as client, ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda s: client.fuse(a, b, task="mef", mode="regression", seed=s), range(4)))
+    assert all(np.array_equal(x, in_process(reference, a, b, task="mef", mode="regression")) for x in answers)
+    assert sum(sum(f.group_sizes) for f in fusers) == 4
     t0 = time.monotonic()
     srv.stop()
     assert time.monotonic() - t0 < 20
