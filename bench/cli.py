@@ -78,9 +78,13 @@ def register(subparsers) -> None:
     p.add_argument("--analytic-only", action="store_true",
                    help="parameter counts, analytic FLOPs and memory estimates only; time nothing")
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
-    p.add_argument("--user-pair", nargs="?", const="640x480", default=None, metavar="WxH",
-                   help="also fuse one camera-size pair (default 640x480) end to end with a real model (--user-model) "
-                        "on each of --backends and both heads, as `latentfuse fuse` runs it (bench.user_pair)")
+    p.add_argument("--user-pair", nargs="?", const="640x480", default=None, metavar="WxH[,WxH...]",
+                   help="also fuse a camera-size pair (default 640x480; several sizes comma-separated, e.g. "
+                        "640x480,4000x3000, run in the same rounds) end to end with a real model (--user-model) on "
+                        "each of --backends and --user-modes, as `latentfuse fuse` runs it, with time per megapixel "
+                        "and peak memory (bench.user_pair)")
+    p.add_argument("--user-modes", default="regression,flow", metavar="MODES",
+                   help="DiT heads of the --user-pair rows (default regression,flow)")
     p.add_argument("--user-model", default=None,
                    help="model directory for --user-pair (default: the bundled default model)")
     p.add_argument("--no-sweep", action="store_true", help="only the --user-pair rows, no preset sweep")
@@ -125,15 +129,21 @@ def _run(args) -> int:
 
 
 def _run_user_pair(args) -> None:
-    from latentfuse.bench.user_pair import parse_size, run_user_pair, write_user_pair
+    from latentfuse.bench.user_pair import parse_sizes, run_user_pair, write_user_pair
     from latentfuse.model.components import DEFAULT_MODEL_DIR
+    from latentfuse.model.errors import LatentfuseError
     from latentfuse.runtime.backends import check_backend_name
+    from latentfuse.runtime.pipeline import MODES
 
-    size = parse_size(args.user_pair)
+    sizes = parse_sizes(args.user_pair)
+    modes = tuple(m.strip() for m in args.user_modes.split(",") if m.strip())
+    if not modes or any(m not in MODES for m in modes):
+        raise LatentfuseError(f"--user-modes takes {' / '.join(MODES)}, comma-separated, got {args.user_modes!r}")
     model_dir = args.user_model or str(DEFAULT_MODEL_DIR)
-    rows = run_user_pair(model_dir, backends=tuple(check_backend_name(b) for b in args.backends), size=size,
-                         threads=args.threads, warmup=args.warmup, repeat=args.repeat, progress=not args.no_progress)
-    print(write_user_pair(rows, args.out, size, model_dir))
+    rows = run_user_pair(model_dir, backends=tuple(check_backend_name(b) for b in args.backends), modes=modes,
+                         sizes=sizes, threads=args.threads, warmup=args.warmup, repeat=args.repeat,
+                         progress=not args.no_progress)
+    print(write_user_pair(rows, args.out, sizes[0], model_dir))
 
 
 def _run_serve(args) -> int:

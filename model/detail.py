@@ -84,6 +84,7 @@ class DetailConfig:
 
 
 def _check(image: np.ndarray, what: str) -> np.ndarray:
+    """``image`` checked, a 1-channel HxWx1 as HxW; its dtype kept (each strip goes to float64 on its own)."""
     arr = np.asarray(image)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3)) or min(arr.shape[:2]) < 2:
         raise LatentfuseError(f"detail path: {what} must be an HxW or HxWx3 image of at least 2x2, got shape {arr.shape}")
@@ -91,15 +92,28 @@ def _check(image: np.ndarray, what: str) -> np.ndarray:
         raise LatentfuseError(f"detail path: {what} must be float in [0, 1], got dtype {arr.dtype}")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    return arr.astype(np.float64, copy=False)
+    return arr
 
 
 def noise_sigma(y: np.ndarray) -> float:
     """Donoho's noise estimate of a gray image: median |HH| / 0.6745 on the diagonal Haar band."""
+    return float(np.median(_abs_hh(y)) / MAD_TO_SIGMA)
+
+
+def _abs_hh(y: np.ndarray) -> np.ndarray:
+    """|HH| of the 2x2 Haar blocks of a gray image (odd last row / column dropped)."""
     h, w = (y.shape[0] // 2) * 2, (y.shape[1] // 2) * 2
     q = y[:h, :w]
-    hh = (q[0::2, 0::2] - q[0::2, 1::2] - q[1::2, 0::2] + q[1::2, 1::2]) * 0.5
-    return float(np.median(np.abs(hh)) / MAD_TO_SIGMA)
+    return np.abs((q[0::2, 0::2] - q[0::2, 1::2] - q[1::2, 0::2] + q[1::2, 1::2]) * 0.5)
+
+
+def strip_noise_sigma(image: np.ndarray, rows: int) -> float:
+    """:func:`noise_sigma` of ``image``'s luma, computed ``rows`` (even) rows at a time: the same Haar blocks
+    and the same median, without a float64 copy of the whole image."""
+    rows = max(2, rows // 2 * 2)
+    h = (image.shape[0] // 2) * 2
+    parts = [_abs_hh(luma(image[y:min(y + rows, h)])) for y in range(0, h, rows)]
+    return float(np.median(np.concatenate([p.ravel() for p in parts])) / MAD_TO_SIGMA)
 
 
 def detail_planes(image: np.ndarray, sigma: float) -> list[np.ndarray]:
@@ -108,12 +122,13 @@ def detail_planes(image: np.ndarray, sigma: float) -> list[np.ndarray]:
     return [p - gaussian(p, sigma) for p in planes]
 
 
-def trust(y: np.ndarray, detail: np.ndarray, cfg: DetailConfig) -> np.ndarray:
+def trust(y: np.ndarray, detail: np.ndarray, cfg: DetailConfig, noise: float | None = None) -> np.ndarray:
     """The local Wiener gain of a source's luma detail against the source's noise level (1 when ``noise_k``
-    is 0): e / (e + (k·n)²), e = box(D², r), n = :func:`noise_sigma` of the luma ``y``."""
+    is 0): e / (e + (k·n)²), e = box(D², r), n = :func:`noise_sigma` of the luma ``y`` (or ``noise``, the
+    whole image's, when ``y`` is a strip of it)."""
     if cfg.noise_k <= 0:
         return np.ones_like(detail)
-    floor = (cfg.noise_k * noise_sigma(y)) ** 2
+    floor = (cfg.noise_k * (noise_sigma(y) if noise is None else noise)) ** 2
     energy = box_filter(detail * detail, cfg.radius)
     return energy / np.maximum(energy + floor, 1e-12)
 
@@ -130,16 +145,52 @@ def select_weights(layers: list[np.ndarray], radius: int) -> list[np.ndarray]:
     return weights
 
 
-def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: DetailConfig | None = None) -> np.ndarray:
+def detail_halo(cfg: DetailConfig) -> int:
+    """Rows of context a strip needs on each side for its own rows to come out as in the whole image: the
+    gaussian's reach (scipy's ``int(4 sigma + 0.5)``) plus one box radius per box filter chained after it
+    (the trust's energy, the selection's energy, the feathering)."""
+    return int(4.0 * float(cfg.sigma) + 0.5) + 3 * int(cfg.radius)
+
+
+def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: DetailConfig | None = None,
+                   strip_rows: int | None = None) -> np.ndarray:
     """``fused`` with the high-frequency detail of sources ``a`` and ``b`` restored (module docstring).
 
     All three are float images in [0, 1] of one size, HxW or HxWx3 (VIF: ``a`` visible, ``b`` infrared,
     gray). Returns float32 of ``fused``'s shape.
+
+    ``strip_rows``: run the stage on strips of that many rows (each with :func:`detail_halo` rows of
+    context above and below, the noise estimates taken on the whole sources), so its float64 planes cover
+    a strip, not the image; None, or a strip as tall as the image: in one piece. A strip's rows equal the
+    whole image's up to the rounding of the box filters' running sums (about 1e-16).
     """
     cfg = config or DetailConfig()
     f, a, b = _check(fused, "the fused image"), _check(a, "source A"), _check(b, "source B")
     if not (f.shape[:2] == a.shape[:2] == b.shape[:2]):
         raise LatentfuseError(f"detail path: sizes differ: fused {f.shape[:2]}, A {a.shape[:2]}, B {b.shape[:2]}")
+    height = f.shape[0]
+    if strip_rows is None or int(strip_rows) >= height:
+        return _restore(f, a, b, cfg)
+    rows = int(strip_rows)
+    if rows < 2:
+        raise LatentfuseError(f"detail path: a strip needs at least 2 rows, got {strip_rows}")
+    noise = None
+    if cfg.noise_k > 0:
+        noise = [strip_noise_sigma(s, rows) for s in (a, b)]
+    halo = detail_halo(cfg)
+    out = np.empty(f.shape, np.float32)
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
+        lo, hi = max(0, y0 - halo), min(height, y1 + halo)
+        out[y0:y1] = _restore(f[lo:hi], a[lo:hi], b[lo:hi], cfg, noise)[y0 - lo:y1 - lo]
+    return out
+
+
+def _restore(f: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: DetailConfig, noise: list | None = None
+             ) -> np.ndarray:
+    """:func:`restore_detail` on checked images of one size (the whole image or one strip; ``noise``: the
+    sources' noise estimates when the images are a strip)."""
+    f, a, b = (x.astype(np.float64, copy=False) for x in (f, a, b))
     sources = (a, b)
     ys = [luma(s) for s in sources]
     rgb = cfg.channels == "rgb" and f.ndim == 3
@@ -151,7 +202,7 @@ def restore_detail(fused: np.ndarray, a: np.ndarray, b: np.ndarray, config: Deta
         yf = luma(f)
         detail_f = yf - gaussian(yf, cfg.sigma)
         source_luma = [y - gaussian(y, cfg.sigma) for y in ys]
-    trusts = [trust(y, d, cfg) for y, d in zip(ys, source_luma)]
+    trusts = [trust(y, d, cfg, None if noise is None else n) for y, d, n in zip(ys, source_luma, noise or (None, None))]
     layers = [t * d + (1.0 - t) * detail_f for t, d in zip(trusts, source_luma)]
     if cfg.fused_candidate:
         layers.append(detail_f)

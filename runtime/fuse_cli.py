@@ -65,6 +65,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads per graph (ONNX Runtime intra-op threads, torch.set_num_threads; "
                         "default: all cores)")
     p.add_argument("--detail", choices=DETAIL_CHOICES, default="auto", help=DETAIL_HELP)
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="memory budget of one fuse, e.g. 3G or 1500M: VAE tiles, DiT windows per call and detail "
+                        "strips are sized to it; one that cannot be met is an error (default: half the machine's "
+                        "memory)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -152,7 +156,7 @@ def build_pipeline(args: argparse.Namespace):
 def _call_kwargs(args: argparse.Namespace) -> dict:
     return dict(task=args.task, prompt=args.prompt, mode=args.mode, sampler=args.sampler, steps=args.steps,
                 g=args.g, seed=args.seed, resize=args.resize, tile=args.tile, prior=args.prior,
-                detail=args.detail)
+                detail=args.detail, max_memory=args.max_memory)
 
 
 def _describe(result) -> str:
@@ -174,9 +178,13 @@ def run_fuse(args: argparse.Namespace) -> int:
         from latentfuse.runtime.serve_client import fuse_remote
 
         return fuse_remote(args)
-    # read and check the pair before loading any model, so input errors come back at once
+    # read and check the pair and the budget before loading any model, so input errors come back at once
     a, b = match_pair(load_image(args.a, f"image A ({args.a})"), load_image(args.b, f"image B ({args.b})"),
                       args.resize, names=(args.a, args.b))
+    if args.max_memory is not None:
+        from latentfuse.runtime.pipeline import parse_memory
+
+        parse_memory(args.max_memory)
     pipe = build_pipeline(args)
     kwargs = _call_kwargs(args)
     result = pipe(a, b, **kwargs)

@@ -43,7 +43,7 @@ from latentfuse.model.geometry import PIXEL_MULTIPLE
 from latentfuse.model.work_scale import check_window, check_work_scale, downscale, upscale
 from latentfuse.runtime import samplers
 from latentfuse.runtime.backends import Backend, get_backend
-from latentfuse.runtime.backends.tiled import DIT_OVERLAP, TiledBackend
+from latentfuse.runtime.backends.tiled import DIT_OVERLAP, GRID, VAE_OVERLAP, TiledBackend, balanced_side
 from latentfuse.runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
 
 PAD_MULTIPLE = PIXEL_MULTIPLE  # VAE downsampling (8) × DiT patch size (2)
@@ -57,6 +57,26 @@ VAE_MAX_SIDE = 768
 MAX_DIT_BATCH = 64  # DiT windows per graph call (the exported graphs' batch bound)
 MODES = ("flow", "regression")
 DEFAULT_SEED = 0
+
+# ---- memory model of one fuse call (bytes), for the budget (``max_memory``, ``--max-memory``). Measured with
+# /usr/bin/time -v on ONNX Runtime 1.32 CPU, 2 threads, the bundled default (its arenas shrunk after each run):
+# one VAE call on an h x w tile of one image peaks at about VAE_BYTES_PER_PX * h * w for its convolutions plus
+# VAE_BYTES_PER_TOKEN2 * (h * w / 64)^2 for the mid-block attention's score matrices (384^2: 0.19 GB, 640x480:
+# 0.37 GB, 768^2: 1.16 GB, 1024^2: 2.87 GB over the bare sessions' 76 MB); a DiT call about DIT_BYTES_PER_PX per
+# pixel of its windows (35 windows of 128^2: 77 MB); the process before any image (interpreter, numpy, torch,
+# the sessions) 365 MB, which RUNTIME_BYTES rounds up.
+VAE_BYTES_PER_PX = 640
+VAE_BYTES_PER_TOKEN2 = 10
+DIT_BYTES_PER_PX = 192
+RUNTIME_BYTES = 512 << 20
+# float64 planes the detail path (model.detail) holds per pixel of a strip at most (RGB channels, two sources)
+DETAIL_PLANES = 40
+# Speed caps, below which a budget only ever shrinks the work per call: VAE tiles of at most VAE_MAX_SIDE (above,
+# the attention costs more per pixel than the overlap saves: 1024^2 encodes at 1.7x the time per pixel of 512^2)
+# and detail strips of at most DETAIL_STRIP_ROWS rows (a 1920x1080 strip of 512 rows runs no slower per row than
+# the whole image, and its planes stay under glibc's mmap threshold, so they are reused, not faulted in anew).
+DETAIL_STRIP_ROWS = 512
+MIN_VAE_TILE = 256  # twice the VAE tiles' overlap
 
 
 
@@ -96,6 +116,9 @@ def load_image(image: Any, name: str = "image") -> np.ndarray:
         return read_image(image)
     if not isinstance(image, np.ndarray):
         raise LatentfuseError(f"{name} must be an image path or a numpy array, got {type(image).__name__}")
+    if (image.dtype == np.float32 and image.size and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3))
+            and 0.0 <= float(image.min()) and float(image.max()) <= 1.0):
+        return image  # already what normalise_image makes (NaN / Inf fail the range test): no copy of it
     from latentfuse.model.image_io import normalise_image
 
     return normalise_image(image, name)
@@ -141,16 +164,88 @@ def pad_to_multiple(img: np.ndarray, multiple: int = PAD_MULTIPLE) -> tuple[np.n
 
 
 def to_model_range(imgs: Sequence[np.ndarray]) -> np.ndarray:
-    """HxWx3 [0, 1] images -> [B, 3, H, W] float32 in [-1, 1]."""
-    batch = np.stack([np.transpose(i, (2, 0, 1)) for i in imgs]).astype(np.float32)
-    return batch * 2.0 - 1.0
+    """HxWx3 [0, 1] images -> [B, 3, H, W] float32 in [-1, 1] (one array, filled in place)."""
+    batch = np.empty((len(imgs), 3) + imgs[0].shape[:2], np.float32)
+    for i, img in enumerate(imgs):
+        batch[i] = np.transpose(img, (2, 0, 1))
+    batch *= 2.0
+    batch -= 1.0
+    return batch
 
 
-def from_model_range(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """[1, 3, H', W'] in [-1, 1] -> HxWx3 [0, 1], cropped to ``size``."""
+def from_model_range(batch: np.ndarray, size: tuple[int, int], in_place: bool = False) -> np.ndarray:
+    """[1, 3, H', W'] in [-1, 1] -> HxWx3 [0, 1], cropped to ``size``; ``in_place``: computed in ``batch``'s
+    own memory (float32), which it overwrites, rather than in new arrays."""
     h, w = size
+    if in_place and batch.dtype == np.float32 and batch.flags.writeable:
+        img = batch[0, :, :h, :w]
+        img += 1.0
+        img *= 0.5
+        np.clip(img, 0.0, 1.0, out=img)
+        return np.transpose(img, (1, 2, 0))
     img = np.transpose(batch[0, :, :h, :w], (1, 2, 0))
     return np.clip((img + 1.0) * 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def parse_memory(value: Any, what: str = "--max-memory") -> int:
+    """Bytes from an int or '3G' / '2.5GB' / '3000M' / '512MiB' (powers of 1024); a clear error otherwise."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        import re
+
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+        if not match:
+            raise LatentfuseError(f"{what} takes a size such as 3G, 2.5GB or 3000M, got {value!r}")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * 1024 ** " kmgt".index(unit or " "))
+    if size <= 0:
+        raise LatentfuseError(f"{what} must be positive, got {value!r}")
+    return size
+
+
+def default_max_memory() -> int:
+    """The budget a fuse call plans for when none is given: half the machine's memory (or of the cgroup's
+    limit where that is lower), so the rest of the machine keeps the other half."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total // 2
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 2 ** 30:.2f} GB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MB"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one fuse call splits its work to stay within ``budget`` bytes (:meth:`Pipeline.plan_memory`).
+
+    ``dit_window`` / ``vae_tile``: as :meth:`Pipeline.plan_windows` (``vae_tile`` the largest tile side; the
+    tiled backend spreads its tiles evenly within it); ``dit_batch``: DiT windows per graph call; ``detail_rows``:
+    rows per strip of the detail path (None: the whole image); ``peak``: the estimated peak of the call's
+    largest stage, bytes."""
+
+    budget: int
+    dit_window: tuple[int, int] | None
+    vae_tile: tuple[int, int] | None
+    dit_batch: int
+    detail_rows: int | None
+    peak: int
+
+    def as_dict(self) -> dict:
+        return {"budget": self.budget, "dit_window": self.dit_window, "vae_tile": self.vae_tile,
+                "dit_batch": self.dit_batch, "detail_rows": self.detail_rows, "peak_estimate": self.peak}
+
+
+def vae_call_bytes(height: int, width: int) -> int:
+    """Estimated peak of one VAE call on one ``height`` x ``width`` image (module constants)."""
+    px = height * width
+    return VAE_BYTES_PER_PX * px + VAE_BYTES_PER_TOKEN2 * (px // 64) ** 2
 
 
 def to_gray(img: np.ndarray) -> np.ndarray:
@@ -179,6 +274,7 @@ class Pipeline:
         self.tile_overlap = DIT_OVERLAP  # pixels shared by neighbouring DiT windows (runtime.backends.tiled)
         self.max_dit_batch = MAX_DIT_BATCH  # DiT windows per graph call (also capped by the backend's)
         self.vae_max_side = VAE_MAX_SIDE  # largest side of one VAE call unless ``tile`` says otherwise
+        self.max_memory: int | None = None  # the budget of a call (bytes); None: default_max_memory()
         self.detail = backend.detail_settings()  # the model's detail path after decoding, or None
         self.text_encoder_calls = 0
 
@@ -244,6 +340,11 @@ class Pipeline:
         """Read, check, enlarge, pad and scale the pair: ([2, 3, H', W'] in [-1, 1], the two images as read
         (float32 [0, 1], input size, HxW or HxWx3), both gray, the backend to run: ``self.backend``, or a
         windowed / tiled view of it, :meth:`plan_windows`)."""
+        images, sources, gray, backend, _ = self._prepare(a, b, resize, tile, None)
+        return images, sources, gray, backend
+
+    def _prepare(self, a: Any, b: Any, resize: bool, tile: Any, max_memory: Any):
+        """:meth:`prepare`, and the call's :class:`MemoryPlan`."""
         img_a = load_image(a, f"image A ({a})" if isinstance(a, (str, os.PathLike)) else "image A")
         img_b = load_image(b, f"image B ({b})" if isinstance(b, (str, os.PathLike)) else "image B")
         img_a, img_b = match_pair(img_a, img_b, resize, names=(_label(a, "A"), _label(b, "B")))
@@ -251,14 +352,93 @@ class Pipeline:
         h, w = img_a.shape[:2]
         k = self.work_scale
         ph, pw = _padded(k * h, self.min_size), _padded(k * w, self.min_size)
-        window, vae_tile = self.plan_windows(ph, pw, tile)
+        plan = self.plan_memory(ph, pw, (h, w), tile, max_memory, sources=img_a.nbytes + img_b.nbytes)
         backend = self.backend
-        if window or vae_tile:
-            cap = self.backend.max_batch_size()
-            batch = self.max_dit_batch if cap is None else min(self.max_dit_batch, cap)
-            backend = TiledBackend(self.backend, window, vae_tile, overlap=self.tile_overlap, max_batch=batch)
-        padded = [pad_to_size(upscale(to_rgb(img), k), ph, pw) for img in (img_a, img_b)]
-        return to_model_range(padded), (img_a, img_b), gray, backend
+        if plan.dit_window or plan.vae_tile:
+            backend = TiledBackend(self.backend, plan.dit_window, plan.vae_tile, overlap=self.tile_overlap,
+                                   max_batch=plan.dit_batch)
+        images = np.empty((2, 3, ph, pw), np.float32)
+        for i, img in enumerate((img_a, img_b)):  # one image's padded copy at a time, into the batch
+            if img.ndim == 2:  # gray: its one plane into all three channels (to_rgb), without a 3-channel copy
+                images[i] = pad_to_size(upscale(img, k)[..., None], ph, pw)[..., 0]
+            else:
+                images[i] = np.transpose(pad_to_size(upscale(img, k), ph, pw), (2, 0, 1))
+        images *= 2.0  # to_model_range's arithmetic, in place
+        images -= 1.0
+        return images, (img_a, img_b), gray, backend, plan
+
+    def plan_memory(self, height: int, width: int, size: tuple[int, int] | None = None, tile: Any = None,
+                    max_memory: Any = None, sources: int | None = None) -> MemoryPlan:
+        """The :class:`MemoryPlan` of a padded ``height`` x ``width`` pair (working pixels; ``size``: the input
+        size, ``sources``: the bytes of the two images as read) within ``max_memory`` bytes (or '3G'; None:
+        ``self.max_memory``, else :func:`default_max_memory`).
+
+        Each stage's peak is estimated (module constants) as the runtime, the whole-image arrays it needs
+        (the sources as read, the batch it reads or writes) and one call's work; the VAE tile side, the DiT
+        windows per call and the detail strip are the largest, up to their speed caps, that keep every
+        stage within the budget. A budget even the smallest of them cannot meet is a LatentfuseError."""
+        budget = parse_memory(max_memory if max_memory is not None else self.max_memory or default_max_memory())
+        h, w = size or (height // self.work_scale, width // self.work_scale)
+        window, vae_bound = self.plan_windows(height, width, tile)
+        src = 2 * 3 * 4 * h * w if sources is None else int(sources)
+        base = RUNTIME_BYTES + src
+        image_f32 = 3 * 4 * height * width  # one padded image, float32
+        latents = 4 * 16 * 4 * (height // 8) * (width // 8)  # z_a, z_b, the sampler's state and output
+        need = f"a {w}x{h} pair"
+
+        def fail(what: str, least: int):
+            raise LatentfuseError(f"--max-memory {format_bytes(budget)} cannot be met: {need} needs at least "
+                                  f"{format_bytes(least)} here ({what}); raise it or fuse a smaller pair")
+
+        # VAE: encode holds the model-range pair, decode its blended output (+ one weight plane); one tile
+        # of one image per call when tiled, the pair in one call when whole
+        def vae_peak(tile_size: tuple[int, int] | None) -> int:
+            if tile_size is None:
+                call = 2 * vae_call_bytes(height, width)
+            else:  # the tiles TiledBackend cuts: on the grid, the overlap clamped to half a tile
+                lim = (tile_size[0] // GRID * GRID, tile_size[1] // GRID * GRID)
+                ov = min(VAE_OVERLAP, min(lim) // 2) // GRID * GRID
+                call = vae_call_bytes(balanced_side(height, lim[0], ov), balanced_side(width, lim[1], ov))
+            return base + latents + max(2 * image_f32, image_f32 * 4 // 3) + call
+
+        vae_tile = vae_bound
+        if vae_tile is None and vae_peak(None) > budget:
+            vae_tile = (min(height, self.vae_max_side), min(width, self.vae_max_side))
+        if vae_tile is not None:
+            side = max(vae_tile)
+            while vae_peak((min(vae_tile[0], side), min(vae_tile[1], side))) > budget:
+                if side - GRID < MIN_VAE_TILE:
+                    fail(f"the VAE on {MIN_VAE_TILE} px tiles", vae_peak((MIN_VAE_TILE, MIN_VAE_TILE)))
+                side -= GRID
+            vae_tile = (min(vae_tile[0], side), min(vae_tile[1], side))
+            if vae_tile[0] >= height and vae_tile[1] >= width:
+                vae_tile = None
+        # DiT: the latents and one chunk of windows
+        cap = self.backend.max_batch_size()
+        dit_batch = self.max_dit_batch if cap is None else min(self.max_dit_batch, cap)
+        win = window or (height, width)
+        per_window = DIT_BYTES_PER_PX * win[0] * win[1]
+        room = budget - base - latents
+        if room < per_window:
+            fail("the DiT on one window", base + latents + per_window)
+        dit_batch = max(1, min(dit_batch, room // per_window))
+        dit_peak = base + latents + (dit_batch if window else 1) * per_window  # no window: one whole-latent call
+        # detail path: the decoded image, the result, and one strip's float64 planes with its context rows
+        detail_rows, detail_peak = None, 0
+        if self.detail is not None:
+            from latentfuse.model.detail import detail_halo
+
+            halo = max(detail_halo(self.detail.clean), detail_halo(self.detail.safe))
+            fixed = base + image_f32 + 3 * 4 * h * w
+            per_row = DETAIL_PLANES * 8 * w
+            rows = min(h, DETAIL_STRIP_ROWS, (budget - fixed) // per_row - 2 * halo)
+            if rows < GRID:
+                fail("the detail path on 16-row strips", fixed + per_row * (GRID + 2 * halo))
+            detail_rows = None if rows >= h else int(rows)
+            detail_peak = fixed + per_row * (min(h, rows + 2 * halo))
+        prepare_peak = base + 3 * image_f32  # the model-range pair and one image's padded copy
+        peak = max(prepare_peak, vae_peak(vae_tile), dit_peak, detail_peak)
+        return MemoryPlan(budget, window, vae_tile, int(dit_batch), detail_rows, int(peak))
 
     def plan_windows(self, height: int, width: int, tile: Any = None) -> tuple[tuple[int, int] | None,
                                                                               tuple[int, int] | None]:
@@ -292,6 +472,7 @@ class Pipeline:
         prior: str | None = None,
         tile: bool | int | None = None,
         detail: str | None = None,
+        max_memory: int | str | None = None,
     ) -> FusionResult:
         """Fuse images ``a`` and ``b`` (paths or arrays) for ``task``; see the module docstring.
 
@@ -300,6 +481,8 @@ class Pipeline:
         ``detail``: the model's pixel-space detail path (``model.detail``): ``auto`` / None picks its
         parameters from the prompt (``DetailSettings.mode_for``), ``clean`` / ``safe`` force a set, ``off``
         skips it; a model without one runs none.
+        ``max_memory``: the call's memory budget, bytes or '3G' (:meth:`plan_memory`; None: ``self.max_memory``,
+        else half the machine's memory): the VAE tiles, DiT windows per call and detail strips are sized to it.
         """
         from latentfuse.model.data.tasks import check_task
         from latentfuse.model.detail import check_detail_mode, restore_detail
@@ -324,11 +507,14 @@ class Pipeline:
             g = samplers.DEFAULT_G if g is None else float(g)
         prompt = prompt if prompt is not None else self.default_prompt(task)
 
+        if max_memory is not None:
+            parse_memory(max_memory)  # a bad value fails before any work
         timer = StageTimer(self.backend.synchronize)
-        images, sources, gray, backend = self.prepare(a, b, resize, tile)
+        images, sources, gray, backend, plan = self._prepare(a, b, resize, tile, max_memory)
         size = sources[0].shape[:2]
         with timer.stage("VAE-Enc"):
             latents = backend.encode_images(images)
+        del images  # the model-range pair is not needed past the encoder
         z_a, z_b = latents[:1], latents[1:2]
         with timer.stage("T5"):
             embeds, mask, hit = self.encode_prompt(prompt)
@@ -351,11 +537,12 @@ class Pipeline:
         with timer.stage("VAE-Dec"):
             decoded = backend.decode(np.asarray(result.latent, np.float32))
         k = self.work_scale
-        image = downscale(from_model_range(decoded, (k * size[0], k * size[1])), k)
+        image = downscale(from_model_range(decoded, (k * size[0], k * size[1]), in_place=True), k)
+        del decoded
         detail_cfg = self.detail.config_for(prompt, detail_mode) if self.detail is not None else None
         if detail_cfg is not None:
             with timer.stage("Detail"):
-                image = restore_detail(image, *sources, detail_cfg)
+                image = restore_detail(image, *sources, detail_cfg, strip_rows=plan.detail_rows)
         if gray:
             image = to_gray(image)
         times = timer.finish(result.nfe, hit)
@@ -363,7 +550,7 @@ class Pipeline:
                             sampler=result.sampler, steps=steps, seed=seed,
                             info={"backend": self.backend.name, "size": size, "work_scale": k,
                                   "detail": "off" if detail_cfg is None else detail_cfg.as_dict(),
-                                  "tiled": backend is not self.backend,
+                                  "tiled": backend is not self.backend, "memory": plan.as_dict(),
                                   "g": g if samplers.get_sampler(sampler_name).stochastic else 0.0})
 
     # ------------------------------------------------------------------ timing
@@ -392,4 +579,5 @@ def _label(x: Any, default: str) -> str:
     return str(x) if isinstance(x, (str, os.PathLike)) else default
 
 
-__all__ = ["FusionResult", "Pipeline", "load_image", "match_pair", "pad_to_multiple", "PAD_MULTIPLE", "MODES"]
+__all__ = ["FusionResult", "MemoryPlan", "Pipeline", "load_image", "match_pair", "pad_to_multiple", "parse_memory",
+           "default_max_memory", "PAD_MULTIPLE", "MODES"]

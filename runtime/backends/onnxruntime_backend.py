@@ -94,13 +94,18 @@ class _Session:
         self.path = path
         self.inputs = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output = self.session.get_outputs()[0].name
+        # Each session's CPU arena keeps its largest call's memory for good, and the four graphs' arenas add
+        # up (a 720x656 VAE tile: 2.3 GB after three encoder + decoder calls); shrinking the arena after each
+        # run hands it back (0.78 GB, no slower). Measured on ONNX Runtime 1.32 CPU.
+        self.run_options = _import_ort().RunOptions()
+        self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(self, **feeds: np.ndarray) -> np.ndarray:
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
             raise LatentfuseError(f"{self.path.name} needs inputs {missing}; the runtime provides {sorted(feeds)}")
         cast = {n: np.ascontiguousarray(feeds[n], dtype=dt) for n, dt in self.inputs.items()}
-        (out,) = self.session.run([self.output], cast)
+        (out,) = self.session.run([self.output], cast, self.run_options)
         return np.asarray(out, dtype=np.float32)
 
 

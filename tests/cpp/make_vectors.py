@@ -19,7 +19,10 @@ Each file is produced by the Python runtime itself, so C++ is compared with the 
   output row depends on the mean of its own window, see :class:`WindowMeanBackend`), with the number of
   calls and the rows of every DiT call, so the vectors pin down the windows, their batching, the unit
   conversions and the blending, not only a shape; and :meth:`latentfuse.runtime.pipeline.Pipeline.plan_windows`
-  (DiT window and VAE tile) for assorted sizes, limits, model windows and ``--tile`` values.
+  (DiT window and VAE tile) for assorted sizes, limits, model windows and ``--tile`` values;
+  :func:`latentfuse.runtime.backends.tiled.balanced_side` (the even VAE tiles) and
+  :meth:`latentfuse.runtime.pipeline.Pipeline.plan_memory` (VAE tile, DiT windows per call, detail strip rows,
+  estimated peak, or the error) for sizes up to 12 MP, budgets, batch caps and detail halos.
 * ``detail.json``: the detail path of :mod:`latentfuse.model.detail`: :func:`~latentfuse.model.detail.restore_detail` on small
   deterministic images (7x9, 13x16, 24x20; RGB, gray and VIF-style RGB + gray sources, identical sources
   for the argmax ties) under configs covering non-integer sigma, a gaussian wider than the image, radius
@@ -37,6 +40,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from latentfuse.model.errors import LatentfuseError
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors"
@@ -196,8 +201,55 @@ def plan_vectors() -> list[dict]:
     return cases
 
 
+# Pipeline.plan_memory(height, width, (h, w), tile, budget, sources) for a backend limit, model window, backend
+# batch cap (None: none) and detail halo (None: no detail path); budgets from roomy to the smallest that works
+MEMORY_CASES = (
+    (480, 640, 480, 640, None, 128, None, "12G", None, 88),
+    (1088, 1920, 1080, 1920, None, 128, None, "12G", None, 88),
+    (3008, 4000, 3000, 4000, None, 128, None, "12G", None, 88),
+    (3008, 4000, 3000, 4000, None, 128, None, "1.5G", 8, 88),
+    (3008, 4000, 3000, 4000, None, 128, None, "1.2G", None, 40),
+    (3008, 4000, 3000, 4000, None, 128, 512, "2G", None, None),
+    (1024, 1024, 1024, 1024, (1024, 1024), 0, None, "12G", 4, 88),
+    (1024, 1024, 1024, 1024, None, 0, None, "3G", None, 88),
+    (640, 480, 640, 480, None, 128, None, "900M", None, 88),
+)
+BALANCED_CASES = ((1920, 768, 64), (3008, 768, 64), (4000, 768, 128), (800, 768, 64), (768, 768, 64), (1040, 256, 64),
+                  (64, 32, 16))
+
+
+def memory_plan_vectors() -> list[dict]:
+    from types import SimpleNamespace
+
+    from latentfuse.model.detail import DetailConfig
+    from latentfuse.runtime.pipeline import MAX_DIT_BATCH, VAE_MAX_SIDE, Pipeline, parse_memory
+
+    cases = []
+    for height, width, h, w, limit, window, cap, budget, sources, halo in MEMORY_CASES:
+        # a detail set whose halo is `halo` (int(4 sigma + 0.5) + 3 radius: sigma 16 / radius 8 gives 88)
+        detail = None if halo is None else SimpleNamespace(clean=DetailConfig(sigma=(halo - 24) / 4, radius=8),
+                                                           safe=DetailConfig(sigma=1.0, radius=0))
+        backend = SimpleNamespace(max_image_size=lambda limit=limit: limit, max_batch_size=lambda cap=cap: cap)
+        view = SimpleNamespace(backend=backend, window=window, vae_max_side=VAE_MAX_SIDE, work_scale=1,
+                               max_memory=None, max_dit_batch=MAX_DIT_BATCH, detail=detail)
+        view.plan_windows = lambda H, W, tile, view=view: Pipeline.plan_windows(view, H, W, tile)
+        src = None if sources is None else sources * 2 ** 20
+        case = {"height": height, "width": width, "h": h, "w": w, "limit": limit and list(limit), "window": window,
+                "max_batch": cap, "budget": parse_memory(budget), "sources": src if src is not None else 2 * 3 * 4 * h * w,
+                "halo": -1 if halo is None else halo}
+        try:
+            plan = Pipeline.plan_memory(view, height, width, (h, w), None, budget, src)
+            case["plan"] = {"dit_window": plan.dit_window and list(plan.dit_window),
+                            "vae_tile": plan.vae_tile and list(plan.vae_tile), "dit_batch": plan.dit_batch,
+                            "detail_rows": plan.detail_rows, "peak": plan.peak}
+        except LatentfuseError as err:
+            case["error"] = str(err)
+        cases.append(case)
+    return cases
+
+
 def tiling_vectors() -> dict:
-    from latentfuse.runtime.backends.tiled import TiledBackend, ramp, window_starts
+    from latentfuse.runtime.backends.tiled import TiledBackend, balanced_side, ramp, window_starts
 
     starts = [{"size": s, "window": w, "overlap": o, "step": st, "starts": window_starts(s, w, o, st)}
               for s, w, o, st in ((80, 32, 16, 16), (144, 64, 32, 16), (10, 4, 2, 2), (18, 8, 8, 2), (32, 64, 16, 16),
@@ -233,7 +285,9 @@ def tiling_vectors() -> dict:
             "latents": {"shape": list(z_a.shape), "z_a": _floats(z_a), "z_b": _floats(z_b), "z_t": _floats(z_t),
                         "t": _floats(t), "embeds": _floats(embeds), "embeds_shape": list(embeds.shape),
                         "mask": [int(v) for v in mask.ravel()], "mask_shape": list(mask.shape)},
-            "calls": calls, "plans": plan_vectors()}
+            "calls": calls, "plans": plan_vectors(), "memory_plans": memory_plan_vectors(),
+            "balanced": [{"size": n, "limit": lim, "overlap": ov, "side": balanced_side(n, lim, ov)}
+                         for n, lim, ov in BALANCED_CASES]}
 
 
 # the manifest section of the brief (DetailSettings.to_dict()), and one with odd spacing / case in a clean
@@ -267,6 +321,9 @@ DETAIL_CASES = (
     ("f24", "n24", "b24g", dict(sigma=2.2, radius=3, fused_candidate=True, gain=1.25, noise_k=6.0)),   # noisy A
     ("f24", "a24", "a24", dict(sigma=1.0, radius=1, fused_candidate=True, gain=1.0, noise_k=3.0)),     # A == B: ties
     ("f24", "b24g", "b24g", dict(sigma=3.0, radius=2, fused_candidate=False, gain=2.5, noise_k=0.0)),  # ties, strong gain
+    # in strips (strip_rows, a fifth element): detail_halo rows of context, the whole sources' noise estimates
+    ("f24", "a24", "b24g", dict(sigma=1.3, radius=1, fused_candidate=False, gain=1.0, noise_k=3.0, channels="rgb"), 5),
+    ("f24", "n24", "b24g", dict(sigma=2.2, radius=3, fused_candidate=True, gain=1.25, noise_k=6.0), 7),
     # channels "rgb": the luma's trust and choice on every RGB channel
     ("f13", "a13", "b13", dict(sigma=2.5, radius=2, fused_candidate=True, gain=1.0, noise_k=3.0, channels="rgb")),
     ("f24", "a24", "b24g", dict(sigma=8.0, radius=4, fused_candidate=False, gain=1.0, noise_k=0.0, channels="rgb")),
@@ -314,10 +371,14 @@ def detail_vectors() -> dict:
 
     images = detail_images()
     cases = []
-    for fused, a, b, config in DETAIL_CASES:
-        out = restore_detail(images[fused], images[a], images[b], DetailConfig(**config))
+    for fused, a, b, config, *strip in DETAIL_CASES:
+        rows = strip[0] if strip else None
+        out = restore_detail(images[fused], images[a], images[b], DetailConfig(**config), strip_rows=rows)
         assert out.dtype == np.float32 and out.shape == images[fused].shape
-        cases.append({"fused": fused, "a": a, "b": b, "config": config, "out": _short(out)})
+        if rows:  # strips reproduce the whole image's stage (up to the box filters' running-sum rounding)
+            whole = restore_detail(images[fused], images[a], images[b], DetailConfig(**config))
+            assert np.abs(out - whole).max() < 1e-6
+        cases.append({"fused": fused, "a": a, "b": b, "config": config, "strip_rows": rows, "out": _short(out)})
     y = luma(images["a7g"])
     filters = ([{"kind": "gaussian", "image": "a7g", "sigma": s, "out": _short(gaussian(y, s))} for s in (0.7, 1.3, 3.3)] +
                [{"kind": "box", "image": "a7g", "radius": r, "out": _short(box_filter(y, r))} for r in (0, 1, 2, 5)] +

@@ -173,6 +173,12 @@ def test_bad_tile_long_prompt_and_bad_arguments_are_one_line_errors(bundle, pair
                        "-o", tmp_path / "x.png", check=False))
     assert "takes no sampler" in line
     assert "--task" in _error(host(*pair, "--bundle", bundle, "-o", tmp_path / "x.png", check=False))
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--max-memory", "lots", "-o", tmp_path / "x.png",
+                       check=False))
+    assert "--max-memory takes a size such as 3G" in line
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--max-memory", "100M", "-o", tmp_path / "x.png",
+                       check=False))
+    assert "--max-memory 100 MB cannot be met: a 72x40 pair needs at least" in line
 
 
 def test_missing_backend_is_a_one_line_error(bundle, pair, tmp_path):
@@ -208,14 +214,15 @@ def test_a_pair_over_the_model_window_runs_in_windows_as_in_python(components, b
 
 
 def test_tile_px_runs_the_vae_in_tiles_as_in_python(components, bundle, pair, tmp_path):
-    # the pair works at 144x80: VAE tiles of 64 px (overlap clamped to 32): 2 x 4 tiles for each of
-    # VAE-Enc and VAE-Dec, the DiT whole (no model window, under the 1024 px limit) for its 2 calls
+    # the pair works at 144x80: VAE tiles of 64 px (overlap clamped to 32): 2 x 4 tiles, one image per call
+    # (2 x 8 encoder calls, 8 decoder calls), the DiT whole (no model window, under the 1024 px limit) for its
+    # 2 calls
     proc = _compare(components, bundle, pair, tmp_path, "flow", ["--steps", 2, "--tile", 64], steps=2, tile=64)
-    assert "VAE tiled over 64x64 px, 18 network calls" in proc.stdout and "DiT in" not in proc.stdout
+    assert "VAE tiled over 64x64 px, 26 network calls" in proc.stdout and "DiT in" not in proc.stdout
 
 
 def test_a_pair_over_the_bundle_limit_fuses_without_flags_as_in_python(components, bundle, tmp_path):
-    # 1040 x 24 works at 2080 x 48, over the bundle's 1024 px: VAE tiles of 768 px (128 px overlap),
+    # 1040 x 24 works at 2080 x 48, over the bundle's 1024 px: VAE tiles within 768 px (64 px overlap),
     # DiT windows of 1024 px (3 per call, batched), no error
     size = (24, 1040)
     big = _write_pair(tmp_path, *size)

@@ -156,3 +156,17 @@ def test_threads_must_be_positive(tmp_path, checkpoint, capsys):
     code = main(["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif",
                  "--checkpoint", str(checkpoint), "--threads", "0", "-o", str(tmp_path / "o.png")])
     assert code == 2 and "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_max_memory_is_read_before_any_work_and_one_that_cannot_be_met_says_what_it_needs(tmp_path, checkpoint, capsys):
+    _pair(tmp_path, "x")
+    args = ["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "--checkpoint",
+            str(checkpoint), "--mode", "regression", "-o", str(tmp_path / "o.png")]
+    code = main(args + ["--max-memory", "lots"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--max-memory takes a size such as 3G" in err
+    code = main(args + ["--max-memory", "100M"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--max-memory 100 MB cannot be met: a 40x24 pair needs at least" in err
+    assert not (tmp_path / "o.png").exists()
+    assert main(args + ["--max-memory", "2G"]) == 0 and read_image(tmp_path / "o.png").shape == (24, 40, 3)

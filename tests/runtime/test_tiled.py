@@ -90,7 +90,7 @@ def test_vae_tiles_match_the_whole_image(monkeypatch):
     whole = pipe.backend.decode(pipe.backend.encode_images(x))
     tiled = TiledBackend(pipe.backend, None, (256, 256))
     out = tiled.decode(tiled.encode_images(x))
-    assert tiled.calls == 4  # two tiles each way
+    assert tiled.calls == 8  # two tiles each way, one image per call
     psnr = 10 * np.log10(4.0 / np.mean((np.clip(out, -1, 1) - np.clip(whole, -1, 1)) ** 2))
     assert psnr > 30, f"tiled VAE round trip {psnr:.1f} dB from the whole image's"
 
@@ -149,3 +149,71 @@ def test_camera_size_pairs_fuse_on_torch_and_onnxruntime_without_flags(slim_mode
     # the same windows and tiles on both: the images agree to export precision
     diff = np.abs(out["torch"].image - out["onnxruntime"].image)
     assert diff.mean() < 1e-4 and diff.max() < 1e-2, (diff.mean(), diff.max())
+
+
+# ------------------------------------------------------------------ even tiles, streaming, the memory plan
+
+
+@pytest.mark.parametrize("size,limit,overlap", [(1920, 768, 64), (3008, 768, 64), (4000, 768, 128), (800, 768, 64),
+                                                (768, 768, 64), (1040, 256, 64)])
+def test_balanced_tiles_are_even_within_the_limit(size, limit, overlap):
+    from latentfuse.runtime.backends.tiled import balanced_side, window_starts
+
+    side = balanced_side(size, limit, overlap)
+    assert side % 16 == 0 and side <= limit
+    starts = window_starts(size, side, overlap, 16)
+    flush = -(-(size - overlap) // (limit - overlap))  # the fewest tiles of the limit that cover the side
+    assert len(starts) == (1 if size <= limit else flush) and starts[-1] + side == size
+    # every neighbour shares at least the overlap, and the tiles' work is the side plus the overlaps, up to
+    # one grid step per tile (flush tiles of the limit: up to a whole tile more)
+    assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))
+    assert len(starts) * side <= size + (len(starts) - 1) * overlap + len(starts) * 16
+
+
+def test_blended_in_place_equals_the_list_blend():
+    from latentfuse.runtime.backends.tiled import Blender, grid_windows
+
+    rng = np.random.default_rng(1)
+    windows = grid_windows(40, 56, (128, 128), 32, 8)
+    values = [rng.normal(size=(2, 4, h, w)).astype(np.float32) for _, _, h, w in windows]
+    # the blend as it was: every output held, then one weighted sum
+    from latentfuse.runtime.backends.tiled import ramp
+
+    out, weight = np.zeros((2, 4, 40, 56), np.float32), np.zeros((40, 56), np.float32)
+    for value, (y, x, h, w) in zip(values, windows):
+        wgt = ramp(h, 4)[:, None] * ramp(w, 4)[None, :]
+        out[..., y:y + h, x:x + w] += value * wgt
+        weight[y:y + h, x:x + w] += wgt
+    blender = Blender((2, 4, 40, 56), 4)
+    for value, window in zip(values, windows):  # row by row, as the tiled VAE adds one image per call
+        blender.add(value[:1], window, slice(0, 1))
+        blender.add(value[1:], window, slice(1, 2))
+    np.testing.assert_array_equal(blender.result(), out / weight)
+
+
+def test_tiled_vae_calls_take_one_image_and_one_tile(windowed, monkeypatch):
+    inner = windowed.backend
+    shapes = []
+    enc, dec = inner.encode_images, inner.decode
+    monkeypatch.setattr(inner, "encode_images", lambda x: shapes.append(x.shape) or enc(x))
+    monkeypatch.setattr(inner, "decode", lambda z: shapes.append(z.shape) or dec(z))
+    result = windowed(*_pair(200, 300), task="vif", mode="regression", tile=128)
+    tile = result.info["memory"]["vae_tile"]
+    assert tile == (128, 128) and all(s[0] == 1 for s in shapes)
+    assert all(s[-2] * (8 if s[1] == 16 else 1) <= 128 for s in shapes)
+
+
+def test_the_memory_plan_shrinks_to_the_budget_and_refuses_what_it_cannot_meet(windowed):
+    from latentfuse.runtime.pipeline import parse_memory
+
+    roomy = windowed.plan_memory(3008, 4000, (3000, 4000), max_memory="64G")
+    tight = windowed.plan_memory(3008, 4000, (3000, 4000), max_memory="1.2G")
+    assert roomy.vae_tile == (768, 768) and roomy.peak <= parse_memory("64G")
+    assert max(tight.vae_tile) < 768 and tight.peak <= parse_memory("1.2G")
+    assert windowed.plan_memory(480, 640, max_memory="64G").vae_tile is None  # whole, as before
+    with pytest.raises(LatentfuseError, match=r"--max-memory 512 MB cannot be met: a 4000x3000 pair needs at least"):
+        windowed.plan_memory(3008, 4000, (3000, 4000), max_memory="512M")
+    for bad in ("3Q", "-1G", "0"):
+        with pytest.raises(LatentfuseError, match="--max-memory"):
+            parse_memory(bad)
+    assert parse_memory("1.5G") == 3 * 2 ** 29 and parse_memory("3000MB") == 3000 * 2 ** 20

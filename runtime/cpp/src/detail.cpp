@@ -104,14 +104,15 @@ Plane luma_of(const std::vector<Plane>& planes) {
   return out;
 }
 
-// model.detail.trust: e / (e + (k n)^2), e = box(D^2, r), n the noise estimate of the luma y; 1 when noise_k is 0.
-Plane trust(const Plane& y, const Plane& d, const DetailConfig& cfg) {
+// model.detail.trust: e / (e + (k n)^2), e = box(D^2, r), n the noise estimate of the luma y (or `given`, the
+// whole image's, when y is a strip of it); 1 when noise_k is 0.
+Plane trust(const Plane& y, const Plane& d, const DetailConfig& cfg, std::optional<double> given = std::nullopt) {
   Plane t = make_plane(d.height, d.width);
   if (cfg.noise_k <= 0) {
     std::fill(t.v.begin(), t.v.end(), 1.0);
     return t;
   }
-  const double noise = cfg.noise_k * detail::noise_sigma(y);
+  const double noise = cfg.noise_k * given.value_or(detail::noise_sigma(y));
   const double floor = noise * noise;
   Plane sq = d;
   for (auto& v : sq.v) v = v * v;
@@ -328,13 +329,17 @@ Plane box_filter(const Plane& p, int radius) {
   return uniform_1d(uniform_1d(p, size, 0), size, 1);
 }
 
-double noise_sigma(const Plane& y) {
+// |HH| of the 2x2 Haar blocks of a gray plane (model.detail._abs_hh), appended to `out`
+void abs_hh(const Plane& y, std::vector<double>& out) {
   const int h = y.height / 2, w = y.width / 2;
-  std::vector<double> hh;
-  hh.reserve(static_cast<size_t>(h) * w);
+  out.reserve(out.size() + static_cast<size_t>(h) * w);
   for (int r = 0; r < h; ++r)
     for (int c = 0; c < w; ++c)
-      hh.push_back(std::abs((y.at(2 * r, 2 * c) - y.at(2 * r, 2 * c + 1) - y.at(2 * r + 1, 2 * c) + y.at(2 * r + 1, 2 * c + 1)) * 0.5));
+      out.push_back(std::abs((y.at(2 * r, 2 * c) - y.at(2 * r, 2 * c + 1) - y.at(2 * r + 1, 2 * c) + y.at(2 * r + 1, 2 * c + 1)) * 0.5));
+}
+
+// np.median(hh) / 0.6745
+double mad_sigma(std::vector<double> hh) {
   if (hh.empty()) return std::nan("");  // np.median of an empty array (an image under 2x2; _check refuses those)
   const size_t n = hh.size(), mid = n / 2;
   std::nth_element(hh.begin(), hh.begin() + static_cast<std::ptrdiff_t>(mid), hh.end());
@@ -344,6 +349,12 @@ double noise_sigma(const Plane& y) {
     median = (lower + median) / 2.0;
   }
   return median / kMadToSigma;
+}
+
+double noise_sigma(const Plane& y) {
+  std::vector<double> hh;
+  abs_hh(y, hh);
+  return mad_sigma(std::move(hh));
 }
 
 std::vector<Plane> select_weights(const std::vector<Plane>& layers, int radius) {
@@ -372,7 +383,33 @@ std::vector<Plane> select_weights(const std::vector<Plane>& layers, int radius) 
 
 // ------------------------------------------------------------------------------------------ the stage
 
-Image restore_detail(const Image& fused, const Image& a, const Image& b, const DetailConfig& cfg) {
+namespace {
+
+// rows y0..y1 of an image, copied
+Image rows_of(const Image& img, int y0, int y1) {
+  const size_t row = static_cast<size_t>(img.width) * img.channels;
+  return Image{y1 - y0, img.width, img.channels,
+               std::vector<float>(img.px.begin() + static_cast<std::ptrdiff_t>(y0 * row),
+                                  img.px.begin() + static_cast<std::ptrdiff_t>(y1 * row))};
+}
+
+// model.detail.strip_noise_sigma: the noise estimate of a whole image's luma, `rows` (even) rows at a time
+double strip_noise_sigma(const Image& img, int rows) {
+  rows = std::max(2, rows / 2 * 2);
+  const int h = img.height / 2 * 2;
+  std::vector<double> hh;
+  for (int y = 0; y < h; y += rows) detail::abs_hh(detail::luma(rows_of(img, y, std::min(y + rows, h))), hh);
+  return detail::mad_sigma(std::move(hh));
+}
+
+Image restore_whole(const Image& fused, const Image& a, const Image& b, const DetailConfig& cfg,
+                    const std::vector<double>& noise);
+
+}  // namespace
+
+int detail_halo(const DetailConfig& cfg) { return static_cast<int>(4.0 * cfg.sigma + 0.5) + 3 * cfg.radius; }
+
+Image restore_detail(const Image& fused, const Image& a, const Image& b, const DetailConfig& cfg, int strip_rows) {
   cfg.validate("detail path");
   check_image(fused, "the fused image");
   check_image(a, "source A");
@@ -381,6 +418,29 @@ Image restore_detail(const Image& fused, const Image& a, const Image& b, const D
     throw Error("detail path: sizes differ: fused (" + std::to_string(fused.height) + ", " + std::to_string(fused.width) +
                 "), A (" + std::to_string(a.height) + ", " + std::to_string(a.width) + "), B (" +
                 std::to_string(b.height) + ", " + std::to_string(b.width) + ")");
+  const int height = fused.height;
+  if (strip_rows <= 0 || strip_rows >= height) return restore_whole(fused, a, b, cfg, {});
+  if (strip_rows < 2) throw Error("detail path: a strip needs at least 2 rows, got " + std::to_string(strip_rows));
+  // strips with detail_halo rows of context each side, the noise estimates of the whole sources
+  std::vector<double> noise;
+  if (cfg.noise_k > 0) noise = {strip_noise_sigma(a, strip_rows), strip_noise_sigma(b, strip_rows)};
+  const int halo = detail_halo(cfg);
+  Image out{fused.height, fused.width, fused.channels, std::vector<float>(fused.px.size())};
+  const size_t row = static_cast<size_t>(fused.width) * fused.channels;
+  for (int y0 = 0; y0 < height; y0 += strip_rows) {
+    const int y1 = std::min(height, y0 + strip_rows), lo = std::max(0, y0 - halo), hi = std::min(height, y1 + halo);
+    const Image part = restore_whole(rows_of(fused, lo, hi), rows_of(a, lo, hi), rows_of(b, lo, hi), cfg, noise);
+    std::copy(part.px.begin() + static_cast<std::ptrdiff_t>((y0 - lo) * row),
+              part.px.begin() + static_cast<std::ptrdiff_t>((y1 - lo) * row),
+              out.px.begin() + static_cast<std::ptrdiff_t>(y0 * row));
+  }
+  return out;
+}
+
+namespace {
+
+Image restore_whole(const Image& fused, const Image& a, const Image& b, const DetailConfig& cfg,
+                    const std::vector<double>& noise) {
   const std::vector<const Image*> sources = {&a, &b};
   std::vector<Plane> ys;
   for (const Image* s : sources) ys.push_back(detail::luma(*s));
@@ -410,7 +470,7 @@ Image restore_detail(const Image& fused, const Image& a, const Image& b, const D
   }
   std::vector<Plane> trusts, layers;
   for (size_t i = 0; i < sources.size(); ++i) {
-    trusts.push_back(trust(ys[i], source_luma[i], cfg));
+    trusts.push_back(trust(ys[i], source_luma[i], cfg, noise.empty() ? std::nullopt : std::optional<double>(noise[i])));
     Plane layer = source_luma[i];
     for (size_t k = 0; k < layer.v.size(); ++k)
       layer.v[k] = trusts[i].v[k] * source_luma[i].v[k] + (1.0 - trusts[i].v[k]) * detail_f.v[k];
@@ -464,5 +524,7 @@ Image restore_detail(const Image& fused, const Image& a, const Image& b, const D
     }
   return out;
 }
+
+}  // namespace
 
 }  // namespace latentfuse

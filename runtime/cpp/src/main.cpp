@@ -33,9 +33,12 @@ const char* kUsage =
     "                       [--mode flow|regression] [--sampler NAME] [--steps N] [--g G] [--seed S]\n"
     "                       [--prompt TEXT] [--prior gaussian|source_a|source_b|source_mean]\n"
     "                       [--bit-depth 8|16] [--tile [PX]] [--detail auto|clean|safe|off] [--warmup N]\n"
-    "                       [--runs M] [--no-verify]\n"
+    "                       [--runs M] [--max-memory SIZE] [--no-verify]\n"
     "  --tile PX   run the VAE in tiles of at most PX working pixels per side, to bound memory (default:\n"
     "              whole images up to 768 px, tiled only over that or the bundle's size limit)\n"
+    "  --max-memory SIZE  memory budget of one fuse, e.g. 3G or 1500M: VAE tiles, DiT windows per call and\n"
+    "              detail strips are sized to it; one that cannot be met is an error (default: half the\n"
+    "              machine's memory)\n"
     "  --detail M  the pixel-space detail path after the VAE decoder (bundles with a manifest 'detail'\n"
     "              section; others have none): auto (default) picks by prompt (the canonical prompts:\n"
     "              clean, prompts naming rain / snow / stripes: off, others: safe), or clean, safe, off\n";
@@ -49,7 +52,7 @@ struct Args {
 Args parse(int argc, char** argv) {
   static const std::vector<std::string> valued = {"--task", "--bundle", "--backend", "--mode", "--sampler", "--steps",
                                                   "--g", "--seed", "--prompt", "--prior", "--bit-depth", "--warmup",
-                                                  "--runs", "-o", "--out", "--tile", "--detail"};
+                                                  "--runs", "-o", "--out", "--tile", "--detail", "--max-memory"};
   Args args;
   for (int k = 1; k < argc; ++k) {
     std::string a = argv[k];
@@ -136,6 +139,10 @@ int run(int argc, char** argv) {
   if (o.detail != "auto" && std::find(kDetailModes.begin(), kDetailModes.end(), o.detail) == kDetailModes.end())
     throw Error("argument --detail: invalid choice '" + o.detail + "' (choose from auto, clean, safe, off)");
   if (opt("--tile") && !opt("--tile")->empty()) o.tile = static_cast<int>(to_int("--tile", *opt("--tile")));
+  if (opt("--max-memory")) {
+    parse_memory(*opt("--max-memory"));  // a bad value fails before the bundle loads
+    o.max_memory = *opt("--max-memory");
+  }
   const int bits = static_cast<int>(to_int("--bit-depth", opt("--bit-depth").value_or("8")));
   const int warmup = static_cast<int>(to_int("--warmup", opt("--warmup").value_or("0")));
   const int runs = static_cast<int>(to_int("--runs", opt("--runs").value_or("3")));

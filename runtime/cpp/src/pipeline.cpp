@@ -1,9 +1,14 @@
 #include "latentfuse/pipeline.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <iomanip>
+#include <regex>
 #include <sstream>
 
 #include "latentfuse/detail.hpp"
@@ -45,6 +50,103 @@ WindowPlan plan_windows(int height, int width, std::optional<Size2> limit, int w
   WindowPlan plan;
   if (!fits(dit)) plan.dit = dit;
   if (!fits(vae)) plan.vae = vae;
+  return plan;
+}
+
+namespace {
+
+int64_t vae_call_bytes(int64_t h, int64_t w) {
+  const int64_t px = h * w;
+  return kVaeBytesPerPx * px + kVaeBytesPerToken2 * (px / 64) * (px / 64);
+}
+
+std::string format_bytes(int64_t n) {
+  std::ostringstream out;
+  out << std::fixed;
+  if (n >= (int64_t{1} << 30)) out << std::setprecision(2) << static_cast<double>(n) / (1 << 30) << " GB";
+  else out << std::setprecision(0) << static_cast<double>(n) / (1 << 20) << " MB";
+  return out.str();
+}
+
+// Python's floor division (a // b, b > 0)
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+}  // namespace
+
+int64_t parse_memory(const std::string& text) {
+  static const std::regex pattern(R"(\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:[iI]?[bB])?\s*)");
+  std::smatch m;
+  if (!std::regex_match(text, m, pattern))
+    throw Error("--max-memory takes a size such as 3G, 2.5GB or 3000M, got '" + text + "'");
+  const std::string units = " kmgt";
+  const char unit = m[2].str().empty() ? ' ' : static_cast<char>(std::tolower(m[2].str()[0]));
+  const int64_t size = static_cast<int64_t>(std::stod(m[1].str()) * std::pow(1024.0, static_cast<double>(units.find(unit))));
+  if (size <= 0) throw Error("--max-memory must be positive, got '" + text + "'");
+  return size;
+}
+
+int64_t default_max_memory() {
+  int64_t total = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+  std::ifstream limit("/sys/fs/cgroup/memory.max");
+  std::string text;
+  if (limit >> text && !text.empty() && std::all_of(text.begin(), text.end(), ::isdigit))
+    total = std::min<int64_t>(total, std::stoll(text));
+  return total / 2;
+}
+
+MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std::optional<Size2> limit, int window,
+                       std::optional<int> tile, int64_t budget, int max_batch, int detail_halo) {
+  const WindowPlan windows = plan_windows(height, width, limit, window, tile);
+  const int64_t H = height, W = width, base = kRuntimeBytes + sources, image_f32 = 3 * 4 * H * W;
+  const int64_t latents = 4 * 16 * 4 * (H / 8) * (W / 8);
+  auto fail = [&](const std::string& what, int64_t least) {
+    throw Error("--max-memory " + format_bytes(budget) + " cannot be met: a " + std::to_string(w) + "x" +
+                std::to_string(h) + " pair needs at least " + format_bytes(least) + " here (" + what +
+                "); raise it or fuse a smaller pair");
+  };
+  // VAE: the model-range pair (encode) or the blended output and its weights (decode), and one call
+  auto vae_peak = [&](std::optional<Size2> t) {
+    int64_t call = 2 * vae_call_bytes(H, W);
+    if (t) {  // the tiles the Tiler cuts: on the grid, the overlap clamped to half a tile
+      const int lh = t->first / kTileGrid * kTileGrid, lw = t->second / kTileGrid * kTileGrid;
+      const int ov = std::min(kVaeOverlap, std::min(lh, lw) / 2) / kTileGrid * kTileGrid;
+      call = vae_call_bytes(balanced_side(height, lh, ov), balanced_side(width, lw, ov));
+    }
+    return base + latents + std::max(2 * image_f32, image_f32 * 4 / 3) + call;
+  };
+  std::optional<Size2> vae = windows.vae;
+  if (!vae && vae_peak(std::nullopt) > budget) vae = Size2{std::min(height, kVaeMaxSide), std::min(width, kVaeMaxSide)};
+  if (vae) {
+    int side = std::max(vae->first, vae->second);
+    while (vae_peak(Size2{std::min(vae->first, side), std::min(vae->second, side)}) > budget) {
+      if (side - kTileGrid < kMinVaeTile)
+        fail("the VAE on " + std::to_string(kMinVaeTile) + " px tiles", vae_peak(Size2{kMinVaeTile, kMinVaeTile}));
+      side -= kTileGrid;
+    }
+    vae = Size2{std::min(vae->first, side), std::min(vae->second, side)};
+    if (vae->first >= height && vae->second >= width) vae = std::nullopt;
+  }
+  // DiT: the latents and one chunk of windows
+  int64_t dit_batch = max_batch > 0 ? std::min(kMaxDitBatch, max_batch) : kMaxDitBatch;
+  const Size2 win = windows.dit.value_or(Size2{height, width});
+  const int64_t per_window = kDitBytesPerPx * win.first * win.second, room = budget - base - latents;
+  if (room < per_window) fail("the DiT on one window", base + latents + per_window);
+  dit_batch = std::max<int64_t>(1, std::min(dit_batch, floor_div(room, per_window)));
+  const int64_t dit_peak = base + latents + (windows.dit ? dit_batch : 1) * per_window;  // no window: one call
+  // detail path: the decoded image, the result and one strip's double planes with its context rows
+  std::optional<int> detail_rows;
+  int64_t detail_peak = 0;
+  if (detail_halo >= 0) {
+    const int64_t fixed = base + image_f32 + 3 * 4 * int64_t{h} * w, per_row = int64_t{kDetailPlanes} * 8 * w;
+    const int64_t rows = std::min<int64_t>({h, kDetailStripRows, floor_div(budget - fixed, per_row) - 2 * detail_halo});
+    if (rows < kTileGrid) fail("the detail path on 16-row strips", fixed + per_row * (kTileGrid + 2 * detail_halo));
+    if (rows < h) detail_rows = static_cast<int>(rows);
+    detail_peak = fixed + per_row * std::min<int64_t>(h, rows + 2 * detail_halo);
+  }
+  MemoryPlan plan;
+  plan.budget = budget, plan.dit_window = windows.dit, plan.vae_tile = vae, plan.dit_batch = static_cast<int>(dit_batch);
+  plan.detail_rows = detail_rows;
+  plan.peak = std::max({base + 3 * image_f32, vae_peak(vae), dit_peak, detail_peak});
   return plan;
 }
 
@@ -127,13 +229,16 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   const int h = img_a.height, w = img_a.width, k = bundle_.work_scale();
   const int minimum = std::max(runner_->min_side(), bundle_.multiple());
   const int ph = padded_side(k * h, minimum), pw = padded_side(k * w, minimum);
-  // any size runs: the DiT in the model's window (batched), the VAE whole up to its bound (runtime.pipeline)
-  const WindowPlan plan = plan_windows(ph, pw, max_image_size(), bundle_.window(), o.tile);
+  // any size runs: the DiT in the model's window (batched), the VAE whole up to its bound, tiles, windows
+  // per call and detail strips sized to the memory budget (runtime.pipeline.Pipeline.plan_memory)
+  int halo = -1;
+  if (const auto& settings = bundle_.detail()) halo = std::max(detail_halo(settings->clean), detail_halo(settings->safe));
+  const int64_t budget = o.max_memory ? parse_memory(*o.max_memory) : default_max_memory();
+  const int64_t sources = static_cast<int64_t>(img_a.px.size() + img_b.px.size()) * 4;
+  const MemoryPlan plan = plan_memory(ph, pw, h, w, sources, max_image_size(), bundle_.window(), o.tile, budget,
+                                      runner_->max_batch(), halo);
   std::optional<Tiler> tiler;
-  if (plan.dit || plan.vae) {
-    const int cap = runner_->max_batch();
-    tiler.emplace(plan.dit, plan.vae, kDitOverlap, kVaeOverlap, cap > 0 ? std::min(kMaxDitBatch, cap) : kMaxDitBatch);
-  }
+  if (plan.dit_window || plan.vae_tile) tiler.emplace(plan.dit_window, plan.vae_tile, kDitOverlap, kVaeOverlap, plan.dit_batch);
   const Tensor images = to_model_range({pad_to_size(upscale(to_rgb(img_a), k), ph, pw),
                                         pad_to_size(upscale(to_rgb(img_b), k), ph, pw)});
 
@@ -195,13 +300,14 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   // ---- detail path on the input-size image, before the gray conversion; the sources as read (a gray
   // source one channel, as runtime.pipeline.load_image's HxW)
   t0 = Clock::now();
-  if (detail_cfg) image = restore_detail(image, img_a, img_b, *detail_cfg);
+  if (detail_cfg) image = restore_detail(image, img_a, img_b, *detail_cfg, plan.detail_rows.value_or(0));
   times.detail = ms_since(t0);
   if (gray) image = to_gray(image);
   times.total = ms_since(start);
   FuseResult out;
   out.image = std::move(image), out.nfe = result.nfe, out.sampler = result.sampler, out.times = times;
   out.detail = detail_run;
+  out.plan = plan;
   if (tiler) {
     out.window_calls = tiler->calls();
     out.dit_window = tiler->window(), out.vae_tile = tiler->vae_tile();

@@ -51,36 +51,60 @@ std::vector<Window> grid_windows(int h, int w, Size2 size, int overlap, int fact
   return out;
 }
 
+int balanced_side(int size, int limit, int overlap) {
+  if (size <= limit) return size;
+  const int n = (size - overlap + (limit - overlap) - 1) / (limit - overlap);
+  const int side = (size - overlap + n - 1) / n + overlap;
+  return std::min(limit, (side + kTileGrid - 1) / kTileGrid * kTileGrid);
+}
+
+Blender::Blender(std::vector<int64_t> out_shape, int overlap) : overlap_(overlap) {
+  const size_t nd = out_shape.size();
+  if (nd < 2) throw Error("blend needs an output of at least 2 axes");
+  out_ = Tensor::zeros(out_shape);
+  weight_ = Tensor::zeros({out_shape[nd - 2], out_shape[nd - 1]});
+}
+
+void Blender::add(const Tensor& value, const Window& win, int row) {
+  const std::vector<int64_t>& shape = out_.shape;
+  const size_t nd = shape.size();
+  const int64_t OH = shape[nd - 2], OW = shape[nd - 1], planes = numel(shape) / (OH * OW);
+  std::vector<int64_t> expect = shape;
+  expect[nd - 2] = win.h, expect[nd - 1] = win.w;
+  int64_t first = 0, count = planes;  // the planes (batch rows x channels) this value covers
+  if (row >= 0) {
+    expect[0] = 1;
+    count = planes / shape[0], first = row * count;
+  }
+  if (value.dtype != DType::Float32 || value.shape != expect)
+    throw Error("a windowed call returned " + shape_str(value.shape) + " where " + shape_str(expect) + " was expected");
+  if (win.y < 0 || win.x < 0 || win.y + win.h > OH || win.x + win.w > OW)
+    throw Error("a window lies outside the blended output");
+  const std::vector<float> ry = ramp(win.h, overlap_), rx = ramp(win.w, overlap_);
+  for (int r = 0; r < win.h; ++r)
+    for (int c = 0; c < win.w; ++c) {
+      const float wgt = ry[r] * rx[c];
+      const int64_t at = (win.y + r) * OW + win.x + c;
+      for (int64_t p = 0; p < count; ++p) out_.f[(first + p) * OH * OW + at] += value.f[(p * win.h + r) * win.w + c] * wgt;
+      if (row <= 0) weight_.f[at] += wgt;
+    }
+}
+
+Tensor Blender::result() {
+  const int64_t n = static_cast<int64_t>(weight_.f.size()), planes = static_cast<int64_t>(out_.f.size()) / n;
+  for (int64_t p = 0; p < planes; ++p)
+    for (int64_t k = 0; k < n; ++k) out_.f[p * n + k] /= weight_.f[k];
+  weight_ = Tensor();
+  return std::move(out_);
+}
+
 Tensor blend(const std::vector<Tensor>& values, std::vector<int64_t> out_shape, const std::vector<Window>& windows,
              int overlap) {
-  const size_t nd = out_shape.size();
-  if (nd < 2 || values.size() != windows.size() || values.empty())
+  if (values.size() != windows.size() || values.empty())
     throw Error("blend needs one output per window and an output of at least 2 axes");
-  const int64_t OH = out_shape[nd - 2], OW = out_shape[nd - 1], planes = numel(out_shape) / (OH * OW);
-  Tensor out = Tensor::zeros(out_shape), weight = Tensor::zeros({OH, OW});
-  for (size_t k = 0; k < values.size(); ++k) {
-    const Tensor& value = values[k];
-    const Window& win = windows[k];
-    std::vector<int64_t> expect = out_shape;
-    expect[nd - 2] = win.h, expect[nd - 1] = win.w;
-    if (value.dtype != DType::Float32 || value.shape != expect)
-      throw Error("a windowed call returned " + shape_str(value.shape) + " where " + shape_str(expect) +
-                  " was expected");
-    if (win.y < 0 || win.x < 0 || win.y + win.h > OH || win.x + win.w > OW)
-      throw Error("a window lies outside the blended output");
-    const std::vector<float> ry = ramp(win.h, overlap), rx = ramp(win.w, overlap);
-    for (int r = 0; r < win.h; ++r)
-      for (int c = 0; c < win.w; ++c) {
-        const float wgt = ry[r] * rx[c];
-        const int64_t at = (win.y + r) * OW + win.x + c;
-        for (int64_t p = 0; p < planes; ++p)
-          out.f[p * OH * OW + at] += value.f[(p * win.h + r) * win.w + c] * wgt;
-        weight.f[at] += wgt;
-      }
-  }
-  for (int64_t p = 0; p < planes; ++p)
-    for (int64_t k = 0; k < OH * OW; ++k) out.f[p * OH * OW + k] /= weight.f[k];
-  return out;
+  Blender blender(std::move(out_shape), overlap);
+  for (size_t k = 0; k < values.size(); ++k) blender.add(values[k], windows[k]);
+  return blender.result();
 }
 
 Tensor concat0(const std::vector<Tensor>& parts) {
@@ -138,49 +162,56 @@ Tiler::Tiler(std::optional<Size2> window, std::optional<Size2> vae_tile, int ove
   max_batch_ = max_batch;
 }
 
-std::optional<std::vector<Window>> Tiler::vae_tiles(int h, int w, int factor) const {
-  if (!vae_tile_ || (h * factor <= vae_tile_->first && w * factor <= vae_tile_->second)) return std::nullopt;
-  return grid_windows(h, w, *vae_tile_, vae_overlap_, factor);
+std::optional<Size2> Tiler::vae_tile_size(int h, int w) const {
+  if (!vae_tile_ || (h <= vae_tile_->first && w <= vae_tile_->second)) return std::nullopt;
+  return Size2{balanced_side(h, vae_tile_->first, vae_overlap_), balanced_side(w, vae_tile_->second, vae_overlap_)};
 }
 
+std::optional<std::vector<Window>> Tiler::vae_tiles(int h, int w, int factor) const {
+  const auto size = vae_tile_size(h * factor, w * factor);
+  if (!size) return std::nullopt;
+  return grid_windows(h, w, *size, vae_overlap_, factor);
+}
+
+// A tiled image goes through the VAE one image and one tile per call, each output blended in as it comes.
 Tensor Tiler::encode(const Tensor& images, const VaeCall& encoder) {
   if (images.shape.size() != 4) throw Error("the VAE encoder takes [B, C, H, W] images, got " + shape_str(images.shape));
-  const int H = static_cast<int>(images.shape[2]), W = static_cast<int>(images.shape[3]);
+  const int B = static_cast<int>(images.shape[0]), H = static_cast<int>(images.shape[2]), W = static_cast<int>(images.shape[3]);
   const auto tiles = vae_tiles(H, W, 1);
   if (!tiles) {
     ++calls_;
     return encoder(images);
   }
-  std::vector<Tensor> latents;
-  std::vector<Window> lat_tiles;
-  for (const auto& t : *tiles) {
-    ++calls_;
-    latents.push_back(encoder(crop_hw(images, t.y, t.x, t.h, t.w)));
-    const int f = kLatentFactor;
-    lat_tiles.push_back({t.y / f, t.x / f, t.h / f, t.w / f});
-  }
-  return blend(latents, {images.shape[0], latents.front().shape.at(1), H / kLatentFactor, W / kLatentFactor}, lat_tiles,
-               vae_overlap_ / kLatentFactor);
+  const int f = kLatentFactor;
+  std::optional<Blender> blender;
+  for (const auto& t : *tiles)
+    for (int row = 0; row < B; ++row) {
+      ++calls_;
+      const Tensor lat = encoder(crop_hw(images, t.y, t.x, t.h, t.w).slice0(row, row + 1));
+      if (!blender) blender.emplace(std::vector<int64_t>{B, lat.shape.at(1), H / f, W / f}, vae_overlap_ / f);
+      blender->add(lat, {t.y / f, t.x / f, t.h / f, t.w / f}, row);
+    }
+  return blender->result();
 }
 
 Tensor Tiler::decode(const Tensor& latents, const VaeCall& decoder) {
   if (latents.shape.size() != 4) throw Error("the VAE decoder takes [B, z, h, w] latents, got " + shape_str(latents.shape));
-  const int h = static_cast<int>(latents.shape[2]), w = static_cast<int>(latents.shape[3]);
+  const int B = static_cast<int>(latents.shape[0]), h = static_cast<int>(latents.shape[2]), w = static_cast<int>(latents.shape[3]);
   const auto tiles = vae_tiles(h, w, kLatentFactor);
   if (!tiles) {
     ++calls_;
     return decoder(latents);
   }
-  std::vector<Tensor> images;
-  std::vector<Window> px_tiles;
-  for (const auto& t : *tiles) {
-    ++calls_;
-    images.push_back(decoder(crop_hw(latents, t.y, t.x, t.h, t.w)));
-    const int f = kLatentFactor;
-    px_tiles.push_back({t.y * f, t.x * f, t.h * f, t.w * f});
-  }
-  return blend(images, {latents.shape[0], images.front().shape.at(1), h * kLatentFactor, w * kLatentFactor}, px_tiles,
-               vae_overlap_);
+  const int f = kLatentFactor;
+  std::optional<Blender> blender;
+  for (const auto& t : *tiles)
+    for (int row = 0; row < B; ++row) {
+      ++calls_;
+      const Tensor img = decoder(crop_hw(latents, t.y, t.x, t.h, t.w).slice0(row, row + 1));
+      if (!blender) blender.emplace(std::vector<int64_t>{B, img.shape.at(1), h * f, w * f}, vae_overlap_);
+      blender->add(img, {t.y * f, t.x * f, t.h * f, t.w * f}, row);
+    }
+  return blender->result();
 }
 
 std::vector<Window> Tiler::dit_windows(int h, int w) const {
@@ -198,10 +229,11 @@ Tensor Tiler::dit(const std::vector<Tensor>& spatial, const std::vector<Tensor>&
     ++calls_;
     return call(spatial, shared);
   }
-  // every window has the same size (grid_windows), so a chunk of them is one batched call
+  // every window has the same size (grid_windows), so a chunk of them is one batched call; each chunk's
+  // outputs are blended in as they come
   const size_t per_call =
       max_batch_ ? static_cast<size_t>(std::max<int64_t>(1, *max_batch_ / rows)) : windows.size();
-  std::vector<Tensor> outs;
+  Blender blender({ref.shape[0], ref.shape[1], h, w}, overlap_ / kLatentFactor);
   for (size_t start = 0; start < windows.size(); start += per_call) {
     const size_t end = std::min(windows.size(), start + per_call), n = end - start;
     std::vector<Tensor> feeds, rows_shared;
@@ -216,9 +248,9 @@ Tensor Tiler::dit(const std::vector<Tensor>& spatial, const std::vector<Tensor>&
     if (out.shape.empty() || out.shape[0] != rows * static_cast<int64_t>(n))
       throw Error("a batched DiT call on " + std::to_string(n) + " windows of " + std::to_string(rows) +
                   " row(s) returned " + shape_str(out.shape));
-    for (size_t k = 0; k < n; ++k) outs.push_back(out.slice0(k * rows, (k + 1) * rows));
+    for (size_t k = 0; k < n; ++k) blender.add(out.slice0(k * rows, (k + 1) * rows), windows[start + k]);
   }
-  return blend(outs, {ref.shape[0], ref.shape[1], h, w}, windows, overlap_ / kLatentFactor);
+  return blender.result();
 }
 
 }  // namespace latentfuse

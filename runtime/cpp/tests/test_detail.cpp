@@ -173,11 +173,13 @@ int main(int argc, char** argv) {
   for (const auto& cs : v["cases"]) {
     const DetailConfig cfg = DetailConfig::from_json(cs["config"], "case");
     const Image& f = images.at(cs["fused"]);
-    const Image out = restore_detail(f, images.at(cs["a"]), images.at(cs["b"]), cfg);
+    const int strip_rows = cs.contains("strip_rows") && !cs["strip_rows"].is_null() ? cs["strip_rows"].get<int>() : 0;
+    const Image out = restore_detail(f, images.at(cs["a"]), images.at(cs["b"]), cfg, strip_rows);
     const double d = max_diff(out.px, cs["out"]);
     worst = std::max(worst, d);
     const std::string tag = "restore_detail(" + cs["fused"].get<std::string>() + ", " + cs["a"].get<std::string>() +
-                            ", " + cs["b"].get<std::string>() + ", " + cs["config"].dump() + ")";
+                            ", " + cs["b"].get<std::string>() + ", " + cs["config"].dump() + ", strips " +
+                            std::to_string(strip_rows) + ")";
     check::expect(out.height == f.height && out.width == f.width && out.channels == f.channels, tag + ": fused's shape");
     check::expect(d <= 1e-5, tag + " equals Python (max |diff| " + std::to_string(d) + ")");
   }

@@ -3,7 +3,9 @@
 // windows batched whole, chunked and one per call, the VAE whole or in tiles) over the same stand-in
 // graphs as make_vectors.py's WindowMeanBackend (each output row shifted by its own window's mean, so a
 // wrong window, batch order, unit conversion or blend weight changes the numbers) within 1e-5, with the
-// same number of calls and rows per DiT call; and plan_windows (DiT window, VAE tile) exactly.
+// same number of calls and rows per DiT call; plan_windows (DiT window, VAE tile), the even VAE tiles
+// (balanced_side) and the memory plan (plan_memory: VAE tile, DiT windows per call, detail strips, the
+// estimated peak, or the same error) exactly.
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -154,6 +156,43 @@ int main(int argc, char** argv) {
     check::expect(plan.dit == size_of(cs["dit"]), tag + ": DiT window as in Python");
     check::expect(plan.vae == size_of(cs["vae"]), tag + ": VAE tile as in Python");
   }
+
+  for (const auto& cs : v["balanced"])
+    check::expect(balanced_side(cs["size"], cs["limit"], cs["overlap"]) == cs["side"].get<int>(),
+                  "balanced_side(" + cs["size"].dump() + ", " + cs["limit"].dump() + ", " + cs["overlap"].dump() + ") equals Python");
+
+  for (const auto& cs : v["memory_plans"]) {
+    const std::string tag = "plan_memory(" + cs["height"].dump() + ", " + cs["width"].dump() + ", budget " +
+                            cs["budget"].dump() + ", max batch " + cs["max_batch"].dump() + ", halo " + cs["halo"].dump() + ")";
+    auto plan_of = [&] {
+      return plan_memory(cs["height"], cs["width"], cs["h"], cs["w"], cs["sources"].get<int64_t>(), size_of(cs["limit"]),
+                         cs["window"], std::nullopt, cs["budget"].get<int64_t>(),
+                         cs["max_batch"].is_null() ? 0 : cs["max_batch"].get<int>(), cs["halo"]);
+    };
+    if (cs.contains("error")) {
+      std::string message;
+      try {
+        plan_of();
+      } catch (const Error& e) {
+        message = e.what();
+      }
+      check::expect(message == cs["error"].get<std::string>(), tag + ": the same error as Python (" + message + ")");
+      continue;
+    }
+    const MemoryPlan plan = plan_of();
+    const auto& want = cs["plan"];
+    check::expect(plan.dit_window == size_of(want["dit_window"]), tag + ": DiT window as in Python");
+    check::expect(plan.vae_tile == size_of(want["vae_tile"]), tag + ": VAE tile as in Python");
+    check::expect(plan.dit_batch == want["dit_batch"].get<int>(), tag + ": DiT windows per call as in Python");
+    check::expect(plan.detail_rows == (want["detail_rows"].is_null() ? std::nullopt : std::optional<int>(want["detail_rows"].get<int>())),
+                  tag + ": detail strip rows as in Python");
+    check::expect(plan.peak == want["peak"].get<int64_t>(), tag + ": estimated peak as in Python");
+    check::expect(plan.peak <= plan.budget, tag + ": within the budget");
+  }
+  check::expect(parse_memory("1.5G") == 3 * (int64_t{1} << 29) && parse_memory("3000MB") == 3000 * (int64_t{1} << 20),
+                "parse_memory reads G / MB as powers of 1024");
+  for (const std::string bad : {"3Q", "-1G", "0", ""})
+    check::expect(check::throws([&] { parse_memory(bad); }), "--max-memory '" + bad + "' is an error");
 
   // a local graph is unchanged by tiling (the blend weights sum to one everywhere)
   Tiler tiler(Size2{32, 32}, Size2{32, 32}, 64, 16);

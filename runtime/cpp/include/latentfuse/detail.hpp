@@ -74,8 +74,12 @@ struct DetailSettings {
 
 // model.detail.restore_detail: `fused` with the detail of sources `a` and `b` restored. All three of one
 // size, at least 2x2, 1 (gray, HxW in Python) or 3 channels each (VIF: a RGB, b gray). Returns float32
-// of fused's shape.
-Image restore_detail(const Image& fused, const Image& a, const Image& b, const DetailConfig& config);
+// of fused's shape. `strip_rows` > 0: strips of that many rows, each with detail_halo rows of context
+// above and below, the noise estimates taken on the whole sources (as model.detail does), so the double
+// planes cover a strip, not the image; 0 or at least the height: in one piece.
+Image restore_detail(const Image& fused, const Image& a, const Image& b, const DetailConfig& config, int strip_rows = 0);
+// model.detail.detail_halo: the gaussian's reach int(4 sigma + 0.5) plus three box radii.
+int detail_halo(const DetailConfig& config);
 
 // The building blocks, exposed for the vector tests: a double-precision plane and scipy's filters.
 namespace detail {

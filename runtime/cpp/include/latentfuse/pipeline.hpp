@@ -32,6 +32,35 @@ struct WindowPlan {
 };
 WindowPlan plan_windows(int height, int width, std::optional<Size2> limit, int window, std::optional<int> tile);
 
+// runtime/pipeline.py's memory model of one fuse call (bytes; measured on ONNX Runtime CPU, the bundled
+// default): a VAE call on an h x w tile of one image kVaeBytesPerPx * h * w + kVaeBytesPerToken2 *
+// (h * w / 64)^2, a DiT call kDitBytesPerPx per pixel of its windows, the process before any image
+// kRuntimeBytes; the detail path's double planes per pixel of a strip; the speed caps.
+constexpr int64_t kVaeBytesPerPx = 640, kVaeBytesPerToken2 = 10, kDitBytesPerPx = 192;
+constexpr int64_t kRuntimeBytes = int64_t{512} << 20;
+constexpr int kDetailPlanes = 40, kDetailStripRows = 512, kMinVaeTile = 256;
+
+// How one fuse splits its work to stay within `budget` bytes (runtime.pipeline.MemoryPlan): the DiT window
+// and the largest VAE tile side (as plan_windows; the Tiler spreads its tiles evenly within it), DiT windows
+// per call, rows per detail strip (nullopt: whole), the estimated peak.
+struct MemoryPlan {
+  int64_t budget = 0;
+  std::optional<Size2> dit_window, vae_tile;
+  int dit_batch = 0;
+  std::optional<int> detail_rows;
+  int64_t peak = 0;
+};
+// runtime.pipeline.Pipeline.plan_memory for a padded height x width pair of input size h x w whose two
+// images as read take `sources` bytes; `max_batch`: the backend's most DiT rows per call (0: none stated);
+// `detail_halo`: the larger halo of the bundle's two detail sets (-1: no detail path). A budget even the
+// smallest tiles, chunks and strips cannot meet is an Error naming what it needs.
+MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std::optional<Size2> limit, int window,
+                       std::optional<int> tile, int64_t budget, int max_batch, int detail_halo);
+// runtime.pipeline.parse_memory: "3G", "2.5GB", "3000M", "512MiB" or bytes (powers of 1024), else an Error.
+int64_t parse_memory(const std::string& text);
+// runtime.pipeline.default_max_memory: half the machine's memory (or of the cgroup's limit if lower).
+int64_t default_max_memory();
+
 struct FuseOptions {
   std::string task = "vif";
   std::optional<std::string> prompt;   // default: the task's canonical prompt
@@ -43,6 +72,7 @@ struct FuseOptions {
   uint64_t seed = 0;
   std::optional<int> tile;             // --tile PX: the largest VAE tile side (default kVaeMaxSide)
   std::string detail = "auto";         // --detail auto|clean|safe|off (the bundle's DetailSettings; none: no stage)
+  std::optional<std::string> max_memory;  // --max-memory SIZE (default: default_max_memory())
 };
 
 // Milliseconds per stage (runtime/latency.py STAGES) plus the total of the call.
@@ -63,6 +93,7 @@ struct FuseResult {
   int dit_windows = 0;    // DiT windows per sampler call (0: the whole latent in one)
   int dit_batch = 0;      // most windows per DiT graph call
   std::optional<Size2> dit_window, vae_tile;  // (H, W) px, as planned
+  MemoryPlan plan;        // the call's memory plan
 };
 
 class Pipeline {

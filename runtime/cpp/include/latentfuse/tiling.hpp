@@ -7,8 +7,11 @@
 //   weights that ramp linearly over the overlap. The velocity is blended at every sampler call
 //   (MultiDiffusion's rule), so the windows agree on one latent trajectory.
 // * VAE: each image is encoded once and the result decoded once; only an image over the VAE tile bound
-//   is split, into tiles overlapping by vae_overlap, encoder tiles blended in latent space, decoder
-//   tiles in pixel space.
+//   is split, into the fewest tiles within the bound spread evenly (balanced_side) overlapping by
+//   vae_overlap, one image and one tile per call, encoder tiles blended in latent space, decoder tiles
+//   in pixel space.
+// Every output (VAE tiles, chunks of DiT windows) is blended into the result as it comes (Blender), so a
+// call's memory is bounded by its tile or chunk, not by the image (runtime.backends.tiled).
 #pragma once
 
 #include <functional>
@@ -23,7 +26,7 @@ namespace latentfuse {
 // runtime/backends/tiled.py: LATENT_FACTOR, GRID, VAE_OVERLAP
 constexpr int kTileGrid = 16;      // pixels per DiT patch (8 x 2): window starts and sizes are multiples
 constexpr int kLatentFactor = 8;   // VAE downsampling
-constexpr int kVaeOverlap = 128;   // pixels shared by neighbouring VAE tiles (the VAE's receptive field)
+constexpr int kVaeOverlap = 64;    // pixels shared by neighbouring VAE tiles (runtime/backends/tiled.py VAE_OVERLAP)
 constexpr int kDitOverlap = 32;    // pixels shared by neighbouring DiT windows (runtime/backends/tiled.py DIT_OVERLAP)
 
 // (height, width) in pixels
@@ -46,8 +49,25 @@ std::vector<float> ramp(int n, int overlap);
 // 8: latents), overlapping by `overlap` pixels, starts on the 16-px grid (tiled.grid_windows).
 std::vector<Window> grid_windows(int h, int w, Size2 size, int overlap, int factor);
 
-// Weighted average of values[i] (outputs on windows[i]) into out_shape (tiled.blend): feathering
-// weights ramp(h, overlap) x ramp(w, overlap), normalised by their sum per element.
+// The tile side, on the 16-px grid and at most `limit`, that covers `size` px with the fewest tiles
+// overlapping by `overlap`, spread evenly (runtime.backends.tiled.balanced_side); `size` when it fits.
+int balanced_side(int size, int limit, int overlap);
+
+// A weighted average built in place (tiled.Blender): add() each window's output as it comes, feathered by
+// ramp(h, overlap) x ramp(w, overlap), result() divides once by the weights' sum per element. `row` >= 0:
+// the value is that batch row only (its weights counted once per window, with row 0).
+class Blender {
+ public:
+  Blender(std::vector<int64_t> out_shape, int overlap);
+  void add(const Tensor& value, const Window& win, int row = -1);
+  Tensor result();
+
+ private:
+  Tensor out_, weight_;
+  int overlap_;
+};
+
+// Weighted average of values[i] (outputs on windows[i]) into out_shape (tiled.blend), through a Blender.
 Tensor blend(const std::vector<Tensor>& values, std::vector<int64_t> out_shape, const std::vector<Window>& windows,
              int overlap);
 
@@ -82,6 +102,8 @@ class Tiler {
   std::vector<Window> dit_windows(int h, int w) const;
   // Tiles (in units of 1/factor px) of an image over the VAE limit, nullopt when it fits.
   std::optional<std::vector<Window>> vae_tiles(int h, int w, int factor) const;
+  // The tile (H, W) px of an h x w px image over the VAE limit (balanced_side per axis), nullopt when it fits.
+  std::optional<Size2> vae_tile_size(int h, int w) const;
 
   const std::optional<Size2>& window() const { return window_; }
   const std::optional<Size2>& vae_tile() const { return vae_tile_; }
