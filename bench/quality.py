@@ -501,7 +501,9 @@ def evaluate(pipe, settings: EvalSettings, model: dict | None = None, progress: 
         evaluator.methods_for(protocol)  # a method the model cannot run fails before anything is written
     check_writable(settings.out)
 
-    key = {**settings.result_key(), "model": model or {}, "backend": pipe.backend.name}
+    # the model by its content: the same weights copied to another folder resume the same results
+    weights = {k: v for k, v in (model or {}).items() if k == "sha256" or not (model or {}).get("sha256")}
+    key = {**settings.result_key(), "model": weights, "backend": pipe.backend.name}
     cache = ResultCache(settings.out, key)
     report = {"format": FORMAT, "model": model or {}, "backend": pipe.backend.describe(),
               "settings": _settings_json(settings), "control_detail": evaluator.detail_source,

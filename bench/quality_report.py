@@ -44,6 +44,22 @@ def method_table(methods: dict) -> list[str]:
     return lines
 
 
+def overview_table(report: dict, metrics: tuple[str, ...] = ("qabf", "ssim_ref", "psnr_ref")) -> list[str]:
+    """Method × (protocol, task): one metric per table column group, means only (report.md has the CIs)."""
+    tasks = report["tasks"]
+    columns = [(protocol, task) for protocol in ("clean", "degraded") for task in tasks if protocol in tasks[task]]
+    methods = list(dict.fromkeys(m for p, t in columns for m in tasks[t][p]["methods"]))
+    fmt = {"qabf": ".3f", "ssim_ref": ".3f", "psnr_ref": ".2f"}
+    names = {"qabf": "Q^AB/F", "ssim_ref": "SSIM", "psnr_ref": "PSNR"}
+    head = [f"{names.get(m, m)} {p} {t.upper()}" for m in metrics for p, t in columns]
+    lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for name in methods:
+        cells = [_cell(tasks[t][p]["methods"].get(name, {}).get(m), fmt.get(m, ".3f"), ci=False)
+                 for m in metrics for p, t in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def family_table(families: dict, metric: str = "psnr_ref", fmt: str = ".2f") -> list[str]:
     """Degradation family × method: the mean of ``metric`` (a sample counts in every family it has)."""
     if not families:
@@ -154,4 +170,4 @@ def write_figures(report: dict, out: Path) -> list[Path]:
     return written
 
 
-__all__ = ["markdown", "task_tables", "method_table", "family_table", "write_figures", "captioned"]
+__all__ = ["markdown", "task_tables", "overview_table", "method_table", "family_table", "write_figures", "captioned"]

@@ -92,7 +92,12 @@ def train(texts: Sequence[str], vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int 
         )
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(buf.getvalue())
-    proto.trainer_spec.ClearField("seed_sentencepieces_file")   # a temp path: would break reproducibility
+    # the seed file's temp path would break reproducibility; sentencepiece < 0.2.3's Python proto lacks the
+    # field (its C++ trainer writes it all the same), so there it is one of the spec's unknown fields
+    if "seed_sentencepieces_file" in proto.trainer_spec.DESCRIPTOR.fields_by_name:
+        proto.trainer_spec.ClearField("seed_sentencepieces_file")
+    else:
+        proto.trainer_spec.DiscardUnknownFields()
     return proto.SerializeToString(deterministic=True)
 
 
