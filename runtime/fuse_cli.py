@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentfuse.runtime.modes import DEFAULT_MODE, MODES
+
 BACKEND_CHOICES = ("torch", "onnxruntime", "tensorrt")
 
 
@@ -47,7 +49,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=("vif", "mef", "mff"), help="fusion task")
     p.add_argument("--prompt", help="instruction, e.g. 'remove the rain and the noise' (default: the task's canonical prompt)")
-    p.add_argument("--mode", choices=("flow", "regression"), default="flow", help="DiT head (default flow)")
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                   help=f"DiT head (default {DEFAULT_MODE}: the shipped flow head is behind it, README 'Modes')")
     p.add_argument("--sampler", help="flow sampler: euler, midpoint, midpoint_reuse, *_sde (default: the bundle's, "
                                      "midpoint_reuse_sde)")
     p.add_argument("--steps", type=int, help="sampler steps (default 5)")
@@ -103,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", help="deployment bundle to demo (e.g. an int8 one from latentfuse export --precision "
                                     "int8) on onnxruntime / tensorrt, instead of exporting the model")
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime")
-    p.add_argument("--mode", choices=("flow", "regression"), default="flow")
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"DiT head (default {DEFAULT_MODE})")
     p.add_argument("--steps", type=int, help="sampler steps (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs before timing (default 1)")

@@ -45,6 +45,7 @@ from latentfuse.runtime import samplers
 from latentfuse.runtime.backends import Backend, get_backend
 from latentfuse.runtime.backends.tiled import DIT_OVERLAP, GRID, VAE_OVERLAP, TiledBackend, balanced_side
 from latentfuse.runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
+from latentfuse.runtime.modes import DEFAULT_MODE, MODES
 
 PAD_MULTIPLE = PIXEL_MULTIPLE  # VAE downsampling (8) × DiT patch size (2)
 # Where a backend states no size limit (torch): the largest side, in working pixels, one DiT call takes,
@@ -55,7 +56,6 @@ MAX_SIDE = 1024
 # 7 GB and 8.7 s of encoder, a 768^2 pair at 2.5 GB and 3.7 s (slim tiny VAE, 2 threads).
 VAE_MAX_SIDE = 768
 MAX_DIT_BATCH = 64  # DiT windows per graph call (the exported graphs' batch bound)
-MODES = ("flow", "regression")
 DEFAULT_SEED = 0
 
 # ---- memory model of one fuse call (bytes), for the budget (``max_memory``, ``--max-memory``). Measured with
@@ -92,7 +92,7 @@ class FusionResult:
     timings: StageTimes
     task: str = ""
     prompt: str = ""
-    mode: str = "flow"
+    mode: str = DEFAULT_MODE
     sampler: str = ""
     steps: int = 0
     seed: int = DEFAULT_SEED
@@ -463,7 +463,7 @@ class Pipeline:
         b: Any,
         task: str = "vif",
         prompt: str | None = None,
-        mode: str = "flow",
+        mode: str = DEFAULT_MODE,
         sampler: str | None = None,
         steps: int | None = None,
         g: float | None = None,
@@ -493,8 +493,14 @@ class Pipeline:
             raise LatentfuseError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         self.backend.require_head(mode)
         if mode == "regression":
-            if sampler not in (None, "regression"):
-                raise LatentfuseError(f"--mode regression makes one network call; it takes no sampler (got {sampler!r})")
+            # the flow head's settings are refused, not ignored: regression is the default mode, so a user's
+            # --steps 10 without --mode flow would otherwise do nothing, silently
+            given = [f"{flag} {value}" for flag, value, unset in (
+                ("--sampler", sampler, (None, "regression")), ("--steps", steps, (None, 1)), ("--g", g, (None,)),
+                ("--prior", prior, (None,))) if value not in unset]
+            if given:
+                raise LatentfuseError(f"--mode regression makes one network call and takes no {', '.join(given)}: "
+                                      "those set the flow head's sampling; add --mode flow")
             sampler_name, steps = "regression", 1
         else:
             sampler_name = sampler or self.defaults["sampler"]

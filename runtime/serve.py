@@ -56,13 +56,13 @@ import numpy as np
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
 from latentfuse.model.geometry import LATENT_FACTOR
 from latentfuse.runtime.backends.base import Backend, WrappedBackend
+from latentfuse.runtime.modes import DEFAULT_MODE, MODES
 from latentfuse.runtime.pipeline import VAE_MAX_SIDE
 
 MODEL_NAME = "latentfuse"
 PYTRITON_VERSION = "0.7.0"  # the proxy model PER_REQUEST_ERRORS extends is this release's (Makefile pins it)
 STUB_NUMPY = "numpy>=1.21,<2"  # what the Python-backend stub's tensor conversion works with
 TASKS = ("vif", "mef", "mff")
-MODES = ("flow", "regression")
 MAX_STEPS = 200  # a bound on the work one request may ask for
 DEFAULT_MAX_PIXELS = 2048 * 2048
 DEFAULT_MAX_BATCH = 8
@@ -452,7 +452,7 @@ def parse_request(request, index: int, max_pixels: int) -> list[PairJob]:
     if tasks is None:
         raise LatentfuseError("the request has no task: send task = vif, mef or mff")
     prompts = _per_row(request, "prompt", rows) or [None] * rows
-    modes = _per_row(request, "mode", rows) or [b"flow"] * rows
+    modes = _per_row(request, "mode", rows) or [DEFAULT_MODE.encode()] * rows
     steps = _per_row(request, "steps", rows) or [None] * rows
     seeds = _per_row(request, "seed", rows) or [0] * rows
     jobs = []

@@ -166,12 +166,12 @@ def test_bad_tile_long_prompt_and_bad_arguments_are_one_line_errors(bundle, pair
     line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--prompt", long_prompt, "-o", tmp_path / "x.png",
                        check=False))
     assert "over the text graph's limit of 128" in line
-    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--sampler", "heun", "-o", tmp_path / "x.png",
-                       check=False))
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--mode", "flow", "--sampler", "heun", "-o",
+                       tmp_path / "x.png", check=False))
     assert "unknown sampler 'heun'" in line
-    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--mode", "regression", "--sampler", "euler",
-                       "-o", tmp_path / "x.png", check=False))
-    assert "takes no sampler" in line
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--sampler", "euler", "--steps", "3",
+                       "-o", tmp_path / "x.png", check=False))  # the default mode, regression
+    assert "takes no --sampler euler, --steps 3" in line and "add --mode flow" in line
     assert "--task" in _error(host(*pair, "--bundle", bundle, "-o", tmp_path / "x.png", check=False))
     line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "--max-memory", "lots", "-o", tmp_path / "x.png",
                        check=False))

@@ -123,7 +123,7 @@ def test_torch_and_onnxruntime_give_the_same_image(pipelines, mode, sampler, ste
     assert err < 2e-3, f"torch vs onnxruntime max abs difference {err:.2e} (tolerance 2e-3)"
     # ... and the comparison is not vacuous: another seed moves the flow image far more than that
     if mode == "flow":
-        other = pipelines["onnxruntime"](a, b, task="vif", sampler=sampler, steps=steps, seed=12)
+        other = pipelines["onnxruntime"](a, b, task="vif", mode="flow", sampler=sampler, steps=steps, seed=12)
         assert np.abs(other.image - ort.image).max() > 10 * err + 1e-3
 
 

@@ -170,3 +170,18 @@ def test_max_memory_is_read_before_any_work_and_one_that_cannot_be_met_says_what
     assert code == 2 and err.count("\n") == 0 and "--max-memory 100 MB cannot be met: a 40x24 pair needs at least" in err
     assert not (tmp_path / "o.png").exists()
     assert main(args + ["--max-memory", "2G"]) == 0 and read_image(tmp_path / "o.png").shape == (24, 40, 3)
+
+
+def test_regression_is_the_default_mode_and_refuses_the_flow_heads_settings(tmp_path, checkpoint, capsys):
+    _pair(tmp_path, "x")
+    args = ["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "--checkpoint",
+            str(checkpoint), "-o", str(tmp_path / "o.png")]
+    assert main(args) == 0 and "regression" in capsys.readouterr().out
+    for extra, named in ((["--steps", "3"], "--steps 3"), (["--sampler", "euler", "--g", "0.5"], "--sampler euler, --g 0.5"),
+                         (["--prior", "source_a"], "--prior source_a")):
+        (tmp_path / "o.png").unlink(missing_ok=True)
+        code = main(args + extra)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0 and f"takes no {named}" in err and "add --mode flow" in err, err
+        assert not (tmp_path / "o.png").exists()
+    assert main(args + ["--mode", "flow", "--steps", "3"]) == 0

@@ -112,7 +112,7 @@ def _rand(shape, seed=0):
 
 def test_odd_size_comes_back_at_its_own_size_with_nfe_equal_to_steps(pipe):
     a, b = _rand((53, 75, 3)), _rand((53, 75), seed=1)
-    result = pipe(a, b, task="vif", sampler="midpoint_reuse", steps=3, seed=7)
+    result = pipe(a, b, task="vif", mode="flow", sampler="midpoint_reuse", steps=3, seed=7)
     assert result.image.shape == (53, 75, 3) and result.image.dtype == np.float32
     assert 0.0 <= result.image.min() and result.image.max() <= 1.0
     assert result.nfe == 3 and result.sampler == "midpoint_reuse"
@@ -122,13 +122,13 @@ def test_odd_size_comes_back_at_its_own_size_with_nfe_equal_to_steps(pipe):
 
 def test_same_seed_same_image_other_seed_other_image(pipe):
     a, b = _rand((32, 48, 3)), _rand((32, 48, 3), seed=1)
-    r1 = pipe(a, b, task="mef", steps=2, seed=3)
-    r2 = pipe(a, b, task="mef", steps=2, seed=3)
-    r3 = pipe(a, b, task="mef", steps=2, seed=4)
+    r1 = pipe(a, b, task="mef", mode="flow", steps=2, seed=3)
+    r2 = pipe(a, b, task="mef", mode="flow", steps=2, seed=3)
+    r3 = pipe(a, b, task="mef", mode="flow", steps=2, seed=4)
     np.testing.assert_array_equal(r1.image, r2.image)
     assert np.abs(r1.image - r3.image).max() > 1e-4
     assert r1.sampler == "midpoint_reuse_sde" and r1.nfe == 2  # the default sampler: Algorithm 1, 1 NFE/step
-    source = pipe(a, b, task="mef", steps=2, seed=3, prior="source_mean")  # FusionFM-style source prior
+    source = pipe(a, b, task="mef", mode="flow", steps=2, seed=3, prior="source_mean")  # FusionFM-style source prior
     assert source.image.shape == r1.image.shape and np.abs(source.image - r1.image).max() > 1e-4
 
 
@@ -141,9 +141,9 @@ def test_a_pipeline_samples_from_the_prior_its_flow_dit_declares():
     pipe = Pipeline.from_components(comps)
     assert (pipe.defaults["prior"], pipe.defaults["prior_sigma"]) == ("source_mean", 0.3)
     a, b = _rand((32, 48, 3)), _rand((32, 48, 3), seed=1)
-    declared = pipe(a, b, task="mef", steps=2, seed=3)
-    np.testing.assert_array_equal(declared.image, pipe(a, b, task="mef", steps=2, seed=3, prior="source_mean").image)
-    assert np.abs(declared.image - pipe(a, b, task="mef", steps=2, seed=3, prior="gaussian").image).max() > 1e-4
+    declared = pipe(a, b, task="mef", mode="flow", steps=2, seed=3)
+    np.testing.assert_array_equal(declared.image, pipe(a, b, task="mef", mode="flow", steps=2, seed=3, prior="source_mean").image)
+    assert np.abs(declared.image - pipe(a, b, task="mef", mode="flow", steps=2, seed=3, prior="gaussian").image).max() > 1e-4
 
 
 def test_tiny_images_are_padded_up_and_cropped_back(pipe, monkeypatch):
@@ -211,7 +211,7 @@ def test_bundle_prompt_cache_is_hit_without_the_text_encoder(pipe):
 def test_clear_errors_for_bad_calls(pipe, monkeypatch):
     a = _rand((32, 32, 3))
     with pytest.raises(LatentfuseError, match="unknown sampler 'heun'"):
-        pipe(a, a, task="vif", sampler="heun")
+        pipe(a, a, task="vif", mode="flow", sampler="heun")
     with pytest.raises(LatentfuseError, match="unknown mode"):
         pipe(a, a, task="vif", mode="diffusion")
     with pytest.raises(LatentfuseError, match="unknown fusion task"):
@@ -222,7 +222,7 @@ def test_clear_errors_for_bad_calls(pipe, monkeypatch):
 
 def test_benchmark_gives_a_table_with_every_stage(pipe):
     a, b = _rand((16, 32, 3)), _rand((16, 32, 3), seed=1)
-    summary = pipe.benchmark(a, b, warmup=1, runs=2, task="vif", prompt="remove the noise", steps=2)
+    summary = pipe.benchmark(a, b, warmup=1, runs=2, task="vif", prompt="remove the noise", mode="flow", steps=2)
     assert summary.runs == 2 and summary.nfe == 2
     assert all(summary.median[s] > 0 for s in ("VAE-Enc", "T5", "DiT", "VAE-Dec", "total"))
     table = format_table(summary)
@@ -308,11 +308,11 @@ def test_tiled_processing_equals_untiled_for_a_local_model(mode, monkeypatch):
     from latentfuse.runtime.pipeline import Pipeline
 
     a, b = _rand((100, 150, 3)), _rand((100, 150), seed=1)
-    plain = Pipeline(_LocalBackend())(a, b, task="vif", mode=mode, steps=3)
+    plain = Pipeline(_LocalBackend())(a, b, task="vif", mode=mode, steps=3 if mode == "flow" else None)
     local = _LocalBackend()
     monkeypatch.setattr(local, "max_image_size", lambda: (64, 96))
     pipe = Pipeline(local)
-    tiled = pipe(a, b, task="vif", mode=mode, steps=3)  # over the limit: tiled without being asked
+    tiled = pipe(a, b, task="vif", mode=mode, steps=3 if mode == "flow" else None)  # over the limit: tiled without being asked
     assert tiled.info["tiled"] and tiled.image.shape == (100, 150, 3)
     assert max(s[0] for s in local.shapes) <= 64 and max(s[1] for s in local.shapes) <= 96
     assert len(local.shapes) > 3  # really split into windows

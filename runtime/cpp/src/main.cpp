@@ -122,7 +122,7 @@ int run(int argc, char** argv) {
   FuseOptions o;
   o.task = *opt("--task");
   o.prompt = opt("--prompt");
-  o.mode = opt("--mode").value_or("flow");
+  o.mode = opt("--mode").value_or(o.mode);  // FuseOptions::mode: regression, as Python's DEFAULT_MODE
   o.sampler = opt("--sampler");
   o.prior = opt("--prior");
   if (opt("--steps")) o.steps = static_cast<int>(to_int("--steps", *opt("--steps")));

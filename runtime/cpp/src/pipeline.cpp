@@ -196,8 +196,22 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   std::string sampler_name = "regression";
   int steps = 1;
   if (o.mode == "regression") {
-    if (o.sampler && *o.sampler != "regression")
-      throw Error("--mode regression makes one network call; it takes no sampler (got '" + *o.sampler + "')");
+    // the flow head's settings are refused, not ignored (runtime/pipeline.py: regression is the default mode)
+    std::vector<std::string> given;
+    if (o.sampler && *o.sampler != "regression") given.push_back("--sampler " + *o.sampler);
+    if (o.steps && *o.steps != 1) given.push_back("--steps " + std::to_string(*o.steps));
+    if (o.g) {
+      std::ostringstream g;
+      g << *o.g;
+      given.push_back("--g " + g.str());
+    }
+    if (o.prior) given.push_back("--prior " + *o.prior);
+    if (!given.empty()) {
+      std::string list;
+      for (const auto& item : given) list += (list.empty() ? "" : ", ") + item;
+      throw Error("--mode regression makes one network call and takes no " + list +
+                  ": those set the flow head's sampling; add --mode flow");
+    }
   } else {
     sampler_name = o.sampler.value_or(bundle_.default_sampler());
     if (sampler_name == "regression") throw Error("the regression sampler needs --mode regression");

@@ -64,7 +64,7 @@ int64_t default_max_memory();
 struct FuseOptions {
   std::string task = "vif";
   std::optional<std::string> prompt;   // default: the task's canonical prompt
-  std::string mode = "flow";           // flow | regression
+  std::string mode = "regression";     // flow | regression (runtime/pipeline.py DEFAULT_MODE: why)
   std::optional<std::string> sampler;  // default: the manifest's
   std::optional<int> steps;            // default: the manifest's
   std::optional<double> g;             // default: the manifest's for SDE samplers, 0 otherwise
