@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.modes import DEFAULT_MODE
 
 DEMO_SIZE = (144, 256)  # (H, W) of the demo's timed VIF pair (model.data.samples: vif "moto")
 USER_SIZE = (480, 640)
@@ -53,7 +54,7 @@ class ThroughputRow:
     mismatched: int = 0  # answers that differ from the in-process image (0 expected: the table says otherwise)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -114,7 +115,7 @@ class ServeProcess:
     """``latentfuse serve`` as a subprocess on loopback ports; ``stop`` sends SIGINT and waits."""
 
     def __init__(self, bundle: Path, max_batch: int, threads: int | None, timeout_s: float = 300.0):
-        self.http, grpc, self.metrics_port = _free_ports(3)
+        self.http, grpc, self.metrics_port = free_ports(3)
         cmd = [str(Path(sys.executable).parent / "latentfuse"), "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
                "--http-port", str(self.http), "--grpc-port", str(grpc), "--metrics-port", str(self.metrics_port),
                "--max-batch", str(max_batch)]
@@ -152,7 +153,7 @@ class ServeProcess:
 
 def run_serve_bench(bundle: str | os.PathLike, sizes: Sequence[tuple[int, int]] = (DEMO_SIZE, USER_SIZE),
                     concurrency: Sequence[int] = CONCURRENCY, max_batches: Sequence[int] = MAX_BATCHES,
-                    threads: int | None = None, mode: str = "flow", min_requests: int = 8,
+                    threads: int | None = None, mode: str = DEFAULT_MODE, min_requests: int = 8,
                     log: Callable[[str], None] = print) -> list[ThroughputRow]:
     """The throughput table (module docstring) for a deployment bundle on ONNX Runtime."""
     from latentfuse.bench.user_pair import sample_pair

@@ -26,6 +26,7 @@ import tritonclient.grpc as tgrpc  # noqa: E402
 import tritonclient.http as thttp  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from latentfuse.bench.serve_bench import free_ports  # noqa: E402
 from latentfuse.model.errors import LatentfuseError  # noqa: E402
 from latentfuse.model.image_io import read_image, write_image  # noqa: E402
 from latentfuse.runtime.cli import main  # noqa: E402
@@ -34,17 +35,6 @@ from latentfuse.runtime.serve import (BatchFuser, FusionServer, GatheringBackend
 from latentfuse.runtime.serve_client import FusionClient  # noqa: E402
 
 MAX_PIXELS = 96 * 96  # small, so the over-limit request is cheap to send
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def descendants(pid: int) -> set[int]:
