@@ -157,14 +157,23 @@ def test_sixteen_concurrent_requests_of_three_sizes_are_batched_and_exact(server
     fuser = server["fuser"]
     sizes = [(40, 56), (64, 64), (48, 112)]  # 48x112 runs several DiT windows per pair
     jobs = [(*pair(*sizes[i % 3], seed=10 + i), i) for i in range(16)]
-    merged_before, groups_before = fuser.backend.merged_calls, len(fuser.group_sizes)
-    with FusionClient(server["http"]) as client, ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda j: client.fuse(j[0], j[1], task="vif", seed=j[2]), jobs))
-    for (a, b, seed), got in zip(jobs, answers):
-        assert np.array_equal(got, in_process(reference, a, b, task="vif", seed=seed)), (a.shape, seed)
-    groups = fuser.group_sizes[groups_before:]
-    assert sum(groups) == 16 and max(groups) > 1, groups  # dynamic batching fused pairs together
-    assert fuser.backend.merged_calls > merged_before
+    want = [in_process(reference, a, b, task="vif", mode="flow", seed=seed) for a, b, seed in jobs]
+    # whether requests queue into one batch depends on their timing on a loaded CI machine: up to three rounds
+    # of 16, every answer exact in each, and at least one round batched
+    for _ in range(3):
+        merged_before, groups_before = fuser.backend.merged_calls, len(fuser.group_sizes)
+        with FusionClient(server["http"]) as client, ThreadPoolExecutor(16) as pool:
+            # the flow head: 5 DiT calls a pair keep the server busy, so requests queue into batches
+            answers = list(pool.map(lambda j: client.fuse(j[0], j[1], task="vif", mode="flow", seed=j[2]), jobs))
+        for (a, b, seed), got, expected in zip(jobs, answers, want):
+            assert np.array_equal(got, expected), (a.shape, seed)
+        groups = fuser.group_sizes[groups_before:]
+        assert sum(groups) == 16, groups
+        if max(groups) > 1:  # dynamic batching fused pairs together
+            assert fuser.backend.merged_calls > merged_before
+            break
+    else:
+        pytest.fail(f"no batch of more than one pair in three rounds of 16 concurrent requests: {groups}")
 
 
 def _raw(url: str, inputs: list[tuple[str, np.ndarray, str]]):
