@@ -55,6 +55,7 @@ MAX_SIDE = 1024
 # mid-block attention is quadratic in latent tokens; measured on ONNX Runtime CPU, a 1024^2 pair peaks at
 # 7 GB and 8.7 s of encoder, a 768^2 pair at 2.5 GB and 3.7 s (slim tiny VAE, 2 threads).
 VAE_MAX_SIDE = 768
+MIN_SIDE = 2  # smallest image side: the detail path's filters and the metrics' gradients need 2x2
 MAX_DIT_BATCH = 64  # DiT windows per graph call (the exported graphs' batch bound)
 DEFAULT_SEED = 0
 
@@ -126,6 +127,10 @@ def load_image(image: Any, name: str = "image") -> np.ndarray:
 
 def match_pair(a: np.ndarray, b: np.ndarray, resize: bool = False, names=("A", "B")) -> tuple[np.ndarray, np.ndarray]:
     """Check that A and B have the same H×W; with ``resize`` resample B to A's size (bilinear, antialiased)."""
+    for img, name in zip((a, b), names):
+        if min(img.shape[:2]) < MIN_SIDE:
+            raise LatentfuseError(f"{name} is {img.shape[1]}x{img.shape[0]} (W x H): latentfuse fuses images of at "
+                                  f"least {MIN_SIDE}x{MIN_SIDE} pixels")
     if a.shape[:2] == b.shape[:2]:
         return a, b
     if not resize:
@@ -432,8 +437,8 @@ class Pipeline:
             fixed = base + image_f32 + 3 * 4 * h * w
             per_row = DETAIL_PLANES * 8 * w
             rows = min(h, DETAIL_STRIP_ROWS, (budget - fixed) // per_row - 2 * halo)
-            if rows < GRID:
-                fail("the detail path on 16-row strips", fixed + per_row * (GRID + 2 * halo))
+            if rows < min(GRID, h):  # strips of 16 rows at least, or the whole of a shorter image
+                fail("the detail path on 16-row strips", fixed + per_row * (min(GRID, h) + 2 * halo))
             detail_rows = None if rows >= h else int(rows)
             detail_peak = fixed + per_row * (min(h, rows + 2 * halo))
         prepare_peak = base + 3 * image_f32  # the model-range pair and one image's padded copy

@@ -185,3 +185,15 @@ def test_regression_is_the_default_mode_and_refuses_the_flow_heads_settings(tmp_
         assert code == 2 and err.count("\n") == 0 and f"takes no {named}" in err and "add --mode flow" in err, err
         assert not (tmp_path / "o.png").exists()
     assert main(args + ["--mode", "flow", "--steps", "3"]) == 0
+
+
+def test_an_image_under_the_minimum_size_is_named_at_input(tmp_path, checkpoint, capsys):
+    write_image(tmp_path / "dot.png", np.zeros((1, 1, 3), np.float32))
+    write_image(tmp_path / "small.png", np.zeros((3, 5, 3), np.float32))
+    code = main(["fuse", str(tmp_path / "small.png"), str(tmp_path / "dot.png"), "--task", "vif", "--checkpoint",
+                 str(checkpoint), "-o", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "dot.png is 1x1 (W x H)" in err and "at least 2x2" in err, err
+    code = main(["fuse", str(tmp_path / "small.png"), str(tmp_path / "small.png"), "--task", "vif", "--checkpoint",
+                 str(checkpoint), "-o", str(tmp_path / "o.png")])
+    assert code == 0 and read_image(tmp_path / "o.png").shape == (3, 5, 3)  # under one 16 px tile: padded, cropped back

@@ -139,7 +139,9 @@ MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std
   if (detail_halo >= 0) {
     const int64_t fixed = base + image_f32 + 3 * 4 * int64_t{h} * w, per_row = int64_t{kDetailPlanes} * 8 * w;
     const int64_t rows = std::min<int64_t>({h, kDetailStripRows, floor_div(budget - fixed, per_row) - 2 * detail_halo});
-    if (rows < kTileGrid) fail("the detail path on 16-row strips", fixed + per_row * (kTileGrid + 2 * detail_halo));
+    // strips of 16 rows at least, or the whole of a shorter image
+    const int64_t least = std::min<int64_t>(kTileGrid, h);
+    if (rows < least) fail("the detail path on 16-row strips", fixed + per_row * (least + 2 * detail_halo));
     if (rows < h) detail_rows = static_cast<int>(rows);
     detail_peak = fixed + per_row * std::min<int64_t>(h, rows + 2 * detail_halo);
   }
