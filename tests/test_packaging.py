@@ -45,7 +45,12 @@ def test_pyproject_lists_every_sub_package_under_the_namespace():
     assert config["package-dir"] == {f"latentfuse.{top}": top for top in LAYERS}
     on_disk = {"latentfuse." + ".".join(p.parent.relative_to(REPO).parts)
                for top in LAYERS for p in (REPO / top).rglob("__init__.py") if "cpp" not in p.parts}
-    assert set(config["packages"]) == on_disk
+    # data-only folders of the model package (files, no __init__.py): each a package with its package-data
+    data = {"latentfuse." + ".".join(d.relative_to(REPO).parts) for d in (REPO / "model").rglob("*")
+            if d.is_dir() and "__pycache__" not in d.parts and not (d / "__init__.py").exists()
+            and any(f.is_file() for f in d.iterdir())}
+    assert set(config["packages"]) == on_disk | data
+    assert set(config["package-data"]) >= data
     entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["latentfuse"]
     assert entry == "latentfuse.runtime.cli:main"
 
