@@ -3,7 +3,7 @@
 Post-training quantization (:mod:`latentfuse.export.quantize`) fixes every activation's range from the inputs it
 is calibrated on, so those inputs are the ones the deployed graphs see, not stand-ins: crops of real
 image pairs (``TASK=DIR`` folders in any layout :func:`latentfuse.model.data.pairs.discover_pairs` reads, e.g.
-``vif=../shared/datasets/vif/RoadScene``; the shipped sample pairs when none is given) run through the
+``vif=DATA/vif/RoadScene``; the shipped sample pairs when none is given) run through the
 FP32 PyTorch pipeline (:class:`latentfuse.runtime.pipeline.Pipeline` on the torch backend) with a
 :class:`RecordingBackend` in front of the networks. It records, per graph, the arrays of every call:
 
@@ -49,7 +49,7 @@ class PairSource:
 
 
 def parse_source(text: str) -> PairSource:
-    """``TASK=DIR`` (``vif=../shared/datasets/vif/TNO``) -> :class:`PairSource`."""
+    """``TASK=DIR`` (``vif=DATA/vif/TNO``) -> :class:`PairSource`."""
     from latentfuse.model.data.tasks import check_task
 
     if "=" not in str(text):

@@ -1,19 +1,19 @@
 #!/usr/bin/env python
 """Build the bundled default model (``model/weights/default``) from nothing, reproducibly (seeded).
 
-1. data     ``latentfuse data synth`` clean pairs of VIF, MEF and MFF from the scikit-image photos, then
-            ``latentfuse data build`` degraded tuples with teacher pseudo-labels (selection + refiner);
-            a second, differently seeded set of pairs is held out for evaluation
+1. data     the recipe's ``data = "real"``: the training scenes of ``--real-data`` (``model/data/split.py``
+            holds about 20 % of the scenes out) x degraded variants, labelled by the teachers (selection +
+            refiner); ``--data synthetic``: pairs made by ``latentfuse data synth`` from the scikit-image
+            photos, a second, differently seeded set held out
 2. VAE      the tiny KL-VAE (f=8, z=16) trained on photo patches + the training images
             (``model.training.vae_trainer``) in three stages (:func:`vae_stages`: from scratch, decoder
             only, encoder + decoder), latent normalisation re-estimated, PSNR/SSIM measured
 3. text     the tiny T5 prompt encoder (random weights, frozen: prompts only need to be told apart)
 4. DiTs     the tiny regression DiT (Eq. 8 + aux Eq. 9-10) and the tiny flow DiT (Eq. 11 + aux), both
             with the pixel-space label term (``losses.label_loss``), joint over the three tasks,
-            cautious AdamW + cosine warmup, EMA; at working scale 2 (``model.work_scale``: every
-            image enlarged twice before the VAE, as the pipeline of the saved model will); then a
-            second flow stage from the first one's weights at a lower learning rate
-            (:func:`flow_finetune_config`)
+            cautious AdamW + cosine warmup, EMA; at the recipe's working scale (``model.work_scale``;
+            1 for the shipped default); then a second flow stage from the first one's weights at a lower
+            learning rate (:func:`flow_finetune_config`)
 5. save     ``FusionComponents`` in fp16 safetensors, ``MODEL_CARD.md``, ``training_report.json``
 6. eval     ``latentfuse evaluate`` (``latentfuse.bench.quality``) on the held-out pairs, clean and degraded,
             the model's rows next to the no-network controls
