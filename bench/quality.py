@@ -84,6 +84,8 @@ class EvalSettings:
     metrics: tuple[str, ...] = ()  # VIFB metrics beyond BASE_METRICS
     resize: bool = False
     figures: int = 4
+    flow_sampler: str | None = None  # the flow row's sampler and steps (None: the model's defaults)
+    flow_steps: int | None = None
 
     def __post_init__(self):
         from latentfuse.model.data.split import check_split
@@ -120,11 +122,22 @@ class EvalSettings:
         self.metrics = tuple(m for m in extra if m not in BASE_METRICS)
         if self.figures < 0:
             raise LatentfuseError(f"--figures must be >= 0, got {self.figures}")
+        if self.flow_sampler is not None:
+            from latentfuse.runtime import samplers
+
+            if self.flow_sampler == "regression":
+                raise LatentfuseError("--flow-sampler names a flow sampler; the regression head has its own row")
+            samplers.get_sampler(self.flow_sampler)  # an unknown name fails before the model loads
+        if self.flow_steps is not None and self.flow_steps < 1:
+            raise LatentfuseError(f"--flow-steps must be at least 1, got {self.flow_steps}")
 
     def result_key(self) -> dict:
         """The settings a cached per-pair result depends on (a resume must match them)."""
-        return {"max_side": self.max_side, "degradations": list(self.degradations), "resize": self.resize,
-                "convention": CONVENTION, "eval_seed": EVAL_SEED}
+        key = {"max_side": self.max_side, "degradations": list(self.degradations), "resize": self.resize,
+               "convention": CONVENTION, "eval_seed": EVAL_SEED}
+        # only when set, so the caches of runs without them still resume
+        key.update({k: v for k, v in (("flow_sampler", self.flow_sampler), ("flow_steps", self.flow_steps)) if v})
+        return key
 
 
 def parse_degradations(text: str) -> tuple[int, ...]:
@@ -312,7 +325,8 @@ class Evaluator:
             a, b, prompt, degradations = clean_a, clean_b, self.pipe.default_prompt(task), []
         calls: dict[str, Callable[[], np.ndarray]] = {
             "regression": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="regression", seed=item.seed).image,
-            "flow": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="flow", seed=item.seed).image,
+            "flow": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="flow", seed=item.seed,
+                                      sampler=self.settings.flow_sampler, steps=self.settings.flow_steps).image,
             "regression_no_detail": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="regression",
                                                       seed=item.seed, detail="off").image,
             "average": lambda: average(a, b),

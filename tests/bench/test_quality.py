@@ -292,3 +292,17 @@ def test_a_resume_with_other_settings_is_refused(checkpoint, tmp_path, capsys):
     assert _run("--methods", "average", "--max-side", "32", checkpoint=checkpoint, data=data,
                 out=tmp_path / "out") == 2
     assert "other settings (max_side: None -> 32)" in capsys.readouterr().err
+
+
+def test_the_flow_row_takes_a_sampler_and_steps_and_they_key_the_cache(checkpoint, tmp_path, capsys):
+    data = plain_ab(tmp_path / "data", names=("s0",))
+    assert _run("--methods", "flow", "--flow-sampler", "euler", "--flow-steps", "2", checkpoint=checkpoint, data=data,
+                out=tmp_path / "out") == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["flow_sampler"] == "euler" and report["settings"]["flow_steps"] == 2
+    capsys.readouterr()
+    assert _run("--methods", "flow", checkpoint=checkpoint, data=data, out=tmp_path / "out") == 2  # other settings
+    assert "flow_sampler: 'euler' -> None" in capsys.readouterr().err
+    assert _run("--methods", "flow", "--flow-sampler", "heun", checkpoint=checkpoint, data=data,
+                out=tmp_path / "other") == 2
+    assert "unknown sampler 'heun'" in capsys.readouterr().err and not (tmp_path / "other").exists()
