@@ -47,7 +47,7 @@ from latentfuse.model.atomic import atomic_file
 SCHEMA = "latentfuse.device_check/1"
 PARTS = ("machine", "latency", "aoti", "tensorrt", "cpp")
 STAGE_NAMES = ("VAE-Enc", "T5", "DiT", "VAE-Dec", "Detail", "total")  # runtime.latency.STAGES + total
-PRECISIONS = ("fp32", "fp16")
+DIT_DTYPES = ("fp32", "fp16")  # the torch DiT's dtype in the latency part
 MODES = ("regression", "flow")
 TASK = "vif"
 SEED = 0
@@ -335,7 +335,7 @@ def part_latency(part: Part, cfg: Settings) -> None:
     from latentfuse.runtime.pipeline import Pipeline
 
     configs = {(m, p, mode, s): _base(m, src, p, mode, s, cfg)
-               for m, src in cfg.models for p in PRECISIONS for s in cfg.sizes for mode in MODES}
+               for m, src in cfg.models for p in DIT_DTYPES for s in cfg.sizes for mode in MODES}
     part.plan(configs)
     inputs = {s: pair_at(s) for s in cfg.sizes}
     calls = max(1, cfg.warmup) + cfg.runs
@@ -353,7 +353,7 @@ def part_latency(part: Part, cfg: Settings) -> None:
             continue
         part.data.setdefault("load_seconds", {})[model] = round(time.monotonic() - t0, 2)
         progress(f"latency: {model} ({source}) loaded in {time.monotonic() - t0:.1f} s")
-        for precision in PRECISIONS:
+        for precision in DIT_DTYPES:
             keys = [k for k in mine if k[1] == precision]
             if part.left() <= 0:  # building the pipeline (moving / casting the model) costs seconds too
                 for key in keys:

@@ -23,8 +23,10 @@ from latentfuse.bench.budget import (FIRST_CALL_EFFICIENCY, WARMUP_SKIP_S, Allot
 from latentfuse.bench.memory import available_bytes
 from latentfuse.bench.pipelines import BenchPipeline, Unavailable, latent_variants
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.manifest import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")   # int8: an explicit Q/DQ bundle (export.quantize) on onnxruntime / tensorrt
+# the bundle precisions bench times: int8 is an explicit Q/DQ bundle on onnxruntime / tensorrt; fp8 runs nowhere here
+BENCH_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp8")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 WEIGHTS_NOTE = ("random weights: latency, FLOPs and memory depend on the architectures and sizes only, "
                 "not on trained values")
@@ -96,9 +98,9 @@ class SweepConfig:
         bad = [b for b in self.backends if b not in BACKENDS]
         if bad:
             problems.append(f"unknown backend(s) {bad}: choose from {', '.join(BACKENDS)}")
-        bad = [p for p in self.precisions if p not in PRECISIONS]
+        bad = [p for p in self.precisions if p not in BENCH_PRECISIONS]
         if bad:
-            problems.append(f"unknown precision(s) {bad}: choose from {', '.join(PRECISIONS)}")
+            problems.append(f"unknown precision(s) {bad}: choose from {', '.join(BENCH_PRECISIONS)}")
         if self.repeat < 1 or self.warmup < 0:
             problems.append(f"repeat must be >= 1 and warmup >= 0, got {self.repeat} / {self.warmup}")
         if self.flow_steps < 1 or self.euler_steps < 1:
@@ -369,5 +371,5 @@ def short_reason(timed: int, planned: int) -> str:
 __all__ = ["SweepConfig", "parse_aspect", "image_size", "pipeline_names", "is_preset_independent", "Shape",
            "sweep_shapes", "MemoryBudget", "memory_budget", "SizePlan", "plan_sizes", "planned_calls", "ident",
            "FirstCall", "project", "BudgetInputs", "BudgetPlan", "plan_budget", "over_budget_reason",
-           "PRECISIONS", "BACKENDS", "WEIGHTS_NOTE", "ANY_PRESET", "PRESET_INDEPENDENT", "PLANNER_NOTE",
+           "BENCH_PRECISIONS", "BACKENDS", "WEIGHTS_NOTE", "ANY_PRESET", "PRESET_INDEPENDENT", "PLANNER_NOTE",
            "WARMUP_NOTE"]

@@ -62,8 +62,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.runtime.manifest import QUANTIZED_PRECISIONS
 
-PRECISIONS = ("int8", "fp8")
 LEVELS = ("conv", "ffn", "qkv", "all-linear")
 DEFAULT_LEVEL = "all-linear"
 QUANTIZABLE_KINDS = ("dit", "vae_encoder", "vae_decoder")
@@ -150,8 +150,8 @@ class QuantOptions:
         from latentfuse.export.calib_inputs import PairSource, parse_source
 
         problems = []
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in QUANTIZED_PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(QUANTIZED_PRECISIONS)}, got {self.precision!r}")
         if self.level not in LEVELS:
             problems.append(f"quantization level must be one of {', '.join(LEVELS)}, got {self.level!r}")
         graphs = tuple(dict.fromkeys(str(g).strip() for g in self.graphs if str(g).strip()))
@@ -995,7 +995,7 @@ def graph_accuracy(bundle_dir: str | os.PathLike, components, *, manifest: dict 
 
     root = Path(bundle_dir)
     manifest = manifest or load_manifest(root, verify_hashes=False)
-    quantized = {n: e for n, e in manifest["graphs"].items() if e.get("precision") in PRECISIONS}
+    quantized = {n: e for n, e in manifest["graphs"].items() if e.get("precision") in QUANTIZED_PRECISIONS}
     if not quantized:
         return [], ""
     section = manifest.get("quantization") or {}
@@ -1112,7 +1112,7 @@ def format_accuracy(rows: Sequence[AccuracyRow], fusion: Sequence[FusionRow] = (
     return "\n".join(lines)
 
 
-__all__ = ["PRECISIONS", "LEVELS", "QuantOptions", "require_modelopt", "candidate_layers", "layer_role",
+__all__ = ["QUANTIZED_PRECISIONS", "LEVELS", "QuantOptions", "require_modelopt", "candidate_layers", "layer_role",
            "quant_config", "QuantizedGraph", "choose_layers", "LayerPlan", "export_quantized", "postprocess",
            "fold_weight_quantizers", "convert_fp8_ops", "add_fp8_conv_weights", "graph_quantized_layers",
            "ort_kernel_report", "quantize_bundle_graphs", "graph_accuracy", "fusion_accuracy", "format_accuracy",

@@ -39,7 +39,8 @@ FORMAT_MINOR = 1            # 1: graph inputs / outputs carry "role"
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "spiece.model"
 PROMPT_CACHE_NAME = "prompt_cache.safetensors"
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # a bundle graph's precision: the one vocabulary
+QUANTIZED_PRECISIONS = ("int8", "fp8")  # those made by explicit Q/DQ (export.quantize)
 QUANTIZED = ("int8", "fp8")           # export.quantize: explicit Q/DQ graphs
 GRAPH_KINDS = ("vae_encoder", "vae_decoder", "text_encoder", "dit")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.work_scale import check_work_scale
 
-PRECISIONS = ("fp32", "bf16")
+TRAIN_PRECISIONS = ("fp32", "bf16")  # autocast of a training step (not a bundle precision: runtime.manifest)
 
 
 @dataclass
@@ -166,8 +166,8 @@ class TrainConfig:
         from latentfuse.model.flow import TIMESTEP_SCHEMES, check_prior
 
         problems = []
-        if self.run.precision not in PRECISIONS:
-            problems.append(f"run.precision must be one of {PRECISIONS}, got {self.run.precision!r}")
+        if self.run.precision not in TRAIN_PRECISIONS:
+            problems.append(f"run.precision must be one of {TRAIN_PRECISIONS}, got {self.run.precision!r}")
         if self.model.head not in ("flow", "regression"):
             problems.append(f"model.head must be 'flow' or 'regression', got {self.model.head!r}")
         o = self.optim
