@@ -171,8 +171,9 @@ def _dit_graph(precision, level="all-linear"):
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_qdq_nodes_where_the_plan_says_and_ort_matches_fake_quant(precision, tmp_path):
     from latentfuse.export.checks import find_data_dependent_shapes, unsupported_trt_ops, unsupported_trt_types
-    from latentfuse.export.quantize import (_ErrorSum, choose_layers, export_quantized, graph_quantized_layers, ort_outputs,
+    from latentfuse.export.quantize import (choose_layers, export_quantized, graph_quantized_layers, ort_outputs,
                                             ort_session)
+    from latentfuse.export.quantize.stats import ErrorSum
 
     graph = _dit_graph(precision, level="qkv")
     assert set(graph.candidates.values()) <= {"conv", "ffn", "qkv", "attn_out"}
@@ -203,13 +204,13 @@ def test_qdq_nodes_where_the_plan_says_and_ort_matches_fake_quant(precision, tmp
     # ONNX Runtime (FP8: its CPU provider's FP8 Q/DQ kernels, FP32 arithmetic) vs ModelOpt's fake quant
     session = ort_session(result.path)
     outs = ort_outputs(session, graph.spec, graph.batches)
-    acc = _ErrorSum()
+    acc = ErrorSum()
     with torch.no_grad():
         for y, args in zip(outs, graph.batches):
             acc.add(y, graph.model(*args).numpy())
     assert acc.stats().rel_rms <= ORT_VS_FAKE_QUANT
     # and the quantized graph still computes the FP32 graph's output, approximately
-    fp32 = _ErrorSum()
+    fp32 = ErrorSum()
     for y, ref in zip(outs, graph.references):
         fp32.add(y, ref)
     assert fp32.stats().rel_rms < 0.1
@@ -217,7 +218,8 @@ def test_qdq_nodes_where_the_plan_says_and_ort_matches_fake_quant(precision, tmp
 
 @requires_modelopt
 def test_onnxruntime_target_keeps_dequantized_layers_fp32(tmp_path):
-    from latentfuse.export.quantize import _keep_cpu_dequantized_fp32, choose_layers, export_quantized, ort_kernel_report
+    from latentfuse.export.quantize import choose_layers, export_quantized, ort_kernel_report
+    from latentfuse.export.quantize.bundle_step import _keep_cpu_dequantized_fp32
 
     graph = _dit_graph("int8")
     plan = choose_layers(graph, 1.0, 1.0)
