@@ -359,6 +359,8 @@ class Pipeline:
         ph, pw = _padded(k * h, self.min_size), _padded(k * w, self.min_size)
         plan = self.plan_memory(ph, pw, (h, w), tile, max_memory, sources=img_a.nbytes + img_b.nbytes)
         backend = self.backend
+        # a pair large enough to tile the VAE is where memory, not the last 20 % of speed, decides
+        self.backend.low_memory = plan.vae_tile is not None
         if plan.dit_window or plan.vae_tile:
             backend = TiledBackend(self.backend, plan.dit_window, plan.vae_tile, overlap=self.tile_overlap,
                                    max_batch=plan.dit_batch)

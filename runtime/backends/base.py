@@ -32,6 +32,10 @@ class Backend(abc.ABC):
     #: heads this backend can run ("flow", "regression")
     heads: tuple[str, ...] = ()
 
+    #: hand memory back after every graph call where the runtime can (ONNX Runtime's arenas), at some cost in
+    #: time; the pipeline sets it for a pair its memory plan tiles (``Pipeline.plan_memory``)
+    low_memory: bool = False
+
     @abc.abstractmethod
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         """[B,3,H,W] float32 in [-1,1] (H, W multiples of 16) -> scaled latents [B,z,H/8,W/8]."""
@@ -110,6 +114,14 @@ class WrappedBackend(Backend):
         self.inner = inner
         self.name = inner.name
         self.heads = tuple(inner.heads)
+
+    @property
+    def low_memory(self) -> bool:
+        return self.inner.low_memory
+
+    @low_memory.setter
+    def low_memory(self, value: bool) -> None:  # the wrapped backend is the one that holds the memory
+        self.inner.low_memory = value
 
     def encode_images(self, images):
         return self.inner.encode_images(images)

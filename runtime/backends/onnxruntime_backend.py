@@ -96,16 +96,18 @@ class _Session:
         self.output = self.session.get_outputs()[0].name
         # Each session's CPU arena keeps its largest call's memory for good, and the four graphs' arenas add
         # up (a 720x656 VAE tile: 2.3 GB after three encoder + decoder calls); shrinking the arena after each
-        # run hands it back (0.78 GB, no slower). Measured on ONNX Runtime 1.32 CPU.
-        self.run_options = _import_ort().RunOptions()
-        self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        # run hands it back (0.78 GB). It costs time, though: a 640x480 pair 1.72 s against 1.38 s
+        # (regression), 2.37 s against 1.79 s (flow). So only a low-memory call shrinks (Backend.low_memory).
+        # Measured on ONNX Runtime 1.32 CPU, 2 threads.
+        self.shrinking = _import_ort().RunOptions()
+        self.shrinking.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
-    def run(self, **feeds: np.ndarray) -> np.ndarray:
+    def run(self, low_memory: bool = False, **feeds: np.ndarray) -> np.ndarray:
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
             raise LatentfuseError(f"{self.path.name} needs inputs {missing}; the runtime provides {sorted(feeds)}")
         cast = {n: np.ascontiguousarray(feeds[n], dtype=dt) for n, dt in self.inputs.items()}
-        (out,) = self.session.run([self.output], cast, self.run_options)
+        (out,) = self.session.run([self.output], cast, self.shrinking if low_memory else None)
         return np.asarray(out, dtype=np.float32)
 
 
@@ -172,7 +174,7 @@ class OnnxRuntimeBackend(bundle_io.BundleBackend):
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if graph not in self.sessions:
             raise LatentfuseError(f"{self.bundle.root}: the bundle has no {graph!r} graph")
-        return self.sessions[graph].run(**feeds)
+        return self.sessions[graph].run(self.low_memory, **feeds)
 
     def describe(self) -> str:
         providers = self.sessions["vae_encoder"].session.get_providers() if self.sessions else []

@@ -141,6 +141,7 @@ class WindowMeanBackend:
     ``batches`` records the rows of every DiT call (the chunking)."""
 
     name, heads = "window-mean", ("flow", "regression")
+    low_memory = False  # runtime.backends.base.Backend's: nothing to hand back here
 
     def __init__(self):
         self.batches: list[int] = []

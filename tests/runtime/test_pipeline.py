@@ -237,6 +237,7 @@ class _LocalBackend:
     velocity / regression per latent pixel): tiling must then reproduce the untiled result exactly."""
 
     name, heads = "local", ("flow", "regression")
+    low_memory = False
 
     def __init__(self, scale: int = 1, window: int = 0):
         self.shapes = []

@@ -217,3 +217,13 @@ def test_the_memory_plan_shrinks_to_the_budget_and_refuses_what_it_cannot_meet(w
         with pytest.raises(LatentfuseError, match="--max-memory"):
             parse_memory(bad)
     assert parse_memory("1.5G") == 3 * 2 ** 29 and parse_memory("3000MB") == 3000 * 2 ** 20
+
+
+def test_only_a_pair_the_plan_tiles_asks_the_backend_to_hand_memory_back(windowed):
+    backend = windowed.backend
+    windowed(*_pair(48, 64), task="vif", mode="regression")
+    assert backend.low_memory is False  # small: the runtime keeps its arenas (faster)
+    result = windowed(*_pair(200, 300), task="vif", mode="regression", tile=128)
+    assert result.info["memory"]["vae_tile"] is not None and backend.low_memory is True
+    windowed(*_pair(48, 64), task="vif", mode="regression")
+    assert backend.low_memory is False
