@@ -48,6 +48,39 @@ def rss_bytes() -> int | None:
         return None
 
 
+def reset_process_peak() -> bool:
+    """Reset the process's peak resident set (Linux: VmHWM, via /proc/self/clear_refs); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def process_peak_rss() -> int | None:
+    """The process's peak resident set since start or :func:`reset_process_peak` (VmHWM), bytes; None off Linux.
+    Unlike :class:`PeakMemory` it counts everything the process holds, not the growth during one call."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cuda_peak(reset: bool = False) -> int | None:
+    """torch's CUDA allocator peak in bytes (``reset``: start a new peak and return None); None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
+
 def available_bytes(device: torch.device) -> int | None:
     """Memory still free for activations: free GPU memory, or MemAvailable on the host (None if unknown)."""
     if device.type == "cuda":

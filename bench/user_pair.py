@@ -74,39 +74,6 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sorted(sizes, key=lambda s: (s[0] * s[1], s))
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the process's peak resident set (Linux: VmHWM, via /proc/self/clear_refs); False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _device_peak(reset: bool = False) -> int | None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return None
-    if reset:
-        torch.cuda.reset_peak_memory_stats()
-        return None
-    return int(torch.cuda.max_memory_allocated())
-
-
 def sample_pair(size: tuple[int, int], task: str = "vif") -> tuple[np.ndarray, np.ndarray]:
     """The first shipped sample pair of ``task``, resampled to ``size`` (H, W) (bicubic, antialiased)."""
     from skimage.transform import resize
@@ -149,6 +116,7 @@ def run_user_pair(model_dir: str | os.PathLike | None = None, backends: Sequence
     only at the smallest."""
     from tqdm import tqdm
 
+    from latentfuse.bench.memory import cuda_peak, process_peak_rss, reset_process_peak
     from latentfuse.model.components import DEFAULT_MODEL_DIR
     from latentfuse.runtime.latency import summarize
 
@@ -172,13 +140,13 @@ def run_user_pair(model_dir: str | os.PathLike | None = None, backends: Sequence
                 s, name, mode = job
                 if r < warmup and s != sizes[0]:
                     continue
-                resettable = _reset_peak_rss()
-                _device_peak(reset=True)
+                resettable = reset_process_peak()
+                cuda_peak(reset=True)
                 result = pipes[name](*pairs[s], task=task, mode=mode)
                 if r >= warmup:
                     times[job].append(result.timings)
-                    peaks[job].append(_peak_rss() if resettable else None)
-                    device[job].append(_device_peak())
+                    peaks[job].append(process_peak_rss() if resettable else None)
+                    device[job].append(cuda_peak())
                 bar.update()
     rows = []
     for job in jobs:

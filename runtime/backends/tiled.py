@@ -176,37 +176,35 @@ class TiledBackend(WrappedBackend):
     # A tiled image goes through the VAE one image per call, each tile's output blended into the result as
     # it comes: a call's memory is one tile of one image, whatever the batch or the image size.
     def encode_images(self, images: np.ndarray) -> np.ndarray:
-        b, _, h, w = images.shape
+        _, _, h, w = images.shape
         tiles = self._vae_tiles(h, w, 1)
         if tiles is None:
             self.calls += 1
             return self.inner.encode_images(images)
-        f = LATENT_FACTOR
-        blender = None
-        for last, (y, x, th, tw), row in self._tile_calls(tiles, b):
-            self.calls += 1
-            with self._release_if(last):
-                lat = self.inner.encode_images(np.ascontiguousarray(images[row:row + 1, :, y:y + th, x:x + tw]))
-            if blender is None:
-                blender = Blender((b, lat.shape[1], h // f, w // f), self.vae_overlap // f)
-            blender.add(lat, (y // f, x // f, th // f, tw // f), slice(row, row + 1))
-        return blender.result()
+        return self._vae_over_tiles(self.inner.encode_images, images, tiles, lambda v: v // LATENT_FACTOR,
+                                    self.vae_overlap // LATENT_FACTOR)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        b, _, h, w = latents.shape
+        _, _, h, w = latents.shape
         tiles = self._vae_tiles(h, w, LATENT_FACTOR)
         if tiles is None:
             self.calls += 1
             return self.inner.decode(latents)
-        f = LATENT_FACTOR
+        return self._vae_over_tiles(self.inner.decode, latents, tiles, lambda v: v * LATENT_FACTOR, self.vae_overlap)
+
+    def _vae_over_tiles(self, call: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tiles: list[Window],
+                        to_out: Callable[[int], int], out_overlap: int) -> np.ndarray:
+        """``call`` (the VAE encoder or decoder) on every tile of every image of ``x``, one per call, each
+        output blended in as it comes; ``to_out`` maps a coordinate of ``x`` to one of the output."""
+        b, _, h, w = x.shape
         blender = None
-        for last, (y, x, th, tw), row in self._tile_calls(tiles, b):
+        for last, (y, x0, th, tw), row in self._tile_calls(tiles, b):
             self.calls += 1
             with self._release_if(last):
-                img = self.inner.decode(np.ascontiguousarray(latents[row:row + 1, :, y:y + th, x:x + tw]))
+                out = call(np.ascontiguousarray(x[row:row + 1, :, y:y + th, x0:x0 + tw]))
             if blender is None:
-                blender = Blender((b, img.shape[1], h * f, w * f), self.vae_overlap)
-            blender.add(img, (y * f, x * f, th * f, tw * f), slice(row, row + 1))
+                blender = Blender((b, out.shape[1], to_out(h), to_out(w)), out_overlap)
+            blender.add(out, (to_out(y), to_out(x0), to_out(th), to_out(tw)), slice(row, row + 1))
         return blender.result()
 
     @staticmethod
