@@ -61,14 +61,7 @@ def reset_process_peak() -> bool:
 def process_peak_rss() -> int | None:
     """The process's peak resident set since start or :func:`reset_process_peak` (VmHWM), bytes; None off Linux.
     Unlike :class:`PeakMemory` it counts everything the process holds, not the growth during one call."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_kb("/proc/self/status", "VmHWM:")
 
 
 def cuda_peak(reset: bool = False) -> int | None:
@@ -86,10 +79,15 @@ def available_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
+    return _proc_kb("/proc/meminfo", "MemAvailable:")
+
+
+def _proc_kb(path: str, key: str) -> int | None:
+    """Bytes of the ``key: N kB`` line of a /proc file; None where there is none."""
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass

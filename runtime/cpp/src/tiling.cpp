@@ -176,40 +176,35 @@ std::optional<std::vector<Window>> Tiler::vae_tiles(int h, int w, int factor) co
 // A tiled image goes through the VAE one image and one tile per call, each output blended in as it comes.
 Tensor Tiler::encode(const Tensor& images, const VaeCall& encoder) {
   if (images.shape.size() != 4) throw Error("the VAE encoder takes [B, C, H, W] images, got " + shape_str(images.shape));
-  const int B = static_cast<int>(images.shape[0]), H = static_cast<int>(images.shape[2]), W = static_cast<int>(images.shape[3]);
-  const auto tiles = vae_tiles(H, W, 1);
+  const auto tiles = vae_tiles(static_cast<int>(images.shape[2]), static_cast<int>(images.shape[3]), 1);
   if (!tiles) {
     ++calls_;
     return encoder(images);
   }
-  const int f = kLatentFactor;
-  std::optional<Blender> blender;
-  for (const auto& t : *tiles)
-    for (int row = 0; row < B; ++row) {
-      ++calls_;
-      const Tensor lat = encoder(crop_hw(images, t.y, t.x, t.h, t.w).slice0(row, row + 1));
-      if (!blender) blender.emplace(std::vector<int64_t>{B, lat.shape.at(1), H / f, W / f}, vae_overlap_ / f);
-      blender->add(lat, {t.y / f, t.x / f, t.h / f, t.w / f}, row);
-    }
-  return blender->result();
+  return vae_over_tiles(images, *tiles, encoder, 1, kLatentFactor, vae_overlap_ / kLatentFactor);
 }
 
 Tensor Tiler::decode(const Tensor& latents, const VaeCall& decoder) {
   if (latents.shape.size() != 4) throw Error("the VAE decoder takes [B, z, h, w] latents, got " + shape_str(latents.shape));
-  const int B = static_cast<int>(latents.shape[0]), h = static_cast<int>(latents.shape[2]), w = static_cast<int>(latents.shape[3]);
-  const auto tiles = vae_tiles(h, w, kLatentFactor);
+  const auto tiles = vae_tiles(static_cast<int>(latents.shape[2]), static_cast<int>(latents.shape[3]), kLatentFactor);
   if (!tiles) {
     ++calls_;
     return decoder(latents);
   }
-  const int f = kLatentFactor;
+  return vae_over_tiles(latents, *tiles, decoder, kLatentFactor, 1, vae_overlap_);
+}
+
+Tensor Tiler::vae_over_tiles(const Tensor& x, const std::vector<Window>& tiles, const VaeCall& call, int num, int den,
+                             int out_overlap) {
+  const int B = static_cast<int>(x.shape[0]), H = static_cast<int>(x.shape[2]), W = static_cast<int>(x.shape[3]);
+  const auto out = [&](int v) { return v * num / den; };
   std::optional<Blender> blender;
-  for (const auto& t : *tiles)
+  for (const auto& t : tiles)
     for (int row = 0; row < B; ++row) {
       ++calls_;
-      const Tensor img = decoder(crop_hw(latents, t.y, t.x, t.h, t.w).slice0(row, row + 1));
-      if (!blender) blender.emplace(std::vector<int64_t>{B, img.shape.at(1), h * f, w * f}, vae_overlap_);
-      blender->add(img, {t.y * f, t.x * f, t.h * f, t.w * f}, row);
+      const Tensor y = call(crop_hw(x, t.y, t.x, t.h, t.w).slice0(row, row + 1));
+      if (!blender) blender.emplace(std::vector<int64_t>{B, y.shape.at(1), out(H), out(W)}, out_overlap);
+      blender->add(y, {out(t.y), out(t.x), out(t.h), out(t.w)}, row);
     }
   return blender->result();
 }

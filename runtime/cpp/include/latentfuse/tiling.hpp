@@ -113,6 +113,11 @@ class Tiler {
   int calls() const { return calls_; }  // network calls made (VAE and DiT)
 
  private:
+  // `call` on every tile of every image of x, one per call, each output blended in as it comes; a coordinate
+  // v of x is v * num / den in the output (encoder 1/8, decoder 8/1), the output overlap is out_overlap.
+  Tensor vae_over_tiles(const Tensor& x, const std::vector<Window>& tiles, const VaeCall& call, int num, int den,
+                        int out_overlap);
+
   std::optional<Size2> window_, vae_tile_;
   int overlap_ = 0, vae_overlap_ = 0;
   std::optional<int> max_batch_;
