@@ -65,7 +65,9 @@ DEFAULT_SEED = 0
 # VAE_BYTES_PER_TOKEN2 * (h * w / 64)^2 for the mid-block attention's score matrices (384^2: 0.19 GB, 640x480:
 # 0.37 GB, 768^2: 1.16 GB, 1024^2: 2.87 GB over the bare sessions' 76 MB); a DiT call about DIT_BYTES_PER_PX per
 # pixel of its windows (35 windows of 128^2: 77 MB); the process before any image (interpreter, numpy, torch,
-# the sessions) 365 MB, which RUNTIME_BYTES rounds up.
+# the sessions) 365 MB, which RUNTIME_BYTES rounds up. Since the arenas are shrunk only for a tiled pair
+# (Backend.low_memory), an untiled pair's sessions keep theirs, which these estimates do not count (a 640x480
+# pair: 2.26 GB peak RSS against 1.40 GB when shrunk); the budget binds where the pair is large, and tiled.
 VAE_BYTES_PER_PX = 640
 VAE_BYTES_PER_TOKEN2 = 10
 DIT_BYTES_PER_PX = 192
