@@ -7,6 +7,7 @@
     <dir>/text_encoder/         PromptEncoder.save_pretrained (transformers T5 layout + spiece.model)
     <dir>/dit_flow/             MoEDiT.save_pretrained (flow head), optional
     <dir>/dit_regression/       MoEDiT.save_pretrained (regression head), optional
+    <dir>/fidelity/             FidelityDecoder.save_pretrained (``model.fidelity``), optional
 
 This is what ``--checkpoint DIR`` means for export and the runtime, and what training writes; like a
 diffusers pipeline folder, each component knows nothing of the others.
@@ -58,6 +59,7 @@ class FusionComponents:
     work_scale: int = 1  # the pair is enlarged k times before the VAE (model.work_scale)
     window: int = 0  # networks run on windows of at most this many enlarged pixels (0: whole images)
     detail: DetailSettings | None = None  # the pixel-space detail path after decoding (model.detail)
+    fidelity: "torch.nn.Module | None" = None  # the learned fidelity decoder after the VAE (model.fidelity)
 
     def __post_init__(self):
         self.work_scale = check_work_scale(self.work_scale)
@@ -100,7 +102,12 @@ class FusionComponents:
             raise LatentfuseError(f"{directory / INDEX_NAME} names no DiT (dit_flow / dit_regression)")
         vae = LatentVAE.from_pretrained(directory / index["vae"]).eval()
         text_encoder = PromptEncoder.from_pretrained(directory / index["text_encoder"]).eval()
-        return cls(vae, text_encoder, dits, work_scale, window, index["detail"])
+        fidelity = None
+        if "fidelity" in index:
+            from latentfuse.model.fidelity import FidelityDecoder
+
+            fidelity = FidelityDecoder.from_pretrained(directory / index["fidelity"]).eval()
+        return cls(vae, text_encoder, dits, work_scale, window, index["detail"], fidelity)
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = True) -> Path:
         directory = Path(directory)
@@ -111,6 +118,9 @@ class FusionComponents:
             for head, dit in self.dits.items():
                 dit.save_pretrained(tmp / f"dit_{head}")
                 index[f"dit_{head}"] = f"dit_{head}"
+            if self.fidelity is not None:
+                self.fidelity.save_pretrained(tmp / "fidelity")
+                index["fidelity"] = "fidelity"
             if self.work_scale != 1:
                 index["work_scale"] = self.work_scale
             if self.window:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-STAGES: tuple[str, ...] = ("VAE-Enc", "T5", "DiT", "VAE-Dec", "Detail")
+STAGES: tuple[str, ...] = ("VAE-Enc", "T5", "DiT", "VAE-Dec", "Fidelity", "Detail")
 
 
 @dataclass
@@ -127,7 +127,7 @@ def format_table(summaries: LatencySummary | Sequence[LatencySummary]) -> str:
     summaries = list(summaries)
     nfes = {s.nfe for s in summaries}
     dit_name = f"DiT x {nfes.pop()}" if len(nfes) == 1 else "DiT x NFE"
-    names = ["VAE-Enc", "T5", dit_name, "VAE-Dec", "Detail"]
+    names = ["VAE-Enc", "T5", dit_name, "VAE-Dec", "Fidelity", "Detail"]
     header = ["Module"] + [s.label or f"run {i + 1}" for i, s in enumerate(summaries)]
     body = []
     for name, stage in zip(names, STAGES):

@@ -482,6 +482,7 @@ class Pipeline:
         tile: bool | int | None = None,
         detail: str | None = None,
         max_memory: int | str | None = None,
+        fidelity: float | None = None,
     ) -> FusionResult:
         """Fuse images ``a`` and ``b`` (paths or arrays) for ``task``; see the module docstring.
 
@@ -489,7 +490,10 @@ class Pipeline:
         (whole images up to the backend's limit, :meth:`plan_windows`); ``True`` / ``None``: automatic.
         ``detail``: the model's pixel-space detail path (``model.detail``): ``auto`` / None picks its
         parameters from the prompt (``DetailSettings.mode_for``), ``clean`` / ``safe`` force a set, ``off``
-        skips it; a model without one runs none.
+        skips it; a model without one runs none. ``auto`` runs none where the fidelity decoder ran.
+        ``fidelity``: the weight w of the model's fidelity decoder (``model.fidelity``), the learned stage that
+        gives the decoded image the sources' detail and restores it: F + w (fidelity(F, A, B, P) - F); None: 1
+        where the model has one; 0 skips it (the VAE's image alone).
         ``max_memory``: the call's memory budget, bytes or '3G' (:meth:`plan_memory`; None: ``self.max_memory``,
         else half the machine's memory): the VAE tiles, DiT windows per call and detail strips are sized to it.
         """
@@ -524,12 +528,14 @@ class Pipeline:
 
         if max_memory is not None:
             parse_memory(max_memory)  # a bad value fails before any work
+        weight = check_fidelity_weight(fidelity, self.backend.has_fidelity())
         timer = StageTimer(self.backend.synchronize)
         images, sources, gray, backend, plan = self._prepare(a, b, resize, tile, max_memory)
         size = sources[0].shape[:2]
         with timer.stage("VAE-Enc"):
             latents = backend.encode_images(images)
-        del images  # the model-range pair is not needed past the encoder
+        if not weight:
+            del images  # the model-range pair is not needed past the encoder, unless the fidelity decoder reads it
         z_a, z_b = latents[:1], latents[1:2]
         with timer.stage("T5"):
             embeds, mask, hit = self.encode_prompt(prompt)
@@ -551,10 +557,21 @@ class Pipeline:
                 result = samplers.sample(sampler_name, velocity, z0, steps=steps, g=g, seed=seed, prior=params)
         with timer.stage("VAE-Dec"):
             decoded = backend.decode(np.asarray(result.latent, np.float32))
+        if weight:
+            with timer.stage("Fidelity"):
+                refined = backend.fidelity(decoded, images[:1], images[1:2], embeds, mask)
+                if weight != 1.0:
+                    refined -= decoded
+                    refined *= weight
+                    refined += decoded
+                decoded = refined
+            del images, refined
         k = self.work_scale
         image = downscale(from_model_range(decoded, (k * size[0], k * size[1]), in_place=True), k)
         del decoded
-        detail_cfg = self.detail.config_for(prompt, detail_mode) if self.detail is not None else None
+        detail_cfg = None
+        if self.detail is not None and not (weight and detail_mode == "auto"):
+            detail_cfg = self.detail.config_for(prompt, detail_mode)
         if detail_cfg is not None:
             with timer.stage("Detail"):
                 image = restore_detail(image, *sources, detail_cfg, strip_rows=plan.detail_rows)
@@ -565,6 +582,7 @@ class Pipeline:
                             sampler=result.sampler, steps=steps, seed=seed,
                             info={"backend": self.backend.name, "size": size, "work_scale": k,
                                   "detail": "off" if detail_cfg is None else detail_cfg.as_dict(),
+                                  "fidelity": weight,
                                   "tiled": backend is not self.backend, "memory": plan.as_dict(),
                                   "g": g if samplers.get_sampler(sampler_name).stochastic else 0.0})
 
@@ -588,6 +606,22 @@ def _canonical_prompts() -> frozenset[str]:
     from latentfuse.model.data.prompts import canonical_prompts
 
     return frozenset(" ".join(p.split()) for p in canonical_prompts().values())
+
+
+def check_fidelity_weight(weight: Any, available: bool) -> float:
+    """The fidelity decoder's weight for a call: ``weight`` (None: 1.0 where the model has one, else 0) checked
+    to lie in [0, 1]; a weight for a model without the decoder is an error, not silently nothing."""
+    if weight is None:
+        return 1.0 if available else 0.0
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise LatentfuseError(f"--fidelity takes a number in [0, 1], got {weight!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise LatentfuseError(f"--fidelity takes a number in [0, 1], got {weight!r}")
+    if value and not available:
+        raise LatentfuseError("--fidelity: this model has no fidelity decoder (model.fidelity); it runs without one")
+    return value
 
 
 def _label(x: Any, default: str) -> str:

@@ -12,6 +12,8 @@ arithmetic are bit-identical whichever backend runs the networks; only the netwo
     velocity(z_t, t [B], z_a, z_b, embeds, mask) -> v [B,z,h,w]           (flow head, Algorithm 1)
     regress(z_a, z_b, embeds, mask)            -> fused latent [B,z,h,w]  (regression head, Eq. 8)
     decode(latents)                            -> images [B,3,H,W] in about [-1,1]
+    fidelity(image, a, b, embeds, mask)        -> images [B,3,H,W]        (fidelity decoder, model.fidelity;
+                                                                           only where has_fidelity())
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents [B,z,h,w] -> images [B,3,8h,8w], about [-1,1] (the pipeline clips)."""
+
+    def has_fidelity(self) -> bool:
+        """Whether the model has a fidelity decoder (``model.fidelity``) for :meth:`fidelity`."""
+        return False
+
+    def fidelity(self, image: np.ndarray, source_a: np.ndarray, source_b: np.ndarray,
+                 embeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The fidelity decoder: decoded ``image`` and the sources ``source_a`` / ``source_b`` [B,3,H,W] in
+        [-1,1] (H, W multiples of 16) and the prompt -> the fused images [B,3,H,W], about [-1,1]."""
+        raise LatentfuseError(f"the {self.name} backend's model has no fidelity decoder")
 
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends), so stage timings are honest. No-op on CPU."""
@@ -137,6 +149,12 @@ class WrappedBackend(Backend):
 
     def decode(self, latents):
         return self.inner.decode(latents)
+
+    def has_fidelity(self) -> bool:
+        return self.inner.has_fidelity()
+
+    def fidelity(self, image, source_a, source_b, embeds, mask):
+        return self.inner.fidelity(image, source_a, source_b, embeds, mask)
 
     def synchronize(self) -> None:
         self.inner.synchronize()

@@ -66,6 +66,7 @@ class TorchBackend(Backend):
         self.text_encoder = components.text_encoder.to(self.device).eval()
         self.dits = {head: dit.to(self.device, self.dtype).eval() for head, dit in components.dits.items()}
         self.heads = tuple(h for h in ("flow", "regression") if h in self.dits)
+        self._fidelity = None if components.fidelity is None else components.fidelity.to(self.device).eval()
         self._source = source
         self._compiled = bool(compile)
         if compile:
@@ -124,6 +125,18 @@ class TorchBackend(Backend):
     def decode(self, latents: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
             return self._numpy(self.vae.decode(self._tensor(latents, "latents")))
+
+    def has_fidelity(self) -> bool:
+        return self._fidelity is not None
+
+    def fidelity(self, image, source_a, source_b, embeds, mask) -> np.ndarray:
+        if self._fidelity is None:
+            return super().fidelity(image, source_a, source_b, embeds, mask)
+        with self._torch.inference_mode():
+            return self._numpy(self._fidelity(
+                self._tensor(image, "decoded image"), self._tensor(source_a, "source A"),
+                self._tensor(source_b, "source B"), self._tensor(embeds, "prompt embeddings"),
+                self._torch.from_numpy(np.ascontiguousarray(mask)).to(self.device)))
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

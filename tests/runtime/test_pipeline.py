@@ -79,7 +79,7 @@ def test_latency_table_has_every_stage_and_the_median():
     for name in ("VAE-Enc", "T5", "DiT x 5", "VAE-Dec", "Pipeline", "Images/s", "onnxruntime flow", "torch flow"):
         assert name in table
     assert "12.00 ms" in table and "45.00 ms" in table
-    assert set(STAGES) == {"VAE-Enc", "T5", "DiT", "VAE-Dec", "Detail"}
+    assert set(STAGES) == {"VAE-Enc", "T5", "DiT", "VAE-Dec", "Fidelity", "Detail"}
 
 
 def test_latency_table_marks_a_cached_prompt():

@@ -1,0 +1,187 @@
+"""The fidelity decoder: a learned pixel-space stage that gives the decoded fused image the sources' detail.
+
+An f = 8 VAE renders what is finer than its latent cells as blur, whatever the DiT put in the latent
+(docs/real-data-ceilings.md); the sources still hold that detail at full resolution. As StableSR's
+controllable feature wrapping and DiffBIR's IRControlNet feed the degraded input's features back to the
+decoder, this network reads the VAE decoder's image F and the two sources A, B (all at the working
+resolution, in [-1, 1]) and predicts the residual that makes F the fused image::
+
+    x      = [F, A, B]                                  [B, 9, H, W]
+    level  1: pixel-unshuffle 2 -> 1x1 conv -> blocks    H/2,  c1
+           2: 2x2 stride-2 conv -> blocks                H/4,  c2
+           3: 2x2 stride-2 conv -> blocks (+ prompt)     H/8,  c3   FiLM from the prompt's masked mean
+           up: 1x1 conv -> pixel-shuffle 2, + skip -> blocks   back to H/2
+    out    = F + pixel-shuffle(1x1 conv(level 1))       [B, 3, H, W]
+
+Everything is local: each block is NAFNet's without its global channel attention (a LayerNorm over
+channels, 1x1 convs, a 3x3 depthwise conv, a simple gate), so the receptive field is bounded
+(:func:`receptive_halo`) and the runtime can run a large image in strips of rows with that much context
+and get the whole image's answer. The prompt enters once, at the coarsest level, as a per-channel scale
+and shift (zero-initialised, like the residual head: an untrained network returns F unchanged), so the
+stage can tell "remove the rain" (do not copy the streaks back) from a clean fusion.
+
+H and W must be multiples of :data:`MULTIPLE` (the pipeline's 16-pixel grid is).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from latentfuse.model.atomic import atomic_dir
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.nafblock import LayerNorm2d, SimpleGate
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MULTIPLE = 8  # pixel-unshuffle 2 x two stride-2 convs
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Widths and depths of :class:`FidelityDecoder` (``text_dim``: the prompt encoder's width)."""
+
+    text_dim: int = 128
+    widths: tuple[int, int, int] = (32, 64, 96)
+    enc_blocks: tuple[int, int, int] = (1, 2, 3)
+    dec_blocks: tuple[int, int] = (1, 1)  # at H/4, then H/2
+    expand: int = 2
+
+    def __post_init__(self):
+        if len(self.widths) != 3 or len(self.enc_blocks) != 3 or len(self.dec_blocks) != 2:
+            raise LatentfuseError("fidelity config: widths and enc_blocks take 3 values, dec_blocks 2")
+        if min(self.widths) < 1 or min(self.enc_blocks + self.dec_blocks) < 0 or self.text_dim < 1:
+            raise LatentfuseError(f"fidelity config: sizes must be positive, got {self}")
+
+    def to_dict(self) -> dict:
+        return {"model": "latentfuse.FidelityDecoder", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "fidelity config") -> "FidelityConfig":
+        data = {k: v for k, v in data.items() if k != "model"}
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        except TypeError as err:
+            raise LatentfuseError(f"{where}: {err}") from None
+
+
+class LocalBlock(nn.Module):
+    """NAFNet's block without the simplified channel attention (a global pool): mixing stays local."""
+
+    def __init__(self, channels: int, expand: int = 2):
+        super().__init__()
+        inner = channels * expand
+        self.norm1 = LayerNorm2d(channels)
+        self.conv1 = nn.Conv2d(channels, inner, 1)
+        self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
+        self.conv3 = nn.Conv2d(inner // 2, channels, 1)
+        self.norm2 = LayerNorm2d(channels)
+        self.conv4 = nn.Conv2d(channels, inner, 1)
+        self.conv5 = nn.Conv2d(inner // 2, channels, 1)
+        self.gate = SimpleGate()
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.conv3(self.gate(self.conv2(self.conv1(self.norm1(x))))) * self.beta
+        return x + self.conv5(self.gate(self.conv4(self.norm2(x)))) * self.gamma
+
+
+def _blocks(channels: int, n: int, expand: int) -> nn.Sequential:
+    return nn.Sequential(*(LocalBlock(channels, expand) for _ in range(n)))
+
+
+class FidelityDecoder(nn.Module):
+    """F, A, B [B, 3, H, W] in [-1, 1] + the prompt -> the fused image [B, 3, H, W] (module docstring)."""
+
+    def __init__(self, config: FidelityConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or FidelityConfig()
+        c1, c2, c3 = cfg.widths
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.stem = nn.Conv2d(9 * 4, c1, 1)
+        self.enc1 = _blocks(c1, cfg.enc_blocks[0], cfg.expand)
+        self.down1 = nn.Conv2d(c1, c2, 2, stride=2)
+        self.enc2 = _blocks(c2, cfg.enc_blocks[1], cfg.expand)
+        self.down2 = nn.Conv2d(c2, c3, 2, stride=2)
+        self.film = nn.Linear(cfg.text_dim, 2 * c3)
+        self.mid = _blocks(c3, cfg.enc_blocks[2], cfg.expand)
+        self.up2 = nn.Sequential(nn.Conv2d(c3, c2 * 4, 1), nn.PixelShuffle(2))
+        self.dec2 = _blocks(c2, cfg.dec_blocks[0], cfg.expand)
+        self.up1 = nn.Sequential(nn.Conv2d(c2, c1 * 4, 1), nn.PixelShuffle(2))
+        self.dec1 = _blocks(c1, cfg.dec_blocks[1], cfg.expand)
+        self.head = nn.Conv2d(c1, 3 * 4, 1)
+        self.shuffle = nn.PixelShuffle(2)
+        for layer in (self.film, self.head):  # start as the identity: out = F
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, image: torch.Tensor, source_a: torch.Tensor, source_b: torch.Tensor,
+                prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        x = self.unshuffle(torch.cat([image, source_a, source_b], dim=1))
+        s1 = self.enc1(self.stem(x))
+        s2 = self.enc2(self.down1(s1))
+        h = self.down2(s2)
+        mask = prompt_mask.to(prompt_embeds.dtype).unsqueeze(-1)  # [B, L, 1]
+        pooled = (prompt_embeds * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        scale, shift = self.film(pooled)[:, :, None, None].chunk(2, dim=1)
+        h = self.mid(h * (1 + scale) + shift)
+        h = self.dec2(self.up2(h) + s2)
+        h = self.dec1(self.up1(h) + s1)
+        return image + self.shuffle(self.head(h))
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path, overwrite: bool = True) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        with atomic_dir(directory, overwrite=overwrite) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model": "latentfuse.FidelityDecoder"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "FidelityDecoder":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
+            raise LatentfuseError(f"{directory} is not a fidelity decoder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            config = FidelityConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()),
+                                              str(directory / CONFIG_NAME))
+            state = load_file(str(directory / WEIGHTS_NAME))
+        except (SafetensorError, OSError, json.JSONDecodeError) as err:
+            raise LatentfuseError(f"cannot read the fidelity decoder in {directory}: {err}") from None
+        model = cls(config)
+        expected = model.state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+            raise LatentfuseError(f"{directory / WEIGHTS_NAME} does not match its config {config}")
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        return model
+
+
+def receptive_halo(config: FidelityConfig | None = None) -> int:
+    """Rows of context, in pixels and a multiple of :data:`MULTIPLE`, that a strip needs on each side for
+    its rows to come out as in the whole image: the receptive field's reach, counted layer by layer."""
+    cfg = config or FidelityConfig()
+    # per block one 3x3 depthwise conv: 1 cell each side at its level's stride (2, 4, 8 pixels)
+    reach = (cfg.enc_blocks[0] + cfg.dec_blocks[1]) * 2 + (cfg.enc_blocks[1] + cfg.dec_blocks[0]) * 4
+    reach += cfg.enc_blocks[2] * 8
+    reach += 2 + 4 + 8  # the cells of the unshuffle and the two stride-2 convs
+    return -(-reach // MULTIPLE) * MULTIPLE
+
+
+def check_fidelity_size(height: int, width: int) -> None:
+    if height % MULTIPLE or width % MULTIPLE:
+        raise LatentfuseError(f"the fidelity decoder takes sides that are multiples of {MULTIPLE} px, "
+                              f"got {width}x{height}")
+
+
+__all__ = ["FidelityConfig", "FidelityDecoder", "receptive_halo", "MULTIPLE"]

@@ -1,0 +1,203 @@
+"""Training the fidelity decoder (``model.fidelity``) on what the model's own DiTs and VAE make of real pairs.
+
+Two resumable steps, each keeping its work on disk:
+
+1. :func:`build_fidelity_cache`: for every tuple of ``latentfuse data build`` folders (degraded A, B, the
+   teacher label, the prompt) run the model's pipeline without the decoder (regression, and the flow head's
+   default sampler for every ``flow_every``-th tuple) and keep the decoded images beside the tuple, one
+   ``<id>.npz`` per tuple (uint8), so the decoder learns from the inputs it will meet at run time.
+2. :func:`train_fidelity`: random crops (flips, either head's image), L1 + gradient-L1 loss to the label
+   (Q^AB/F and the eye judge edges), AdamW with a cosine schedule; a checkpoint every ``save_every`` steps
+   (atomic) from which a re-run resumes.
+
+The cache and the checkpoints live in a work folder; only the final weights go into a model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentfuse.model.atomic import atomic_file
+from latentfuse.model.errors import LatentfuseError
+
+
+def _uint8(img: np.ndarray) -> np.ndarray:
+    img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def build_fidelity_cache(roots: list[str | Path], model_dir: str | Path, out: str | Path, flow_every: int = 3,
+                         threads: int | None = None, progress: bool = True) -> int:
+    """Decoded images of every training tuple under ``roots`` by the model in ``model_dir`` (its fidelity
+    decoder, if any, and detail path off); returns the number of tuples cached in ``out``."""
+    from tqdm import tqdm
+
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.model.image_io import read_image
+    from latentfuse.model.training.data import find_manifests, read_training_manifest
+    from latentfuse.runtime.pipeline import Pipeline
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    components = FusionComponents.from_pretrained(model_dir)
+    components.fidelity = None
+    pipe = Pipeline.from_components(components)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(m.parent, rec) for root in roots for m in find_manifests(root) for rec in read_training_manifest(m)]
+    if not jobs:
+        raise LatentfuseError(f"no training tuples under {', '.join(map(str, roots))}")
+    todo = [(folder, rec) for folder, rec in jobs if not (out / f"{rec['id']}.npz").is_file()]
+    for i, (folder, rec) in enumerate(tqdm(todo, desc="fidelity cache", disable=not progress)):
+        sample = folder / "samples" / rec["id"]
+        a, b, gt = (read_image(sample / f"{name}.png") for name in ("a", "b", "gt"))
+        arrays = {"a": _uint8(a), "b": _uint8(b), "gt": _uint8(gt)}
+        common = dict(task=rec["task"], prompt=rec["prompt"], detail="off", fidelity=0.0)
+        arrays["regression"] = _uint8(pipe(a, b, mode="regression", **common).image)
+        if pipe.backend.heads.count("flow") and int(rec.get("variant", i)) % flow_every == 0:
+            arrays["flow"] = _uint8(pipe(a, b, mode="flow", seed=int(rec.get("variant", 0)), **common).image)
+        with atomic_file(out / f"{rec['id']}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, prompt=np.array(rec["prompt"]), task=np.array(rec["task"]),
+                         degradations=np.array(json.dumps(rec.get("degradations", []))), **arrays)
+    return len(jobs)
+
+
+@dataclass
+class FidelityTrainConfig:
+    steps: int = 3000
+    batch_size: int = 8
+    crop: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_weight: float = 1.0
+    flow_share: float = 0.3  # share of crops whose input image is the flow head's (where cached)
+    save_every: int = 250
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def load_cache(cache: str | Path) -> list[dict]:
+    files = sorted(Path(cache).glob("*.npz"))
+    if not files:
+        raise LatentfuseError(f"no fidelity cache in {cache} (build_fidelity_cache writes <id>.npz files)")
+    records = []
+    for f in files:
+        with np.load(f) as z:
+            records.append({k: (str(z[k]) if z[k].dtype.kind == "U" else z[k]) for k in z.files})
+    return records
+
+
+def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def fidelity_loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float) -> torch.Tensor:
+    """L1 + ``grad_weight`` x L1 of the finite differences (both in [-1, 1])."""
+    loss = (out - target).abs().mean()
+    if grad_weight:
+        for go, gt in zip(_gradients(out), _gradients(target)):
+            loss = loss + grad_weight * (go - gt).abs().mean()
+    return loss
+
+
+class _Batches:
+    """Random crops of the cached tuples: (F, A, B, label) in [-1, 1] and each row's prompt index."""
+
+    def __init__(self, records: list[dict], prompts: list[str], cfg: FidelityTrainConfig):
+        self.records, self.cfg = records, cfg
+        self.prompt_ids = [prompts.index(r["prompt"]) for r in records]
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def __call__(self):
+        cfg, rng = self.cfg, self.rng
+        rows, pids = [], []
+        for _ in range(cfg.batch_size):
+            i = int(rng.integers(len(self.records)))
+            rec = self.records[i]
+            h, w = rec["a"].shape[:2]
+            c = min(cfg.crop, h, w) // 8 * 8
+            y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+            image = rec["flow"] if "flow" in rec and rng.random() < cfg.flow_share else rec["regression"]
+            stack = np.stack([image, rec["a"], rec["b"], rec["gt"]])[:, y:y + c, x:x + c]
+            if rng.random() < 0.5:
+                stack = stack[:, :, ::-1]
+            if rng.random() < 0.5:
+                stack = stack[:, ::-1]
+            rows.append(np.ascontiguousarray(stack))
+            pids.append(self.prompt_ids[i])
+        size = min(r.shape[1] for r in rows), min(r.shape[2] for r in rows)
+        batch = np.stack([r[:, :size[0], :size[1]] for r in rows])  # [B, 4, c, c, 3]
+        t = torch.from_numpy(batch).float().div_(127.5).sub_(1.0).permute(1, 0, 4, 2, 3)  # [4, B, 3, c, c]
+        return t[0], t[1], t[2], t[3], torch.tensor(pids)
+
+
+def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: torch.nn.Module,
+                   cfg: FidelityTrainConfig, work: str | Path, progress: bool = True) -> dict:
+    """Train ``model`` (a :class:`~latentfuse.model.fidelity.FidelityDecoder`) in place on the cached tuples;
+    resumes from ``work/checkpoint.pt`` when it was made with the same config. Returns the run's report."""
+    from tqdm import tqdm
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    prompts = sorted({r["prompt"] for r in records})
+    with torch.no_grad():
+        embeds, mask = text_encoder.encode(prompts)
+    embeds, mask = embeds.float(), mask.long()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        progress_ = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
+
+    ckpt, key = work / "checkpoint.pt", asdict(cfg)
+    step, history = 0, []
+    batches = _Batches(records, prompts, cfg)
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["config"] == key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step, history = state["step"], state["history"]
+            batches.rng = np.random.default_rng([cfg.seed, step])
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc="fidelity", disable=not progress)
+    running = None
+    while step < cfg.steps:
+        image, a, b, target, pids = batches()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        out = model(image, a, b, embeds[pids], mask[pids])
+        loss = fidelity_loss(out, target, cfg.grad_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % 50 == 0:
+            history.append({"step": step, "loss": running, "lr": lr_at(step - 1)})
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            with atomic_file(ckpt) as tmp:
+                torch.save({"config": key, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "step": step, "history": history}, tmp)
+    bar.close()
+    model.eval()
+    return {"config": key, "steps": step, "final_loss": running, "history": history,
+            "seconds": round(time.perf_counter() - start, 1), "tuples": len(records), "prompts": len(prompts)}
+
+
+__all__ = ["FidelityTrainConfig", "build_fidelity_cache", "load_cache", "train_fidelity", "fidelity_loss"]
