@@ -14,7 +14,9 @@ degraded protocol) and is scored against the *clean* sources and that reference:
 
     regression            the model's regression head, as ``latentfuse fuse --mode regression`` runs it
     flow                  the flow head with the runtime's default sampler, as ``latentfuse fuse`` runs it
-    regression_no_detail  the regression head with the model's pixel detail stage off (models with one)
+    regression_no_detail  the regression head with the model's pixel detail stage off (models that run one)
+    regression_no_fidelity  the regression head with the model's fidelity decoder off: the VAE's image alone
+                          (models with one, ``model.fidelity``)
     average               the plain average of the two inputs
     average_detail        that average through the detail stage with the parameters the prompt picks: the
                           control a learned model has to beat (no network at all)
@@ -52,7 +54,7 @@ from latentfuse.model.errors import LatentfuseError
 FORMAT = 1
 TASK_ORDER = ("vif", "mef", "mff")
 PROTOCOLS = ("clean", "degraded")
-MODEL_METHODS = ("regression", "flow", "regression_no_detail")
+MODEL_METHODS = ("regression", "flow", "regression_no_detail", "regression_no_fidelity")
 CONTROLS = ("average", "average_detail", "classical")
 METHODS = MODEL_METHODS + CONTROLS
 BASE_METRICS = ("qabf", "ssim_ref", "psnr_ref")
@@ -291,14 +293,18 @@ class Evaluator:
     def methods_for(self, protocol: str) -> list[str]:
         """The rows of ``protocol`` for this model, in report order (built-ins, then baselines)."""
         has = {"regression": self._has_head("regression"), "flow": self._has_head("flow"),
-               "regression_no_detail": self._has_head("regression") and self.pipe.detail is not None,
+               # a model with a fidelity decoder runs no detail stage by default: nothing to turn off
+               "regression_no_detail": (self._has_head("regression") and self.pipe.detail is not None
+                                        and not self.pipe.backend.has_fidelity()),
+               "regression_no_fidelity": self._has_head("regression") and self.pipe.backend.has_fidelity(),
                "average": True, "average_detail": True, "classical": protocol == "degraded"}
         asked = self.settings.methods
         if asked is not None:
             missing = [m for m in asked if not has[m] and not (m == "classical" and protocol == "clean")]
             if missing:
                 why = {"regression": "the model has no regression head", "flow": "the model has no flow head",
-                       "regression_no_detail": "the model has no pixel detail stage to turn off"}
+                       "regression_no_detail": "the model runs no pixel detail stage to turn off",
+                       "regression_no_fidelity": "the model has no fidelity decoder to turn off"}
                 raise LatentfuseError("; ".join(f"method {m}: {why[m]}" for m in missing))
         names = [m for m in METHODS if has[m] and (asked is None or m in asked)]
         return names + (list(self.settings.baselines) if protocol == "clean" else [])
@@ -329,6 +335,8 @@ class Evaluator:
                                       sampler=self.settings.flow_sampler, steps=self.settings.flow_steps).image,
             "regression_no_detail": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="regression",
                                                       seed=item.seed, detail="off").image,
+            "regression_no_fidelity": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="regression",
+                                                        seed=item.seed, detail="off", fidelity=0.0).image,
             "average": lambda: average(a, b),
             "average_detail": lambda: self._average_detail(a, b, prompt, restore_detail),
             "classical": lambda: label_of(a, b, task),

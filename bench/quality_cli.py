@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 TASK_CHOICES = ("vif", "mef", "mff")
-METHOD_NAMES = ("regression", "flow", "regression_no_detail", "average", "average_detail", "classical")  # quality.METHODS, literal: --help stays light
+METHOD_NAMES = ("regression", "flow", "regression_no_detail", "regression_no_fidelity", "average", "average_detail", "classical")  # quality.METHODS, literal: --help stays light
 
 
 def _tasks(text: str) -> tuple[str, ...]:

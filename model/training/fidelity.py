@@ -92,8 +92,43 @@ def load_cache(cache: str | Path) -> list[dict]:
     records = []
     for f in files:
         with np.load(f) as z:
-            records.append({k: (str(z[k]) if z[k].dtype.kind == "U" else z[k]) for k in z.files})
+            rec = {k: (str(z[k]) if z[k].dtype.kind == "U" else z[k]) for k in z.files}
+        # the file is <sample id>.npz and a sample id is <pair>_<variant> (model.data.build)
+        records.append({**rec, "id": f.stem, "pair": f.stem.rsplit("_", 1)[0]})
     return records
+
+
+def split_validation(records: list[dict], every: int = 10) -> tuple[list[dict], list[dict]]:
+    """(training, validation) records: the scenes whose crc32 is 0 mod ``every`` are kept for validation, so
+    the choices made while training never look at the held-out split."""
+    import zlib
+
+    val = [r for r in records if zlib.crc32(str(r.get("pair", r["prompt"])).encode()) % every == 0]
+    keep = {id(r) for r in val}
+    return [r for r in records if id(r) not in keep], val
+
+
+def _to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).float().div_(127.5).sub_(1.0).permute(2, 0, 1)[None]
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, records: list[dict], text_encoder: torch.nn.Module) -> dict:
+    """Per task: PSNR to the label of the VAE's image (``input``) and of the decoder's (``output``), whole
+    tuples, regression head; and the mean over the flow-head tuples."""
+    rows: dict = {}
+    for rec in records:
+        h, w = (s // 8 * 8 for s in rec["a"].shape[:2])
+        f, a, b, gt = (_to_tensor(rec[k][:h, :w]) for k in ("regression", "a", "b", "gt"))
+        embeds, mask = text_encoder.encode([rec["prompt"]])
+        out = model(f, a, b, embeds.float(), mask.long()).clamp(-1, 1)
+        mse = lambda x: float(((x - gt) / 2).pow(2).mean())  # noqa: E731
+        row = rows.setdefault(str(rec["task"]), {"input": [], "output": [], "n": 0})
+        row["input"].append(-10 * math.log10(mse(f) + 1e-12))
+        row["output"].append(-10 * math.log10(mse(out) + 1e-12))
+        row["n"] += 1
+    return {task: {"n": r["n"], "psnr_input": round(float(np.mean(r["input"])), 3),
+                   "psnr_output": round(float(np.mean(r["output"])), 3)} for task, r in sorted(rows.items())}
 
 
 def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,4 +235,47 @@ def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: to
             "seconds": round(time.perf_counter() - start, 1), "tuples": len(records), "prompts": len(prompts)}
 
 
-__all__ = ["FidelityTrainConfig", "build_fidelity_cache", "load_cache", "train_fidelity", "fidelity_loss"]
+
+
+
+def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | Path, out: str | Path,
+                          cfg: FidelityTrainConfig, per_pair: int = 6, size: int = 384, data_seed: int = 1000,
+                          threads: int | None = None, progress: bool = True) -> dict:
+    """The whole recipe, each step resumable in ``work``: degraded tuples with teacher labels from the training
+    scenes of the real pairs under ``data`` (``<data>/<task>``), the decoded-image cache by the model in
+    ``model_dir``, training, validation on held-aside training scenes; then ``out`` = ``model_dir``'s
+    components plus the trained decoder (written atomically; ``fidelity/training.json`` holds the report)."""
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.model.data.build import build_dataset
+    from latentfuse.model.data.tasks import TASKS
+    from latentfuse.model.fidelity import FidelityConfig, FidelityDecoder
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    work, data = Path(work), Path(data)
+    roots = []
+    for i, task in enumerate(TASKS):
+        if not (data / task).is_dir():
+            raise LatentfuseError(f"{data / task} does not exist: --data takes a folder with vif/ mef/ mff/ pairs")
+        built = build_dataset(data / task, work / "build" / task, task, n_degradations=(0, 1, 2, 3),
+                              seed=data_seed + 101 * i, per_pair=per_pair, long_side=size, crop=True,
+                              progress=progress, split="train")
+        roots.append(built.out)
+    build_fidelity_cache(roots, model_dir, work / "cache", progress=progress)
+    train, val = split_validation(load_cache(work / "cache"))
+    components = FusionComponents.from_pretrained(model_dir)
+    text_encoder = components.text_encoder
+    torch.manual_seed(cfg.seed)
+    decoder = FidelityDecoder(FidelityConfig(text_dim=text_encoder.hidden_size))
+    report = train_fidelity(decoder, train, text_encoder, cfg, work / "train", progress=progress)
+    report["validation"] = validate(decoder, val, text_encoder)
+    report["data"] = {"root": str(data), "per_pair": per_pair, "size": size, "seed": data_seed,
+                      "train_tuples": len(train), "validation_tuples": len(val),
+                      "validation_scenes": sorted({r["pair"] for r in val})}
+    components.fidelity = decoder
+    components.save_pretrained(out, overwrite=True)
+    with atomic_file(Path(out) / "fidelity" / "training.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+__all__ = ["FidelityTrainConfig", "build_fidelity_cache", "load_cache", "train_fidelity", "fidelity_loss",
+           "run_fidelity_training", "split_validation", "validate"]

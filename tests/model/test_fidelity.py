@@ -1,0 +1,138 @@
+"""The fidelity decoder (model.fidelity) and its training (model.training.fidelity)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.fidelity import FidelityConfig, FidelityDecoder, receptive_halo
+from latentfuse.model.training.fidelity import (FidelityTrainConfig, fidelity_loss, split_validation,
+                                                train_fidelity, validate)
+
+SMALL = FidelityConfig(text_dim=8, widths=(8, 8, 8), enc_blocks=(1, 1, 1), dec_blocks=(1, 1))
+
+
+def _inputs(h=32, w=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    imgs = [torch.rand(1, 3, h, w, generator=g) * 2 - 1 for _ in range(3)]
+    return imgs + [torch.randn(1, 5, 8, generator=g), torch.tensor([[1, 1, 1, 0, 0]])]
+
+
+def _perturbed(config=SMALL, seed=0):
+    torch.manual_seed(seed)
+    model = FidelityDecoder(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def test_untrained_decoder_returns_its_input():
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(FidelityDecoder(SMALL)(*x), x[0])
+
+
+def test_prompt_mask_hides_padding_tokens():
+    model = _perturbed()
+    image, a, b, embeds, mask = _inputs()
+    changed = embeds.clone()
+    changed[:, 3:] += 5.0  # only the masked-out tokens
+    with torch.no_grad():
+        assert torch.allclose(model(image, a, b, embeds, mask), model(image, a, b, changed, mask))
+        assert not torch.allclose(model(image, a, b, embeds, mask), model(image, a, b, embeds + 1.0, mask))
+
+
+@pytest.mark.parametrize("config", [SMALL, FidelityConfig(text_dim=8, widths=(4, 4, 4))])
+def test_receptive_halo_bounds_the_reach(config):
+    """A strip with ``receptive_halo`` rows of context gives its rows as the whole image does."""
+    model = _perturbed(config).double()
+    halo = receptive_halo(config)
+    h = 2 * halo + 64
+    image, a, b, embeds, mask = (t.double() if t.is_floating_point() else t for t in _inputs(h, 16, seed=1))
+    image.requires_grad_(True)
+    model(image, a, b, embeds, mask)[0, :, h // 2, 8].sum().backward()
+    rows = image.grad[0].abs().sum((0, 2)).nonzero().flatten()
+    assert h // 2 - rows.min() <= halo and rows.max() - h // 2 <= halo
+    with torch.no_grad():
+        whole = model(image, a, b, embeds, mask)
+        top = 64  # a strip of rows [64, 64 + 32) with its halo, cut on the 8-pixel grid
+        lo, hi = top - halo, top + 32 + halo
+        strip = model(image[..., lo:hi, :], a[..., lo:hi, :], b[..., lo:hi, :], embeds, mask)
+    assert torch.allclose(strip[..., halo:halo + 32, :], whole[..., top:top + 32, :], atol=1e-10)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = _perturbed()
+    model.save_pretrained(tmp_path / "fidelity")
+    loaded = FidelityDecoder.from_pretrained(tmp_path / "fidelity")
+    assert loaded.config == SMALL
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(model(*x), loaded(*x))
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(LatentfuseError, match="not a fidelity decoder"):
+        FidelityDecoder.from_pretrained(tmp_path)
+    FidelityDecoder(SMALL).save_pretrained(tmp_path / "f")
+    other = tmp_path / "g"
+    FidelityDecoder(FidelityConfig(text_dim=8)).save_pretrained(other)
+    (tmp_path / "f" / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(LatentfuseError, match="does not match its config"):
+        FidelityDecoder.from_pretrained(tmp_path / "f")
+    with pytest.raises(LatentfuseError, match="widths"):
+        FidelityConfig(widths=(8, 8))
+
+
+def test_loss_counts_edges():
+    flat = torch.zeros(1, 3, 8, 8)
+    edge = flat.clone()
+    edge[..., 4:] = 1.0
+    assert fidelity_loss(flat, edge, 0.0) == pytest.approx(0.5)
+    assert fidelity_loss(flat, edge, 1.0) > fidelity_loss(flat, edge, 0.0)
+
+
+class _Prompts(torch.nn.Module):
+    hidden_size = 8
+
+    def encode(self, prompts):
+        g = torch.Generator().manual_seed(len(prompts[0]))
+        return torch.randn(len(prompts), 4, 8, generator=g), torch.ones(len(prompts), 4, dtype=torch.long)
+
+
+def _records(n=12, size=40):
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        a, b = (rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2))
+        gt = ((a.astype(np.int32) + b) // 2).astype(np.uint8)
+        blur = np.full_like(gt, int(gt.mean()))
+        out.append({"a": a, "b": b, "gt": gt, "regression": blur, "flow": blur, "prompt": f"p{i % 2}",
+                    "task": "vif", "pair": f"scene{i}", "id": f"scene{i}_0"})
+    return out
+
+
+def test_training_learns_resumes_and_validates(tmp_path):
+    records = _records()
+    cfg = FidelityTrainConfig(steps=30, batch_size=4, crop=32, lr=1e-2, warmup_steps=2, save_every=15)
+    model = FidelityDecoder(SMALL)
+    report = train_fidelity(model, records, _Prompts(), cfg, tmp_path, progress=False)
+    assert report["steps"] == 30 and (tmp_path / "checkpoint.pt").is_file()
+    val = validate(model, records[:3], _Prompts())["vif"]
+    assert val["n"] == 3 and val["psnr_output"] > val["psnr_input"]  # it learned the average of the sources
+    # a second run with the same config resumes at the end: no step runs, the weights are the checkpoint's
+    again = FidelityDecoder(SMALL)
+    resumed = train_fidelity(again, records, _Prompts(), cfg, tmp_path, progress=False)
+    assert resumed["steps"] == 30 and resumed["seconds"] < report["seconds"]
+    for p, q in zip(model.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_validation_split_is_by_scene():
+    records = [{"pair": f"scene{i // 3}", "prompt": "p"} for i in range(300)]
+    train, val = split_validation(records)
+    assert val and train and len(train) + len(val) == 300
+    assert not {r["pair"] for r in train} & {r["pair"] for r in val}
