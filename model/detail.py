@@ -40,7 +40,7 @@ Every step is a separable gaussian, a box mean or per-pixel arithmetic on whole 
 :mod:`latentfuse.model.data.filters`, reflect borders), so the C++ host can run the same stage line for line. The
 parameters live in :class:`DetailConfig` (its defaults are a neutral starting point, not a measured
 choice): they depend on the VAE and its working scale and are chosen on training scenes only by
-``scripts/measure_real_ceilings.py tune`` (``docs/real-data-ceilings.md``), so a model should carry its own.
+``latentfuse.bench.detail_tuning`` (``docs/real-data-ceilings.md``), so a model should carry its own.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@
     run.py           config -> components, data, DiT, trainer (what `latentfuse train` runs)
     vae_trainer.py   training and measuring the tiny VAE
     plot.py          loss curves PNG
-    recipe.py        the bundled default's recipe file (configs/recipes/default.toml), read by scripts/train_default.py
-    cli.py           `latentfuse train --config FILE [--resume DIR]`
+    recipe.py        the bundled default's recipe file (configs/recipes/default.toml) and its keys
+    default_model.py the default model's stages (data, VAE, DiTs, fp16 save, fidelity decoder)
+    model_card.py    its MODEL_CARD.md, from templates/model_card.md
+    recipe_cli.py    `latentfuse train --recipe FILE`: the stages run in turn, evaluated, the card written
+    cli.py           `latentfuse train --config FILE [--resume DIR]` | `--recipe FILE`
 """

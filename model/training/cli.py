@@ -1,9 +1,11 @@
 """``latentfuse train --config FILE [--resume DIR]``: train a MoE-DiT (also under ``torchrun``);
+``latentfuse train --recipe FILE``: build the bundled default model from its recipe (``model.training.recipe_cli``);
 ``latentfuse train-fidelity``: train a model's fidelity decoder (``model.training.fidelity``).
 
     latentfuse train --config configs/tiny_flow.toml
     latentfuse train --config configs/tiny_flow.toml --resume runs/tiny_flow
     torchrun --nproc_per_node 2 -m latentfuse.runtime.cli train --config configs/paper_flow.toml
+    latentfuse train --recipe configs/recipes/default.toml [--work DIR --out DIR --reg-steps 8000 ...]
 """
 
 from __future__ import annotations
@@ -12,13 +14,22 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a MoE-DiT (regression or flow head) from a TOML/YAML config",
+    from latentfuse.model.training.recipe_cli import add_run_arguments
+
+    p = subparsers.add_parser("train", help="train a MoE-DiT (regression or flow head) from a TOML/YAML config, "
+                                            "or build the default model from its recipe (--recipe)",
                               description="Train a MoE-DiT (MMAIF 3.4.1 losses, 4.2 hyper-parameters; FusionFM "
-                                          "continual learning). Runs under torchrun for DistributedDataParallel.")
-    p.add_argument("--config", required=True, help="training config (.toml, .yaml or .json); see configs/")
+                                          "continual learning). Runs under torchrun for DistributedDataParallel. "
+                                          "With --recipe: build the bundled default model (data, VAE, DiTs, fidelity "
+                                          "decoder, evaluation, card) from its recipe, every stage kept in --work.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="training config (.toml, .yaml or .json); see configs/")
+    which.add_argument("--recipe", help="the default model's recipe (configs/recipes/default.toml; keys: "
+                                        "model/training/recipe.py)")
     p.add_argument("--resume", metavar="DIR", help="a checkpoint directory or a run directory to continue from")
     p.add_argument("--output-dir", help="override run.output_dir")
     p.add_argument("--steps", type=int, help="override optim.steps")
+    add_run_arguments(p)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -40,6 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from latentfuse.model.errors import LatentfuseError
+    from latentfuse.model.training.recipe_cli import given_run_flags, run_recipe
+
+    if args.recipe:
+        wrong = [flag for flag, value in (("--resume", args.resume), ("--output-dir", args.output_dir),
+                                          ("--steps", args.steps)) if value is not None]
+        if wrong:
+            raise LatentfuseError(f"{', '.join(wrong)} go(es) with --config; a --recipe run resumes from --work and "
+                                  "writes --out")
+        return run_recipe(args)
+    wrong = given_run_flags(args)
+    if wrong:
+        raise LatentfuseError(f"{', '.join(wrong)} go(es) with --recipe, not --config")
     from latentfuse.model.training.config import TrainConfig
     from latentfuse.model.training.run import run_training
 

@@ -1,11 +1,13 @@
 """The bundled default's training recipe as a file (``configs/recipes/default.toml``), read and checked here.
 
-``scripts/train_default.py`` builds the default in stages (data, VAE, DiTs, save, evaluation); every value
-that decides *what* it builds — data sizes, the VAE stages, the DiT's size and schedule, the flow's second
-stage, the detail path — is a key of the recipe, grouped in sections (``[data]``, ``[vae]``, ``[dit]``,
-``[flow]``, ``[detail]``). The script's own flags say *where and how* it runs (folders, threads, resume) and
-one ``--KEY`` per recipe key overrides the file for a run (``--reg-steps 8000``). The script records the
-recipe's path, its sha256 and the overrides in its report and the model card.
+``latentfuse train --recipe FILE`` (``model.training.recipe_cli``, stages in ``model.training.default_model``)
+builds the default in stages (data, VAE, DiTs, save, fidelity decoder, evaluation); every value that decides
+*what* it builds — data sizes, the VAE stages, the DiT's size and schedule, the flow's second stage, the
+detail path, the fidelity decoder — is a key of the recipe, grouped in sections (``[data]``, ``[vae]``,
+``[dit]``, ``[flow]``, ``[detail]``, ``[fidelity]``). The command's own flags say *where and how* it runs
+(folders, threads, resume) and one ``--KEY`` per recipe key overrides the file for a run
+(``--reg-steps 8000``). The run records the recipe's path, its sha256 and the overrides in its report and
+the model card.
 
 A key the schema does not know, a missing key, or a value of the wrong type is a LatentfuseError naming
 the file, the key and what it takes, before any work starts.
@@ -82,6 +84,15 @@ DEFAULT_RECIPE_KEYS: tuple[RecipeKey, ...] = (
     RecipeKey("detail", "detail", "bool", "give the model the pixel-space detail path (model.detail)"),
     RecipeKey("detail", "detail_clean", "detail", "its parameters for the task's canonical prompt (clean pairs)"),
     RecipeKey("detail", "detail_safe", "detail", "its parameters for other prompts (degraded pairs)"),
+    RecipeKey("fidelity", "fidelity", "bool", "train the model's fidelity decoder (model.fidelity) on what its DiTs and "
+              "VAE make of the training scenes, after the DiT stages (model.training.fidelity)"),
+    RecipeKey("fidelity", "fidelity_steps", "int", "fidelity decoder training steps"),
+    RecipeKey("fidelity", "fidelity_batch", "int", "fidelity decoder batch size"),
+    RecipeKey("fidelity", "fidelity_crop", "int", "fidelity decoder training crop (pixels)"),
+    RecipeKey("fidelity", "fidelity_lr", "float", "fidelity decoder learning rate (AdamW, cosine schedule with warm-up)"),
+    RecipeKey("fidelity", "fidelity_per_pair", "int", "degraded tuples per training pair of the fidelity decoder's data"),
+    RecipeKey("fidelity", "fidelity_size", "int", "long side of the fidelity decoder's training tuples"),
+    RecipeKey("fidelity", "fidelity_seed", "int", "seed of the fidelity decoder's tuples"),
 )
 
 

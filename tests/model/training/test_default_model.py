@@ -1,22 +1,21 @@
-"""scripts/train_default.py, the recipe of the bundled default model, end to end at toy sizes."""
+"""``latentfuse train --recipe`` (model.training.recipe_cli, default_model, model_card): the recipe of the
+bundled default model, end to end at toy sizes."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from latentfuse.model.training import default_model, model_card, recipe_cli
+
+SHIPPED = Path(__file__).resolve().parents[3] / "configs" / "recipes" / "default.toml"
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run(argv: list[str]) -> int:
+    """``latentfuse train --recipe <the shipped recipe> ARGV`` (a later --recipe in ARGV wins)."""
+    return recipe_cli.main(["--recipe", str(SHIPPED), *argv])
 
 
 @pytest.mark.slow
@@ -26,14 +25,13 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
 
     from latentfuse.model.components import FusionComponents
 
-    train_default = _script("train_default")
     args = ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--pairs", "2", "--per-pair", "1",
             "--test-pairs", "1", "--size", "160", "--vae-steps", "2", "--vae-patch", "32", "--vae-batch", "2",
             "--vae-decoder-steps", "2", "--vae-joint-steps", "2", "--vae-ft-patch", "32", "--vae-eval-patches", "2",
             "--crop", "32", "--crops-per-tuple", "1", "--batch", "2", "--reg-steps", "2", "--flow-steps", "2", "--flow-finetune-steps", "0",
             "--ema", "0", "--threads", "1", "--data", "synthetic", "--work-scale", "2", "--detail", "false",
-            "--eval-seeds", "1"]
-    assert train_default.main(args) == 0
+            "--eval-seeds", "1", "--fidelity", "false"]
+    assert run(args) == 0
 
     out = tmp_path / "model"
     report = json.loads((out / "training_report.json").read_text())
@@ -69,17 +67,17 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     # the DiTs (their kept stages removed) trained one after the other equal those trained side by side
     # in forked workers
     log = tmp_path / "log.txt"
-    monkeypatch.setattr(train_default, "log", lambda msg: log.open("a").write(msg + "\n"))
+    monkeypatch.setattr(default_model, "log", lambda msg: log.open("a").write(msg + "\n"))
     for head in ("regression", "flow"):
         shutil.rmtree(tmp_path / "work" / f"dit_{head}" / "final")
-    assert train_default.main(args + ["--dit-workers", "1", "--out", str(tmp_path / "sequential")]) == 0
+    assert run(args + ["--dit-workers", "1", "--out", str(tmp_path / "sequential")]) == 0
     assert log.read_text().count("reusing") == 3
     assert same(dit_weights(out), dit_weights(tmp_path / "sequential"))
 
     # a third run with a larger held-out set reuses all five stages, measures them on the new set and says so
     log.write_text("")
     third = tmp_path / "more_held_out"
-    assert train_default.main(args + ["--test-pairs", "2", "--out", str(third)]) == 0
+    assert run(args + ["--test-pairs", "2", "--out", str(third)]) == 0
     assert log.read_text().count("reusing") == 5
     assert same(dit_weights(out), dit_weights(third))
     report = json.loads((third / "training_report.json").read_text())
@@ -92,7 +90,7 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     # a second flow stage starts from the first one's weights, is kept, and a later run reuses it
     tuned = tmp_path / "finetuned"
     finetune = ["--flow-finetune-steps", "2", "--flow-finetune-lr", "1e-3"]
-    assert train_default.main(args + finetune + ["--out", str(tuned)]) == 0
+    assert run(args + finetune + ["--out", str(tuned)]) == 0
     report = json.loads((tuned / "training_report.json").read_text())
     assert report["dit_flow"]["finetune"]["steps"] == 2 and report["dit_flow"]["reused"]
     assert report["dit_flow"]["finetune"]["config"]["model"]["init_from"].endswith("dit_flow/final")
@@ -101,20 +99,19 @@ def test_recipe_builds_a_loadable_model_with_card_reuses_vae_stages_and_forks_di
     assert same({"dit_regression": tuned_weights["dit_regression"]}, {"dit_regression": first_weights["dit_regression"]})
     assert not same({"dit_flow": tuned_weights["dit_flow"]}, {"dit_flow": first_weights["dit_flow"]})
     log.write_text("")
-    assert train_default.main(args + finetune + ["--out", str(tmp_path / "finetuned_again")]) == 0
+    assert run(args + finetune + ["--out", str(tmp_path / "finetuned_again")]) == 0
     assert log.read_text().count("reusing") == 6
     assert same(tuned_weights, dit_weights(tmp_path / "finetuned_again"))
 
 
 def test_shortfalls_name_rows_at_or_below_the_control():
-    train_default = _script("train_default")
 
     def clean(**qabf):
         return {"clean": {"methods": {name: {"qabf": {"mean": q}} for name, q in qabf.items()}}}
 
     evaluation = {"tasks": {"vif": clean(regression=0.4, flow=0.3, average_detail=0.3),
                             "mef": clean(regression=0.2, average_detail=0.3)}}
-    assert train_default._shortfalls(evaluation) == ["VIF flow", "MEF regression"]
+    assert model_card._shortfalls(evaluation) == ["VIF flow", "MEF regression"]
 
 
 def test_a_dit_worker_killed_without_reporting_fails_the_run_instead_of_hanging(monkeypatch):
@@ -124,7 +121,6 @@ def test_a_dit_worker_killed_without_reporting_fails_the_run_instead_of_hanging(
 
     from latentfuse.model.errors import LatentfuseError
 
-    train_default = _script("train_default")
 
     def train_stage_dit(args, head, steps, dataset, vae, report):  # runs in the forked worker
         if head == "flow":
@@ -132,34 +128,33 @@ def test_a_dit_worker_killed_without_reporting_fails_the_run_instead_of_hanging(
         report[f"dit_{head}"] = {}
         return "weights"
 
-    monkeypatch.setattr(train_default, "train_stage_dit", train_stage_dit)
+    monkeypatch.setattr(default_model, "train_stage_dit", train_stage_dit)
     with pytest.raises(LatentfuseError, match=r"flow DiT: worker exited with code -9 \(killed by a signal"):
-        train_default._train_dits(SimpleNamespace(dit_workers=2), [("regression", 1), ("flow", 1)],
+        default_model._train_dits(SimpleNamespace(dit_workers=2), [("regression", 1), ("flow", 1)],
                                   dataset=None, vae=None, report={})
 
 
 def test_bad_dit_or_flow_settings_fail_before_any_work(tmp_path, capsys):
     from latentfuse.model.errors import LatentfuseError
 
-    train_default = _script("train_default")
     with pytest.raises(LatentfuseError, match="head dim 25 must be a multiple of 4"):
-        train_default.main(["--work", str(tmp_path / "work"), "--dit-width", "100"])
+        run(["--work", str(tmp_path / "work"), "--dit-width", "100"])
     with pytest.raises(LatentfuseError, match="flow.prior: source prior 'source_mean' needs a noise level sigma > 0"):
-        train_default.main(["--work", str(tmp_path / "work"), "--flow-prior", "source_mean", "--prior-sigma", "0"])
+        run(["--work", str(tmp_path / "work"), "--flow-prior", "source_mean", "--prior-sigma", "0"])
     with pytest.raises(LatentfuseError, match="optim.lr must be positive"):
-        train_default.main(["--work", str(tmp_path / "work"), "--flow-finetune-lr", "0"])
+        run(["--work", str(tmp_path / "work"), "--flow-finetune-lr", "0"])
     with pytest.raises(SystemExit):  # argparse: the override's form
-        train_default.main(["--work", str(tmp_path / "work"), "--detail-clean", "8,4"])
+        run(["--work", str(tmp_path / "work"), "--detail-clean", "8,4"])
     assert ("--detail-clean takes sigma,radius,fused_candidate,noise_k,channels (e.g. 8,4,0,3,luma), got '8,4'"
             in capsys.readouterr().err)
     with pytest.raises(LatentfuseError, match=r"recipe not found: .*nope.toml"):
-        train_default.main(["--work", str(tmp_path / "work"), "--recipe", str(tmp_path / "nope.toml")])
+        run(["--work", str(tmp_path / "work"), "--recipe", str(tmp_path / "nope.toml")])
     with pytest.raises(LatentfuseError, match="detail sigma must be positive"):
-        train_default.main(["--work", str(tmp_path / "work"), "--detail-safe", "0,4,1,3,rgb"])
+        run(["--work", str(tmp_path / "work"), "--detail-safe", "0,4,1,3,rgb"])
     with pytest.raises(LatentfuseError, match="detail channels must be one of luma, rgb, got 'hsv'"):
-        train_default.main(["--work", str(tmp_path / "work"), "--detail-clean", "8,4,0,0,hsv"])
+        run(["--work", str(tmp_path / "work"), "--detail-clean", "8,4,0,0,hsv"])
     with pytest.raises(LatentfuseError, match=r"--real-data .*nothing: no vif/, mef/, mff/ folder"):
-        train_default.main(["--work", str(tmp_path / "work"), "--real-data", str(tmp_path / "nothing")])
+        run(["--work", str(tmp_path / "work"), "--real-data", str(tmp_path / "nothing")])
     assert not (tmp_path / "work").exists()
 
 
@@ -200,15 +195,16 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
     from latentfuse.model.components import FusionComponents
     from latentfuse.model.data.split import split_of
 
-    train_default = _script("train_default")
     scenes = _real_layout(tmp_path / "datasets")
     init = FusionComponents.from_preset("tiny", seed=0).save_pretrained(tmp_path / "init")
     args = ["--data", "real", "--real-data", str(tmp_path / "datasets"), "--init-from", str(init),
             "--work", str(tmp_path / "work"), "--out", str(tmp_path / "model"), "--per-pair", "1", "--size", "160",
             "--test-size", "160", "--crop", "32", "--crops-per-tuple", "20", "--window", "32", "--batch", "4", "--reg-steps", "120",
             "--flow-steps", "4", "--flow-finetune-steps", "0", "--ema", "0", "--threads", "1", "--dit-workers", "1",
-            "--lr", "2e-3", "--detail-clean", "3,2,0,0,rgb", "--detail-safe", "1.5,1,1,3,luma"]
-    assert train_default.main(args) == 0
+            "--lr", "2e-3", "--detail-clean", "3,2,0,0,rgb", "--detail-safe", "1.5,1,1,3,luma",
+            "--fidelity-steps", "2", "--fidelity-batch", "2", "--fidelity-crop", "32", "--fidelity-per-pair", "1",
+            "--fidelity-size", "160"]
+    assert run(args) == 0
 
     out = tmp_path / "model"
     report = json.loads((out / "training_report.json").read_text())
@@ -237,3 +233,52 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
     card = (out / "MODEL_CARD.md").read_text()
     assert "trained on real registered pairs" in card and "Detail path" in card and "kept from" in card
     assert "### VIF, degraded" in card and "| regression_no_detail |" in card
+    # the fidelity decoder, trained last on the saved model's own output, ships with it in fp16; the report and
+    # the card carry its section; the evaluation has the model without it as a row
+    fidelity = report["fidelity"]
+    assert set(fidelity) == {"config", "steps", "final_loss", "seconds", "tuples", "prompts", "validation", "data"}
+    assert fidelity["steps"] == 2 and fidelity["config"]["crop"] == 32 and fidelity["data"]["per_pair"] == 1
+    assert all({"n", "psnr_input", "psnr_output"} <= set(row) for row in fidelity["validation"].values())
+    assert saved.fidelity is not None and (out / "fidelity" / "training.json").is_file()
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(next((out / "fidelity").glob("*.safetensors"))).values()} == {__import__("torch").float16}
+    assert "## Fidelity decoder" in card and "| `fidelity/` |" in card
+    assert "Built by `latentfuse train --recipe`" in card and report["command"].startswith("latentfuse train --recipe ")
+    assert "--fidelity-steps 2" in report["command"]
+    assert "regression_no_fidelity" in report["evaluation"]["tasks"]["vif"]["clean"]["methods"]
+    # the fidelity stage's work belongs to the model it was made with, and a re-run resumes it
+    made_with = json.loads((tmp_path / "work" / "fidelity" / "model.json").read_text())
+    cached = sorted((tmp_path / "work" / "fidelity" / "cache").glob("*.npz"))
+    assert cached and made_with["sha256"]
+    assert run(args + ["--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "work" / "fidelity" / "model.json").read_text()) == {**made_with, "model": str(tmp_path / "again")}
+    assert [p.stat().st_mtime_ns for p in cached] == [p.stat().st_mtime_ns for p in sorted((tmp_path / "work" / "fidelity" / "cache").glob("*.npz"))]
+
+
+def test_train_takes_a_recipe_or_a_config_and_keeps_their_flags_apart(tmp_path, capsys):
+    from latentfuse.model.errors import LatentfuseError
+    from latentfuse.runtime.cli import build_parser
+
+    def train(*argv):
+        args = build_parser().parse_args(["train", *argv])
+        return args.func(args)
+
+    with pytest.raises(SystemExit):  # one of the two, not both
+        build_parser().parse_args(["train", "--config", "c.toml", "--recipe", str(SHIPPED)])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(LatentfuseError, match="--reg-steps, --only-vae go.* with --recipe, not --config"):
+        train("--config", "configs/tiny_flow.toml", "--reg-steps", "2", "--only-vae")
+    with pytest.raises(LatentfuseError, match="--resume go.* with --config"):
+        train("--recipe", str(SHIPPED), "--resume", str(tmp_path))
+    with pytest.raises(LatentfuseError, match=r"recipe not found: .*nope.toml"):
+        train("--recipe", str(tmp_path / "nope.toml"), "--work", str(tmp_path / "work"))
+    with pytest.raises(LatentfuseError, match="fidelity decoder: --fidelity-steps 0: must be positive"):
+        train("--recipe", str(SHIPPED), "--work", str(tmp_path / "work"), "--data", "synthetic", "--fidelity-steps", "0")
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_card_template_ships_with_the_package_and_names_the_command():
+    text = model_card.template().template
+    assert "Built by `latentfuse train --recipe`" in text and "$fidelity_section" in text
+    assert "scripts/" not in text
