@@ -164,7 +164,10 @@ def card_fields(report: dict, table_md: str) -> dict:
                    f"sigma, radius, fused candidate, noise gate k, channels: clean {detail_set(detail['clean'])} for the task "
                    f"prompts (any of their phrasings), safe {detail_set(detail['safe'])}"
                    " for other prompts, off for rain / snow / stripe prompts\n(chosen on training scenes only, "
-                   "`docs/real-data-ceilings.md`). `regression_no_detail` below is the regression DiT with the stage off.\n")
+                   "`docs/real-data-ceilings.md`). " + ("A model with a fidelity decoder runs no detail stage by default."
+                                                      if report.get("fidelity") else
+                                                      "`regression_no_detail` below is the regression DiT with the stage off.")
+                   + "\n")
     # changes made to the saved model after its build (weights untouched), newest last
     detail_line += "".join(f"\nRevised {rev['date']}: {rev['change']}.\n" for rev in report.get("revisions", []))
     if final_vae:
@@ -208,5 +211,8 @@ def card_fields(report: dict, table_md: str) -> dict:
                       f"{f['first_main_loss']:.4f} → {f['final_main_loss']:.4f}"
                       + (f" → {ft['final_main_loss']:.4f} (second stage)" if ft else "")),
         "detail_line": detail_line, "data_section": data_section, "vae_section": vae_section,
-        "fidelity_section": fidelity_section, "tables": table_md, "verdict": verdict, "scale_why": scale_why,
+        "fidelity_section": fidelity_section,
+        "ablation": ("`regression_no_fidelity` above shows what the DiTs and the VAE give without the fidelity\ndecoder."
+                     if report.get("fidelity") else
+                     "`regression_no_detail` above shows what the DiT itself gives without the\nhand-tuned detail stage."), "tables": table_md, "verdict": verdict, "scale_why": scale_why,
     }

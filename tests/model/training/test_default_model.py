@@ -224,7 +224,8 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
             assert {p["scene"].rsplit("__", 1)[-1] for p in entry["pairs"]} <= set(heldout) and entry["n"] == len(heldout) * (
                 3 if protocol == "degraded" else 1)
             rows = entry["methods"]
-            assert {"regression", "regression_no_detail", "flow", "average", "average_detail"} <= set(rows)
+            # a model with a fidelity decoder runs no detail stage by default: its ablation row is the decoder's
+            assert {"regression", "regression_no_fidelity", "flow", "average", "average_detail"} <= set(rows)
             assert rows["regression"]["seconds"]["mean"] > 0
         assert "classical" in protocols["degraded"]["methods"]
     # the model carries its detail path; the card says where the data, VAE and DiTs came from
@@ -232,7 +233,7 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
     assert saved.work_scale == 1 and saved.detail.clean.sigma == 3.0 and saved.detail.safe.radius == 1
     card = (out / "MODEL_CARD.md").read_text()
     assert "trained on real registered pairs" in card and "Detail path" in card and "kept from" in card
-    assert "### VIF, degraded" in card and "| regression_no_detail |" in card
+    assert "### VIF, degraded" in card and "| regression_no_fidelity |" in card
     # the fidelity decoder, trained last on the saved model's own output, ships with it in fp16; the report and
     # the card carry its section; the evaluation has the model without it as a row
     fidelity = report["fidelity"]
