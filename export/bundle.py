@@ -9,7 +9,8 @@ an interrupted or failed export (including a failed verification) leaves no bund
 Layout::
 
     BUNDLE/manifest.json
-    BUNDLE/<graph>.onnx, <graph>.onnx.data     text_encoder, vae_encoder, vae_decoder, dit_flow, dit_regression
+    BUNDLE/<graph>.onnx, <graph>.onnx.data     text_encoder, vae_encoder, vae_decoder, dit_flow, dit_regression,
+                                               fidelity (a model with a fidelity decoder only, model.fidelity)
     BUNDLE/spiece.model                        the prompt tokenizer (sentencepiece; T5 ids: pad 0, eos 1)
     BUNDLE/prompt_cache.safetensors            "<id>.embeds" [1, L_id, d_t] float32, "<id>.mask" [1, L_id] int64
 
@@ -18,8 +19,9 @@ Layout::
 
     {"format": "latentfuse-bundle", "format_version": 1, "format_minor": 1,
      "graphs": {"<name>": {
-         "kind": "vae_encoder|vae_decoder|text_encoder|dit", "head": "flow|regression" (dit only),
+         "kind": "vae_encoder|vae_decoder|text_encoder|dit|fidelity", "head": "flow|regression" (dit only),
          "moe_dispatch": "dense|grouped" (dit only: the MoE form in the graph, model.moe),
+         "halo": N (fidelity only: rows of context, px on the 16-px grid, a strip needs on each side),
          "file": "<name>.onnx", "external_data": ["<name>.onnx.data"], "precision": "fp32|fp16|int8|fp8",
          "quantization": {...} (int8 / fp8 graphs: export.quantize's plan, errors and ONNX Runtime kernels),
          "exporter": "dynamo|torchscript", "exporter_fallback_reason": "..." (torchscript only), "opset": N,
@@ -322,7 +324,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
                     if "moe_dispatch" in entry:
                         entry["moe_dispatch"] = "dense"  # quantizers wrap the experts' Linear layers
             # keep the documented key order: kind, head, file, ... inputs, outputs, profile
-            graphs[name] = {k: entry[k] for k in ("kind", "head", "moe_dispatch", "file", "external_data", "precision", "quantization", "exporter",
+            graphs[name] = {k: entry[k] for k in ("kind", "head", "moe_dispatch", "halo", "file", "external_data", "precision", "quantization", "exporter",
                                                   "exporter_fallback_reason", "opset", "inputs", "outputs",
                                                   "profile", "tolerance", "export_seconds") if k in entry}
         manifest = bundle_manifest(components, specs, graphs, prompts, versions=_versions(opset),

@@ -15,6 +15,8 @@ The deployed graphs (docs/design.md "The four graphs")::
     text_encoder    input_ids, attention_mask [batch, text_length]    -> prompt_embeds [batch, text_length, d_t]
     dit_flow        z_t, t, z_a, z_b, prompt_embeds, prompt_mask     -> velocity  v_θ (MMAIF Eq. 11)
     dit_regression  z_a, z_b, prompt_embeds, prompt_mask              -> latent    f_θ (MMAIF Eq. 8)
+    fidelity        image, source_a, source_b [batch, 3, height, width], prompt_embeds, prompt_mask
+                                                                      -> fused_image (model.fidelity; optional)
 
 Every spatial dim is derived from one symbol per axis, the 16-pixel grid (VAE f=8 times DiT patch
 p=2): ``height = 16·grid_h``, ``latent_height = 2·grid_h``. Exporting with these derived dims
@@ -79,7 +81,7 @@ class Resolution:
 
 
 # How sample inputs are drawn, by tensor role (anything else: a standard-normal latent).
-SAMPLE_KINDS = {"image": "image", "timestep": "timestep", "token_ids": "token_ids", "attention_mask": "mask",
+SAMPLE_KINDS = {"image": "image", "source_image_a": "image", "source_image_b": "image", "timestep": "timestep", "token_ids": "token_ids", "attention_mask": "mask",
                 "prompt_mask": "mask", "prompt_embeds": "embeds"}
 
 
@@ -171,6 +173,7 @@ class GraphSpec:
     # Example the graph is traced at: batch >= 2 and sides that differ, so nothing specialises.
     example: tuple[int, int, int, int] = (2, 96, 128, 9)
     moe_dispatch: str | None = None                   # dit: the MoE form in the graph (model.moe)
+    halo: int | None = None                           # fidelity: rows of context a strip needs each side (px)
 
     # ------------------------------------------------------------------ names
     @property
@@ -287,6 +290,8 @@ class GraphSpec:
             entry["head"] = self.head
         if self.moe_dispatch is not None:
             entry["moe_dispatch"] = self.moe_dispatch
+        if self.halo is not None:
+            entry["halo"] = self.halo
         entry.update({
             "inputs": [t.to_manifest() for t in self.inputs],
             "outputs": [t.to_manifest() for t in self.outputs],
@@ -315,12 +320,13 @@ class GraphSpec:
                 tolerance=Tolerance(float(tol.get("atol", 1e-4)), float(tol.get("rtol", 1e-4))),
                 vocab_size=int((text or {}).get("vocab_size", 0)),
                 moe_dispatch=entry.get("moe_dispatch"),
+                halo=entry.get("halo"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise LatentfuseError(f"manifest entry for graph {name!r} is malformed: {err!r}") from None
 
 
-# ---------------------------------------------------------------------- the four graphs
+# ---------------------------------------------------------------------- the graphs
 class _VaeEncode(nn.Module):
     """image -> latent: ``LatentVAE.encode_graph`` (posterior mean, normalised)."""
 
@@ -469,6 +475,40 @@ class DiTSpec(GraphSpec):
         return (_DiTFlow(dit, dispatch) if self.head == "flow" else _DiTRegression(dit, dispatch)).eval()
 
 
+class _Fidelity(nn.Module):
+    """(image, source_a, source_b, prompt_embeds, prompt_mask) -> image: ``model.fidelity.FidelityDecoder``."""
+
+    def __init__(self, fidelity: nn.Module):
+        super().__init__()
+        self.fidelity = fidelity
+
+    def forward(self, image, source_a, source_b, prompt_embeds, prompt_mask):
+        return self.fidelity(image, source_a, source_b, prompt_embeds, prompt_mask)
+
+
+@dataclass(frozen=True)
+class FidelitySpec(GraphSpec):
+    tolerance: Tolerance = Tolerance(1e-4, 1e-4)   # a shallow conv net; measured ~1e-6
+
+    @classmethod
+    def create(cls, text_dim: int, halo: int, **kw) -> "FidelitySpec":
+        image = (BATCH, 3, HEIGHT, WIDTH)
+        return cls(name="fidelity", kind="fidelity",
+                   inputs=(TensorSpec("image", "float32", image, "image"),
+                           TensorSpec("source_a", "float32", image, "source_image_a"),
+                           TensorSpec("source_b", "float32", image, "source_image_b"),
+                           TensorSpec("prompt_embeds", "float32", (BATCH, TEXT_LENGTH, text_dim), "prompt_embeds"),
+                           TensorSpec("prompt_mask", "int64", (BATCH, TEXT_LENGTH), "prompt_mask")),
+                   # ONNX names a value once: the output cannot be "image" as well
+                   outputs=(TensorSpec("fused_image", "float32", image, "fused_image"),),
+                   halo=int(halo), **kw)
+
+    def module(self, components) -> nn.Module:
+        if components.fidelity is None:
+            raise LatentfuseError("this model has no fidelity decoder (model.fidelity) to export")
+        return _Fidelity(components.fidelity).eval()
+
+
 def graph_specs(components, heads: Sequence[str] = HEADS, resolution: Resolution | None = None) -> dict[str, GraphSpec]:
     """The specs of every graph of a model (``model.components.FusionComponents``), in export order."""
     heads = list(dict.fromkeys(heads))
@@ -496,4 +536,12 @@ def graph_specs(components, heads: Sequence[str] = HEADS, resolution: Resolution
             raise LatentfuseError(f"dit_{head} expects text_dim={dit_cfg.text_dim}, latent_channels="
                                   f"{dit_cfg.latent_channels}; the model's text encoder / VAE give {text_dim} / {z}")
         specs.append(DiTSpec.create(head, z, text_dim, moe_dispatch=dit_cfg.export_moe_dispatch, **common))
+    fidelity = getattr(components, "fidelity", None)
+    if fidelity is not None:  # the optional fifth graph (model.fidelity): exported only where the model has one
+        if int(fidelity.config.text_dim) != text_dim:
+            raise LatentfuseError(f"the fidelity decoder expects text_dim={fidelity.config.text_dim}; the model's "
+                                  f"text encoder gives {text_dim}")
+        from latentfuse.runtime.backends.tiled import fidelity_halo
+
+        specs.append(FidelitySpec.create(text_dim, fidelity_halo(fidelity.config), **common))
     return {s.name: s for s in specs}

@@ -71,8 +71,10 @@ class FusionComponents:
         return self.dits[head]
 
     @classmethod
-    def from_preset(cls, preset: str = "tiny", heads=HEADS, seed: int = 0) -> "FusionComponents":
-        """Randomly initialised components of a preset (tests, benchmarks, training from scratch)."""
+    def from_preset(cls, preset: str = "tiny", heads=HEADS, seed: int = 0, fidelity: bool = False) -> "FusionComponents":
+        """Randomly initialised components of a preset (tests, benchmarks, training from scratch); ``fidelity``:
+        with a fidelity decoder (``model.fidelity``, default widths, ``text_dim`` the text encoder's width),
+        freshly initialised, i.e. the identity until trained or perturbed."""
         from latentfuse.model.config import DiTConfig
         from latentfuse.model.dit import MoEDiT
         from latentfuse.model.text_encoder import PromptEncoder
@@ -86,7 +88,12 @@ class FusionComponents:
             cfg = DiTConfig.from_preset(preset, head=head, text_dim=text_encoder.hidden_size,
                                         latent_channels=vae.latent_channels)
             dits[head] = MoEDiT(cfg)
-        return cls(vae.eval(), text_encoder.eval(), {h: d.eval() for h, d in dits.items()})
+        decoder = None
+        if fidelity:
+            from latentfuse.model.fidelity import FidelityConfig, FidelityDecoder
+
+            decoder = FidelityDecoder(FidelityConfig(text_dim=int(text_encoder.hidden_size))).eval()
+        return cls(vae.eval(), text_encoder.eval(), {h: d.eval() for h, d in dits.items()}, fidelity=decoder)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path = DEFAULT_MODEL_DIR) -> "FusionComponents":

@@ -17,6 +17,12 @@ names again. Bundles written before roles existed have none: their tensors are r
     dit (flow)     noisy_latent: z_t, timestep: t, source_latent_a: z_a,         velocity: velocity
                    source_latent_b: z_b, prompt_embeds: prompt_embeds, prompt_mask: prompt_mask
     dit (regr.)    source_latent_a, source_latent_b, prompt_embeds, prompt_mask  fused_latent: latent
+    fidelity       image: image, source_image_a: source_a, source_image_b:      fused_image: fused_image
+                   source_b, prompt_embeds, prompt_mask
+
+The fidelity graph (``model.fidelity``, optional: only a model with a fidelity decoder exports it) is local:
+its entry's ``halo`` says how many rows of context (pixels, a multiple of 16) a strip of rows needs on each
+side to come out as in the whole image (:meth:`Bundle.fidelity_halo`).
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ PROMPT_CACHE_NAME = "prompt_cache.safetensors"
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # a bundle graph's precision: the one vocabulary
 QUANTIZED_PRECISIONS = ("int8", "fp8")  # those made by explicit Q/DQ (export.quantize)
 QUANTIZED = ("int8", "fp8")           # export.quantize: explicit Q/DQ graphs
-GRAPH_KINDS = ("vae_encoder", "vae_decoder", "text_encoder", "dit")
+GRAPH_KINDS = ("vae_encoder", "vae_decoder", "text_encoder", "dit", "fidelity")
+FIDELITY_GRAPH = "fidelity"  # the fidelity decoder's graph name (model.fidelity)
 
 # Symbolic dim names, as they appear in the ONNX graphs, the manifest's shapes and its profiles.
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"
@@ -64,6 +71,9 @@ ROLE_NAMES = {
     "source_latent_b": "z_b",              # dit: Z_b
     "velocity": "velocity",                # dit flow output v_θ
     "fused_latent": "latent",              # dit regression output f_θ
+    "source_image_a": "source_a",          # fidelity: source A, [B,3,H,W] in [-1, 1] (input "image": the decoded one)
+    "source_image_b": "source_b",          # fidelity: source B
+    "fused_image": "fused_image",          # fidelity output, [B,3,H,W] about [-1, 1]
 }
 ROLES = tuple(ROLE_NAMES)
 _ROLE_OF_NAME = {name: role for role, name in ROLE_NAMES.items() if role != "fused_latent"}
@@ -252,6 +262,21 @@ class Bundle:
     @property
     def graph_names(self) -> list[str]:
         return list(self.manifest["graphs"])
+
+    def has_fidelity(self) -> bool:
+        """Whether the bundle has the fidelity decoder's graph (``model.fidelity``)."""
+        return FIDELITY_GRAPH in self.manifest["graphs"]
+
+    def fidelity_halo(self) -> int:
+        """Rows of context (pixels, a multiple of 16) a strip of the fidelity graph needs on each side to equal
+        the whole image's rows: the graph entry's ``halo``, which export writes from the model
+        (``model.fidelity.receptive_halo`` rounded up to 16)."""
+        entry = self.graph(FIDELITY_GRAPH)
+        halo = entry.get("halo")
+        if isinstance(halo, bool) or not isinstance(halo, int) or halo < 0 or halo % PIXEL_MULTIPLE:
+            raise LatentfuseError(f"{self.root}/{MANIFEST_NAME}: graph 'fidelity' needs a 'halo' (rows of context, "
+                                  f"a non-negative multiple of {PIXEL_MULTIPLE}), got {halo!r}")
+        return halo
 
     @property
     def heads(self) -> list[str]:

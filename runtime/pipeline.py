@@ -80,6 +80,11 @@ DETAIL_PLANES = 40
 # the whole image, and its planes stay under glibc's mmap threshold, so they are reused, not faulted in anew).
 DETAIL_STRIP_ROWS = 512
 MIN_VAE_TILE = 256  # twice the VAE tiles' overlap
+# The fidelity decoder (model.fidelity) per pixel of one call on ONNX Runtime CPU: its 9-channel input at full
+# resolution, the 32- / 64-channel feature maps (x2 inside each block) at H/2 and H/4, the arena's slack. An
+# estimate from the default FidelityConfig's layer sizes (about 80 float32 values live per pixel, doubled),
+# not a measurement like the constants above.
+FIDELITY_BYTES_PER_PX = 640
 
 
 
@@ -235,7 +240,8 @@ class MemoryPlan:
     ``dit_window`` / ``vae_tile``: as :meth:`Pipeline.plan_windows` (``vae_tile`` the largest tile side; the
     tiled backend spreads its tiles evenly within it); ``dit_batch``: DiT windows per graph call; ``detail_rows``:
     rows per strip of the detail path (None: the whole image); ``peak``: the estimated peak of the call's
-    largest stage, bytes."""
+    largest stage, bytes; ``fidelity_rows``: rows per strip of the fidelity decoder (working pixels, each strip
+    read with the model's halo of context rows; None: the whole image, or no fidelity decoder)."""
 
     budget: int
     dit_window: tuple[int, int] | None
@@ -243,10 +249,12 @@ class MemoryPlan:
     dit_batch: int
     detail_rows: int | None
     peak: int
+    fidelity_rows: int | None = None
 
     def as_dict(self) -> dict:
         return {"budget": self.budget, "dit_window": self.dit_window, "vae_tile": self.vae_tile,
-                "dit_batch": self.dit_batch, "detail_rows": self.detail_rows, "peak_estimate": self.peak}
+                "dit_batch": self.dit_batch, "detail_rows": self.detail_rows, "fidelity_rows": self.fidelity_rows,
+                "peak_estimate": self.peak}
 
 
 def vae_call_bytes(height: int, width: int) -> int:
@@ -350,7 +358,7 @@ class Pipeline:
         images, sources, gray, backend, _ = self._prepare(a, b, resize, tile, None)
         return images, sources, gray, backend
 
-    def _prepare(self, a: Any, b: Any, resize: bool, tile: Any, max_memory: Any):
+    def _prepare(self, a: Any, b: Any, resize: bool, tile: Any, max_memory: Any, fidelity: bool | None = None):
         """:meth:`prepare`, and the call's :class:`MemoryPlan`."""
         img_a = load_image(a, f"image A ({a})" if isinstance(a, (str, os.PathLike)) else "image A")
         img_b = load_image(b, f"image B ({b})" if isinstance(b, (str, os.PathLike)) else "image B")
@@ -359,13 +367,14 @@ class Pipeline:
         h, w = img_a.shape[:2]
         k = self.work_scale
         ph, pw = _padded(k * h, self.min_size), _padded(k * w, self.min_size)
-        plan = self.plan_memory(ph, pw, (h, w), tile, max_memory, sources=img_a.nbytes + img_b.nbytes)
+        plan = self.plan_memory(ph, pw, (h, w), tile, max_memory, sources=img_a.nbytes + img_b.nbytes,
+                                fidelity=fidelity)
         backend = self.backend
         # a pair large enough to tile the VAE is where memory, not the last 20 % of speed, decides
-        self.backend.low_memory = plan.vae_tile is not None
-        if plan.dit_window or plan.vae_tile:
+        self.backend.low_memory = plan.vae_tile is not None or plan.fidelity_rows is not None
+        if plan.dit_window or plan.vae_tile or plan.fidelity_rows:
             backend = TiledBackend(self.backend, plan.dit_window, plan.vae_tile, overlap=self.tile_overlap,
-                                   max_batch=plan.dit_batch)
+                                   max_batch=plan.dit_batch, fidelity_rows=plan.fidelity_rows)
         images = np.empty((2, 3, ph, pw), np.float32)
         for i, img in enumerate((img_a, img_b)):  # one image's padded copy at a time, into the batch
             if img.ndim == 2:  # gray: its one plane into all three channels (to_rgb), without a 3-channel copy
@@ -377,7 +386,7 @@ class Pipeline:
         return images, (img_a, img_b), gray, backend, plan
 
     def plan_memory(self, height: int, width: int, size: tuple[int, int] | None = None, tile: Any = None,
-                    max_memory: Any = None, sources: int | None = None) -> MemoryPlan:
+                    max_memory: Any = None, sources: int | None = None, fidelity: bool | None = None) -> MemoryPlan:
         """The :class:`MemoryPlan` of a padded ``height`` x ``width`` pair (working pixels; ``size``: the input
         size, ``sources``: the bytes of the two images as read) within ``max_memory`` bytes (or '3G'; None:
         ``self.max_memory``, else :func:`default_max_memory`).
@@ -385,13 +394,21 @@ class Pipeline:
         Each stage's peak is estimated (module constants) as the runtime, the whole-image arrays it needs
         (the sources as read, the batch it reads or writes) and one call's work; the VAE tile side, the DiT
         windows per call and the detail strip are the largest, up to their speed caps, that keep every
-        stage within the budget. A budget even the smallest of them cannot meet is a LatentfuseError."""
+        stage within the budget. A budget even the smallest of them cannot meet is a LatentfuseError.
+
+        ``fidelity``: whether the call runs the fidelity decoder (None: where the backend has one); then the
+        model-range pair is held from the encoder to that stage, and the decoder runs whole, or in strips of
+        ``fidelity_rows`` rows (each with the model's halo of context rows) where the image is taller than the
+        graph's limit or its call would not fit the budget."""
         budget = parse_memory(max_memory if max_memory is not None else self.max_memory or default_max_memory())
         h, w = size or (height // self.work_scale, width // self.work_scale)
         window, vae_bound = self.plan_windows(height, width, tile)
         src = 2 * 3 * 4 * h * w if sources is None else int(sources)
         base = RUNTIME_BYTES + src
         image_f32 = 3 * 4 * height * width  # one padded image, float32
+        if fidelity is None:
+            fidelity = self.backend.has_fidelity()
+        keep = 2 * image_f32 if fidelity else 0  # the model-range pair, held for the fidelity decoder
         latents = 4 * 16 * 4 * (height // 8) * (width // 8)  # z_a, z_b, the sampler's state and output
         need = f"a {w}x{h} pair"
 
@@ -408,7 +425,7 @@ class Pipeline:
                 lim = (tile_size[0] // GRID * GRID, tile_size[1] // GRID * GRID)
                 ov = min(VAE_OVERLAP, min(lim) // 2) // GRID * GRID
                 call = vae_call_bytes(balanced_side(height, lim[0], ov), balanced_side(width, lim[1], ov))
-            return base + latents + max(2 * image_f32, image_f32 * 4 // 3) + call
+            return base + latents + max(2 * image_f32, keep + image_f32 * 4 // 3) + call
 
         vae_tile = vae_bound
         if vae_tile is None and vae_peak(None) > budget:
@@ -428,10 +445,26 @@ class Pipeline:
         win = window or (height, width)
         per_window = DIT_BYTES_PER_PX * win[0] * win[1]
         room = budget - base - latents
+        room -= keep
         if room < per_window:
-            fail("the DiT on one window", base + latents + per_window)
+            fail("the DiT on one window", base + latents + keep + per_window)
         dit_batch = max(1, min(dit_batch, room // per_window))
-        dit_peak = base + latents + (dit_batch if window else 1) * per_window  # no window: one whole-latent call
+        dit_peak = base + latents + keep + (dit_batch if window else 1) * per_window  # no window: one whole-latent call
+        # fidelity decoder: the pair, the decoded image and the result, and one strip's call with its halo rows
+        fidelity_rows, fidelity_peak = None, 0
+        if fidelity:
+            halo = int(self.backend.fidelity_halo())
+            limit = (self.backend.max_image_size() or (MAX_SIDE, MAX_SIDE))[0]
+            fixed = base + 4 * image_f32
+            per_row = FIDELITY_BYTES_PER_PX * width
+            if height <= limit and fixed + per_row * height <= budget:
+                fidelity_peak = fixed + per_row * height
+            else:
+                rows = min(height, limit - 2 * halo, (budget - fixed) // per_row - 2 * halo) // GRID * GRID
+                if rows < GRID:
+                    fail("the fidelity decoder on 16-row strips", fixed + per_row * (GRID + 2 * halo))
+                fidelity_rows = None if rows >= height else int(rows)
+                fidelity_peak = fixed + per_row * min(height, rows + 2 * halo)
         # detail path: the decoded image, the result, and one strip's float64 planes with its context rows
         detail_rows, detail_peak = None, 0
         if self.detail is not None:
@@ -446,8 +479,8 @@ class Pipeline:
             detail_rows = None if rows >= h else int(rows)
             detail_peak = fixed + per_row * (min(h, rows + 2 * halo))
         prepare_peak = base + 3 * image_f32  # the model-range pair and one image's padded copy
-        peak = max(prepare_peak, vae_peak(vae_tile), dit_peak, detail_peak)
-        return MemoryPlan(budget, window, vae_tile, int(dit_batch), detail_rows, int(peak))
+        peak = max(prepare_peak, vae_peak(vae_tile), dit_peak, fidelity_peak, detail_peak)
+        return MemoryPlan(budget, window, vae_tile, int(dit_batch), detail_rows, int(peak), fidelity_rows)
 
     def plan_windows(self, height: int, width: int, tile: Any = None) -> tuple[tuple[int, int] | None,
                                                                               tuple[int, int] | None]:
@@ -530,7 +563,7 @@ class Pipeline:
             parse_memory(max_memory)  # a bad value fails before any work
         weight = check_fidelity_weight(fidelity, self.backend.has_fidelity())
         timer = StageTimer(self.backend.synchronize)
-        images, sources, gray, backend, plan = self._prepare(a, b, resize, tile, max_memory)
+        images, sources, gray, backend, plan = self._prepare(a, b, resize, tile, max_memory, weight > 0)
         size = sources[0].shape[:2]
         with timer.stage("VAE-Enc"):
             latents = backend.encode_images(images)

@@ -69,6 +69,12 @@ class Backend(abc.ABC):
         [-1,1] (H, W multiples of 16) and the prompt -> the fused images [B,3,H,W], about [-1,1]."""
         raise LatentfuseError(f"the {self.name} backend's model has no fidelity decoder")
 
+    def fidelity_halo(self) -> int:
+        """Rows of context (pixels, a multiple of 16) a strip of rows needs on each side for :meth:`fidelity` to
+        give the whole image's rows (``model.fidelity.receptive_halo`` on the 16-px grid; a bundle's manifest
+        records it); 0 without a fidelity decoder."""
+        return 0
+
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends), so stage timings are honest. No-op on CPU."""
 
@@ -155,6 +161,9 @@ class WrappedBackend(Backend):
 
     def fidelity(self, image, source_a, source_b, embeds, mask):
         return self.inner.fidelity(image, source_a, source_b, embeds, mask)
+
+    def fidelity_halo(self) -> int:
+        return self.inner.fidelity_halo()
 
     def synchronize(self) -> None:
         self.inner.synchronize()

@@ -1,5 +1,5 @@
 """What the bundle-based backends and the pipeline read from a deployment bundle, and the code those
-backends share (:class:`BundleBackend`: the five calls of :class:`~latentfuse.runtime.backends.base.Backend` as graph
+backends share (:class:`BundleBackend`: the calls of :class:`~latentfuse.runtime.backends.base.Backend` as graph
 runs with feeds found by role; a backend supplies ``_run``).
 
 :class:`latentfuse.export.bundle.Bundle` is the reader (the manifest is the one source of truth, shared with the
@@ -21,7 +21,7 @@ import numpy as np
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.geometry import HEADS
 from latentfuse.runtime.backends.base import Backend, as_f32
-from latentfuse.runtime.manifest import MANIFEST_NAME, Bundle
+from latentfuse.runtime.manifest import FIDELITY_GRAPH, MANIFEST_NAME, Bundle
 
 
 class RuntimeBundle(Bundle):
@@ -175,6 +175,19 @@ class BundleBackend(Backend):
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return self._call("vae_decoder", latent=as_f32(latents, "latents"))
+
+    def has_fidelity(self) -> bool:
+        return self.bundle.has_fidelity() and self._has_graph(FIDELITY_GRAPH)
+
+    def fidelity(self, image, source_a, source_b, embeds, mask) -> np.ndarray:
+        if not self.has_fidelity():
+            return super().fidelity(image, source_a, source_b, embeds, mask)
+        return self._call(FIDELITY_GRAPH, image=as_f32(image, "decoded image"),
+                          source_image_a=as_f32(source_a, "source A"), source_image_b=as_f32(source_b, "source B"),
+                          prompt_embeds=as_f32(embeds, "prompt embeddings"), prompt_mask=np.asarray(mask, np.int64))
+
+    def fidelity_halo(self) -> int:
+        return self.bundle.fidelity_halo() if self.has_fidelity() else 0
 
     def max_image_size(self):
         return self.bundle.max_image_size()

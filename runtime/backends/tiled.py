@@ -23,6 +23,12 @@ tiles, chunks of DiT windows) is blended into the result as it comes (:class:`Bl
 of a call is bounded by its tile or chunk, not by the image; the pipeline sizes both from its memory
 budget (``Pipeline.plan_memory``).
 
+* **Fidelity decoder** (``model.fidelity``): a local network, so a tall image runs in strips of rows
+  (:func:`fidelity_strips`, ``fidelity_rows`` rows each, spread evenly), each with the model's halo of
+  context rows on both sides (``Backend.fidelity_halo``: ``receptive_halo`` on the 16-px grid, from the
+  bundle's manifest); only each strip's own rows are kept, so the result equals the whole image's
+  (``tests/runtime/test_fidelity.py``), with no blending.
+
 Windows start on the 16-pixel / 2-latent grid, so the DiT's patches and the VAE's downsampling align
 across windows. Each DiT window sees only its own context (attention does not cross windows): that is
 what a model trained on crops of the window's size expects.
@@ -36,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError
-from latentfuse.model.geometry import LATENT_FACTOR, PIXEL_MULTIPLE
+from latentfuse.model.geometry import LATENT_FACTOR, MIN_SIDE, PIXEL_MULTIPLE
 from latentfuse.runtime.backends.base import Backend, WrappedBackend
 
 GRID = PIXEL_MULTIPLE  # pixels per DiT patch (8 x 2): window starts and sizes are multiples of this
@@ -123,6 +129,37 @@ def grid_windows(h: int, w: int, size: tuple[int, int], overlap: int, factor: in
             for y in window_starts(h, th, ov, step) for x in window_starts(w, tw, ov, step)]
 
 
+def fidelity_halo(config) -> int:
+    """Rows of context (pixels) a strip of the fidelity decoder needs on each side: ``receptive_halo`` of its
+    config (``model.fidelity``) rounded up to the 16-px grid, so strips and their context start on it. Export
+    writes it to the bundle's manifest (graph ``fidelity``, ``halo``), where hosts read it."""
+    from latentfuse.model.fidelity import receptive_halo
+
+    return -(-int(receptive_halo(config)) // GRID) * GRID
+
+
+def fidelity_strips(height: int, rows: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """Strips of an image ``height`` px tall for the fidelity decoder, at most ``rows`` rows each, spread
+    evenly on the 16-px grid: (y0, y1, c0, c1) = the strip's own rows [y0, y1) and the rows [c0, c1) the
+    call reads (``halo`` more on each side, within the image, and at least :data:`MIN_SIDE` rows)."""
+    if rows < GRID or rows % GRID or halo < 0 or halo % GRID or height % GRID:
+        raise LatentfuseError(f"fidelity strips need rows and a halo on the {GRID}-px grid, got {rows} rows, "
+                              f"halo {halo}, image height {height}")
+    if rows >= height:
+        return [(0, height, 0, height)]
+    n = -(-height // rows)
+    step = -(-(-(-height // n)) // GRID) * GRID
+    out = []
+    for y0 in range(0, height, step):
+        y1 = min(height, y0 + step)
+        c0, c1 = max(0, y0 - halo), min(height, y1 + halo)
+        if c1 - c0 < min(height, MIN_SIDE):  # the graphs' smallest side: more context, same rows
+            c0 = max(0, c1 - MIN_SIDE)
+            c1 = min(height, c0 + MIN_SIDE)
+        out.append((y0, y1, c0, c1))
+    return out
+
+
 def _grid_size(size: tuple[int, int] | None, what: str) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -142,12 +179,17 @@ def _clamp_overlap(overlap: int, size: tuple[int, int] | None, what: str) -> int
 
 class TiledBackend(WrappedBackend):
     """``inner`` with DiT calls in batched windows of ``window`` (H, W) pixels, at most ``max_batch`` rows
-    per call (``None``: all windows in one), and VAE calls split into tiles of ``vae_tile`` pixels only
-    where an image exceeds it (``None``: never)."""
+    per call (``None``: all windows in one), VAE calls split into tiles of ``vae_tile`` pixels only
+    where an image exceeds it (``None``: never), and fidelity-decoder calls in strips of at most
+    ``fidelity_rows`` rows (``None``: whole images)."""
 
     def __init__(self, inner: Backend, window: tuple[int, int] | None, vae_tile: tuple[int, int] | None = None,
-                 overlap: int = DIT_OVERLAP, vae_overlap: int = VAE_OVERLAP, max_batch: int | None = None):
+                 overlap: int = DIT_OVERLAP, vae_overlap: int = VAE_OVERLAP, max_batch: int | None = None,
+                 fidelity_rows: int | None = None):
         super().__init__(inner)
+        if fidelity_rows is not None and (int(fidelity_rows) < GRID or int(fidelity_rows) % GRID):
+            raise LatentfuseError(f"fidelity strips take a positive multiple of {GRID} rows, got {fidelity_rows}")
+        self.fidelity_rows = None if fidelity_rows is None else int(fidelity_rows)
         self.window_size = _grid_size(window, "a DiT window")
         self.vae_tile = _grid_size(vae_tile, "a VAE tile")
         self.overlap = _clamp_overlap(overlap, self.window_size, "window")
@@ -270,6 +312,24 @@ class TiledBackend(WrappedBackend):
         return self._dit(lambda z_a, z_b, embeds, mask: self.inner.regress(z_a, z_b, embeds, mask),
                          {"z_a": z_a, "z_b": z_b}, {"embeds": embeds, "mask": mask})
 
+    # ------------------------------------------------------------------ fidelity decoder: strips of rows
+    def fidelity(self, image, source_a, source_b, embeds, mask) -> np.ndarray:
+        """The inner fidelity decoder on strips of rows with the model's halo of context (:func:`fidelity_strips`),
+        each strip's own rows written into the result: equal to one whole-image call."""
+        height = image.shape[-2]
+        if self.fidelity_rows is None or self.fidelity_rows >= height:
+            self.calls += 1
+            return self.inner.fidelity(image, source_a, source_b, embeds, mask)
+        strips = fidelity_strips(height, self.fidelity_rows, self.inner.fidelity_halo())
+        out = np.empty(image.shape, np.float32)
+        for i, (y0, y1, c0, c1) in enumerate(strips):
+            self.calls += 1
+            with self._release_if(i == len(strips) - 1):
+                part = self.inner.fidelity(*(np.ascontiguousarray(x[:, :, c0:c1]) for x in (image, source_a, source_b)),
+                                           embeds, mask)
+            out[:, :, y0:y1] = part[:, :, y0 - c0:y1 - c0]
+        return out
+
     # ------------------------------------------------------------------ the rest: the inner backend's
     def max_image_size(self):
         return None  # this view takes any size
@@ -279,6 +339,8 @@ class TiledBackend(WrappedBackend):
         if self.window_size:
             parts.append(f"DiT in {self.window_size[1]}x{self.window_size[0]} px windows "
                          f"({self.overlap} px overlap, up to {self.max_batch or 'all'} per call)")
+        if self.fidelity_rows:
+            parts.append(f"fidelity decoder in strips of {self.fidelity_rows} rows")
         if self.vae_tile:
             parts.append(f"VAE tiled over {self.vae_tile[1]}x{self.vae_tile[0]} px ({self.vae_overlap} px overlap)")
         return ", ".join(parts)

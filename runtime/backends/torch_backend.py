@@ -138,6 +138,13 @@ class TorchBackend(Backend):
                 self._tensor(source_b, "source B"), self._tensor(embeds, "prompt embeddings"),
                 self._torch.from_numpy(np.ascontiguousarray(mask)).to(self.device)))
 
+    def fidelity_halo(self) -> int:
+        if self._fidelity is None:
+            return 0
+        from latentfuse.runtime.backends.tiled import fidelity_halo
+
+        return fidelity_halo(self._fidelity.config)
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
