@@ -46,7 +46,7 @@ from latentfuse.model.atomic import atomic_file
 
 SCHEMA = "latentfuse.device_check/1"
 PARTS = ("machine", "latency", "aoti", "tensorrt", "cpp")
-STAGE_NAMES = ("VAE-Enc", "T5", "DiT", "VAE-Dec", "Detail", "total")  # runtime.latency.STAGES + total
+STAGE_NAMES = ("VAE-Enc", "T5", "DiT", "VAE-Dec", "Fidelity", "Detail", "total")  # runtime.latency.STAGES + total
 DIT_DTYPES = ("fp32", "fp16")  # the torch DiT's dtype in the latency part
 MODES = ("regression", "flow")
 TASK = "vif"

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "device_check.sh"
-STAGES = ("VAE-Enc", "T5", "DiT", "VAE-Dec", "Detail", "total")
+STAGES = ("VAE-Enc", "T5", "DiT", "VAE-Dec", "Fidelity", "Detail", "total")
 STATUSES = {"ok", "skipped", "error", "oom", "timeout"}  # timeout: the latency part ran out under heavy load
 
 

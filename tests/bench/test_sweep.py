@@ -58,7 +58,7 @@ def test_sweep_measures_stages_and_nfe(tiny_sweep):
     rows = {(r["pipeline"], r["backend"]): r for r in result["rows"]}
     euler = rows[("latent-euler2", "torch")]
     assert euler["status"] == "ok", euler["reason"]
-    assert set(euler["median_s"]) == {"VAE-Enc", "T5", "DiT", "VAE-Dec", "Detail", "total"}
+    assert set(euler["median_s"]) == {"VAE-Enc", "T5", "DiT", "VAE-Dec", "Fidelity", "Detail", "total"}
     assert euler["nfe"] == 2 and rows[("latent-flow-reuse5", "torch")]["nfe"] == 5
     assert euler["runs"] == 2 and len(euler["total_s"]) == 2
     lo, hi = euler["iqr_s"]["total"]
