@@ -30,6 +30,11 @@ DETAIL_HELP = ("the model's detail path after decoding (the sources' fine detail
                "prompt that only asks for the fusion (the task prompts, the default one included), 'off' for rain / "
                "snow / stripe prompts, else 'safe' (default auto; models without one ignore it)")
 
+FIDELITY_HELP = ("weight W in [0, 1] of the model's fidelity decoder, the learned stage after the VAE decoder that "
+                 "gives the decoded image the sources' detail back (F + W (fidelity(F, A, B, prompt) - F)): default 1 "
+                 "where the model has one, 0 skips it; with it, --detail auto runs no hand detail path. A weight "
+                 "above 0 for a model without one is an error")
+
 SERVER_HELP = ("fuse on a `latentfuse serve` server (http://HOST:8000 or grpc://HOST:8001) instead of loading a "
                "model here; the server's model, backend and sampler settings apply (latentfuse[serve])")
 
@@ -68,6 +73,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads per graph (ONNX Runtime intra-op threads, torch.set_num_threads; "
                         "default: all cores)")
     p.add_argument("--detail", choices=DETAIL_CHOICES, default="auto", help=DETAIL_HELP)
+    p.add_argument("--fidelity", type=float, metavar="W", help=FIDELITY_HELP)
     p.add_argument("--max-memory", metavar="SIZE",
                    help="memory budget of one fuse, e.g. 3G or 1500M: VAE tiles, DiT windows per call and detail "
                         "strips are sized to it; one that cannot be met is an error (default: half the machine's "
@@ -113,6 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=3, help="timed runs for the latency table (default 3)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per graph (default: all cores)")
     p.add_argument("--detail", choices=DETAIL_CHOICES, default="auto", help=DETAIL_HELP)
+    p.add_argument("--fidelity", type=float, metavar="W", help=FIDELITY_HELP)
     p.set_defaults(func=run_demo)
 
 
@@ -159,13 +166,23 @@ def build_pipeline(args: argparse.Namespace):
 def _call_kwargs(args: argparse.Namespace) -> dict:
     return dict(task=args.task, prompt=args.prompt, mode=args.mode, sampler=args.sampler, steps=args.steps,
                 g=args.g, seed=args.seed, resize=args.resize, tile=args.tile, prior=args.prior,
-                detail=args.detail, max_memory=args.max_memory)
+                detail=args.detail, max_memory=args.max_memory, fidelity=args.fidelity)
+
+
+def _check_fidelity(weight, pipe=None) -> None:
+    """--fidelity W checked before any work: in [0, 1] (without ``pipe``), and > 0 only for a model with a
+    fidelity decoder (with it)."""
+    from latentfuse.runtime.pipeline import check_fidelity_weight
+
+    check_fidelity_weight(weight, True if pipe is None else pipe.backend.has_fidelity())
 
 
 def _describe(result) -> str:
     sampler = "regression" if result.mode == "regression" else f"{result.sampler} x {result.steps} steps"
     scale = result.info.get("work_scale", 1)
     worked = f", worked at {scale}x" if scale > 1 else ""
+    fidelity = result.info.get("fidelity")
+    worked += f", fidelity {fidelity:g}" if fidelity else ""
     return (f"{sampler}, NFE {result.nfe}{worked}, prompt {result.prompt!r}"
             + (" (cached)" if result.timings.cache_hit else ""))
 
@@ -188,7 +205,9 @@ def run_fuse(args: argparse.Namespace) -> int:
         from latentfuse.runtime.pipeline import parse_memory
 
         parse_memory(args.max_memory)
+    _check_fidelity(args.fidelity)
     pipe = build_pipeline(args)
+    _check_fidelity(args.fidelity, pipe)
     kwargs = _call_kwargs(args)
     result = pipe(a, b, **kwargs)
     out = result.save(args.out, bit_depth=args.bit_depth)
@@ -224,6 +243,8 @@ def run_fuse_dir(args: argparse.Namespace) -> int:
 
     from latentfuse.model.errors import LatentfuseError
 
+    if not args.server:
+        _check_fidelity(args.fidelity)
     pairs, unmatched = pair_files(Path(args.dir_a), Path(args.dir_b))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +260,8 @@ def run_fuse_dir(args: argparse.Namespace) -> int:
         done, failed = fuse_dir_remote(args, todo)
     else:
         pipe = build_pipeline(args) if todo else None
+        if pipe is not None:
+            _check_fidelity(args.fidelity, pipe)  # once, not as a failure of every pair
         kwargs = _call_kwargs(args)
         for a, b, out in tqdm(todo, desc="fuse-dir", unit="pair"):
             try:
@@ -314,6 +337,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from latentfuse.runtime.backends.torch_backend import quiet_loaders
 
     quiet_loaders()  # no library progress bars / hints between the demo's own lines
+    _check_fidelity(args.fidelity)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if getattr(args, "bundle", None) and (args.checkpoint or args.backend == "torch"):
@@ -332,7 +356,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
         pipe = Pipeline.from_bundle(cached_bundle(model_dir, args.backend), backend=args.backend, **options)
     print(f"backend: {pipe.backend.describe()}")
-    kwargs = dict(mode=args.mode, steps=args.steps, seed=args.seed, detail=args.detail)
+    _check_fidelity(args.fidelity, pipe)
+    kwargs = dict(mode=args.mode, steps=args.steps, seed=args.seed, detail=args.detail, fidelity=args.fidelity)
     jobs = [(task, pair) for task in TASKS for pair in sample_pairs(task)]
     for task, pair in tqdm(jobs, desc="demo", unit="pair"):
         a, b, name = _pair_paths(pair)

@@ -259,7 +259,7 @@ class GatheringBackend(WrappedBackend):
     calls along the batch axis into one call and hands each thread its rows. Outside a group (one pair)
     every call goes straight through."""
 
-    GATHERED = ("encode_images", "velocity", "regress", "decode")
+    GATHERED = ("encode_images", "velocity", "regress", "decode", "fidelity")
 
     def __init__(self, inner: Backend):
         super().__init__(inner)
@@ -287,6 +287,9 @@ class GatheringBackend(WrappedBackend):
     def decode(self, latents):
         return self._dispatch("decode", latents)
 
+    def fidelity(self, image, source_a, source_b, embeds, mask):
+        return self._dispatch("fidelity", image, source_a, source_b, embeds, mask)
+
     def encode_prompts(self, prompts):
         with self._lock:
             return self.inner.encode_prompts(prompts)
@@ -298,7 +301,7 @@ class GatheringBackend(WrappedBackend):
             return self.inner.max_batch_size()
         if self.inner.name != "tensorrt":
             return None
-        graph = "vae_encoder" if method == "encode_images" else "vae_decoder"
+        graph = {"encode_images": "vae_encoder", "fidelity": "fidelity"}.get(method, "vae_decoder")
         try:
             return int(next(iter(self.inner.bundle.profile(graph)["max"].values()))[0])
         except Exception:  # noqa: BLE001 - no profile to read: do not merge VAE calls
@@ -307,7 +310,7 @@ class GatheringBackend(WrappedBackend):
     def _merged_call(self, method: str, per_item: list[tuple]) -> list:
         rows = [int(np.asarray(args[0]).shape[0]) for args in per_item]
         cap = self._row_cap(method)
-        if method in ("encode_images", "decode"):
+        if method in ("encode_images", "decode", "fidelity"):
             # the VAE's memory grows with its pixels (mid-block attention: quadratic): a merged call holds at
             # most the pixels of one pair at the pipeline's whole-image limit, so batching never needs more
             # memory than one large request already may

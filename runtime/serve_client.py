@@ -26,7 +26,7 @@ TIMEOUT_S = 900.0  # one request under load on a CPU server can take minutes
 # flags of fuse / fuse-dir that choose the model or its settings on the server side: refused with --server
 SERVER_SIDE = {"bundle": None, "checkpoint": None, "backend": None, "provider": None, "compile": False,
                "sampler": None, "g": None, "prior": None, "tile": None, "threads": None, "detail": "auto",
-               "bit_depth": 8, "warmup": 0, "max_memory": None}
+               "fidelity": None, "bit_depth": 8, "warmup": 0, "max_memory": None}
 
 
 def parse_url(url: str) -> tuple[str, str]:

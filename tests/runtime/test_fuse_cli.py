@@ -197,3 +197,53 @@ def test_an_image_under_the_minimum_size_is_named_at_input(tmp_path, checkpoint,
     code = main(["fuse", str(tmp_path / "small.png"), str(tmp_path / "small.png"), "--task", "vif", "--checkpoint",
                  str(checkpoint), "-o", str(tmp_path / "o.png")])
     assert code == 0 and read_image(tmp_path / "o.png").shape == (3, 5, 3)  # under one 16 px tile: padded, cropped back
+
+
+@pytest.fixture(scope="module")
+def fidelity_checkpoint(tmp_path_factory, fidelity_perturbed):
+    from latentfuse.model.components import FusionComponents
+
+    path = tmp_path_factory.mktemp("cli") / "tiny_fidelity"
+    fidelity_perturbed(FusionComponents.from_preset("tiny", heads=("regression",), seed=0, fidelity=True)).save_pretrained(path)
+    return path
+
+
+def test_fidelity_flag_weights_the_decoder_and_its_errors_are_one_line(tmp_path, checkpoint, fidelity_checkpoint,
+                                                                       capsys):
+    _pair(tmp_path, "x")
+    _pair(tmp_path, "y", seed=1)
+
+    def fuse(model, *extra, out="o.png"):
+        return main(["fuse", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "--task", "vif", "--checkpoint",
+                     str(model), "-o", str(tmp_path / out), *extra])
+
+    outs = {}
+    for w in (None, "0", "0.5"):
+        name = f"w{w}.png"
+        assert fuse(fidelity_checkpoint, *(() if w is None else ("--fidelity", w)), out=name) == 0
+        said = capsys.readouterr().out
+        assert (", fidelity " in said) == (w != "0")
+        outs[w] = read_image(tmp_path / name)
+    assert np.abs(outs[None] - outs["0"]).max() > 0.02 and np.abs(outs["0.5"] - outs[None]).max() > 0.005
+    for bad in ("1.5", "-0.5", "nan"):
+        assert fuse(fidelity_checkpoint, "--fidelity", bad, out="bad.png") == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--fidelity takes a number in [0, 1]" in err
+    assert fuse(checkpoint, "--fidelity", "0.5", out="bad.png") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no fidelity decoder" in err and not (tmp_path / "bad.png").exists()
+    assert fuse(checkpoint, "--fidelity", "0", out="plain.png") == 0
+    # fuse-dir checks the weight once, before any pair
+    code = main(["fuse-dir", str(tmp_path / "a"), str(tmp_path / "b"), "--task", "vif", "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "dir"), "--fidelity", "1"])
+    assert code == 2 and "no fidelity decoder" in capsys.readouterr().err and not list((tmp_path / "dir").glob("*"))
+    assert main(["fuse-dir", str(tmp_path / "a"), str(tmp_path / "b"), "--task", "vif", "--checkpoint",
+                 str(fidelity_checkpoint), "--out", str(tmp_path / "dir"), "--fidelity", "0.25"]) == 0
+    assert len(list((tmp_path / "dir").glob("*.png"))) == 2
+
+
+def test_fidelity_is_in_the_help_of_fuse_fuse_dir_and_demo(capsys):
+    for command in ("fuse", "fuse-dir", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--fidelity W" in capsys.readouterr().out
