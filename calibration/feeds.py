@@ -5,7 +5,8 @@ Each graph is calibrated on the inputs it receives in deployment, so the upstrea
 FP32 ``text_encoder`` turns the prompts into ``prompt_embeds``; the flow DiT sees ``z_t = (1-t)·ε + t·z1``
 (t = 0 noise, t = 1 data, the convention of docs/design.md "Samplers") at the sample's stratified t, with
 ``z1`` the mean of the source latents standing in for the fused latent; the decoder sees the source
-latents and their mean. Running ONNX Runtime on the bundle's graphs (not PyTorch) keeps calibration
+latents and their mean; the fidelity decoder (``model.fidelity``, where the bundle has it) sees the FP32
+decoder's image of that mean with the pair itself as its sources. Running ONNX Runtime on the bundle's graphs (not PyTorch) keeps calibration
 self-contained: a bundle is all it needs.
 """
 
@@ -87,6 +88,11 @@ def build_feeds(bundle: str | Path, manifest: Mapping, samples: Sequence[Calibra
             n = int(mask[row].sum())
             embeds[prompt] = (out[row:row + 1, :n], mask[row:row + 1, :n])
 
+    decoder = None
+    if "fidelity" in by_kind:
+        if "vae_decoder" not in by_kind:
+            raise LatentfuseError(f"{bundle}: calibrating the fidelity graph needs the vae_decoder graph for its input")
+        decoder = _Graph(graph_files[by_kind["vae_decoder"]])
     rng = np.random.default_rng(seed)
     for sample in samples:
         images = np.stack([sample.image_a, sample.image_b]).astype(np.float32)
@@ -113,4 +119,11 @@ def build_feeds(bundle: str | Path, manifest: Mapping, samples: Sequence[Calibra
                 feeds[name].append(_feed(name, entry, values))
             elif kind == "vae_decoder":
                 feeds[name].append(_feed(name, entry, {"latent": np.concatenate([z_a, z_b, z1]).astype(np.float32)}))
+            elif kind == "fidelity":
+                decoded = decoder(_feed(by_kind["vae_decoder"], graphs[by_kind["vae_decoder"]],
+                                        {"latent": z1.astype(np.float32)}))
+                feeds[name].append(_feed(name, entry, {
+                    "image": np.asarray(decoded, np.float32), "source_image_a": images[0:1],
+                    "source_image_b": images[1:2], "prompt_embeds": prompt_embeds.astype(np.float32),
+                    "prompt_mask": prompt_mask}))
     return feeds

@@ -11,8 +11,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    """An FP32 bundle of the tiny preset (1-block DiTs with perturbed zero-init gates), TorchScript export."""
+def tiny_bundle(tmp_path_factory, fidelity_perturbed):
+    """An FP32 bundle of the tiny preset (1-block DiTs with perturbed zero-init gates, a perturbed fidelity
+    decoder: the fifth graph is calibrated and converted like the others), TorchScript export."""
     import torch
 
     from latentfuse.export.bundle import export_bundle
@@ -36,7 +37,7 @@ def tiny_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_bundle(out.parent / "none", out, components=FusionComponents(vae, text, dits),
+        export_bundle(out.parent / "none", out, components=fidelity_perturbed(FusionComponents(vae, text, dits)),
                       exporter="torchscript", verify=False, progress=False)
     return out
 
@@ -84,7 +85,7 @@ def test_plan_converts_the_bundle_graphs(tiny_bundle, cli_plan, tmp_path):
     from latentfuse.export.fp16 import convert_bundle_graph
 
     plan, _ = cli_plan
-    for name in ("text_encoder", "dit_flow"):
+    for name in ("text_encoder", "dit_flow", "fidelity"):
         stats = convert_bundle_graph(tiny_bundle / f"{name}.onnx", tmp_path / f"{name}.onnx", plan["graphs"][name])
         model = onnx.load(str(tmp_path / f"{name}.onnx"))
         kinds = {i.data_type for i in model.graph.initializer if i.data_type in (1, 10)}
