@@ -182,6 +182,16 @@ int Bundle::work_scale() const {
                 value.dump());
   return value.get<int>();
 }
+int Bundle::fidelity_halo() const {
+  const json graph = manifest_.at("graphs").value("fidelity", json::object());
+  const json value = graph.is_object() && graph.contains("halo") ? graph["halo"] : json(nullptr);
+  const int halo = value.is_number_integer() ? value.get<int>() : -1;
+  if (halo < 0 || halo % kPixelMultiple)
+    throw Error((root_ / "manifest.json").string() +
+                ": graph 'fidelity' needs a 'halo' (rows of context, a non-negative multiple of 16), got " + value.dump());
+  return halo;
+}
+
 int Bundle::window() const {
   const json latent = manifest_.value("latent", json::object());
   const json value = latent.is_object() && latent.contains("window") ? latent["window"] : json(0);

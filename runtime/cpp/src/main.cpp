@@ -33,7 +33,7 @@ const char* kUsage =
     "                       [--mode flow|regression] [--sampler NAME] [--steps N] [--g G] [--seed S]\n"
     "                       [--prompt TEXT] [--prior gaussian|source_a|source_b|source_mean]\n"
     "                       [--bit-depth 8|16] [--tile [PX]] [--detail auto|clean|safe|off] [--warmup N]\n"
-    "                       [--runs M] [--max-memory SIZE] [--no-verify]\n"
+    "                       [--runs M] [--max-memory SIZE] [--fidelity W] [--no-verify]\n"
     "  --tile PX   run the VAE in tiles of at most PX working pixels per side, to bound memory (default:\n"
     "              whole images up to 768 px, tiled only over that or the bundle's size limit)\n"
     "  --max-memory SIZE  memory budget of one fuse, e.g. 3G or 1500M: VAE tiles, DiT windows per call and\n"
@@ -41,7 +41,10 @@ const char* kUsage =
     "              machine's memory)\n"
     "  --detail M  the pixel-space detail path after the VAE decoder (bundles with a manifest 'detail'\n"
     "              section; others have none): auto (default) picks by prompt (the canonical prompts:\n"
-    "              clean, prompts naming rain / snow / stripes: off, others: safe), or clean, safe, off\n";
+    "              clean, prompts naming rain / snow / stripes: off, others: safe), or clean, safe, off\n"
+    "  --fidelity W  weight in [0, 1] of the bundle's fidelity decoder (graph 'fidelity'), the learned stage\n"
+    "              after the VAE decoder that gives the image the sources' detail back: F + W (fidelity - F);\n"
+    "              default 1 where the bundle has it, 0 skips it; with it, --detail auto runs no detail path\n";
 
 struct Args {
   std::vector<std::string> positional;
@@ -52,7 +55,8 @@ struct Args {
 Args parse(int argc, char** argv) {
   static const std::vector<std::string> valued = {"--task", "--bundle", "--backend", "--mode", "--sampler", "--steps",
                                                   "--g", "--seed", "--prompt", "--prior", "--bit-depth", "--warmup",
-                                                  "--runs", "-o", "--out", "--tile", "--detail", "--max-memory"};
+                                                  "--runs", "-o", "--out", "--tile", "--detail", "--max-memory",
+                                                  "--fidelity"};
   Args args;
   for (int k = 1; k < argc; ++k) {
     std::string a = argv[k];
@@ -138,6 +142,10 @@ int run(int argc, char** argv) {
   o.detail = opt("--detail").value_or("auto");
   if (o.detail != "auto" && std::find(kDetailModes.begin(), kDetailModes.end(), o.detail) == kDetailModes.end())
     throw Error("argument --detail: invalid choice '" + o.detail + "' (choose from auto, clean, safe, off)");
+  if (opt("--fidelity")) {
+    o.fidelity = to_double("--fidelity", *opt("--fidelity"));
+    check_fidelity_weight(o.fidelity, true);  // the range before the bundle loads; the graph once it has
+  }
   if (opt("--tile") && !opt("--tile")->empty()) o.tile = static_cast<int>(to_int("--tile", *opt("--tile")));
   if (opt("--max-memory")) {
     parse_memory(*opt("--max-memory"));  // a bad value fails before the bundle loads
@@ -168,6 +176,7 @@ int run(int argc, char** argv) {
   if (result.vae_tile)
     std::cout << ", VAE tiled over " << result.vae_tile->second << "x" << result.vae_tile->first << " px";
   if (result.window_calls > 0) std::cout << ", " << result.window_calls << " network calls";
+  if (result.fidelity > 0) std::cout << ", fidelity " << result.fidelity;
   if (!result.detail.empty()) std::cout << ", detail " << result.detail;
   else if (o.detail != "auto") std::cout << ", no detail path (the bundle has none)";
   std::cout << ")\n";

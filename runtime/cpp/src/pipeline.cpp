@@ -95,10 +95,11 @@ int64_t default_max_memory() {
 }
 
 MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std::optional<Size2> limit, int window,
-                       std::optional<int> tile, int64_t budget, int max_batch, int detail_halo) {
+                       std::optional<int> tile, int64_t budget, int max_batch, int detail_halo, int fidelity_halo) {
   const WindowPlan windows = plan_windows(height, width, limit, window, tile);
   const int64_t H = height, W = width, base = kRuntimeBytes + sources, image_f32 = 3 * 4 * H * W;
   const int64_t latents = 4 * 16 * 4 * (H / 8) * (W / 8);
+  const int64_t keep = fidelity_halo >= 0 ? 2 * image_f32 : 0;  // the model-range pair, held for the fidelity decoder
   auto fail = [&](const std::string& what, int64_t least) {
     throw Error("--max-memory " + format_bytes(budget) + " cannot be met: a " + std::to_string(w) + "x" +
                 std::to_string(h) + " pair needs at least " + format_bytes(least) + " here (" + what +
@@ -112,7 +113,7 @@ MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std
       const int ov = std::min(kVaeOverlap, std::min(lh, lw) / 2) / kTileGrid * kTileGrid;
       call = vae_call_bytes(balanced_side(height, lh, ov), balanced_side(width, lw, ov));
     }
-    return base + latents + std::max(2 * image_f32, image_f32 * 4 / 3) + call;
+    return base + latents + std::max(2 * image_f32, keep + image_f32 * 4 / 3) + call;
   };
   std::optional<Size2> vae = windows.vae;
   if (!vae && vae_peak(std::nullopt) > budget) vae = Size2{std::min(height, kVaeMaxSide), std::min(width, kVaeMaxSide)};
@@ -129,10 +130,27 @@ MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std
   // DiT: the latents and one chunk of windows
   int64_t dit_batch = max_batch > 0 ? std::min(kMaxDitBatch, max_batch) : kMaxDitBatch;
   const Size2 win = windows.dit.value_or(Size2{height, width});
-  const int64_t per_window = kDitBytesPerPx * win.first * win.second, room = budget - base - latents;
-  if (room < per_window) fail("the DiT on one window", base + latents + per_window);
+  const int64_t per_window = kDitBytesPerPx * win.first * win.second, room = budget - base - latents - keep;
+  if (room < per_window) fail("the DiT on one window", base + latents + keep + per_window);
   dit_batch = std::max<int64_t>(1, std::min(dit_batch, floor_div(room, per_window)));
-  const int64_t dit_peak = base + latents + (windows.dit ? dit_batch : 1) * per_window;  // no window: one call
+  const int64_t dit_peak = base + latents + keep + (windows.dit ? dit_batch : 1) * per_window;  // no window: one call
+  // fidelity decoder: the pair, the decoded image and the result, and one strip's call with its halo rows
+  std::optional<int> fidelity_rows;
+  int64_t fidelity_peak = 0;
+  if (fidelity_halo >= 0) {
+    const int64_t lim = limit.value_or(Size2{kMaxSide, kMaxSide}).first;
+    const int64_t fixed = base + 4 * image_f32, per_row = kFidelityBytesPerPx * W;
+    if (H <= lim && fixed + per_row * H <= budget) {
+      fidelity_peak = fixed + per_row * H;
+    } else {
+      const int64_t rows = floor_div(std::min<int64_t>({H, lim - 2 * fidelity_halo,
+                                                         floor_div(budget - fixed, per_row) - 2 * fidelity_halo}),
+                                     kTileGrid) * kTileGrid;
+      if (rows < kTileGrid) fail("the fidelity decoder on 16-row strips", fixed + per_row * (kTileGrid + 2 * fidelity_halo));
+      if (rows < H) fidelity_rows = static_cast<int>(rows);
+      fidelity_peak = fixed + per_row * std::min<int64_t>(H, rows + 2 * fidelity_halo);
+    }
+  }
   // detail path: the decoded image, the result and one strip's double planes with its context rows
   std::optional<int> detail_rows;
   int64_t detail_peak = 0;
@@ -147,9 +165,19 @@ MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std
   }
   MemoryPlan plan;
   plan.budget = budget, plan.dit_window = windows.dit, plan.vae_tile = vae, plan.dit_batch = static_cast<int>(dit_batch);
-  plan.detail_rows = detail_rows;
-  plan.peak = std::max({base + 3 * image_f32, vae_peak(vae), dit_peak, detail_peak});
+  plan.detail_rows = detail_rows, plan.fidelity_rows = fidelity_rows;
+  plan.peak = std::max({base + 3 * image_f32, vae_peak(vae), dit_peak, fidelity_peak, detail_peak});
   return plan;
+}
+
+double check_fidelity_weight(std::optional<double> weight, bool available) {
+  if (!weight) return available ? 1.0 : 0.0;
+  std::ostringstream text;
+  text << *weight;
+  if (!(*weight >= 0.0 && *weight <= 1.0)) throw Error("--fidelity takes a number in [0, 1], got " + text.str());
+  if (*weight > 0.0 && !available)
+    throw Error("--fidelity: this bundle has no fidelity decoder (graph 'fidelity', model.fidelity); it runs without one");
+  return *weight;
 }
 
 Pipeline::Pipeline(Bundle bundle, std::unique_ptr<Runner> runner)
@@ -229,9 +257,14 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   const std::string detail_mode = check_detail_mode(o.detail);
   std::optional<DetailConfig> detail_cfg;
   std::string detail_run;
-  if (const auto& settings = bundle_.detail()) {
+  // the fidelity decoder (model.fidelity): its weight; with it, auto runs no hand detail path (as Python)
+  const double weight = check_fidelity_weight(o.fidelity, bundle_.has_fidelity());
+  const int fid_halo = weight > 0 ? bundle_.fidelity_halo() : -1;
+  if (const auto& settings = bundle_.detail(); settings && !(weight > 0 && detail_mode == "auto")) {
     detail_cfg = settings->config_for(prompt, detail_mode);
     detail_run = detail_mode == "auto" ? settings->mode_for(prompt) : detail_mode;
+  } else if (settings) {
+    detail_run = "off";
   }
 
   StageTimes times;
@@ -252,7 +285,7 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   const int64_t budget = o.max_memory ? parse_memory(*o.max_memory) : default_max_memory();
   const int64_t sources = static_cast<int64_t>(img_a.px.size() + img_b.px.size()) * 4;
   const MemoryPlan plan = plan_memory(ph, pw, h, w, sources, max_image_size(), bundle_.window(), o.tile, budget,
-                                      runner_->max_batch(), halo);
+                                      runner_->max_batch(), halo, fid_halo);
   std::optional<Tiler> tiler;
   if (plan.dit_window || plan.vae_tile) tiler.emplace(plan.dit_window, plan.vae_tile, kDitOverlap, kVaeOverlap, plan.dit_batch);
   const Tensor images = to_model_range({pad_to_size(upscale(to_rgb(img_a), k), ph, pw),
@@ -311,7 +344,25 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   const Tensor decoded = tiler ? tiler->decode(result.latent, decoder) : decoder(result.latent);
   runner_->synchronize();
   times.vae_dec = ms_since(t0);
-  Image image = downscale(from_model_range(decoded, k * h, k * w), k);
+  // ---- fidelity decoder at the working resolution: F + w (fidelity(F, A, B, P) - F), in strips when planned
+  t0 = Clock::now();
+  Tensor fused = decoded;
+  int fidelity_calls = 0;
+  if (weight > 0) {
+    auto fidelity = [&](const Tensor& f, const Tensor& sa, const Tensor& sb) {
+      return run("fidelity", {{"image", f}, {"source_image_a", sa}, {"source_image_b", sb}, {"prompt_embeds", embeds},
+                              {"prompt_mask", mask}}).at(0);
+    };
+    fused = fidelity_over_strips(decoded, images.slice0(0, 1), images.slice0(1, 2), plan.fidelity_rows.value_or(0),
+                                 fid_halo, fidelity, &fidelity_calls);
+    if (weight != 1.0) {
+      const float wf = static_cast<float>(weight);
+      for (size_t i = 0; i < fused.f.size(); ++i) fused.f[i] = (fused.f[i] - decoded.f[i]) * wf + decoded.f[i];
+    }
+  }
+  runner_->synchronize();
+  times.fidelity = ms_since(t0);
+  Image image = downscale(from_model_range(fused, k * h, k * w), k);
 
   // ---- detail path on the input-size image, before the gray conversion; the sources as read (a gray
   // source one channel, as runtime.pipeline.load_image's HxW)
@@ -323,6 +374,7 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   FuseResult out;
   out.image = std::move(image), out.nfe = result.nfe, out.sampler = result.sampler, out.times = times;
   out.detail = detail_run;
+  out.fidelity = weight;
   out.plan = plan;
   if (tiler) {
     out.window_calls = tiler->calls();
@@ -367,6 +419,7 @@ std::string format_latency(const std::vector<StageTimes>& runs, const std::strin
   row(runs.empty() || runs.front().cache_hit ? "T5 (cache)" : "T5", median(&StageTimes::t5));
   row("DiT x " + std::to_string(nfe), median(&StageTimes::dit));
   row("VAE-Dec", median(&StageTimes::vae_dec));
+  row("Fidelity", median(&StageTimes::fidelity));
   row("Detail", median(&StageTimes::detail));
   out << "|------------|--------------|\n";
   row("Pipeline", median(&StageTimes::total));

@@ -248,4 +248,47 @@ Tensor Tiler::dit(const std::vector<Tensor>& spatial, const std::vector<Tensor>&
   return blender.result();
 }
 
+std::vector<Strip> fidelity_strips(int height, int rows, int halo) {
+  if (rows < kTileGrid || rows % kTileGrid || halo < 0 || halo % kTileGrid || height % kTileGrid)
+    throw Error("fidelity strips need rows and a halo on the " + std::to_string(kTileGrid) + "-px grid, got " +
+                std::to_string(rows) + " rows, halo " + std::to_string(halo) + ", image height " + std::to_string(height));
+  if (rows >= height) return {{0, height, 0, height}};
+  const int n = (height + rows - 1) / rows;
+  const int even = (height + n - 1) / n, step = (even + kTileGrid - 1) / kTileGrid * kTileGrid;
+  std::vector<Strip> out;
+  for (int y0 = 0; y0 < height; y0 += step) {
+    const int y1 = std::min(height, y0 + step);
+    int c0 = std::max(0, y0 - halo), c1 = std::min(height, y1 + halo);
+    if (c1 - c0 < std::min(height, 2 * kTileGrid)) {  // the graphs' smallest side: more context, same rows
+      c0 = std::max(0, c1 - 2 * kTileGrid);
+      c1 = std::min(height, c0 + 2 * kTileGrid);
+    }
+    out.push_back({y0, y1, c0, c1});
+  }
+  return out;
+}
+
+Tensor fidelity_over_strips(const Tensor& image, const Tensor& a, const Tensor& b, int rows, int halo,
+                            const FidelityCall& call, int* calls) {
+  const size_t nd = image.shape.size();
+  const int H = static_cast<int>(image.shape.at(nd - 2)), W = static_cast<int>(image.shape.at(nd - 1));
+  if (rows <= 0 || rows >= H) {
+    if (calls) ++*calls;
+    return call(image, a, b);
+  }
+  Tensor out = Tensor::zeros(image.shape);
+  const int64_t planes = numel(image.shape) / (int64_t{H} * W);
+  for (const Strip& s : fidelity_strips(H, rows, halo)) {
+    if (calls) ++*calls;
+    const int ch = s.c1 - s.c0;
+    const Tensor part = call(crop_hw(image, s.c0, 0, ch, W), crop_hw(a, s.c0, 0, ch, W), crop_hw(b, s.c0, 0, ch, W));
+    if (part.dtype != DType::Float32 || numel(part.shape) != planes * ch * W)
+      throw Error("the fidelity graph returned " + shape_str(part.shape) + " for a strip of " + std::to_string(ch) + " rows");
+    for (int64_t p = 0; p < planes; ++p)
+      std::copy(part.f.begin() + p * ch * W + int64_t{s.y0 - s.c0} * W, part.f.begin() + p * ch * W + int64_t{s.y1 - s.c0} * W,
+                out.f.begin() + p * H * W + int64_t{s.y0} * W);
+  }
+  return out;
+}
+
 }  // namespace latentfuse

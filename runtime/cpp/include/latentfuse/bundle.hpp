@@ -81,6 +81,10 @@ class Bundle {
   // The model's window (manifest latent.window, 0 when absent): the largest side, in enlarged pixels, its
   // networks run on; a larger pair runs in overlapping windows (tiling.hpp).
   int window() const;
+  // The fidelity decoder (model.fidelity; graph "fidelity", optional): whether the bundle has it, and the rows
+  // of context a strip needs on each side (its manifest entry's "halo", a multiple of 16; an Error otherwise).
+  bool has_fidelity() const { return has_graph("fidelity"); }
+  int fidelity_halo() const;
   int64_t text_hidden_size() const;
   fs::path tokenizer_path() const;
 

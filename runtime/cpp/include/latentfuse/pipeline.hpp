@@ -39,6 +39,7 @@ WindowPlan plan_windows(int height, int width, std::optional<Size2> limit, int w
 constexpr int64_t kVaeBytesPerPx = 640, kVaeBytesPerToken2 = 10, kDitBytesPerPx = 192;
 constexpr int64_t kRuntimeBytes = int64_t{512} << 20;
 constexpr int kDetailPlanes = 40, kDetailStripRows = 512, kMinVaeTile = 256;
+constexpr int64_t kFidelityBytesPerPx = 640;  // runtime/pipeline.py FIDELITY_BYTES_PER_PX (an estimate)
 
 // How one fuse splits its work to stay within `budget` bytes (runtime.pipeline.MemoryPlan): the DiT window
 // and the largest VAE tile side (as plan_windows; the Tiler spreads its tiles evenly within it), DiT windows
@@ -49,13 +50,15 @@ struct MemoryPlan {
   int dit_batch = 0;
   std::optional<int> detail_rows;
   int64_t peak = 0;
+  std::optional<int> fidelity_rows;  // rows per strip of the fidelity decoder (nullopt: whole, or none)
 };
 // runtime.pipeline.Pipeline.plan_memory for a padded height x width pair of input size h x w whose two
 // images as read take `sources` bytes; `max_batch`: the backend's most DiT rows per call (0: none stated);
 // `detail_halo`: the larger halo of the bundle's two detail sets (-1: no detail path). A budget even the
 // smallest tiles, chunks and strips cannot meet is an Error naming what it needs.
 MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std::optional<Size2> limit, int window,
-                       std::optional<int> tile, int64_t budget, int max_batch, int detail_halo);
+                       std::optional<int> tile, int64_t budget, int max_batch, int detail_halo,
+                       int fidelity_halo = -1);  // the fidelity decoder's halo (-1: it does not run)
 // runtime.pipeline.parse_memory: "3G", "2.5GB", "3000M", "512MiB" or bytes (powers of 1024), else an Error.
 int64_t parse_memory(const std::string& text);
 // runtime.pipeline.default_max_memory: half the machine's memory (or of the cgroup's limit if lower).
@@ -73,11 +76,15 @@ struct FuseOptions {
   std::optional<int> tile;             // --tile PX: the largest VAE tile side (default kVaeMaxSide)
   std::string detail = "auto";         // --detail auto|clean|safe|off (the bundle's DetailSettings; none: no stage)
   std::optional<std::string> max_memory;  // --max-memory SIZE (default: default_max_memory())
+  std::optional<double> fidelity;      // --fidelity W in [0, 1] (default 1 where the bundle has the graph; 0 skips)
 };
 
+// runtime.pipeline.check_fidelity_weight: the weight (nullopt: 1 where the bundle has the decoder, else 0) in
+// [0, 1]; > 0 without the decoder is an Error.
+double check_fidelity_weight(std::optional<double> weight, bool available);
 // Milliseconds per stage (runtime/latency.py STAGES) plus the total of the call.
 struct StageTimes {
-  double vae_enc = 0, t5 = 0, dit = 0, vae_dec = 0, detail = 0, total = 0;
+  double vae_enc = 0, t5 = 0, dit = 0, vae_dec = 0, fidelity = 0, detail = 0, total = 0;
   int nfe = 0;
   bool cache_hit = false;
 };
@@ -86,6 +93,7 @@ struct FuseResult {
   Image image;
   int nfe = 0;
   std::string sampler;
+  double fidelity = 0;  // the fidelity decoder's weight run (0: not run)
   std::string detail;  // the detail parameters run: "clean" | "safe" | "off"; "" when the bundle has no detail path
   StageTimes times;
   // Windows and tiles (tiling.hpp): 0 / empty when the pair ran whole, without a Tiler

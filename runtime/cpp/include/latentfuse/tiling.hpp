@@ -124,4 +124,17 @@ class Tiler {
   int calls_ = 0;
 };
 
+// The fidelity decoder (model.fidelity) in strips of rows (runtime.backends.tiled.fidelity_strips): strips of
+// at most `rows` rows spread evenly on the 16-px grid, each {y0, y1, c0, c1}: its own rows [y0, y1) and the
+// rows [c0, c1) its call reads (`halo` more each side within the image, at least kMinSide rows).
+struct Strip {
+  int y0, y1, c0, c1;
+};
+std::vector<Strip> fidelity_strips(int height, int rows, int halo);
+// `call(image, source_a, source_b)` ([B, 3, H, W] each) on every strip, each strip's own rows copied into the
+// result (TiledBackend.fidelity): equal to one whole-image call. `rows` 0: one whole call. `calls` counts them.
+using FidelityCall = std::function<Tensor(const Tensor& image, const Tensor& a, const Tensor& b)>;
+Tensor fidelity_over_strips(const Tensor& image, const Tensor& a, const Tensor& b, int rows, int halo,
+                            const FidelityCall& call, int* calls = nullptr);
+
 }  // namespace latentfuse
