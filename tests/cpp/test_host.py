@@ -229,3 +229,10 @@ def test_a_pair_over_the_bundle_limit_fuses_without_flags_as_in_python(component
     proc = _compare(components, bundle, big, tmp_path, "regression", [], size=size)
     assert "DiT in 3 windows of 1024x1024 px (up to 3 per call)" in proc.stdout
     assert "VAE tiled over 768x768 px" in proc.stdout
+
+
+def test_fidelity_weight_on_a_bundle_without_the_graph_is_one_line_error(bundle, pair, tmp_path):
+    line = _error(host(*pair, "--task", "vif", "--bundle", bundle, "-o", tmp_path / "o.png", "--fidelity", "0.5",
+                       check=False))
+    assert "no fidelity decoder" in line and not (tmp_path / "o.png").exists()
+    assert host(*pair, "--task", "vif", "--bundle", bundle, "-o", tmp_path / "o.png", "--fidelity", "0").returncode == 0
