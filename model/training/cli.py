@@ -85,10 +85,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_train_fidelity(args: argparse.Namespace) -> int:
     from latentfuse.model.training.fidelity import FidelityTrainConfig, run_fidelity_training
+    from latentfuse.runtime.pipeline import Pipeline
 
     cfg = FidelityTrainConfig(steps=args.steps, batch_size=args.batch, crop=args.crop, lr=args.lr)
-    report = run_fidelity_training(args.model, args.data, args.work, args.out, cfg, per_pair=args.per_pair,
-                                   threads=args.threads)
+    pipeline = Pipeline.from_checkpoint(args.model, threads=args.threads)
+    report = run_fidelity_training(args.model, args.data, args.work, args.out, cfg, pipeline,
+                                   per_pair=args.per_pair, threads=args.threads)
     for task, row in report["validation"].items():
         print(f"{task}: PSNR to the label on held-aside training scenes {row['psnr_input']:.2f} dB (VAE image) -> "
               f"{row['psnr_output']:.2f} dB (fidelity decoder), {row['n']} tuples")

@@ -450,12 +450,13 @@ def fidelity_config(args):
                                lr=args.fidelity_lr, seed=args.seed)
 
 
-def fidelity_stage(args, model_dir: Path, model_sha256: str) -> dict:
+def fidelity_stage(args, model_dir: Path, model_sha256: str, pipeline) -> dict:
     """Train the fidelity decoder of the saved model in ``model_dir`` (``run_fidelity_training``, its work in
     ``--work/fidelity``) and write ``model_dir`` again with it, every weight fp16 as the rest of the model;
     returns the training's report (its ``history`` left out). The decoded-image cache and the checkpoints in
     ``--work/fidelity`` belong to the model they were made with (``model_sha256``, recorded in
-    ``model.json``): another model's are removed first; the tuples (``build/``) do not depend on it and stay."""
+    ``model.json``): another model's are removed first; the tuples (``build/``) do not depend on it and stay.
+    ``pipeline``: a runtime Pipeline over ``model_dir`` (built by the command line, above this layer)."""
     from latentfuse.model.training.fidelity import run_fidelity_training
 
     work = args.work / "fidelity"
@@ -466,7 +467,7 @@ def fidelity_stage(args, model_dir: Path, model_sha256: str) -> dict:
             shutil.rmtree(work / stale, ignore_errors=True)
     write_json(made_with, {"sha256": model_sha256, "model": str(model_dir)})
     report = run_fidelity_training(model_dir, fidelity_data(args), work, model_dir, fidelity_config(args),
-                                   per_pair=args.fidelity_per_pair, size=args.fidelity_size,
+                                   pipeline, per_pair=args.fidelity_per_pair, size=args.fidelity_size,
                                    data_seed=args.fidelity_seed, threads=args.threads, progress=False)
     # run_fidelity_training writes the components back in fp32: the shipped model keeps every weight fp16
     save_fp16(FusionComponents.from_pretrained(model_dir), model_dir)

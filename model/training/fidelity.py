@@ -33,22 +33,18 @@ def _uint8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def build_fidelity_cache(roots: list[str | Path], model_dir: str | Path, out: str | Path, flow_every: int = 3,
-                         threads: int | None = None, progress: bool = True) -> int:
-    """Decoded images of every training tuple under ``roots`` by the model in ``model_dir`` (its fidelity
-    decoder, if any, and detail path off); returns the number of tuples cached in ``out``."""
+def build_fidelity_cache(roots: list[str | Path], pipeline, out: str | Path, flow_every: int = 3,
+                         progress: bool = True) -> int:
+    """Decoded images of every training tuple under ``roots`` by ``pipeline`` (a
+    :class:`latentfuse.runtime.pipeline.Pipeline` over the model, built by the caller: this layer does not
+    import the runtime), with its fidelity decoder and detail path off; returns the number of tuples cached in
+    ``out``."""
     from tqdm import tqdm
 
-    from latentfuse.model.components import FusionComponents
     from latentfuse.model.image_io import read_image
     from latentfuse.model.training.data import find_manifests, read_training_manifest
-    from latentfuse.runtime.pipeline import Pipeline
 
-    if threads:
-        torch.set_num_threads(int(threads))
-    components = FusionComponents.from_pretrained(model_dir)
-    components.fidelity = None
-    pipe = Pipeline.from_components(components)
+    pipe = pipeline
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(m.parent, rec) for root in roots for m in find_manifests(root) for rec in read_training_manifest(m)]
@@ -239,11 +235,12 @@ def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: to
 
 
 def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | Path, out: str | Path,
-                          cfg: FidelityTrainConfig, per_pair: int = 6, size: int = 384, data_seed: int = 1000,
+                          cfg: FidelityTrainConfig, pipeline, per_pair: int = 6, size: int = 384, data_seed: int = 1000,
                           threads: int | None = None, progress: bool = True) -> dict:
     """The whole recipe, each step resumable in ``work``: degraded tuples with teacher labels from the training
     scenes of the real pairs under ``data`` (``<data>/<task>``), the decoded-image cache by the model in
-    ``model_dir``, training, validation on held-aside training scenes; then ``out`` = ``model_dir``'s
+    ``model_dir`` (``pipeline``, a Pipeline over it: :func:`build_fidelity_cache`), training, validation on
+    held-aside training scenes; then ``out`` = ``model_dir``'s
     components plus the trained decoder (written atomically; ``fidelity/training.json`` holds the report)."""
     from latentfuse.model.components import FusionComponents
     from latentfuse.model.data.build import build_dataset
@@ -261,7 +258,7 @@ def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | P
                               seed=data_seed + 101 * i, per_pair=per_pair, long_side=size, crop=True,
                               progress=progress, split="train")
         roots.append(built.out)
-    build_fidelity_cache(roots, model_dir, work / "cache", progress=progress)
+    build_fidelity_cache(roots, pipeline, work / "cache", progress=progress)
     train, val = split_validation(load_cache(work / "cache"))
     components = FusionComponents.from_pretrained(model_dir)
     text_encoder = components.text_encoder

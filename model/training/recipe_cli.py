@@ -264,7 +264,10 @@ def run_recipe(args: argparse.Namespace) -> int:
 
     if args.fidelity:
         dm.log(f"6/{steps} fidelity decoder on what the saved model makes of the training scenes")
-        report["fidelity"] = dm.fidelity_stage(args, args.out, model_key(args.out))
+        from latentfuse.runtime.pipeline import Pipeline
+
+        pipeline = Pipeline.from_checkpoint(args.out, threads=args.threads)
+        report["fidelity"] = dm.fidelity_stage(args, args.out, model_key(args.out), pipeline)
         report["size_bytes"] = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
 
     dm.log(f"{steps}/{steps} latentfuse evaluate on held-out pairs, clean and degraded (reloaded from the saved fp16 weights)")
