@@ -239,7 +239,7 @@ def memory_plan_vectors() -> list[dict]:
                 "max_batch": cap, "budget": parse_memory(budget), "sources": src if src is not None else 2 * 3 * 4 * h * w,
                 "halo": -1 if halo is None else halo}
         try:
-            plan = Pipeline.plan_memory(view, height, width, (h, w), None, budget, src)
+            plan = Pipeline.plan_memory(view, height, width, (h, w), None, budget, src, fidelity=False)
             case["plan"] = {"dit_window": plan.dit_window and list(plan.dit_window),
                             "vae_tile": plan.vae_tile and list(plan.vae_tile), "dit_batch": plan.dit_batch,
                             "detail_rows": plan.detail_rows, "peak": plan.peak}
