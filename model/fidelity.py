@@ -11,7 +11,16 @@ resolution, in [-1, 1]) and predicts the residual that makes F the fused image::
            2: 2x2 stride-2 conv -> blocks                H/4,  c2
            3: 2x2 stride-2 conv -> blocks (+ prompt)     H/8,  c3   FiLM from the prompt's masked mean
            up: 1x1 conv -> pixel-shuffle 2, + skip -> blocks   back to H/2
-    out    = F + pixel-shuffle(1x1 conv(level 1))       [B, 3, H, W]
+    head   pixel-shuffle(1x1 conv(level 1))             [B, 3·n_bands + 3, H, W]: per band, logits over
+                                                        {A, B, F}; and a residual image r
+    bands  L_k(X) = bilinear-up_k(box-mean_k(X))        a fixed low-pass per band size k (4, 16 px):
+           D1_X = X - L_4(X),  D2_X = L_4(X) - L_16(X)  the fine and the middle band of each image
+    out    = L_16(F) + Σ_band Σ_X softmax(logits_band)_X · D_band,X + r
+
+so the network decides, per pixel and per band, whose detail the fused image gets (a source's, or the
+VAE image's own where a source's is degraded) and what to restore on top (r); the coarse band stays the
+DiT's. Its weights are shared by the RGB channels (colour edges come from the same source as luma edges).
+The logits start with a bias towards F: an untrained decoder returns about F.
 
 Everything is local: each block is NAFNet's without its global channel attention (a LayerNorm over
 channels, 1x1 convs, a 3x3 depthwise conv, a simple gate), so the receptive field is bounded
@@ -31,6 +40,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as nnf
 
 from latentfuse.model.atomic import atomic_dir
 from latentfuse.model.errors import LatentfuseError
@@ -38,7 +48,8 @@ from latentfuse.model.nafblock import LayerNorm2d, SimpleGate
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-MULTIPLE = 8  # pixel-unshuffle 2 x two stride-2 convs
+MULTIPLE = 16  # the largest band's box (and the pixel-unshuffle 2 x two stride-2 convs)
+F_PRIOR = 4.0  # logit bias of F in every band at initialisation: softmax weight 0.96
 
 
 @dataclass(frozen=True)
@@ -52,12 +63,16 @@ class FidelityConfig:
     enc_blocks: tuple[int, int, int] = (0, 2, 3)
     dec_blocks: tuple[int, int] = (1, 0)  # at H/4, then H/2
     expand: int = 2
+    bands: tuple[int, ...] = (4, 16)  # box sizes of the low-pass bands, increasing, each dividing MULTIPLE
 
     def __post_init__(self):
         if len(self.widths) != 3 or len(self.enc_blocks) != 3 or len(self.dec_blocks) != 2:
             raise LatentfuseError("fidelity config: widths and enc_blocks take 3 values, dec_blocks 2")
         if min(self.widths) < 1 or min(self.enc_blocks + self.dec_blocks) < 0 or self.text_dim < 1:
             raise LatentfuseError(f"fidelity config: sizes must be positive, got {self}")
+        if (not self.bands or list(self.bands) != sorted(set(self.bands))
+                or any(k < 2 or MULTIPLE % k for k in self.bands)):
+            raise LatentfuseError(f"fidelity config: bands must increase and divide {MULTIPLE}, got {self.bands}")
 
     def to_dict(self) -> dict:
         return {"model": "latentfuse.FidelityDecoder", **asdict(self)}
@@ -116,11 +131,12 @@ class FidelityDecoder(nn.Module):
         self.dec2 = _blocks(c2, cfg.dec_blocks[0], cfg.expand)
         self.up1 = nn.Sequential(nn.Conv2d(c2, c1 * 4, 1), nn.PixelShuffle(2))
         self.dec1 = _blocks(c1, cfg.dec_blocks[1], cfg.expand)
-        self.head = nn.Conv2d(c1, 3 * 4, 1)
+        self.head = nn.Conv2d(c1, (3 * len(cfg.bands) + 3) * 4, 1)
         self.shuffle = nn.PixelShuffle(2)
-        for layer in (self.film, self.head):  # start as the identity: out = F
+        for layer in (self.film, self.head):  # start at about F (F_PRIOR), the prompt without effect
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.register_buffer("prior", torch.tensor([0.0, 0.0, F_PRIOR]).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor, source_a: torch.Tensor, source_b: torch.Tensor,
                 prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
@@ -134,7 +150,15 @@ class FidelityDecoder(nn.Module):
         h = self.mid(h * (1 + scale) + shift)
         h = self.dec2(self.up2(h) + s2)
         h = self.dec1(self.up1(h) + s1)
-        return image + self.shuffle(self.head(h))
+        out = self.shuffle(self.head(h))
+        images = (source_a, source_b, image)
+        lows = [images] + [tuple(lowpass(x, k) for x in images) for k in self.config.bands]
+        fused = lows[-1][2] + out[:, 3 * len(self.config.bands):]  # the coarse band of F, plus r
+        for band in range(len(self.config.bands)):
+            weights = torch.softmax(out[:, 3 * band:3 * band + 3] + self.prior, dim=1)
+            for i in range(3):
+                fused = fused + weights[:, i:i + 1] * (lows[band][i] - lows[band + 1][i])
+        return fused
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, overwrite: bool = True) -> Path:
@@ -169,6 +193,11 @@ class FidelityDecoder(nn.Module):
         return model
 
 
+def lowpass(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The band's low-pass: box means over k x k cells, bilinearly enlarged back (H, W multiples of k)."""
+    return nnf.interpolate(nnf.avg_pool2d(x, k), scale_factor=float(k), mode="bilinear", align_corners=False)
+
+
 def receptive_halo(config: FidelityConfig | None = None) -> int:
     """Rows of context, in pixels and a multiple of :data:`MULTIPLE`, that a strip needs on each side for
     its rows to come out as in the whole image: the receptive field's reach, counted layer by layer."""
@@ -177,6 +206,8 @@ def receptive_halo(config: FidelityConfig | None = None) -> int:
     reach = (cfg.enc_blocks[0] + cfg.dec_blocks[1]) * 2 + (cfg.enc_blocks[1] + cfg.dec_blocks[0]) * 4
     reach += cfg.enc_blocks[2] * 8
     reach += 2 + 4 + 8  # the cells of the unshuffle and the two stride-2 convs
+    # the largest band's low-pass: a pixel's value mixes the two nearest k-cells, up to 1.5 k away
+    reach = max(reach, 3 * max(cfg.bands) // 2)
     return -(-reach // MULTIPLE) * MULTIPLE
 
 

@@ -26,6 +26,7 @@ import torch
 
 from latentfuse.model.atomic import atomic_file
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.fidelity import MULTIPLE
 
 
 def _uint8(img: np.ndarray) -> np.ndarray:
@@ -114,7 +115,7 @@ def validate(model: torch.nn.Module, records: list[dict], text_encoder: torch.nn
     tuples, regression head; and the mean over the flow-head tuples."""
     rows: dict = {}
     for rec in records:
-        h, w = (s // 8 * 8 for s in rec["a"].shape[:2])
+        h, w = (s // MULTIPLE * MULTIPLE for s in rec["a"].shape[:2])
         f, a, b, gt = (_to_tensor(rec[k][:h, :w]) for k in ("regression", "a", "b", "gt"))
         embeds, mask = text_encoder.encode([rec["prompt"]])
         out = model(f, a, b, embeds.float(), mask.long()).clamp(-1, 1)
@@ -155,7 +156,7 @@ class _Batches:
             i = int(rng.integers(len(self.records)))
             rec = self.records[i]
             h, w = rec["a"].shape[:2]
-            c = min(cfg.crop, h, w) // 8 * 8
+            c = min(cfg.crop, h, w) // MULTIPLE * MULTIPLE
             y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
             image = rec["flow"] if "flow" in rec and rng.random() < cfg.flow_share else rec["regression"]
             stack = np.stack([image, rec["a"], rec["b"], rec["gt"]])[:, y:y + c, x:x + c]
@@ -191,7 +192,9 @@ def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: to
         progress_ = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
 
-    ckpt, key = work / "checkpoint.pt", asdict(cfg)
+    # the checkpoint belongs to this config and this network's shape: another's is started over
+    ckpt, key = work / "checkpoint.pt", {**asdict(cfg), "model": getattr(getattr(model, "config", None), "to_dict",
+                                                                           dict)()}
     step, history = 0, []
     batches = _Batches(records, prompts, cfg)
     if ckpt.is_file():

@@ -29,10 +29,24 @@ def _perturbed(config=SMALL, seed=0):
     return model
 
 
-def test_untrained_decoder_returns_its_input():
+def test_untrained_decoder_returns_about_its_input():
     x = _inputs()
     with torch.no_grad():
-        assert torch.equal(FidelityDecoder(SMALL)(*x), x[0])
+        out = FidelityDecoder(SMALL)(*x)
+    assert (out - x[0]).abs().mean() < 0.1 * (x[1] - x[0]).abs().mean()
+
+
+def test_decoder_picks_a_sources_detail():
+    """Logits that choose A in every band give A's detail over F's coarse band."""
+    model = FidelityDecoder(SMALL)
+    with torch.no_grad():
+        model.head.bias.view(-1, 4)[[0, 3]] = 50.0  # logit of A in both bands (pixel-shuffle groups of 4)
+    image, a, b, embeds, mask = _inputs(32, 32)
+    image = torch.zeros_like(image)  # F flat: the fused image is A's detail alone
+    with torch.no_grad():
+        out = model(image, a, b, embeds, mask)
+    from latentfuse.model.fidelity import lowpass
+    assert torch.allclose(out, a - lowpass(a, 16), atol=1e-4)
 
 
 def test_prompt_mask_hides_padding_tokens():
@@ -85,6 +99,8 @@ def test_load_errors_name_the_problem(tmp_path):
         FidelityDecoder.from_pretrained(tmp_path / "f")
     with pytest.raises(LatentfuseError, match="widths"):
         FidelityConfig(widths=(8, 8))
+    with pytest.raises(LatentfuseError, match="bands"):
+        FidelityConfig(bands=(16, 4))
 
 
 def test_loss_counts_edges():
@@ -103,7 +119,7 @@ class _Prompts(torch.nn.Module):
         return torch.randn(len(prompts), 4, 8, generator=g), torch.ones(len(prompts), 4, dtype=torch.long)
 
 
-def _records(n=12, size=40):
+def _records(n=12, size=48):
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
