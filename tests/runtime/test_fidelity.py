@@ -60,14 +60,14 @@ def _inputs(h: int, w: int, d: int, seed: int = 0):
 
 
 # ------------------------------------------------------------------ export
-def test_from_preset_builds_an_identity_decoder_that_the_test_helper_perturbs(perturb):
+def test_from_preset_builds_an_untrained_decoder_that_the_test_helper_perturbs(perturb):
     comps = FusionComponents.from_preset("tiny", fidelity=True)
     assert comps.fidelity.config.text_dim == comps.text_encoder.hidden_size
     be = get_backend("torch", components=comps, device="cpu")
     x = _inputs(64, 48, comps.text_encoder.hidden_size)
-    np.testing.assert_array_equal(be.fidelity(*x), x[0])  # untrained: F unchanged
+    untrained = np.abs(be.fidelity(*x) - x[0]).mean()  # untrained: about F (model.fidelity)
     perturb(comps)
-    assert np.abs(be.fidelity(*x) - x[0]).max() > 0.05
+    assert np.abs(be.fidelity(*x) - x[0]).mean() > untrained + 0.05
     assert "fidelity" not in graph_specs(FusionComponents.from_preset("tiny"))
 
 

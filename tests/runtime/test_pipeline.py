@@ -236,6 +236,12 @@ class _LocalBackend:
     """Every graph pointwise in space (encode = 8x8 mean pooling, decode = nearest upsampling,
     velocity / regression per latent pixel): tiling must then reproduce the untiled result exactly."""
 
+    def has_fidelity(self):  # no fidelity decoder (runtime.backends.base.Backend)
+        return False
+
+    def fidelity_halo(self):
+        return 0
+
     name, heads = "local", ("flow", "regression")
     low_memory = False
 
