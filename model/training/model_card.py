@@ -58,6 +58,10 @@ def _recipe_line(report: dict) -> str:
     return f" on the recipe `{shown}` (sha256 {recipe['sha256'][:12]})"
 
 
+def _millions(n) -> str:
+    return "" if not n else f"{n / 1e6:.2f} M"
+
+
 def _fidelity_parts(report: dict) -> tuple[str, str, str]:
     """(components-table row, section, minutes clause) of the fidelity decoder; empty without one."""
     fid = report.get("fidelity")
@@ -65,7 +69,7 @@ def _fidelity_parts(report: dict) -> tuple[str, str, str]:
         return "", "", ""
     cfg, data = fid["config"], fid.get("data", {})
     row = (f"| `fidelity/` | fidelity decoder (`model.fidelity`): a pixel-space U-Net on the decoded image and both "
-           f"sources, prompt by FiLM | | {fid['steps']} steps, batch {cfg['batch_size']}, {cfg['crop']} px crops, L1 + "
+           f"sources, prompt by FiLM | {_millions(report.get('params', {}).get('fidelity'))} | {fid['steps']} steps, batch {cfg['batch_size']}, {cfg['crop']} px crops, L1 + "
            f"gradient L1 to the label ({fid['seconds']:.0f} s) |\n")
     rows = "\n".join(f"| {task.upper()} | {v['n']} | {v['psnr_input']:.2f} | {v['psnr_output']:.2f} |"
                       for task, v in fid.get("validation", {}).items())

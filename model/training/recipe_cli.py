@@ -268,6 +268,8 @@ def run_recipe(args: argparse.Namespace) -> int:
 
         pipeline = Pipeline.from_checkpoint(args.out, threads=args.threads)
         report["fidelity"] = dm.fidelity_stage(args, args.out, model_key(args.out), pipeline)
+        decoder = FusionComponents.from_pretrained(args.out).fidelity
+        report["params"]["fidelity"] = sum(p.numel() for p in decoder.parameters())
         report["size_bytes"] = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
 
     dm.log(f"{steps}/{steps} latentfuse evaluate on held-out pairs, clean and degraded (reloaded from the saved fp16 weights)")
