@@ -44,7 +44,7 @@ from torch.nn import functional as nnf
 
 from latentfuse.model.atomic import atomic_dir
 from latentfuse.model.errors import LatentfuseError
-from latentfuse.model.nafblock import LayerNorm2d, SimpleGate
+from latentfuse.model.nafblock import NAFBlock
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -86,30 +86,9 @@ class FidelityConfig:
             raise LatentfuseError(f"{where}: {err}") from None
 
 
-class LocalBlock(nn.Module):
-    """NAFNet's block without the simplified channel attention (a global pool): mixing stays local."""
-
-    def __init__(self, channels: int, expand: int = 2):
-        super().__init__()
-        inner = channels * expand
-        self.norm1 = LayerNorm2d(channels)
-        self.conv1 = nn.Conv2d(channels, inner, 1)
-        self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
-        self.conv3 = nn.Conv2d(inner // 2, channels, 1)
-        self.norm2 = LayerNorm2d(channels)
-        self.conv4 = nn.Conv2d(channels, inner, 1)
-        self.conv5 = nn.Conv2d(inner // 2, channels, 1)
-        self.gate = SimpleGate()
-        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.conv3(self.gate(self.conv2(self.conv1(self.norm1(x))))) * self.beta
-        return x + self.conv5(self.gate(self.conv4(self.norm2(x)))) * self.gamma
-
-
 def _blocks(channels: int, n: int, expand: int) -> nn.Sequential:
-    return nn.Sequential(*(LocalBlock(channels, expand) for _ in range(n)))
+    # NAFNet's block without its channel attention (a global pool): mixing stays local
+    return nn.Sequential(*(NAFBlock(channels, expand, channel_attention=False) for _ in range(n)))
 
 
 class FidelityDecoder(nn.Module):

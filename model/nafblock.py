@@ -37,14 +37,18 @@ class SimpleGate(nn.Module):
 
 
 class NAFBlock(nn.Module):
-    def __init__(self, channels: int, expand: int = 2):
+    """``channel_attention=False`` drops the simplified channel attention (a global average pool), so the
+    block mixes only a 3x3 neighbourhood: what a network run in strips needs (``model.fidelity``)."""
+
+    def __init__(self, channels: int, expand: int = 2, channel_attention: bool = True):
         super().__init__()
         inner = channels * expand
         self.norm1 = LayerNorm2d(channels)
         self.conv1 = nn.Conv2d(channels, inner, 1)
         self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
         self.gate = SimpleGate()
-        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(inner // 2, inner // 2, 1))
+        self.sca = (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(inner // 2, inner // 2, 1))
+                    if channel_attention else None)
         self.conv3 = nn.Conv2d(inner // 2, channels, 1)
         self.norm2 = LayerNorm2d(channels)
         self.conv4 = nn.Conv2d(channels, inner, 1)
@@ -54,7 +58,7 @@ class NAFBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.gate(self.conv2(self.conv1(self.norm1(x))))
-        y = self.conv3(y * self.sca(y))
+        y = self.conv3(y if self.sca is None else y * self.sca(y))
         x = x + y * self.beta
         y = self.conv5(self.gate(self.conv4(self.norm2(x))))
         return x + y * self.gamma
