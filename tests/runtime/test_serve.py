@@ -413,15 +413,15 @@ def test_serve_bench_rows_and_batching(bundle, tmp_path):
     assert table.count("\n") == len(rows) + 1
 
 
-def test_the_readme_tritonclient_example_runs(server):
-    """The README's plain-tritonclient block, pointed at the test server and at a smaller pair (the test
+def test_the_documented_tritonclient_example_runs(server):
+    """docs/serving.md's plain-tritonclient block, pointed at the test server and at a smaller pair (the test
     server's --max-pixels is small)."""
     import re
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
     (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", readme, flags=re.S | re.M) if "tritonclient" in b]
     assert "localhost:8000" in block and "480, 640" in block
     code = block.replace("localhost:8000", f"127.0.0.1:{server['http_port']}").replace("480, 640", "48, 64")
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/serving.md", "exec"), namespace)
     assert namespace["fused"].dtype == np.uint8 and namespace["fused"].shape == (48, 64, 3)
