@@ -69,9 +69,9 @@ def build_fidelity_cache(roots: list[str | Path], pipeline, out: str | Path, flo
 
 @dataclass
 class FidelityTrainConfig:
-    steps: int = 3000
-    batch_size: int = 8
-    crop: int = 128
+    steps: int = 3000  # the shipped decoder's settings (configs/recipes/default.toml [fidelity])
+    batch_size: int = 6
+    crop: int = 160
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
