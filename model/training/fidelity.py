@@ -81,6 +81,15 @@ class FidelityTrainConfig:
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        bad = [f"{name} {getattr(self, name)}" for name, least in (("steps", 1), ("batch_size", 1), ("save_every", 1),
+                                                                   ("crop", MULTIPLE)) if getattr(self, name) < least]
+        bad += [f"lr {self.lr}"] if not self.lr > 0 else []
+        bad += [f"flow_share {self.flow_share}"] if not 0 <= self.flow_share <= 1 else []
+        if bad:
+            raise LatentfuseError(f"fidelity training: {', '.join(bad)} out of range (steps, batch and save_every >= 1, "
+                                  f"crop >= {MULTIPLE} px, lr > 0, flow_share in [0, 1])")
+
 
 def load_cache(cache: str | Path) -> list[dict]:
     files = sorted(Path(cache).glob("*.npz"))

@@ -152,3 +152,10 @@ def test_validation_split_is_by_scene():
     train, val = split_validation(records)
     assert val and train and len(train) + len(val) == 300
     assert not {r["pair"] for r in train} & {r["pair"] for r in val}
+
+
+def test_training_config_errors_name_the_setting():
+    with pytest.raises(LatentfuseError, match="crop 8"):
+        FidelityTrainConfig(crop=8)
+    with pytest.raises(LatentfuseError, match="steps 0.*lr -1"):
+        FidelityTrainConfig(steps=0, lr=-1)
