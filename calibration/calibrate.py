@@ -53,7 +53,7 @@ def calibrate_bundle(bundle: str | Path, *, samples: int = 12, seed: int = 0, th
     from latentfuse.calibration.dataset import calibration_prompts, calibration_samples, describe
     from latentfuse.calibration.feeds import build_feeds
     from latentfuse.calibration.ranges import load_model
-    from latentfuse.export.bundle import load_manifest
+    from latentfuse.runtime.manifest import load_manifest
     from latentfuse.export.fp16 import compare, convert_model
 
     bundle = Path(bundle)

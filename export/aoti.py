@@ -34,7 +34,7 @@ def dynamic_shapes(spec) -> tuple[dict, ...]:
     symbol bounded by :data:`AOTI_MAX_BATCH`."""
     from torch.export import Dim
 
-    from latentfuse.export.graphs import BATCH
+    from latentfuse.runtime.manifest import BATCH
 
     batch = Dim(BATCH, min=1, max=AOTI_MAX_BATCH)
     return tuple({axis: (batch if getattr(dim, "__name__", None) == BATCH else dim) for axis, dim in shapes.items()}
@@ -80,7 +80,8 @@ def add_aoti_packages(bundle_dir: str | os.PathLike, components, graphs: Sequenc
     import torch
     from tqdm import tqdm
 
-    from latentfuse.export.bundle import load_manifest, record_files, save_manifest
+    from latentfuse.export.bundle import record_files, save_manifest
+    from latentfuse.runtime.manifest import load_manifest
     from latentfuse.export.graphs import graph_specs
 
     root = Path(bundle_dir)

@@ -78,11 +78,9 @@ from typing import Sequence
 from latentfuse.model.flow import DEFAULT_G, DEFAULT_SAMPLER, DEFAULT_STEPS
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.geometry import HEADS, LATENT_FACTOR, PATCH
-from latentfuse.runtime import manifest as reader
-# The reader's names, re-exported: the schema, hashes and loading live in runtime.manifest.
-from latentfuse.runtime.manifest import (FORMAT, FORMAT_MINOR, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS,  # noqa: F401
-                                         PROMPT_CACHE_NAME, QUANTIZED, TOKENIZER_NAME, dumps, file_entry, load_manifest,
-                                         sha256_file)
+from latentfuse.runtime.manifest import (FORMAT, FORMAT_MINOR, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS,
+                                         PROMPT_CACHE_NAME, QUANTIZED_PRECISIONS, TOKENIZER_NAME, file_entry,
+                                         write_json)
 
 
 # ---------------------------------------------------------------------- manifest writing
@@ -100,17 +98,7 @@ def record_files(bundle_dir: str | os.PathLike, manifest: dict, relpaths: Sequen
 
 def save_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
     """Write ``manifest.json`` atomically (the writers: export, the engine builder, aoti)."""
-    return reader.write_json(Path(bundle_dir) / MANIFEST_NAME, manifest)
-
-
-class Bundle(reader.Bundle):
-    """:class:`latentfuse.runtime.manifest.Bundle` plus the export side's view of a graph (a :class:`GraphSpec`)."""
-
-    def spec(self, name: str):
-        from latentfuse.export.graphs import GraphSpec
-
-        return GraphSpec.from_manifest(name, self.graph(name), self.manifest.get("resolution"),
-                                       self.manifest.get("text"))
+    return write_json(Path(bundle_dir) / MANIFEST_NAME, manifest)
 
 
 # ---------------------------------------------------------------------- writing a bundle
@@ -256,7 +244,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
     if precision == "fp16" and plan is None:
         # fail before the (slow) export rather than after it
         _convert_fp16(Path(out), {}, None)
-    if precision in QUANTIZED:
+    if precision in QUANTIZED_PRECISIONS:
         from latentfuse.export.quantize import MIN_OPSET, QuantOptions, require_modelopt
 
         require_modelopt(precision)  # before any slow work
@@ -297,7 +285,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
         if precision == "fp16":
             _convert_fp16(tmp, results, plan)
         quantized = {}
-        if precision in QUANTIZED:
+        if precision in QUANTIZED_PRECISIONS:
             from latentfuse.export.quantize import modelopt_version, quantize_bundle_graphs
 
             quantized = quantize_bundle_graphs(tmp, results, specs, components, quantization, opset=opset,
@@ -316,7 +304,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
                           "export_seconds": round(result.seconds, 2)})
             if result.fallback_reason:
                 entry["exporter_fallback_reason"] = result.fallback_reason
-            if precision in QUANTIZED:
+            if precision in QUANTIZED_PRECISIONS:
                 q = quantized["graphs"].get(name)
                 entry["precision"] = q["precision"] if q and q["policy"] == "quantized" else "fp32"
                 if q:
@@ -329,7 +317,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, head
                                                   "profile", "tolerance", "export_seconds") if k in entry}
         manifest = bundle_manifest(components, specs, graphs, prompts, versions=_versions(opset),
                                    source_checkpoint=str(checkpoint))
-        if precision in QUANTIZED:
+        if precision in QUANTIZED_PRECISIONS:
             manifest["quantization"] = {"precision": precision, "level": quantization.level,
                                         "target": quantization.target,
                                         "graphs": list(quantization.graphs), "modelopt": modelopt_version(),

@@ -40,14 +40,11 @@ from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.geometry import LATENT_FACTOR, PIXEL_MULTIPLE
 from latentfuse.runtime.backends.tensorrt_backend import import_tensorrt
 from latentfuse.runtime.manifest import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, MANIFEST_NAME, TEXT_LENGTH, WIDTH,
-                                         load_manifest, sha256_file, sha256_json)
+                                         Bundle, load_manifest, sha256_file, sha256_json)
 
-MANIFEST = MANIFEST_NAME
 ENGINE_DIR = "engines"
-SPATIAL_MULTIPLE = PIXEL_MULTIPLE   # the runtime pads images to it (model.geometry)
 LEVELS = ("min", "opt", "max")
 BUILD_PURPOSE = "building TensorRT engines (needs an NVIDIA GPU)"
-file_sha256 = sha256_file           # the engine table's hashes: the manifest's sha256
 
 # The manifest's symbolic dims (runtime.manifest) and what each measures: pixel size, latent size
 # (pixels / VAE factor), batch, tokens.
@@ -62,7 +59,7 @@ def dim_role(name) -> str | None:
     return _DIM_ROLES.get(name)
 
 
-def round_up(x: int, multiple: int = SPATIAL_MULTIPLE) -> int:
+def round_up(x: int, multiple: int = PIXEL_MULTIPLE) -> int:
     return int(math.ceil(x / multiple) * multiple)
 
 
@@ -88,7 +85,7 @@ class Extent:
 
 
 def aspect_shapes(min_side: int, max_side: int, aspect_ratios: Iterable[str] = ("16:9", "4:3", "1:1"),
-                  multiple: int = SPATIAL_MULTIPLE) -> list[tuple[int, int]]:
+                  multiple: int = PIXEL_MULTIPLE) -> list[tuple[int, int]]:
     """The extreme (H, W) of every supported image size: for each aspect ratio, in both orientations,
     the image whose short side is ``min_side`` and the one whose long side is ``max_side``, padded up to
     ``multiple`` as the runtime pads. A profile that accepts these accepts every size in between."""
@@ -136,7 +133,7 @@ def uncovered_shapes(profile: Mapping, inputs: Sequence[Mapping], resolution: Ma
         return []
     shapes = aspect_shapes(int(resolution["min"]), int(resolution["max"]),
                            resolution.get("aspect_ratios") or ("1:1",),
-                           int(resolution.get("multiple", SPATIAL_MULTIPLE)))
+                           int(resolution.get("multiple", PIXEL_MULTIPLE)))
     missing = []
     for h, w in shapes:
         for spec in inputs:
@@ -213,9 +210,9 @@ def parse_profile_override(text: str) -> tuple[str, dict[str, Extent]]:
     extents = {name: Extent(*(p[i] for p in parsed)) for i, name in enumerate(names)}
     for name in ("height", "width"):
         if name in extents:
-            bad = [v for v in (extents[name].min, extents[name].opt, extents[name].max) if v % SPATIAL_MULTIPLE]
+            bad = [v for v in (extents[name].min, extents[name].opt, extents[name].max) if v % PIXEL_MULTIPLE]
             if bad:
-                raise LatentfuseError(f"--profile {text!r}: image sizes must be multiples of {SPATIAL_MULTIPLE} "
+                raise LatentfuseError(f"--profile {text!r}: image sizes must be multiples of {PIXEL_MULTIPLE} "
                                       f"(the runtime pads to it), got {bad[0]}")
     return graph.strip(), extents
 
@@ -442,38 +439,24 @@ def build_engine(onnx_path: str | os.PathLike, profile: Mapping, out_path: str |
 # --- the bundle ----------------------------------------------------------------------------------
 
 
-def read_manifest(bundle: str | os.PathLike) -> dict:
-    """The bundle's manifest through :func:`latentfuse.runtime.manifest.load_manifest` (files checked against it)."""
-    return load_manifest(bundle)
-
-
-def write_manifest(bundle: str | os.PathLike, manifest: Mapping) -> None:
-    save_manifest(bundle, dict(manifest))
-
-
 def graph_onnx(bundle: Path, graph: str, entry: Mapping) -> Path:
     """The ONNX file an engine is built from (the bundle's graph: mixed FP16 in an fp16 bundle)."""
     name = entry.get("file")
     if not name:
-        raise LatentfuseError(f"{bundle / MANIFEST}: graph {graph!r} has no 'file'")
+        raise LatentfuseError(f"{bundle / MANIFEST_NAME}: graph {graph!r} has no 'file'")
     return bundle / name
-
-
-def latent_factor(manifest: Mapping) -> int:
-    """Pixels per latent pixel (the VAE's f), from ``manifest["latent"]["downsample"]``."""
-    return int((manifest.get("latent") or {}).get("downsample", LATENT_FACTOR))
 
 
 def plan_builds(bundle: str | os.PathLike, overrides: Mapping[str, Mapping[str, Extent]] | None = None,
                 graphs: Sequence[str] | None = None, *, trt_version: str, gpu: Mapping) -> list[dict]:
     """What :func:`build_bundle_engines` would do for each graph: key, profile, and whether to skip."""
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    manifest = load_manifest(bundle)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(manifest["graphs"])) + sorted(set(graphs or []) - set(manifest["graphs"]))
     if unknown:
-        raise LatentfuseError(f"no graph {unknown[0]!r} in {bundle / MANIFEST} (graphs: {', '.join(manifest['graphs'])})")
-    factor = latent_factor(manifest)
+        raise LatentfuseError(f"no graph {unknown[0]!r} in {bundle / MANIFEST_NAME} (graphs: {', '.join(manifest['graphs'])})")
+    factor = Bundle(bundle, manifest).latent_factor
     jobs = []
     for name, entry in manifest["graphs"].items():
         if graphs and name not in graphs:
@@ -484,7 +467,7 @@ def plan_builds(bundle: str | os.PathLike, overrides: Mapping[str, Mapping[str, 
         previous = (manifest.get("engines") or {}).get(name) or {}
         engine_file = previous.get("file") or f"{ENGINE_DIR}/{name}.engine"
         cached = (previous.get("cache_key") == key and (bundle / engine_file).is_file()
-                  and file_sha256(bundle / engine_file) == previous.get("sha256"))
+                  and sha256_file(bundle / engine_file) == previous.get("sha256"))
         jobs.append({"graph": name, "onnx": str(onnx_path), "profile": profile, "cache_key": key,
                      "file": engine_file, "cached": cached, "precision": entry.get("precision", "fp32"),
                      "uncovered": uncovered_shapes(profile, entry.get("inputs") or [], manifest.get("resolution"),
@@ -513,11 +496,11 @@ def build_bundle_engines(bundle: str | os.PathLike, overrides: Mapping[str, Mapp
         out = bundle / job["file"]
         stats = build_engine(job["onnx"], job["profile"], out, timing_cache=timing_cache, workspace_gb=workspace_gb)
         job.update(stats, status="built")
-        manifest = read_manifest(bundle)  # re-read: keep other writers' entries
+        manifest = load_manifest(bundle)  # re-read: keep other writers' entries
         manifest.setdefault("engines", {})[job["graph"]] = {
-            "file": job["file"], "sha256": file_sha256(out), "cache_key": job["cache_key"],
+            "file": job["file"], "sha256": sha256_file(out), "cache_key": job["cache_key"],
             "trt_version": trt_version, "gpu": gpu, "profile": job["profile"],
         }
         record_files(bundle, manifest, [job["file"]])
-        write_manifest(bundle, manifest)
+        save_manifest(bundle, manifest)
     return jobs

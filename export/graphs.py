@@ -36,11 +36,9 @@ from latentfuse.model.errors import LatentfuseError
 
 from latentfuse.model.geometry import HEADS, LATENT_FACTOR, MIN_GRID, PATCH, PIXEL_MULTIPLE
 # The manifest schema's symbolic dims and tensor roles (runtime.manifest, the reader every host shares).
-from latentfuse.runtime.manifest import (BATCH, GRAPH_KINDS, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, SYMBOLS,  # noqa: F401
-                                         TEXT_LENGTH, WIDTH, legacy_role)
+from latentfuse.runtime.manifest import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, TEXT_LENGTH, WIDTH, Bundle,
+                                         legacy_role)
 
-DOWNSAMPLE = LATENT_FACTOR          # VAE f (MMAIF 3.2), model.geometry
-KINDS = GRAPH_KINDS
 
 # Range the exported graphs accept (torch.export Dim bounds); the profiles below are narrower.
 EXPORT_MAX_BATCH = 64
@@ -201,8 +199,8 @@ class GraphSpec:
         length = self.opt_text_length if text_length is None else int(text_length)
         if not 1 <= length <= self.max_text_length:
             raise LatentfuseError(f"text length {length} is outside [1, {self.max_text_length}]")
-        return {BATCH: batch, HEIGHT: height, WIDTH: width, LATENT_HEIGHT: height // DOWNSAMPLE,
-                LATENT_WIDTH: width // DOWNSAMPLE, TEXT_LENGTH: length}
+        return {BATCH: batch, HEIGHT: height, WIDTH: width, LATENT_HEIGHT: height // LATENT_FACTOR,
+                LATENT_WIDTH: width // LATENT_FACTOR, TEXT_LENGTH: length}
 
     def shapes(self, batch: int, height: int, width: int, text_length: int | None = None) -> dict[str, list[int]]:
         sizes = self.sizes(batch, height, width, text_length)
@@ -324,6 +322,12 @@ class GraphSpec:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise LatentfuseError(f"manifest entry for graph {name!r} is malformed: {err!r}") from None
+
+
+def bundle_spec(bundle: Bundle, name: str) -> GraphSpec:
+    """Export's view of a bundle's graph ``name``: its interface-only :class:`GraphSpec` (:meth:`GraphSpec.from_manifest`)."""
+    return GraphSpec.from_manifest(name, bundle.graph(name), bundle.manifest.get("resolution"),
+                                   bundle.manifest.get("text"))
 
 
 # ---------------------------------------------------------------------- the graphs

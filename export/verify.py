@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from latentfuse.export import checks
-from latentfuse.export.graphs import DEFAULT_SHAPES, TEXT_LENGTH, GraphSpec, Tolerance, VerifyShape  # noqa: F401
+from latentfuse.export.graphs import DEFAULT_SHAPES, GraphSpec, Tolerance, VerifyShape
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.manifest import TEXT_LENGTH
 
 
 FP16_TOLERANCE = Tolerance(2e-2, 5e-2)      # FP16 graph on ORT CPU vs FP32 PyTorch

@@ -37,7 +37,7 @@ from typing import Mapping
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError
-from latentfuse.model.geometry import HEADS, LATENT_FACTOR, MIN_SIDE, PATCH, PIXEL_MULTIPLE  # noqa: F401 - re-exported
+from latentfuse.model.geometry import HEADS, LATENT_FACTOR, PIXEL_MULTIPLE
 
 FORMAT = "latentfuse-bundle"
 FORMAT_VERSION = 1          # readers accept 1; a bundle without "format_minor" is minor 0 (no tensor roles)
@@ -47,7 +47,6 @@ TOKENIZER_NAME = "spiece.model"
 PROMPT_CACHE_NAME = "prompt_cache.safetensors"
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # a bundle graph's precision: the one vocabulary
 QUANTIZED_PRECISIONS = ("int8", "fp8")  # those made by explicit Q/DQ (export.quantize)
-QUANTIZED = ("int8", "fp8")           # export.quantize: explicit Q/DQ graphs
 GRAPH_KINDS = ("vae_encoder", "vae_decoder", "text_encoder", "dit", "fidelity")
 FIDELITY_GRAPH = "fidelity"  # the fidelity decoder's graph name (model.fidelity)
 
@@ -247,8 +246,20 @@ class GraphEntry:
 
 
 # ---------------------------------------------------------------------- reading a bundle
+def open_bundle(directory: str | os.PathLike) -> "Bundle":
+    """Open and check a bundle (every file present with its recorded size and sha256)."""
+    root = Path(directory)
+    if not (root / MANIFEST_NAME).is_file():
+        raise LatentfuseError(f"{root} is not a deployment bundle (no manifest.json); "
+                              "make one with `latentfuse export --checkpoint DIR --out BUNDLE`")
+    return Bundle.open(root)
+
+
 class Bundle:
-    """Read access for hosts: graph paths and interfaces, tokenizer, prompt cache, defaults."""
+    """The one reader of a bundle, for every host (runtime, engine builder, calibration, export's checks): graph
+    paths and interfaces, tokenizer, prompt cache, limits, engines, the model's defaults. Writing a bundle is
+    :mod:`latentfuse.export.bundle`'s; export's view of a graph (a ``GraphSpec``) is
+    :func:`latentfuse.export.graphs.bundle_spec`."""
 
     def __init__(self, root: str | os.PathLike, manifest: dict):
         self.root = Path(root)
@@ -282,6 +293,9 @@ class Bundle:
     def heads(self) -> list[str]:
         return [e["head"] for e in self.manifest["graphs"].values() if e.get("kind") == "dit"]
 
+    def has_graph(self, name: str) -> bool:
+        return name in self.manifest["graphs"]
+
     def graph(self, name: str) -> dict:
         graphs = self.manifest["graphs"]
         if name not in graphs:
@@ -309,6 +323,12 @@ class Bundle:
                 return name
         raise LatentfuseError(f"{self.root}: the bundle has no {head!r} DiT (heads: {', '.join(self.heads) or 'none'})")
 
+    def dit_graph_or_none(self, head: str) -> str | None:
+        try:
+            return self.dit_graph(head)
+        except LatentfuseError:
+            return None
+
     def input_names(self, name: str) -> list[str]:
         return self.graph_entry(name).input_names
 
@@ -322,6 +342,20 @@ class Bundle:
     @property
     def tokenizer_path(self) -> Path:
         return self.root / self.manifest["text"]["tokenizer"]
+
+    @functools.cached_property
+    def _tokenizer(self):
+        """The bundle's sentencepiece model (the same file the C++ host tokenizes with)."""
+        from latentfuse.model.text_encoder import SpieceTokenizer
+
+        if not self.tokenizer_path.is_file():
+            raise LatentfuseError(f"{self.root}: tokenizer file {self.tokenizer_path.name} is missing")
+        return SpieceTokenizer.from_file(self.tokenizer_path)
+
+    def tokenize(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) int64 [B, L], L = the longest prompt (T5 ids + EOS, 0-padded)."""
+        ids, mask = self._tokenizer(list(prompts), max_length=int(self.manifest["text"]["max_length"]))
+        return ids.numpy().astype(np.int64), mask.numpy().astype(np.int64)
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -353,7 +387,72 @@ class Bundle:
             (k for k, text in prompts.items() if text == key_or_text), None)
         return None if key is None else self.prompt_cache()[key]
 
-    # defaults
+    def prompt_cache_by_text(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """prompt text -> (embeds [1, L, d], mask [1, L]) for the canonical prompts the bundle ships."""
+        by_id = self.prompt_cache()
+        return {" ".join(text.split()): by_id[key] for key, text in self.prompts.items() if key in by_id}
+
+    # engines
+    def engine_paths(self, trt_version: str | None = None, gpu_name: str | None = None) -> dict[str, Path]:
+        """Graph -> engine file, for the engines ``latentfuse build-engines`` recorded for this TensorRT
+        version and GPU (an engine only deserializes on the TensorRT version and GPU it was built for)."""
+        out = {}
+        for name, entry in (self.manifest.get("engines") or {}).items():
+            entry = entry if isinstance(entry, dict) else {"file": entry}
+            if trt_version and entry.get("trt_version") not in (None, trt_version):
+                continue
+            gpu = entry.get("gpu")
+            built_on = gpu.get("name") if isinstance(gpu, dict) else gpu
+            if gpu_name and built_on not in (None, gpu_name):
+                continue
+            path = self.root / entry["file"]
+            if path.is_file():
+                out[name] = path
+        return out
+
+    # limits and defaults
+    def max_image_size(self) -> tuple[int, int] | None:
+        """(H, W) in pixels: the largest size the bundle's graphs were exported and verified for."""
+        res = self.manifest.get("resolution") or {}
+        if "max_height" in res and "max_width" in res:
+            return int(res["max_height"]), int(res["max_width"])
+        return None
+
+    def work_scale(self) -> int:
+        """The working scale of the exported model (``model.work_scale``; 1 in bundles that predate it)."""
+        from latentfuse.model.work_scale import check_work_scale
+
+        value = (self.manifest.get("latent") or {}).get("work_scale", 1)
+        return check_work_scale(value, f"{self.root}/manifest.json latent.work_scale")
+
+    def window(self) -> int:
+        """The window of the exported model (``model.work_scale``; 0, whole images, when absent)."""
+        from latentfuse.model.work_scale import check_window
+
+        value = (self.manifest.get("latent") or {}).get("window", 0)
+        return check_window(value, f"{self.root}/manifest.json latent.window")
+
+    def detail_settings(self):
+        """The model's detail path (manifest ``detail``, ``model.detail.DetailSettings``); None when absent."""
+        from latentfuse.model.detail import DetailSettings
+
+        section = self.manifest.get("detail")
+        return None if section is None else DetailSettings.from_dict(section, f"{self.root}/manifest.json detail")
+
+    def sampler_defaults(self) -> dict:
+        """The manifest's sampler section in :class:`latentfuse.runtime.pipeline.Pipeline`'s terms."""
+        s = self.sampler
+        out = {}
+        if s.get("name"):
+            out["sampler"] = s["name"]
+        for key in ("steps", "g", "prior"):
+            if s.get(key) is not None:
+                out[key] = s[key]
+        sigma = s.get("prior_sigma", s.get("sigma"))
+        if sigma is not None:
+            out["prior_sigma"] = sigma
+        return out
+
     @property
     def latent(self) -> dict:
         return dict(self.manifest["latent"])

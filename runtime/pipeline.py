@@ -298,7 +298,7 @@ class Pipeline:
     def from_bundle(cls, directory: str | os.PathLike, backend: str = "onnxruntime", **options) -> "Pipeline":
         """A pipeline over a deployment bundle (``latentfuse export``) on ``onnxruntime`` or ``tensorrt``."""
         from latentfuse.runtime.backends import backend_source
-        from latentfuse.runtime.backends.bundle import open_bundle
+        from latentfuse.runtime.manifest import open_bundle
 
         if backend_source(backend) != "bundle":
             raise LatentfuseError(f"the {backend} backend runs a model directory: use Pipeline.from_checkpoint")

@@ -36,13 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _dit_latency(fp32_bundle: Path, quant_bundle: Path, graph: str, *, windows: int, repeat: int, rounds: int,
                  threads: int) -> dict:
     """Median seconds per call of the FP32 and the quantized DiT graph, interleaved, on recorded-like inputs."""
-    from latentfuse.export.bundle import Bundle
+    from latentfuse.export.graphs import bundle_spec
     from latentfuse.export.quantize import ort_session
+    from latentfuse.runtime.manifest import Bundle
 
     b32, bq = Bundle.open(fp32_bundle), Bundle.open(quant_bundle)
     latent = b32.latent
     side = int(latent.get("window") or 256) // 8
-    spec = b32.spec(graph)
+    spec = bundle_spec(b32, graph)
     out = {}
     for batch in sorted({1, windows}):
         inputs = spec.sample_inputs(batch, side * 8, side * 8, 12, seed=0)
@@ -85,8 +86,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from latentfuse.export.calib_inputs import draw_crops, parse_source
-    from latentfuse.export.bundle import load_manifest
     from latentfuse.export.quantize import fusion_accuracy, ort_kernel_report
+    from latentfuse.runtime.manifest import load_manifest
     from latentfuse.runtime.pipeline import Pipeline
 
     out_dir = Path(args.out)

@@ -24,7 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
-from latentfuse.runtime.backends import bundle as bundle_io
+from latentfuse.runtime.backends.bundle import BundleBackend
+from latentfuse.runtime.manifest import open_bundle
 
 # ONNX Runtime's type strings -> numpy dtypes
 _ORT_TYPES = {
@@ -111,13 +112,13 @@ class _Session:
         return np.asarray(out, dtype=np.float32)
 
 
-class OnnxRuntimeBackend(bundle_io.BundleBackend):
+class OnnxRuntimeBackend(BundleBackend):
     name = "onnxruntime"
 
     def __init__(self, bundle_dir: str | Path, providers: str | Sequence | None = None, fp16: bool = False,
                  engine_cache: str | Path | None = None, threads: int | None = None):
         ort = _import_ort()
-        self.bundle = bundle_io.open_bundle(bundle_dir)
+        self.bundle = open_bundle(bundle_dir)
         self.provider_key = self._pick_provider(ort, providers)
         cache = Path(engine_cache) if engine_cache else self.bundle.root / "ort_trt_cache"
         self.sessions: dict[str, _Session] = {}

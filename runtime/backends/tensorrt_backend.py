@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
-from latentfuse.runtime.backends import bundle as bundle_io
+from latentfuse.runtime.backends.bundle import BundleBackend
+from latentfuse.runtime.manifest import open_bundle
 
 
 def import_tensorrt(purpose: str = "the tensorrt backend"):
@@ -148,7 +149,7 @@ class TrtEngine:
         return out.numpy()
 
 
-class TensorRTBackend(bundle_io.BundleBackend):
+class TensorRTBackend(BundleBackend):
     name = "tensorrt"
 
     def __init__(self, bundle_dir: str | Path, cuda_graph: bool = True, device: int = 0):
@@ -157,7 +158,7 @@ class TensorRTBackend(bundle_io.BundleBackend):
 
         if not torch.cuda.is_available():
             raise LatentfuseError("the tensorrt backend needs an NVIDIA GPU, and torch sees none")
-        self.bundle = bundle_io.open_bundle(bundle_dir)
+        self.bundle = open_bundle(bundle_dir)
         torch.cuda.set_device(device)
         self._torch = torch
         self.stream = torch.cuda.Stream()

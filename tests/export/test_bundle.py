@@ -11,14 +11,15 @@ import pytest
 import torch
 
 import latentfuse.export.onnx as export_onnx
-from latentfuse.export.bundle import Bundle, export_bundle, load_manifest
-from latentfuse.export.verify import DEFAULT_SHAPES
+from latentfuse.export.bundle import export_bundle
+from latentfuse.export.graphs import DEFAULT_SHAPES, bundle_spec
 from latentfuse.model.components import FusionComponents
 from latentfuse.model.config import DiTConfig
 from latentfuse.model.data.prompts import canonical_prompts
 from latentfuse.model.dit import MoEDiT
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.runtime.cli import main
+from latentfuse.runtime.manifest import Bundle, load_manifest, open_bundle
 
 GRAPHS = ["text_encoder", "vae_encoder", "vae_decoder", "dit_flow", "dit_regression"]
 
@@ -162,7 +163,7 @@ def test_manifest_inputs_and_outputs_carry_roles(exported):
             assert bundle.input_for(name, role) == tensor
         for tensor, role in outputs.items():
             assert bundle.output_for(name, role) == tensor
-        spec = bundle.spec(name)                     # the export view reads the roles back
+        spec = bundle_spec(bundle, name)                   # the export view reads the roles back
         assert {t.name: t.role for t in spec.inputs} == inputs and {t.name: t.role for t in spec.outputs} == outputs
     with pytest.raises(LatentfuseError, match=r"no input with role 'timestep'"):
         bundle.input_for("dit_regression", "timestep")
@@ -170,7 +171,6 @@ def test_manifest_inputs_and_outputs_carry_roles(exported):
 
 def test_a_manifest_without_roles_still_loads_and_resolves_by_name(exported):
     """Bundles written before roles (format_minor 0): every tensor is found by the names export.graphs gives."""
-    from latentfuse.runtime.backends.bundle import open_bundle
     from latentfuse.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     copy = _copy(exported, "no_roles")
@@ -184,7 +184,7 @@ def test_a_manifest_without_roles_still_loads_and_resolves_by_name(exported):
     for name, (inputs, outputs) in ROLES.items():
         assert {t["name"]: t["role"] for t in bundle.graph_entry(name).inputs} == inputs
         assert {t["name"]: t["role"] for t in bundle.graph_entry(name).outputs} == outputs
-        assert {t.name: t.role for t in Bundle.open(copy).spec(name).outputs} == outputs
+        assert {t.name: t.role for t in bundle_spec(Bundle.open(copy), name).outputs} == outputs
     assert bundle.input_for("dit_flow", "noisy_latent") == "z_t"
     assert bundle.output_for("dit_regression", "fused_latent") == "latent"
     # the backend runs it as it runs a bundle with roles

@@ -9,12 +9,12 @@ import torch
 from onnx import TensorProto, helper
 
 from latentfuse.export import checks
-from latentfuse.export.graphs import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, TEXT_LENGTH, WIDTH, DiTSpec, GraphSpec,
-                                      Resolution, TensorSpec, graph_specs)
+from latentfuse.export.graphs import DiTSpec, GraphSpec, Resolution, TensorSpec, graph_specs
 from latentfuse.export.onnx import export_graph
 from latentfuse.model.config import DiTConfig
 from latentfuse.model.dit import MoEDiT
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.manifest import BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, TEXT_LENGTH, WIDTH
 
 
 class ToyDecoder(torch.nn.Module):
@@ -213,7 +213,8 @@ def test_polygraphy_lint_passes_on_exported_graph(tmp_path):
 
 
 def test_parity_detects_a_mismatching_graph(tmp_path):
-    from latentfuse.export.verify import DEFAULT_SHAPES, parity
+    from latentfuse.export.graphs import DEFAULT_SHAPES
+    from latentfuse.export.verify import parity
 
     torch.manual_seed(0)
     model = ToyDecoder().eval()

@@ -8,7 +8,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from latentfuse.export import engines as E
+from latentfuse.export.bundle import record_files, save_manifest
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.runtime.manifest import sha256_file
 
 try:
     import tensorrt  # noqa: F401
@@ -174,7 +176,7 @@ def test_onnx_hash_follows_external_weights(tmp_path):
 
 def make_bundle(root):
     """A minimal bundle in the export.bundle format: one toy graph, hashed into 'files'."""
-    from latentfuse.export.bundle import FORMAT, FORMAT_VERSION, record_files, save_manifest
+    from latentfuse.runtime.manifest import FORMAT, FORMAT_VERSION
 
     root.mkdir()
     toy_onnx(root / "toy.onnx")
@@ -201,8 +203,8 @@ def test_plan_builds_skips_a_matching_cached_engine(tmp_path):
     engine.parent.mkdir()
     engine.write_bytes(b"serialized engine")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["engines"]["toy"] = {"file": job["file"], "sha256": E.file_sha256(engine), "cache_key": job["cache_key"]}
-    E.write_manifest(bundle, manifest)  # engine deliberately not in 'files': a corrupted engine is our check
+    manifest["engines"]["toy"] = {"file": job["file"], "sha256": sha256_file(engine), "cache_key": job["cache_key"]}
+    save_manifest(bundle, manifest)  # engine deliberately not in 'files': a corrupted engine is our check
     assert E.plan_builds(bundle, trt_version="10.15.1", gpu=GPU)[0]["cached"]
     assert not E.plan_builds(bundle, trt_version="11.0.0", gpu=GPU)[0]["cached"]  # TensorRT upgrade
     _, ext = E.parse_profile_override("nope=1:1:8")
@@ -262,7 +264,7 @@ def test_real_build_strongly_typed_fp16_engine(tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["graphs"]["toy"].update(file="toy_fp16.onnx", precision="fp16")
     record_files(bundle, manifest, ["toy_fp16.onnx"])
-    E.write_manifest(bundle, manifest)
+    save_manifest(bundle, manifest)
     (job,) = E.build_bundle_engines(bundle, progress=False)
     assert job["status"] == "built" and (bundle / job["file"]).stat().st_size > 0
     entry = json.loads((bundle / "manifest.json").read_text())["engines"]["toy"]

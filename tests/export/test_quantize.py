@@ -85,7 +85,7 @@ def int8_bundle(tmp_path_factory, fixture_pairs):
 # ----------------------------------------------------------------------------- the int8 bundle
 @requires_modelopt
 def test_int8_bundle_manifest(int8_bundle, fixture_pairs):
-    from latentfuse.export.bundle import load_manifest
+    from latentfuse.runtime.manifest import load_manifest
 
     manifest = load_manifest(int8_bundle["bundle"])
     graphs = manifest["graphs"]
@@ -253,8 +253,9 @@ def test_measured_exclusions_bring_the_graph_under_its_tolerance():
 
 @requires_modelopt
 def test_fp8_bundle_passes_the_bundle_checks(tmp_path, fixture_pairs):
-    from latentfuse.export.bundle import export_bundle, load_manifest
+    from latentfuse.export.bundle import export_bundle
     from latentfuse.export.quantize import QuantOptions
+    from latentfuse.runtime.manifest import load_manifest
 
     comps = tiny_components()
     model_dir = comps.save_pretrained(tmp_path / "model")

@@ -197,8 +197,8 @@ def test_tensorrt_matches_onnxruntime(model_and_bundle, pipelines):
 
 
 def test_onnxruntime_tensorrt_provider_options_come_from_the_manifest_profile(model_and_bundle, tmp_path):
-    from latentfuse.runtime.backends.bundle import open_bundle
     from latentfuse.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from latentfuse.runtime.manifest import open_bundle
 
     backend = object.__new__(OnnxRuntimeBackend)  # only the option builder: no session is created
     backend.bundle, backend.provider_key = open_bundle(model_and_bundle[1]), "tensorrt"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentfuse.export.bundle import export_bundle, load_manifest, save_manifest
+from latentfuse.export.bundle import export_bundle, save_manifest
 from latentfuse.export.graphs import FidelitySpec, graph_specs
 from latentfuse.model.components import FusionComponents
 from latentfuse.model.config import DiTConfig
@@ -22,7 +22,7 @@ from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.fidelity import receptive_halo
 from latentfuse.runtime.backends import get_backend
 from latentfuse.runtime.backends.tiled import GRID, TiledBackend, fidelity_halo, fidelity_strips
-from latentfuse.runtime.manifest import Bundle
+from latentfuse.runtime.manifest import Bundle, load_manifest
 from latentfuse.runtime.pipeline import Pipeline
 
 
