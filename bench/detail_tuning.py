@@ -1,7 +1,8 @@
-"""Choosing the detail path's parameters (``model.detail``) on training scenes: the grid, the scores, the choice.
+"""Choosing the detail path's parameters (``model.image_processing.detail``) on training scenes: the grid, the
+scores, the choice.
 
-A model carries two detail configurations (``model.detail.DetailSettings``): *clean*, for the task's canonical
-prompt, and *safe*, for other prompts. They are chosen on the label's VAE round trip F = D(E(label)) of
+A model carries two detail configurations (``model.image_processing.detail.DetailSettings``): *clean*, for the
+task's canonical prompt, and *safe*, for other prompts. They are chosen on the label's VAE round trip F = D(E(label)) of
 *training* scenes (``model/data/split.py``), the ceiling of any latent model with that VAE:
 
 * every configuration of :data:`TUNE_GRID` is scored on the clean pairs by the Q^AB/F of F after the detail
@@ -28,7 +29,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError
-from latentfuse.model.image_io import to_rgb
+from latentfuse.model.image_processing.color import to_rgb
 
 TUNE_GRID = {"sigma": (4.0, 8.0, 16.0, 24.0, 32.0), "radius": (2, 4, 8), "fused_candidate": (True, False),
              "channels": ("luma", "rgb"), "noise_k": (0.0, 3.0)}
@@ -113,14 +114,14 @@ def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 def grid_configs(grid: dict = TUNE_GRID) -> list:
-    from latentfuse.model.detail import DetailConfig
+    from latentfuse.model.image_processing.detail import DetailConfig
 
     return [DetailConfig(**dict(zip(grid, values))) for values in itertools.product(*grid.values())]
 
 
 def score_configs(sets: dict[str, list[Pair]], configs: Iterable, variants: int = DEGRADED_VARIANTS) -> list[dict]:
     """One row per configuration: clean Q^AB/F per task and its mean; degraded ΔPSNR (dB) per task and its mean."""
-    from latentfuse.model.detail import restore_detail
+    from latentfuse.model.image_processing.detail import restore_detail
 
     degraded = {task: [(d, va, vb) for name, d in items for va, vb, _ in degraded_variants(name, d, task, variants)]
                 for task, items in sets.items()}
@@ -152,7 +153,7 @@ def tune(sets: dict[str, list[Pair]], grid: dict = TUNE_GRID, variants: int = DE
     """Score the grid on ``sets`` ({task: tuning pairs}) and choose; returns the rows (best clean first), the
     Q^AB/F without the stage, the clean choice without its noise gate, and the two choices (``DetailConfig``
     dicts, as the recipe's ``detail_clean`` / ``detail_safe`` take them)."""
-    from latentfuse.model.detail import DetailConfig, restore_detail
+    from latentfuse.model.image_processing.detail import DetailConfig, restore_detail
 
     rows = score_configs(sets, grid_configs(grid), variants)
     best = DetailConfig(**choose_config(rows, "clean")["config"])

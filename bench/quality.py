@@ -295,8 +295,8 @@ class Evaluator:
         has = {"regression": self._has_head("regression"), "flow": self._has_head("flow"),
                # a model with a fidelity decoder runs no detail stage by default: nothing to turn off
                "regression_no_detail": (self._has_head("regression") and self.pipe.detail is not None
-                                        and not self.pipe.backend.has_fidelity()),
-               "regression_no_fidelity": self._has_head("regression") and self.pipe.backend.has_fidelity(),
+                                        and not self.pipe.info.has_fidelity),
+               "regression_no_fidelity": self._has_head("regression") and self.pipe.info.has_fidelity,
                "average": True, "average_detail": True, "classical": protocol == "degraded"}
         asked = self.settings.methods
         if asked is not None:
@@ -319,7 +319,7 @@ class Evaluator:
     def run(self, item: EvalItem, methods: Sequence[str], sources: tuple[np.ndarray, np.ndarray],
             reference: np.ndarray, baseline_files: dict[str, Path]) -> tuple[dict, dict[str, np.ndarray], dict]:
         """(record fields, images by method, model input) for ``methods`` of one sample."""
-        from latentfuse.model.detail import restore_detail
+        from latentfuse.model.image_processing.detail import restore_detail
 
         task = item.task
         clean_a, clean_b = sources
@@ -365,7 +365,7 @@ def control_detail(pipe):
     """(DetailSettings, where they come from) of the ``average_detail`` control: the model's own detail stage,
     else the bundled default model's, else the stage's neutral defaults."""
     from latentfuse.model.components import DEFAULT_MODEL_DIR, read_index
-    from latentfuse.model.detail import DetailConfig, DetailSettings
+    from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 
     if pipe.detail is not None:
         return pipe.detail, "the model's own detail stage"

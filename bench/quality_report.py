@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentfuse.model.image_processing.color import to_rgb
+
 FIGURE_HEIGHT = 160  # px per panel row
 CAPTION = 16  # px of caption strip above a panel
 
@@ -118,7 +120,7 @@ def captioned(img: np.ndarray, text: str) -> np.ndarray:
     """``img`` (HxW or HxWx3, [0, 1]) with a caption strip above it."""
     from PIL import Image, ImageDraw
 
-    rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, -1)
+    rgb = to_rgb(img, None)
     rgb = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
     canvas = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + CAPTION), "white")
     canvas.paste(Image.fromarray(rgb), (0, CAPTION))

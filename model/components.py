@@ -2,7 +2,8 @@
 
     <dir>/model_index.json      {"vae": "vae", "text_encoder": "text_encoder", "dit_flow": ..., ...,
                                  "work_scale": k, "window": w,   (``model.work_scale``; 1 / 0 when absent)
-                                 "detail": {...}}                (``model.detail.DetailSettings``; optional)
+                                 "detail": {...}}                (``DetailSettings`` of
+                                                                  ``model.image_processing.detail``; optional)
     <dir>/vae/                  LatentVAE.save_pretrained (diffusers AutoencoderKL layout)
     <dir>/text_encoder/         PromptEncoder.save_pretrained (transformers T5 layout + spiece.model)
     <dir>/dit_flow/             MoEDiT.save_pretrained (flow head), optional
@@ -22,9 +23,9 @@ from pathlib import Path
 import torch
 
 from latentfuse.model.atomic import atomic_dir
-from latentfuse.model.detail import DetailSettings
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.geometry import HEADS
+from latentfuse.model.image_processing.detail import DetailSettings
 from latentfuse.model.work_scale import check_window, check_work_scale
 
 INDEX_NAME = "model_index.json"
@@ -58,7 +59,7 @@ class FusionComponents:
     dits: dict  # head name -> MoEDiT
     work_scale: int = 1  # the pair is enlarged k times before the VAE (model.work_scale)
     window: int = 0  # networks run on windows of at most this many enlarged pixels (0: whole images)
-    detail: DetailSettings | None = None  # the pixel-space detail path after decoding (model.detail)
+    detail: DetailSettings | None = None  # the pixel-space detail path after decoding (model.image_processing.detail)
     fidelity: "torch.nn.Module | None" = None  # the learned fidelity decoder after the VAE (model.fidelity)
 
     def __post_init__(self):

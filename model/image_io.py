@@ -155,27 +155,3 @@ def _png_is_16bit(path: Path) -> bool:
         head = fh.read(25)
     # signature (8) + IHDR length/tag (8) + width, height (8) + bit depth (1)
     return len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16
-
-
-def to_gray(image: np.ndarray) -> np.ndarray:
-    """HxWx3 -> HxW luma (ITU-R BT.601 weights, as in the fusion literature's Y channel); HxW unchanged."""
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim == 2:
-        return arr
-    if arr.ndim == 3 and arr.shape[-1] == 3:
-        return (arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.float32)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        return arr[..., 0]
-    raise LatentfuseError(f"to_gray expects HxW or HxWx3, got shape {arr.shape}")
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """HxW -> HxWx3 by replication; HxWx3 unchanged."""
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim == 2:
-        return np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim == 3 and arr.shape[-1] == 3:
-        return arr
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        return np.repeat(arr, 3, axis=-1)
-    raise LatentfuseError(f"to_rgb expects HxW or HxWx3, got shape {arr.shape}")

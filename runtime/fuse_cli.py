@@ -296,7 +296,7 @@ def side_by_side(images, gap: int = 4):
     """A | B | fused as one HxWx3 image (gray repeated to RGB), separated by white gaps."""
     import numpy as np
 
-    from latentfuse.runtime.pipeline import to_rgb
+    from latentfuse.model.image_processing.color import to_rgb
 
     h = max(i.shape[0] for i in images)
     tiles = []

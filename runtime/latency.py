@@ -2,8 +2,8 @@
 
 The stages are the four deployed graphs (docs/design.md "Data flow"): ``VAE-Enc`` (both sources in one
 batch), ``T5`` (prompt encoding; a prompt-cache hit costs ~0), ``DiT`` (all NFE network calls of the
-sampler, with the sampler's host-side arithmetic), ``VAE-Dec``, ``Detail`` (the pixel-space detail path, ``model.detail``,
-on the host; 0 when it is off); plus ``total`` for the whole call
+sampler, with the sampler's host-side arithmetic), ``VAE-Dec``, ``Detail`` (the pixel-space detail path,
+``model.image_processing.detail``, on the host; 0 when it is off); plus ``total`` for the whole call
 including image padding and conversion. The table follows the layout public diffusion demos print
 (TensorRT demoDiffusion's ``print_summary``: one row per module, ``UNet x N`` style for the
 denoiser, then the pipeline total and images/s).

@@ -40,6 +40,7 @@ import numpy as np
 
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.geometry import PIXEL_MULTIPLE
+from latentfuse.model.image_processing.color import to_gray
 from latentfuse.model.work_scale import check_window, check_work_scale, downscale, upscale
 from latentfuse.runtime import samplers
 from latentfuse.runtime.backends import Backend, get_backend
@@ -151,11 +152,6 @@ def match_pair(a: np.ndarray, b: np.ndarray, resize: bool = False, names=("A", "
     return a, np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def to_rgb(img: np.ndarray) -> np.ndarray:
-    """HxW gray (e.g. infrared) -> HxWx3 by repetition; the VAE takes 3 channels."""
-    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
-
-
 def _padded(side: int, minimum: int = PAD_MULTIPLE, multiple: int = PAD_MULTIPLE) -> int:
     """``side`` rounded up to a multiple of ``multiple`` and to at least ``minimum``."""
     return max(side + (-side) % multiple, minimum + (-minimum) % multiple)
@@ -261,11 +257,6 @@ def vae_call_bytes(height: int, width: int) -> int:
     """Estimated peak of one VAE call on one ``height`` x ``width`` image (module constants)."""
     px = height * width
     return VAE_BYTES_PER_PX * px + VAE_BYTES_PER_TOKEN2 * (px // 64) ** 2
-
-
-def to_gray(img: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma of an HxWx3 image."""
-    return (img @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------- pipeline
@@ -468,7 +459,7 @@ class Pipeline:
         # detail path: the decoded image, the result, and one strip's float64 planes with its context rows
         detail_rows, detail_peak = None, 0
         if self.detail is not None:
-            from latentfuse.model.detail import detail_halo
+            from latentfuse.model.image_processing.detail import detail_halo
 
             halo = max(detail_halo(self.detail.clean), detail_halo(self.detail.safe))
             fixed = base + image_f32 + 3 * 4 * h * w
@@ -531,7 +522,7 @@ class Pipeline:
         else half the machine's memory): the VAE tiles, DiT windows per call and detail strips are sized to it.
         """
         from latentfuse.model.data.tasks import check_task
-        from latentfuse.model.detail import check_detail_mode, restore_detail
+        from latentfuse.model.image_processing.detail import check_detail_mode, restore_detail
 
         task = check_task(task)
         detail_mode = check_detail_mode(detail)

@@ -6,6 +6,7 @@
 * clean pairs: ``pairs`` (real dataset layouts + validation), ``synth`` (pairs rendered from
   scikit-image photographs), ``samples`` / ``make_samples`` (the shipped demo pairs);
 * supervision: ``teachers`` (classical fusion + folder plug-in), ``selection`` (task-aware choice),
-  ``refiner`` (Fusion Refiner), ``labels`` (the chain), with helpers ``filters``, ``pyramid``, ``color``;
+  ``refiner`` (Fusion Refiner), ``labels`` (the chain); the pixel operations (colour, filters, pyramids)
+  are ``model.image_processing``'s, shared with the runtime;
 * output: ``build`` (resumable dataset writer), ``cli`` (``latentfuse data synth|build``).
 """

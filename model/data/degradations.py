@@ -15,8 +15,9 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
-from latentfuse.model.data.filters import gaussian
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.color import luma
+from latentfuse.model.image_processing.filters import gaussian
 
 Params = dict[str, Any]
 
@@ -50,10 +51,6 @@ def _spatial(image: np.ndarray) -> np.ndarray:
 
 def _out(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
-
-
-def _luma(arr: np.ndarray) -> np.ndarray:
-    return arr @ np.array([0.299, 0.587, 0.114]) if arr.ndim == 3 else arr
 
 
 def _screen(base: np.ndarray, layer: np.ndarray, opacity: float) -> np.ndarray:
@@ -188,7 +185,7 @@ def high_exposure(image: np.ndarray, stops: float) -> np.ndarray:
 def low_contrast(image: np.ndarray, factor: float) -> np.ndarray:
     """Contrast compression towards the mean luminance: I = m + ``factor``·(J - m), factor 0.3-0.6."""
     arr = _spatial(image)
-    m = float(_luma(arr).mean())
+    m = float(luma(arr, "dot").mean())
     return _out(m + float(factor) * (arr - m))
 
 

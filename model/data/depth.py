@@ -30,8 +30,9 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from latentfuse.model.data.filters import gaussian, guided_filter
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.model.image_processing.color import luma, to_rgb
+from latentfuse.model.image_processing.filters import gaussian, guided_filter
 
 DepthEstimator = Callable[[np.ndarray], np.ndarray]
 
@@ -52,7 +53,7 @@ def depth_prior(image: np.ndarray) -> np.ndarray:
     if img.ndim == 3:
         value = img.max(axis=-1)
         saturation = (value - img.min(axis=-1)) / np.maximum(value, 1e-6)
-        gray = img @ np.array([0.299, 0.587, 0.114])
+        gray = luma(img, "dot")
     else:
         value, saturation, gray = img, np.zeros_like(img), img
     vertical = np.repeat(np.linspace(1.0, 0.0, h)[:, None], w, axis=1)
@@ -113,9 +114,7 @@ class TransformersDepth:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         from PIL import Image
 
-        arr = np.asarray(image, np.float32)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=-1)
+        arr = to_rgb(image)
         pil = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
         result = self._pipe(pil)
         pred = result["predicted_depth"]

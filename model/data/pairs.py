@@ -288,7 +288,8 @@ def validate_pairs(pairset: PairSet, check_sizes: bool = True) -> PairSet:
 def load_pair(pair: ImagePair, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read a validated pair as float32 [0, 1]. VIF infrared is reduced to one channel (IR files are
     often stored as 3 identical channels); MEF / MFF gray partners of an RGB image are replicated."""
-    from latentfuse.model.image_io import read_image, to_gray, to_rgb
+    from latentfuse.model.image_io import read_image
+    from latentfuse.model.image_processing.color import to_gray, to_rgb
 
     a, b = read_image(pair.a), read_image(pair.b)
     gt = read_image(pair.gt) if pair.gt is not None else None

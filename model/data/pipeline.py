@@ -29,6 +29,7 @@ from latentfuse.model.data.depth import DepthEstimator, estimate_depth
 from latentfuse.model.data.prompts import sample_prompt
 from latentfuse.model.data.tasks import WEATHER, check_task, task_degradations
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.color import to_rgb
 
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {"16:9": (16, 9), "4:3": (4, 3), "1:1": (1, 1)}
 N_CHOICES: tuple[int, ...] = (1, 2, 3)
@@ -169,7 +170,7 @@ def degrade_pair(a: np.ndarray, b: np.ndarray, gt: np.ndarray | None, task: str,
         where = targets(task, name)
         if name == "haze" and depth is None:
             # Depth of the clean scene: the visible image for VIF, the pair's mean otherwise.
-            scene = clean_a if task == "vif" else 0.5 * (_as_rgb(clean_a) + _as_rgb(clean_b))
+            scene = clean_a if task == "vif" else 0.5 * (to_rgb(clean_a, None) + to_rgb(clean_b, None))
             depth = estimate_depth(scene, depth_estimator)
         for key in where:
             out[key] = D.apply(name, out[key], p, rng, depth=depth)
@@ -183,7 +184,3 @@ def degrade_pair(a: np.ndarray, b: np.ndarray, gt: np.ndarray | None, task: str,
     return DegradedSample(a=out["a"], b=out["b"], clean_a=clean_a, clean_b=clean_b, gt=gt_out, task=task,
                           degradations=list(chosen), prompt=prompt, params=params,
                           crop={**box, "out_height": clean_a.shape[0], "out_width": clean_a.shape[1]})
-
-
-def _as_rgb(x: np.ndarray) -> np.ndarray:
-    return np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x

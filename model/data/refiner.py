@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from latentfuse.model.data.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
-from latentfuse.model.data.filters import guided_filter
+from latentfuse.model.image_processing.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from latentfuse.model.image_processing.filters import guided_filter
 
 
 @dataclass

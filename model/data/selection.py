@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latentfuse.model.data.color import luma
 from latentfuse.model.data.tasks import check_task
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.color import luma
 
 TASK_WEIGHTS: dict[str, dict[str, float]] = {
     "vif": {"qabf": 0.4, "vif": 0.35, "mi": 0.25},

@@ -31,9 +31,10 @@ from typing import Callable
 import numpy as np
 
 from latentfuse.model.data.depth import DepthEstimator, estimate_depth
-from latentfuse.model.data.filters import gaussian
 from latentfuse.model.data.tasks import check_task
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.color import luma, to_rgb
+from latentfuse.model.image_processing.filters import gaussian
 
 # scikit-image sample photographs stored inside the wheel (checked to load without network).
 NATURAL_IMAGES: tuple[str, ...] = (
@@ -138,9 +139,9 @@ def thermal_rendering(image: np.ndarray, rng: np.random.Generator,
     """Pseudo-LWIR image: warm objects on a cool, smooth background (see module docstring)."""
     from skimage.segmentation import slic
 
-    img = image if image.ndim == 3 else np.repeat(image[..., None], 3, -1)
+    img = to_rgb(image, None)
     h, w = img.shape[:2]
-    gray = img @ np.array([0.299, 0.587, 0.114])
+    gray = luma(img, "dot")
     depth = estimate_depth(img, depth_estimator)
     sat = img.max(-1) - img.min(-1)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -190,7 +191,7 @@ def synth_pair(image: np.ndarray, task: str, rng: np.random.Generator,
     elif task == "mff":
         a, b, info = focus_pair(image, rng, depth_estimator)
     else:
-        rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, -1)
+        rgb = to_rgb(image, None)
         b, info = thermal_rendering(rgb, rng, depth_estimator)
         a = rgb.astype(np.float32)
     return SynthPair(a=a, b=b, source=image.astype(np.float32), info=info)

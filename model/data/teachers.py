@@ -28,11 +28,11 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from latentfuse.model.data import pyramid as P
-from latentfuse.model.data.color import fuse_luma, luma, rgb_to_ycbcr, ycbcr_to_rgb
-from latentfuse.model.data.filters import box_filter, gaussian, guided_filter
 from latentfuse.model.data.tasks import TASKS, check_task
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing import pyramid as P
+from latentfuse.model.image_processing.color import fuse_luma, luma, rgb_to_ycbcr, to_rgb, ycbcr_to_rgb
+from latentfuse.model.image_processing.filters import box_filter, gaussian, guided_filter
 
 FuseFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -115,13 +115,9 @@ def focus_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _focus_fuse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w = focus_decision(a, b)
     if a.ndim == 3 or b.ndim == 3:
-        a, b = _rgb(a), _rgb(b)
+        a, b = to_rgb(a, None), to_rgb(b, None)
         w = w[..., None]
     return w * a + (1 - w) * b
-
-
-def _rgb(x: np.ndarray) -> np.ndarray:
-    return np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x
 
 
 def mertens(a: np.ndarray, b: np.ndarray, wc: float = 1.0, ws: float = 1.0, we: float = 1.0,
@@ -129,7 +125,7 @@ def mertens(a: np.ndarray, b: np.ndarray, wc: float = 1.0, ws: float = 1.0, we: 
     """Mertens et al. 2007: W = C^wc · S^ws · E^we (contrast = |Laplacian| of gray, saturation = std
     over RGB, well-exposedness = Π_c exp(-(I_c - 0.5)² / 2σ²)), normalised, Laplacian-pyramid blend."""
     colour = a.ndim == 3 or b.ndim == 3
-    srcs = [_rgb(a), _rgb(b)] if colour else [a, b]
+    srcs = [to_rgb(a, None), to_rgb(b, None)] if colour else [a, b]
     weights = []
     for s in srcs:
         gray = luma(s)

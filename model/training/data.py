@@ -25,6 +25,7 @@ import torch
 
 from latentfuse.model.atomic import atomic_file
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.color import to_rgb
 from latentfuse.model.work_scale import check_work_scale, upscale
 
 CACHE_FORMAT = 2  # 2: + x_gt
@@ -200,9 +201,7 @@ def _load_rgb(path: Path, size: int, work_scale: int = 1, index: int = 0, count:
     ``work_scale`` times (as a pipeline enlarges it)."""
     from latentfuse.model.image_io import read_image
 
-    img = np.asarray(read_image(path), dtype=np.float32)  # float [0, 1]
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
+    img = to_rgb(read_image(path))  # float32 [0, 1]
     return np.clip(_center_crop(upscale(img, work_scale), size, index, count), 0.0, 1.0)
 
 

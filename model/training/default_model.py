@@ -204,8 +204,9 @@ def train_stage_vae(args, train_root: Path, test_root: Path, report: dict):
 
 
 def detail_settings(args):
-    """The model's detail path (``model.detail``), or None when the recipe has ``detail = false``."""
-    from latentfuse.model.detail import DetailConfig, DetailSettings
+    """The model's detail path (``model.image_processing.detail``), or None when the recipe has
+    ``detail = false``."""
+    from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 
     if not args.detail:
         return None

@@ -163,7 +163,8 @@ def card_fields(report: dict, table_md: str) -> dict:
                 f"{c.get('channels', 'luma')}")
 
     detail_line = ("" if not detail else
-                   "\nDetail path (`model/detail.py`, a host-side stage after decoding that every runtime and the C++ host run):\n"
+                   "\nDetail path (`model/image_processing/detail.py`, a host-side stage after decoding that every runtime "
+                   "and the C++ host run):\n"
                    "the sources' detail finer than sigma px put back where it is above their noise level; parameters\n"
                    f"sigma, radius, fused candidate, noise gate k, channels: clean {detail_set(detail['clean'])} for the task "
                    f"prompts (any of their phrasings), safe {detail_set(detail['safe'])}"

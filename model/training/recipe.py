@@ -36,7 +36,8 @@ class RecipeKey:
     choices: tuple = ()
 
 
-DETAIL_FIELDS = ("sigma", "radius", "fused_candidate", "noise_k", "channels")  # model.detail.DetailConfig, gain 1
+# image_processing.detail.DetailConfig's fields, gain 1
+DETAIL_FIELDS = ("sigma", "radius", "fused_candidate", "noise_k", "channels")
 
 #: The keys of the default's recipe, in file order.
 DEFAULT_RECIPE_KEYS: tuple[RecipeKey, ...] = (
@@ -81,7 +82,7 @@ DEFAULT_RECIPE_KEYS: tuple[RecipeKey, ...] = (
     RecipeKey("flow", "flow_prior", "str", "the flow DiT's prior p0 (model.flow); the model declares it, so every runtime "
          "samples from it", ("gaussian", "source_a", "source_b", "source_mean")),
     RecipeKey("flow", "prior_sigma", "float", "σ_p of a source prior (model.flow)"),
-    RecipeKey("detail", "detail", "bool", "give the model the pixel-space detail path (model.detail)"),
+    RecipeKey("detail", "detail", "bool", "give the model the pixel-space detail path (model.image_processing.detail)"),
     RecipeKey("detail", "detail_clean", "detail", "its parameters for the task's canonical prompt (clean pairs)"),
     RecipeKey("detail", "detail_safe", "detail", "its parameters for other prompts (degraded pairs)"),
     RecipeKey("fidelity", "fidelity", "bool", "train the model's fidelity decoder (model.fidelity) on what its DiTs and "
@@ -142,7 +143,7 @@ def check_value(key: RecipeKey, value: Any, where: str) -> Any:
     if key.kind == "float":
         return float(value)
     if key.kind == "detail":
-        from latentfuse.model.detail import DetailConfig
+        from latentfuse.model.image_processing.detail import DetailConfig
 
         try:
             table = {**value, "sigma": float(value["sigma"]), "noise_k": float(value["noise_k"])}

@@ -18,7 +18,7 @@ from latentfuse.runtime.cli import main
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from latentfuse.model.components import FusionComponents
-    from latentfuse.model.detail import DetailConfig, DetailSettings
+    from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 
     components = FusionComponents.from_preset("tiny", seed=0)
     components.detail = DetailSettings.for_configs(DetailConfig(channels="rgb"), DetailConfig(gain=0.5))

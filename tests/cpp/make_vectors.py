@@ -23,13 +23,13 @@ Each file is produced by the Python runtime itself, so C++ is compared with the 
   :func:`latentfuse.runtime.backends.tiled.balanced_side` (the even VAE tiles) and
   :meth:`latentfuse.runtime.pipeline.Pipeline.plan_memory` (VAE tile, DiT windows per call, detail strip rows,
   estimated peak, or the error) for sizes up to 12 MP, budgets, batch caps and detail halos.
-* ``detail.json``: the detail path of :mod:`latentfuse.model.detail`: :func:`~latentfuse.model.detail.restore_detail` on small
-  deterministic images (7x9, 13x16, 24x20; RGB, gray and VIF-style RGB + gray sources, identical sources
+* ``detail.json``: the detail path of :mod:`latentfuse.model.image_processing.detail`:
+  :func:`~latentfuse.model.image_processing.detail.restore_detail` on small deterministic images (7x9, 13x16, 24x20; RGB, gray and VIF-style RGB + gray sources, identical sources
   for the argmax ties) under configs covering non-integer sigma, a gaussian wider than the image, radius
   0, box windows wider than the image, ``fused_candidate`` both ways, ``noise_k`` 0 and > 0, gain != 1
-  and clipping; the filters it uses (:func:`latentfuse.model.data.filters.gaussian` / ``box_filter``), ``luma`` and
-  :func:`~latentfuse.model.detail.noise_sigma` (odd and even counts); and :class:`~latentfuse.model.detail.DetailSettings`
-  (``from_dict`` of a manifest section, ``mode_for`` and ``config_for`` on assorted prompts).
+  and clipping; the filters it uses (:func:`latentfuse.model.image_processing.filters.gaussian` /
+  ``box_filter``), ``luma`` and :func:`~latentfuse.model.image_processing.detail.noise_sigma` (odd and even
+  counts); and :class:`~latentfuse.model.image_processing.detail.DetailSettings` (``from_dict`` of a manifest section, ``mode_for`` and ``config_for`` on assorted prompts).
 
 ``tests/cpp/test_vectors.py`` fails when a committed file no longer matches what this script writes.
 """
@@ -222,7 +222,7 @@ BALANCED_CASES = ((1920, 768, 64), (3008, 768, 64), (4000, 768, 128), (800, 768,
 def memory_plan_vectors() -> list[dict]:
     from types import SimpleNamespace
 
-    from latentfuse.model.detail import DetailConfig
+    from latentfuse.model.image_processing.detail import DetailConfig
     from latentfuse.runtime.pipeline import MAX_DIT_BATCH, VAE_MAX_SIDE, Pipeline, parse_memory
 
     cases = []
@@ -337,7 +337,7 @@ DETAIL_CASES = (
 def detail_images() -> dict[str, np.ndarray]:
     """Small float32 images on a 1/256 grid (short exact decimals): a smooth scene, its two sources with
     their own fine detail (A a texture, B edges) and a blurred fused image, as a VAE leaves it."""
-    from latentfuse.model.data.filters import gaussian
+    from latentfuse.model.image_processing.filters import gaussian
 
     rng = np.random.default_rng(2024)
     images = {}
@@ -366,9 +366,9 @@ def detail_images() -> dict[str, np.ndarray]:
 
 
 def detail_vectors() -> dict:
-    from latentfuse.model.data.color import luma
-    from latentfuse.model.data.filters import box_filter, gaussian
-    from latentfuse.model.detail import DetailConfig, DetailSettings, noise_sigma, restore_detail
+    from latentfuse.model.image_processing.color import luma
+    from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings, noise_sigma, restore_detail
+    from latentfuse.model.image_processing.filters import box_filter, gaussian
 
     images = detail_images()
     cases = []
@@ -396,6 +396,7 @@ def detail_vectors() -> dict:
                 configs[mode] = None if cfg is None else ("clean" if cfg is s.clean else "safe")
             prompts.append({"prompt": p, "mode": s.mode_for(p), "config_for": configs})
         settings.append({"section": section, "parsed": s.to_dict(), "prompts": prompts})
+    # the generator names the modules as they were when detail.json was written (now model.image_processing.*)
     return {"generator": "tests/cpp/make_vectors.py (model.detail, model.data.filters, model.data.color)",
             "images": {n: {"shape": list(img.shape), "values": _floats(img)} for n, img in images.items()},
             "cases": cases, "filters": filters, "noise_sigma": noise, "settings": settings}

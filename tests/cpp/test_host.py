@@ -58,8 +58,8 @@ def components():
     import torch
 
     from latentfuse.model.components import FusionComponents
-    from latentfuse.model.detail import DetailConfig, DetailSettings
     from latentfuse.model.dit import MoEDiT
+    from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 
     comp = FusionComponents.from_preset("tiny", seed=0)
     comp.work_scale = 2

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def components(fidelity_perturbed):
     from latentfuse.model.components import FusionComponents
-    from latentfuse.model.detail import DetailConfig, DetailSettings
     from latentfuse.model.dit import MoEDiT
+    from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 
     comp = FusionComponents.from_preset("tiny", heads=("regression",), seed=0, fidelity=True)
     comp.work_scale = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentfuse.model.detail import DetailConfig, DetailSettings
+from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
 from latentfuse.runtime.backends import backend_names, check_backend_name, get_backend
 from latentfuse.runtime.backends.base import Backend

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentfuse.model.detail import DetailConfig, DetailSettings, restore_detail
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings, restore_detail
 
 SETTINGS = DetailSettings.for_configs(DetailConfig(sigma=3.0, radius=2, fused_candidate=False),
                                       DetailConfig(sigma=1.5, radius=1))
@@ -95,7 +95,7 @@ def test_the_model_directory_keeps_the_settings(tmp_path):
 
 
 def test_the_cli_offers_exactly_the_detail_modes():
-    from latentfuse.model.detail import DETAIL_MODES
+    from latentfuse.model.image_processing.detail import DETAIL_MODES
     from latentfuse.runtime.fuse_cli import DETAIL_CHOICES
 
     assert DETAIL_CHOICES == ("auto", *DETAIL_MODES)

@@ -11,13 +11,13 @@ namespace {
 using detail::Plane;
 using json = nlohmann::json;
 
-constexpr double kMadToSigma = 0.6745;  // model.detail.MAD_TO_SIGMA
-// model.data.color: full-range BT.601
+constexpr double kMadToSigma = 0.6745;  // model.image_processing.detail.MAD_TO_SIGMA
+// model.image_processing.color: full-range BT.601
 constexpr double kKr = 0.299, kKb = 0.114;
 const double kKg = 1.0 - kKr - kKb;
 
 const char* const kConfigFields[] = {"sigma", "radius", "fused_candidate", "gain", "noise_k", "channels"};
-const std::vector<std::string> kDetailChannels = {"luma", "rgb"};  // model.detail.DETAIL_CHANNELS
+const std::vector<std::string> kDetailChannels = {"luma", "rgb"};  // model.image_processing.detail.DETAIL_CHANNELS
 
 std::string fmt(double x) {
   std::ostringstream out;
@@ -82,7 +82,7 @@ void check_image(const Image& img, const std::string& what) {
                 std::to_string(img.height) + "x" + std::to_string(img.width) + "x" + std::to_string(img.channels));
 }
 
-// model.detail.detail_planes: X - gaussian(X, sigma) of every channel (one plane for a gray image).
+// model.image_processing.detail.detail_planes: X - gaussian(X, sigma) of every channel (one plane for a gray image).
 std::vector<Plane> detail_planes(const Image& img, double sigma) {
   std::vector<Plane> out;
   for (int c = 0; c < img.channels; ++c) {
@@ -96,7 +96,7 @@ std::vector<Plane> detail_planes(const Image& img, double sigma) {
   return out;
 }
 
-// model.detail._luma_of: the luma of channel planes (a gray image's one plane is its own).
+// model.image_processing.detail._luma_of: the luma of channel planes (a gray image's one plane is its own).
 Plane luma_of(const std::vector<Plane>& planes) {
   if (planes.size() == 1) return planes[0];
   Plane out = make_plane(planes[0].height, planes[0].width);
@@ -104,7 +104,7 @@ Plane luma_of(const std::vector<Plane>& planes) {
   return out;
 }
 
-// model.detail.trust: e / (e + (k n)^2), e = box(D^2, r), n the noise estimate of the luma y (or `given`, the
+// model.image_processing.detail.trust: e / (e + (k n)^2), e = box(D^2, r), n the noise estimate of the luma y (or `given`, the
 // whole image's, when y is a strip of it); 1 when noise_k is 0.
 Plane trust(const Plane& y, const Plane& d, const DetailConfig& cfg, std::optional<double> given = std::nullopt) {
   Plane t = make_plane(d.height, d.width);
@@ -329,7 +329,7 @@ Plane box_filter(const Plane& p, int radius) {
   return uniform_1d(uniform_1d(p, size, 0), size, 1);
 }
 
-// |HH| of the 2x2 Haar blocks of a gray plane (model.detail._abs_hh), appended to `out`
+// |HH| of the 2x2 Haar blocks of a gray plane (model.image_processing.detail._abs_hh), appended to `out`
 void abs_hh(const Plane& y, std::vector<double>& out) {
   const int h = y.height / 2, w = y.width / 2;
   out.reserve(out.size() + static_cast<size_t>(h) * w);
@@ -393,7 +393,7 @@ Image rows_of(const Image& img, int y0, int y1) {
                                   img.px.begin() + static_cast<std::ptrdiff_t>(y1 * row))};
 }
 
-// model.detail.strip_noise_sigma: the noise estimate of a whole image's luma, `rows` (even) rows at a time
+// model.image_processing.detail.strip_noise_sigma: the noise estimate of a whole image's luma, `rows` (even) rows at a time
 double strip_noise_sigma(const Image& img, int rows) {
   rows = std::max(2, rows / 2 * 2);
   const int h = img.height / 2 * 2;

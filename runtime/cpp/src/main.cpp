@@ -7,7 +7,7 @@
 //
 // Any size runs: the VAE on whole images (tiles only over 768 px or --tile PX, within the bundle's
 // limit), the DiT in the model's window, the windows batched (runtime.pipeline.Pipeline.plan_windows).
-// The decoded image goes through the bundle's detail path (manifest "detail", model/detail.py) when it
+// The decoded image goes through the bundle's detail path (manifest "detail", model/image_processing/detail.py) when it
 // has one: --detail picks the parameters (auto: by prompt).
 //
 // Errors are one line on stderr and exit status 2 (usage errors too), as the Python CLI does.

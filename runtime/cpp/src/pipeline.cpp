@@ -253,7 +253,7 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   double g = o.g.value_or(stochastic ? bundle_.default_g() : 0.0);  // < 0: the sampler default
   const std::string prompt = o.prompt.value_or(default_prompt(o.task));
   if (!canonical_task_prompts().count(o.task)) throw Error("unknown task '" + o.task + "': choose one of vif, mef, mff");
-  // the detail path (model.detail): the bundle's parameters for this prompt and mode, none when it has none
+  // the detail path (model.image_processing.detail): the bundle's parameters for this prompt and mode, none when it has none
   const std::string detail_mode = check_detail_mode(o.detail);
   std::optional<DetailConfig> detail_cfg;
   std::string detail_run;

@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
   write(root / "vae_encoder.pt2", "graph bytes");
   check::expect(error_of([&] { Bundle::open(root); }).empty(), "restored bundle opens");
 
-  // the optional detail section (model.detail.DetailSettings.to_dict()): absent -> none; parsed at open
+  // the optional detail section (model.image_processing.detail.DetailSettings.to_dict()): absent -> none; parsed at open
   check::expect(!b.detail().has_value(), "a bundle without a 'detail' section has no detail path");
   json with_detail = m;
   with_detail["detail"] = {

@@ -1,4 +1,4 @@
-// The detail path against model/detail.py (tests/vectors/detail.json): restore_detail on small RGB, gray
+// The detail path against model/image_processing/detail.py (tests/vectors/detail.json): restore_detail on small RGB, gray
 // and VIF-style (A RGB, B gray) images under configs covering non-integer sigma, gaussians and box windows
 // wider than the image, radius 0, fused_candidate both ways, noise_k 0 and > 0, gain != 1 with clipping
 // and identical sources (argmax ties) within 1e-5; the filters (scipy gaussian / uniform, reflect), luma

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from latentfuse.model.errors import LatentfuseError
-from latentfuse.model.image_io import read_image, to_gray, to_rgb, write_image
+from latentfuse.model.image_io import read_image, write_image
+from latentfuse.model.image_processing.color import to_gray, to_rgb
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from latentfuse.model.data import pyramid as P
 from latentfuse.model.data import teachers as T
 from latentfuse.model.data.synth import exposure_pair
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.image_io import write_image
+from latentfuse.model.image_processing import pyramid as P
 
 
 def test_registry_has_at_least_three_real_teachers_per_task():

@@ -99,7 +99,7 @@ class Bundle {
   std::map<std::string, std::string> prompts() const;
   std::map<std::string, PromptEmbedding> prompt_cache_by_text() const;
 
-  // The model's detail path (manifest "detail", model.detail.DetailSettings.to_dict()): nullopt when the
+  // The model's detail path (manifest "detail", model.image_processing.detail.DetailSettings.to_dict()): nullopt when the
   // bundle has none (older bundles: no detail stage). Parsed and checked by open(), so a malformed section
   // is an Error naming manifest.json and the field before any work.
   const std::optional<DetailSettings>& detail() const { return detail_; }

@@ -1,8 +1,8 @@
-// The pixel-space detail path, line for line with model/detail.py: after the VAE decoder (and the
+// The pixel-space detail path, line for line with model/image_processing/detail.py: after the VAE decoder (and the
 // working scale's shrink back to the input size) the fused image F gets the sources' fine detail back
 // on its luminance, colour kept from F:
 //
-//   Y_s, Y_F   BT.601 luma (model.data.color.luma; a gray image is its own luma)
+//   Y_s, Y_F   BT.601 luma (model.image_processing.color.luma; a gray image is its own luma)
 //   base(Y)    gaussian(Y, sigma)            scipy.ndimage.gaussian_filter, mode "reflect", truncate 4
 //   D = Y - base(Y)
 //   n_s        median |HH(Y_s)| / 0.6745     Donoho's noise estimate on the diagonal Haar band
@@ -18,7 +18,7 @@
 //
 // Double precision throughout (the filters reproduce scipy's arithmetic order: symmetric correlate for
 // the gaussian, a running sum for the box mean), float32 result. The parameters come from the bundle
-// manifest's optional "detail" section (DetailSettings, model.detail.DetailSettings.to_dict()), one set
+// manifest's optional "detail" section (DetailSettings, model.image_processing.detail.DetailSettings.to_dict()), one set
 // for clean prompts, one for the rest, none for prompts naming a degradation the stage would copy back.
 #pragma once
 
@@ -32,7 +32,7 @@
 
 namespace latentfuse {
 
-// model.detail.DetailConfig (its defaults are the Python defaults, used for fields a section omits).
+// model.image_processing.detail.DetailConfig (its defaults are the Python defaults, used for fields a section omits).
 struct DetailConfig {
   double sigma = 2.0;           // base / detail split, px
   int radius = 2;               // local-energy window 2r + 1 of the trust and the selection
@@ -51,13 +51,13 @@ struct DetailConfig {
 
 // The modes: "auto" picks by prompt (DetailSettings::mode_for), the others force a parameter set.
 extern const std::vector<std::string> kDetailModes;         // clean, safe, off
-extern const std::vector<std::string> kDetailOffPrefixes;   // model.detail.OFF_PREFIXES
-// model.detail.check_detail_mode: "auto" | "clean" | "safe" | "off", else an Error listing them.
+extern const std::vector<std::string> kDetailOffPrefixes;   // model.image_processing.detail.OFF_PREFIXES
+// model.image_processing.detail.check_detail_mode: "auto" | "clean" | "safe" | "off", else an Error listing them.
 std::string check_detail_mode(const std::string& mode);
-// model.detail.normalize_prompt: lower case (ASCII), single spaces.
+// model.image_processing.detail.normalize_prompt: lower case (ASCII), single spaces.
 std::string normalize_detail_prompt(const std::string& prompt);
 
-// model.detail.DetailSettings: the manifest's "detail" section.
+// model.image_processing.detail.DetailSettings: the manifest's "detail" section.
 struct DetailSettings {
   DetailConfig clean, safe;
   std::vector<std::string> clean_prompts;  // normalised
@@ -72,13 +72,13 @@ struct DetailSettings {
   std::optional<DetailConfig> config_for(const std::string& prompt, const std::string& mode = "auto") const;
 };
 
-// model.detail.restore_detail: `fused` with the detail of sources `a` and `b` restored. All three of one
+// model.image_processing.detail.restore_detail: `fused` with the detail of sources `a` and `b` restored. All three of one
 // size, at least 2x2, 1 (gray, HxW in Python) or 3 channels each (VIF: a RGB, b gray). Returns float32
 // of fused's shape. `strip_rows` > 0: strips of that many rows, each with detail_halo rows of context
-// above and below, the noise estimates taken on the whole sources (as model.detail does), so the double
+// above and below, the noise estimates taken on the whole sources (as model.image_processing.detail does), so the double
 // planes cover a strip, not the image; 0 or at least the height: in one piece.
 Image restore_detail(const Image& fused, const Image& a, const Image& b, const DetailConfig& config, int strip_rows = 0);
-// model.detail.detail_halo: the gaussian's reach int(4 sigma + 0.5) plus three box radii.
+// model.image_processing.detail.detail_halo: the gaussian's reach int(4 sigma + 0.5) plus three box radii.
 int detail_halo(const DetailConfig& config);
 
 // The building blocks, exposed for the vector tests: a double-precision plane and scipy's filters.
@@ -91,15 +91,15 @@ struct Plane {
 };
 // scipy "reflect" (half-sample symmetric, d c b a | a b c d | d c b a), periodic for any offset.
 int reflect_index(int i, int n);
-// model.data.color.luma (gray: the channel itself).
+// model.image_processing.color.luma (gray: the channel itself).
 Plane luma(const Image& img);
-// model.data.filters.gaussian (sigma > 0; 0 or less returns the plane).
+// model.image_processing.filters.gaussian (sigma > 0; 0 or less returns the plane).
 Plane gaussian(const Plane& p, double sigma);
-// model.data.filters.box_filter: mean over (2r+1)^2, radius 0 the plane itself.
+// model.image_processing.filters.box_filter: mean over (2r+1)^2, radius 0 the plane itself.
 Plane box_filter(const Plane& p, int radius);
-// model.detail.noise_sigma.
+// model.image_processing.detail.noise_sigma.
 double noise_sigma(const Plane& y);
-// model.detail.select_weights: one feathered choice map per layer.
+// model.image_processing.detail.select_weights: one feathered choice map per layer.
 std::vector<Plane> select_weights(const std::vector<Plane>& layers, int radius);
 }  // namespace detail
 

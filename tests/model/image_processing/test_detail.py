@@ -1,12 +1,12 @@
-"""The pixel-space detail path (model/detail.py) on small generated images."""
+"""The pixel-space detail path (model/image_processing/detail.py) on small generated images."""
 
 import numpy as np
 import pytest
 
-from latentfuse.model.data.color import rgb_to_ycbcr
-from latentfuse.model.data.filters import gaussian
-from latentfuse.model.detail import DetailConfig, noise_sigma, restore_detail
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.color import rgb_to_ycbcr
+from latentfuse.model.image_processing.detail import DetailConfig, noise_sigma, restore_detail
+from latentfuse.model.image_processing.filters import gaussian
 
 
 def scene(h=96, w=128, seed=0):

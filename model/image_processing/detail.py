@@ -5,7 +5,7 @@ VAE's round trip of a perfect fused image (the teacher label) loses a good part 
 sources still hold that detail at full resolution, so after decoding (and after the working scale's
 shrink back to the input size) the fused image F gets it back, on luminance, colour kept from F::
 
-    Y_s      luma of source s (A, B) and of F                     (BT.601, model.data.color)
+    Y_s      luma of source s (A, B) and of F                     (BT.601, image_processing.color)
     base(Y)  gaussian(Y, sigma)                                   (the band the VAE keeps)
     D_s      Y_s - base(Y_s);  D_F = Y_F - base(Y_F)              (the band the VAE loses; what F kept of it)
     noise    n_s = median |HH(Y_s)| / 0.6745                      (Donoho's MAD estimate on the diagonal
@@ -37,8 +37,8 @@ sources it keeps its own detail where the sources' is noise-level, so the noise 
 come back.
 
 Every step is a separable gaussian, a box mean or per-pixel arithmetic on whole arrays (the filters of
-:mod:`latentfuse.model.data.filters`, reflect borders), so the C++ host can run the same stage line for line. The
-parameters live in :class:`DetailConfig` (its defaults are a neutral starting point, not a measured
+:mod:`latentfuse.model.image_processing.filters`, reflect borders), so the C++ host can run the same stage
+line for line. The parameters live in :class:`DetailConfig` (its defaults are a neutral starting point, not a measured
 choice): they depend on the VAE and its working scale and are chosen on training scenes only by
 ``latentfuse.bench.detail_tuning`` (``docs/real-data-ceilings.md``), so a model should carry its own.
 """
@@ -50,9 +50,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from latentfuse.model.data.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
-from latentfuse.model.data.filters import box_filter, gaussian
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.color import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from latentfuse.model.image_processing.filters import box_filter, gaussian
 
 MAD_TO_SIGMA = 0.6745  # median |N(0, 1)|
 DETAIL_CHANNELS = ("luma", "rgb")  # DetailConfig.channels

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latentfuse.model.data.filters import gaussian
+from latentfuse.model.image_processing.filters import gaussian
 
 
 def max_levels(shape: tuple[int, ...], smallest: int = 4, cap: int = 8) -> int:

@@ -1,4 +1,5 @@
-"""Edge-aware and box filters shared by the depth prior, the teachers and the Fusion Refiner.
+"""Box, gaussian and edge-aware filters on the spatial axes (reflect borders), shared by the training data
+(depth prior, degradations, teachers, Fusion Refiner) and the detail path the runtime runs.
 
 The guided filter is He, Sun & Tang, "Guided Image Filtering" (ECCV 2010 / TPAMI 2013), Algorithm 1:
 a local linear model q = a·I + b fitted in every (2r+1)² window with regulariser ``eps``, computed with
