@@ -2,7 +2,7 @@
 
 The walk: :mod:`latentfuse.calibration.dataset` (degraded pairs + prompts) -> :mod:`latentfuse.calibration.feeds` (graph inputs
 through the bundle's own FP32 graphs) -> :mod:`latentfuse.calibration.plan` (ranges, FP16 error, FP32 islands) ->
-a check of the whole converted graph (:func:`latentfuse.export.fp16.compare`). That last step is the safety net of
+a check of the whole converted graph (:func:`latentfuse.calibration.fp16.compare`). That last step is the safety net of
 the node rules, a measured escalation: when the mixed-precision output differs from FP32 by more than
 ``graph_tolerance`` (relative to its output's magnitude) or turns non-finite, every normalisation /
 softmax node is moved to FP32 together with the nodes that feed it and the graph measured again
@@ -52,9 +52,9 @@ def calibrate_bundle(bundle: str | Path, *, samples: int = 12, seed: int = 0, th
 
     from latentfuse.calibration.dataset import calibration_prompts, calibration_samples, describe
     from latentfuse.calibration.feeds import build_feeds
+    from latentfuse.calibration.fp16 import compare, convert_model
     from latentfuse.calibration.ranges import load_model
     from latentfuse.runtime.manifest import load_manifest
-    from latentfuse.export.fp16 import compare, convert_model
 
     bundle = Path(bundle)
     thresholds = thresholds or Thresholds()

@@ -20,7 +20,7 @@ import numpy as np
 from latentfuse.calibration.dataset import CalibrationSample
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.runtime.backends.onnxruntime_backend import ort_session
-from latentfuse.runtime.manifest import GraphEntry, graph_kind  # noqa: F401 - graph_kind re-exported
+from latentfuse.runtime.manifest import GraphEntry, graph_kind
 
 def _feed(name: str, entry: Mapping, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Map role -> value onto the graph's input names (by role through the manifest, the runtime's reader),

@@ -1,7 +1,7 @@
 """The FP16 precision plan: which nodes of each graph stay FP32, why, and the measured value behind it.
 
 TensorRT 11 builds only strongly typed networks, so precision lives in the ONNX graph: export converts
-each FP32 graph to FP16 except for the nodes this plan lists (:mod:`latentfuse.export.fp16`). The decision is made
+each FP32 graph to FP16 except for the nodes this plan lists (:mod:`latentfuse.calibration.fp16`). The decision is made
 from measurements on a calibration set (:mod:`latentfuse.calibration.ranges`), in three rules:
 
 1. **Range.** A float tensor is *FP16-unsafe* when its measured max |x| exceeds ``range_fraction`` x 65504
@@ -29,20 +29,25 @@ from measurements on a calibration set (:mod:`latentfuse.calibration.ranges`), i
    same element count as the statistic) in FP32 too, until it is multiplied back onto the full tensor.
 
 The plan is JSON (``latentfuse-precision-plan/1``): per graph the FP32 node list with reason, tensor and
-measured value, plus the thresholds and a description of the calibration set.
+measured value, plus the thresholds and a description of the calibration set (:func:`save_plan`,
+:func:`load_plan`, which the bundle writer reads it with).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from latentfuse.calibration.ranges import FP16_MAX, TensorRange, load_model, measure_ranges, run_tensors
-from latentfuse.export.fp16 import PLAN_FORMAT, ensure_node_names, fp32_node_names, load_plan, save_plan  # noqa: F401
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.runtime.manifest import write_json
+
+PLAN_FORMAT = "latentfuse-precision-plan/1"
 
 
 # Normalisation statistics and softmax: the ops whose FP16 error is measured node by node (rule 2).
@@ -410,3 +415,38 @@ def make_plan(graph_plans: Mapping[str, dict], thresholds: Thresholds, calibrati
         "calibration_set": dict(calibration_set),
         "graphs": dict(graph_plans),
     }
+
+
+# --- the plan file (written here, read by the bundle writer, :mod:`latentfuse.export.fp16`) -------------
+
+
+def fp32_node_names(plan_for_graph: Mapping) -> list[str]:
+    return [entry["name"] for entry in plan_for_graph.get("fp32_nodes", [])]
+
+
+def save_plan(plan: Mapping, path: str | os.PathLike) -> Path:
+    return write_json(path, plan, compact_lists=False)
+
+
+def load_plan(path: str | os.PathLike) -> dict:
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise LatentfuseError(f"precision plan {path} does not exist (run `latentfuse calibrate` first)")
+    try:
+        plan = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LatentfuseError(f"precision plan {path} is not valid JSON: {err}") from None
+    if plan.get("format") != PLAN_FORMAT:
+        raise LatentfuseError(f"{path} is not a precision plan (format {plan.get('format')!r}, expected {PLAN_FORMAT!r})")
+    return plan
+
+
+def ensure_node_names(model) -> None:
+    """Name unnamed nodes (``<op>_<index>``) so that the plan can refer to every node."""
+    seen = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)

@@ -22,7 +22,6 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError
-from latentfuse.export.fp16 import load_model  # noqa: F401 - re-exported (calibration.plan)
 from latentfuse.runtime.backends.onnxruntime_backend import ort_session
 
 FP16_MAX = 65504.0
@@ -30,6 +29,21 @@ FP16_MIN_NORMAL = 2.0 ** -14      # below this fp16 is subnormal: fewer mantissa
 FP16_FLUSH = 2.0 ** -25            # below half the smallest subnormal (2^-24) a value rounds to 0 in fp16
 
 _FLOAT_DTYPES = (np.float32, np.float64, np.float16)
+
+
+def load_model(model) -> "onnx.ModelProto":
+    """A ModelProto from a path (external data resolved next to it) or a ModelProto (returned as is)."""
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise LatentfuseError(f"ONNX graph {path} does not exist")
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except Exception as err:  # protobuf / external-data errors carry no file name
+        raise LatentfuseError(f"cannot read ONNX graph {path}: {err}") from None
 
 
 @dataclass

@@ -187,7 +187,8 @@ def _convert_fp16(tmp: Path, results: dict, plan_path) -> None:
         raise LatentfuseError("fp16 export needs calibration: run `latentfuse calibrate` on an fp32 bundle "
                               "and pass its precision plan with --plan PLAN")
     try:
-        from latentfuse.export.fp16 import convert_bundle_graph, load_plan
+        from latentfuse.calibration.plan import load_plan
+        from latentfuse.export.fp16 import convert_bundle_graph
     except ImportError as err:
         raise LatentfuseError(f"fp16 export needs calibration: the FP16 converter is unavailable ({err})") from None
     plan = load_plan(plan_path)

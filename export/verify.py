@@ -319,7 +319,7 @@ def quantization_fusion_report(bundle_dir, components, manifest: dict, pairs_per
     FP32 bundle computes, to its parity tolerance) on ``pairs_per_task`` held-out pairs per task: crops
     of the calibration folders' pairs that calibration did not use (the shipped sample pairs when the
     bundle was calibrated on them)."""
-    from latentfuse.export.calib_inputs import PairSource, draw_crops
+    from latentfuse.calibration.quant_inputs import PairSource, draw_crops
     from latentfuse.export.quantize import fusion_accuracy
     from latentfuse.runtime.pipeline import Pipeline
 

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    from latentfuse.export.calib_inputs import draw_crops, parse_source
+    from latentfuse.calibration.quant_inputs import draw_crops, parse_source
     from latentfuse.export.quantize import fusion_accuracy, ort_kernel_report
     from latentfuse.runtime.manifest import load_manifest
     from latentfuse.runtime.pipeline import Pipeline

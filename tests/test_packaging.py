@@ -3,7 +3,7 @@
 The repository keeps its folders at the top level (``model/``, ``export/``, ...); ``pyproject.toml`` maps them
 to ``latentfuse.model``, ``latentfuse.export``, ... so that ``pip install`` puts nothing else at the top of
 site-packages. The layers (docs/design.md, "Packages and layers"): a library module imports only its own
-package and the packages below it, ``model`` < ``runtime`` < ``export`` < ``calibration`` < ``bench``; the
+package and the packages below it, ``model`` < ``runtime`` < ``calibration`` < ``export`` < ``bench``; the
 command-line modules (``*cli.py``) sit above all of them.
 """
 
@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ("model", "runtime", "export", "calibration", "bench")  # bottom to top
+LAYERS = ("model", "runtime", "calibration", "export", "bench")  # bottom to top
 PYTHON_DIRS = (*LAYERS, "scripts", "tests")
 
 

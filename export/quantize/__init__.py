@@ -6,7 +6,7 @@ runs in INT8 or FP8 (explicit quantization). This package makes those graphs the
 diffusion deployment does (TensorRT demoDiffusion), with NVIDIA ModelOpt's PyTorch quantization
 (``pip install 'latentfuse[quant]'``, imported only here and only when asked for):
 
-1. **Calibration inputs** (:mod:`latentfuse.export.calib_inputs`): each graph's inputs recorded from the
+1. **Calibration inputs** (:mod:`latentfuse.calibration.quant_inputs`): each graph's inputs recorded from the
    FP32 PyTorch pipeline on crops of real pairs: VAE latents of real images, text-encoder embeddings of
    real prompts, the flow DiT at every step of its sampler.
 2. **Calibrate** (``mtq.quantize``, ``max`` calibration): INT8 weights per output channel and

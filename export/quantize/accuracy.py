@@ -34,7 +34,7 @@ def graph_accuracy(bundle_dir: str | os.PathLike, components, *, manifest: dict 
     """Per quantized graph of a bundle: ONNX Runtime output against the FP32 PyTorch graph on
     calibration inputs re-recorded as the manifest's ``quantization.calibration`` describes them (the
     shipped sample pairs when its folders are gone). Returns the rows and where the inputs came from."""
-    from latentfuse.export.calib_inputs import PairSource, calibration_inputs
+    from latentfuse.calibration.quant_inputs import PairSource, calibration_inputs
     from latentfuse.runtime.manifest import load_manifest
     from latentfuse.export.graphs import graph_specs
 
@@ -108,7 +108,7 @@ def fusion_accuracy(reference, candidate, pairs: Sequence, heads: Sequence[str],
                     progress: bool = True) -> list[FusionRow]:
     """Per task and head: fused-image PSNR of ``candidate`` against ``reference`` (two
     :class:`latentfuse.runtime.pipeline.Pipeline`, e.g. the FP32 and INT8 bundles) and both Q^AB/F, over
-    ``pairs`` (:class:`latentfuse.export.calib_inputs.CalibrationCrop`: task, a, b, prompt)."""
+    ``pairs`` (:class:`latentfuse.calibration.quant_inputs.CalibrationCrop`: task, a, b, prompt)."""
     from tqdm.auto import tqdm
 
     from latentfuse.model.metrics import qabf

@@ -29,7 +29,7 @@ def quantize_bundle_graphs(tmp: Path, results: dict, specs: Mapping, components,
     """
     from tqdm.auto import tqdm
 
-    from latentfuse.export.calib_inputs import calibration_inputs
+    from latentfuse.calibration.quant_inputs import calibration_inputs
 
     require_modelopt(options.precision)
     log = log or (lambda s: tqdm.write(s))

@@ -94,7 +94,7 @@ class QuantOptions:
     level: str = DEFAULT_LEVEL
     graphs: tuple[str, ...] = DEFAULT_GRAPHS        # kinds: dit, vae_encoder, vae_decoder
     calibration_samples: int = 24
-    calibration_data: tuple = ()                   # export.calib_inputs.PairSource, or "TASK=DIR"
+    calibration_data: tuple = ()                   # calibration.quant_inputs.PairSource, or "TASK=DIR"
     seed: int = 0
     graph_tolerance: float = DEFAULT_GRAPH_TOLERANCE
     layer_tolerance: float = DEFAULT_LAYER_TOLERANCE
@@ -102,7 +102,7 @@ class QuantOptions:
     target: str = "tensorrt"
 
     def __post_init__(self):
-        from latentfuse.export.calib_inputs import PairSource, parse_source
+        from latentfuse.calibration.quant_inputs import PairSource, parse_source
 
         problems = []
         if self.precision not in QUANTIZED_PRECISIONS:

@@ -16,7 +16,7 @@ def torch_feeds(spec, feeds: Sequence[Mapping[str, np.ndarray]], max_rows: int =
     """Recorded numpy feeds -> tuples of tensors in the spec's input order, stacked into batches."""
     import torch
 
-    from latentfuse.export.calib_inputs import stack_feeds
+    from latentfuse.calibration.quant_inputs import stack_feeds
 
     names = spec.input_names
     out = []

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from latentfuse.calibration.plan import PLAN_FORMAT, Thresholds, load_plan, make_plan, plan_graph, save_plan
-from latentfuse.export.fp16 import compare, convert_model
+from latentfuse.calibration.fp16 import compare, convert_model
 from latentfuse.model.errors import LatentfuseError
 
 F = TensorProto.FLOAT

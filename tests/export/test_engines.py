@@ -254,7 +254,7 @@ def test_cli_dry_run_prints_profiles(tmp_path, capsys):
 @pytest.mark.skipif(not HAVE_TRT, reason=NO_TRT)
 def test_real_build_strongly_typed_fp16_engine(tmp_path):
     """Build the toy graph as a mixed-precision FP16 engine, then reuse it from the cache."""
-    from latentfuse.export.fp16 import convert_model
+    from latentfuse.calibration.fp16 import convert_model
 
     from latentfuse.export.bundle import record_files
 

@@ -7,8 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from latentfuse.calibration.fp16 import compare, convert_model, drop_cast_round_trips, emulate_fp16_storage
 from latentfuse.calibration.plan import plan_graph
-from latentfuse.export.fp16 import compare, convert_bundle_graph, convert_model, drop_cast_round_trips, emulate_fp16_storage
+from latentfuse.export.fp16 import convert_bundle_graph
 from latentfuse.model.errors import LatentfuseError
 
 

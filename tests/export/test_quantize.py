@@ -156,7 +156,7 @@ def test_verify_reports_quantization_accuracy(int8_bundle):
 
 # ----------------------------------------------------------------------------- one graph, by hand
 def _dit_graph(precision, level="all-linear"):
-    from latentfuse.export.calib_inputs import calibration_inputs
+    from latentfuse.calibration.quant_inputs import calibration_inputs
     from latentfuse.export.graphs import graph_specs
     from latentfuse.export.quantize import QuantizedGraph, torch_feeds
 
@@ -334,7 +334,7 @@ def test_layer_roles_follow_the_levels():
 
 
 def test_draw_crops_from_a_pair_folder(fixture_pairs):
-    from latentfuse.export.calib_inputs import draw_crops, parse_source
+    from latentfuse.calibration.quant_inputs import draw_crops, parse_source
 
     source = parse_source(f"vif={fixture_pairs}")
     crops = draw_crops([source], 6, crop=64, seed=3)

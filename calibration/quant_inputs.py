@@ -210,7 +210,7 @@ class RecordedInputs:
         times = sorted({round(float(t), 6) for f in self.feeds.get("dit_flow", []) for t in f["t"]})
         return {
             "method": "graph inputs recorded from the FP32 torch pipeline (runtime.pipeline) on crops of real pairs "
-                      "(export.calib_inputs)",
+                      "(calibration.quant_inputs)",
             "sources": list(self.sources), "samples": len(self.crops), "crop": self.crop, "seed": self.seed,
             "pairs": list(self.crops), "prompts": dict(self.prompts), "sampler": dict(self.sampler),
             "flow_timesteps": times,
