@@ -13,6 +13,8 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from latentfuse.runtime.manifest import PRECISIONS
+
     p = subparsers.add_parser(
         "export", help="export a model to a deployment bundle (ONNX graphs + manifest), or verify one",
         description="Export the four deployed graphs (text_encoder, vae_encoder, vae_decoder, dit_<head>) "
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--verify", metavar="BUNDLE", help="verify an existing bundle instead of exporting")
     p.add_argument("--heads", default=None,
                    help="comma-separated DiT heads to export (flow, regression; default: all the model has)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "fp8"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="graph precision; fp16 needs a calibration precision plan (--plan); int8 / fp8: post-training "
                         "quantization with NVIDIA ModelOpt (pip install 'latentfuse[quant]'), explicit Q/DQ graphs "
                         "(int8: Jetson Orin and every TensorRT GPU; fp8: compute capability >= 8.9)")
@@ -121,13 +123,14 @@ def run(args: argparse.Namespace) -> int:
 def _quant_options(args: argparse.Namespace):
     """The QuantOptions of an int8 / fp8 export (None otherwise); quantization flags need such a precision."""
     from latentfuse.model.errors import LatentfuseError
+    from latentfuse.runtime.manifest import QUANTIZED_PRECISIONS
 
     given = [flag for flag, value in (("--calibration-data", args.calibration_data),
                                       ("--quant-level", args.quant_level), ("--quant-graphs", args.quant_graphs),
                                       ("--quant-target", args.quant_target),
                                       ("--quant-tolerance", args.quant_tolerance),
                                       ("--quant-layer-tolerance", args.quant_layer_tolerance)) if value]
-    if args.precision not in ("int8", "fp8"):
+    if args.precision not in QUANTIZED_PRECISIONS:
         if given:
             raise LatentfuseError(f"{given[0]} is for --precision int8 / fp8 (got --precision {args.precision})")
         return None
