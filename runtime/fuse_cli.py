@@ -174,7 +174,7 @@ def _check_fidelity(weight, pipe=None) -> None:
     fidelity decoder (with it)."""
     from latentfuse.runtime.pipeline import check_fidelity_weight
 
-    check_fidelity_weight(weight, True if pipe is None else pipe.backend.has_fidelity())
+    check_fidelity_weight(weight, True if pipe is None else pipe.info.has_fidelity)
 
 
 def _describe(result) -> str:

@@ -46,6 +46,7 @@ from latentfuse.runtime import samplers
 from latentfuse.runtime.backends import Backend, get_backend
 from latentfuse.runtime.backends.tiled import DIT_OVERLAP, GRID, VAE_OVERLAP, TiledBackend, balanced_side
 from latentfuse.runtime.latency import LatencySummary, StageTimer, StageTimes, summarize
+from latentfuse.runtime.model_info import ModelInfo
 from latentfuse.runtime.modes import DEFAULT_MODE, MODES
 
 PAD_MULTIPLE = PIXEL_MULTIPLE  # VAE downsampling (8) × DiT patch size (2)
@@ -263,25 +264,31 @@ def vae_call_bytes(height: int, width: int) -> int:
 
 
 class Pipeline:
-    """A backend plus the host-side steps (I/O, padding, prompt cache, sampler) of a fuse call."""
+    """A backend plus the host-side steps (I/O, padding, prompt cache, sampler) of a fuse call.
 
-    def __init__(self, backend: Backend, prompt_cache: dict | None = None, defaults: dict | None = None):
+    ``info``: the model's metadata (:class:`latentfuse.runtime.model_info.ModelInfo`: working scale, window,
+    sampler defaults, detail path, fidelity decoder); None: that of the model ``backend`` was loaded from
+    (``ModelInfo.of``)."""
+
+    def __init__(self, backend: Backend, info: ModelInfo | None = None, prompt_cache: dict | None = None,
+                 defaults: dict | None = None):
         self.backend = backend
+        self.info = info = ModelInfo.of(backend) if info is None else info
         # prompt -> (embeds [1, L, d], mask [1, L]); the bundle's canonical prompts preloaded
         self.prompt_cache: dict[str, tuple[np.ndarray, np.ndarray]] = dict(prompt_cache or {})
         self._memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.memoize_prompts = True  # off while benchmarking, so T5 latency is measured, not memoised
         self.defaults = {"sampler": samplers.DEFAULT_SAMPLER, "steps": samplers.DEFAULT_STEPS,
-                         "g": None, "prior": "gaussian", "prior_sigma": None, **backend.sampler_defaults(),
+                         "g": None, "prior": "gaussian", "prior_sigma": None, **info.sampler_defaults,
                          **(defaults or {})}
         self.min_size = int(backend.min_image_size() or PAD_MULTIPLE)
-        self.work_scale = check_work_scale(backend.work_scale(), f"the {backend.name} backend's work_scale")
-        self.window = check_window(backend.window(), f"the {backend.name} backend's window")
+        self.work_scale = check_work_scale(info.work_scale, "the model's work_scale")
+        self.window = check_window(info.window, "the model's window")
         self.tile_overlap = DIT_OVERLAP  # pixels shared by neighbouring DiT windows (runtime.backends.tiled)
         self.max_dit_batch = MAX_DIT_BATCH  # DiT windows per graph call (also capped by the backend's)
         self.vae_max_side = VAE_MAX_SIDE  # largest side of one VAE call unless ``tile`` says otherwise
         self.max_memory: int | None = None  # the budget of a call (bytes); None: default_max_memory()
-        self.detail = backend.detail_settings()  # the model's detail path after decoding, or None
+        self.detail = info.detail  # the model's detail path after decoding, or None
         self.text_encoder_calls = 0
 
     # ------------------------------------------------------------------ construction
@@ -295,7 +302,7 @@ class Pipeline:
             raise LatentfuseError(f"the {backend} backend runs a model directory: use Pipeline.from_checkpoint")
         be = get_backend(backend, bundle=directory, **options)
         bundle = getattr(be, "bundle", None) or open_bundle(directory)
-        return cls(be, prompt_cache=bundle.prompt_cache_by_text())
+        return cls(be, ModelInfo.from_manifest(bundle), prompt_cache=bundle.prompt_cache_by_text())
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, backend: str = "torch", **options) -> "Pipeline":
@@ -305,12 +312,13 @@ class Pipeline:
         if backend_source(backend) != "checkpoint":
             raise LatentfuseError(f"the {backend} backend runs a deployment bundle: use Pipeline.from_bundle "
                                   f"(export one with `latentfuse export --checkpoint {directory} --out BUNDLE`)")
-        return cls(get_backend(backend, checkpoint=directory, **options))
+        be = get_backend(backend, checkpoint=directory, **options)
+        return cls(be, ModelInfo.from_model_index(be.components))
 
     @classmethod
     def from_components(cls, components, **options) -> "Pipeline":
         """A torch pipeline over in-memory :class:`latentfuse.model.components.FusionComponents`."""
-        return cls(get_backend("torch", components=components, **options))
+        return cls(get_backend("torch", components=components, **options), ModelInfo.from_model_index(components))
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -365,7 +373,8 @@ class Pipeline:
         self.backend.low_memory = plan.vae_tile is not None or plan.fidelity_rows is not None
         if plan.dit_window or plan.vae_tile or plan.fidelity_rows:
             backend = TiledBackend(self.backend, plan.dit_window, plan.vae_tile, overlap=self.tile_overlap,
-                                   max_batch=plan.dit_batch, fidelity_rows=plan.fidelity_rows)
+                                   max_batch=plan.dit_batch, fidelity_rows=plan.fidelity_rows,
+                                   fidelity_halo=self.info.fidelity_halo)
         images = np.empty((2, 3, ph, pw), np.float32)
         for i, img in enumerate((img_a, img_b)):  # one image's padded copy at a time, into the batch
             if img.ndim == 2:  # gray: its one plane into all three channels (to_rgb), without a 3-channel copy
@@ -398,7 +407,7 @@ class Pipeline:
         base = RUNTIME_BYTES + src
         image_f32 = 3 * 4 * height * width  # one padded image, float32
         if fidelity is None:
-            fidelity = self.backend.has_fidelity()
+            fidelity = self.info.has_fidelity
         keep = 2 * image_f32 if fidelity else 0  # the model-range pair, held for the fidelity decoder
         latents = 4 * 16 * 4 * (height // 8) * (width // 8)  # z_a, z_b, the sampler's state and output
         need = f"a {w}x{h} pair"
@@ -444,7 +453,7 @@ class Pipeline:
         # fidelity decoder: the pair, the decoded image and the result, and one strip's call with its halo rows
         fidelity_rows, fidelity_peak = None, 0
         if fidelity:
-            halo = int(self.backend.fidelity_halo())
+            halo = self.info.fidelity_halo
             limit = (self.backend.max_image_size() or (MAX_SIDE, MAX_SIDE))[0]
             fixed = base + 4 * image_f32
             per_row = FIDELITY_BYTES_PER_PX * width
@@ -552,7 +561,7 @@ class Pipeline:
 
         if max_memory is not None:
             parse_memory(max_memory)  # a bad value fails before any work
-        weight = check_fidelity_weight(fidelity, self.backend.has_fidelity())
+        weight = check_fidelity_weight(fidelity, self.info.has_fidelity)
         timer = StageTimer(self.backend.synchronize)
         images, sources, gray, backend, plan = self._prepare(a, b, resize, tile, max_memory, weight > 0)
         size = sources[0].shape[:2]

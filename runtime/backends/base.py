@@ -13,7 +13,12 @@ arithmetic are bit-identical whichever backend runs the networks; only the netwo
     regress(z_a, z_b, embeds, mask)            -> fused latent [B,z,h,w]  (regression head, Eq. 8)
     decode(latents)                            -> images [B,3,H,W] in about [-1,1]
     fidelity(image, a, b, embeds, mask)        -> images [B,3,H,W]        (fidelity decoder, model.fidelity;
-                                                                           only where has_fidelity())
+                                                                           only a model with one)
+
+The model's metadata (working scale, window, sampler defaults, detail path, fidelity halo) is not a backend's:
+it reaches the pipeline as one :class:`latentfuse.runtime.model_info.ModelInfo`. What a backend states besides
+its graph calls are its limits (largest / smallest image, most rows per DiT call), its ``heads`` (which DiT
+graphs it runs), ``synchronize`` and ``describe``.
 """
 
 from __future__ import annotations
@@ -59,21 +64,11 @@ class Backend(abc.ABC):
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents [B,z,h,w] -> images [B,3,8h,8w], about [-1,1] (the pipeline clips)."""
 
-    def has_fidelity(self) -> bool:
-        """Whether the model has a fidelity decoder (``model.fidelity``) for :meth:`fidelity`."""
-        return False
-
     def fidelity(self, image: np.ndarray, source_a: np.ndarray, source_b: np.ndarray,
                  embeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The fidelity decoder: decoded ``image`` and the sources ``source_a`` / ``source_b`` [B,3,H,W] in
         [-1,1] (H, W multiples of 16) and the prompt -> the fused images [B,3,H,W], about [-1,1]."""
         raise LatentfuseError(f"the {self.name} backend's model has no fidelity decoder")
-
-    def fidelity_halo(self) -> int:
-        """Rows of context (pixels, a multiple of 16) a strip of rows needs on each side for :meth:`fidelity` to
-        give the whole image's rows (``model.fidelity.receptive_halo`` on the 16-px grid; a bundle's manifest
-        records it); 0 without a fidelity decoder."""
-        return 0
 
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends), so stage timings are honest. No-op on CPU."""
@@ -90,25 +85,6 @@ class Backend(abc.ABC):
     def min_image_size(self) -> int | None:
         """Smallest padded side in pixels the backend accepts (an engine profile minimum), or None;
         the pipeline pads smaller images up to it and crops back."""
-        return None
-
-    def work_scale(self) -> int:
-        """The model's working scale k (``model.work_scale``): the pipeline enlarges the pair k times
-        before :meth:`encode_images` and shrinks the decoded image back."""
-        return 1
-
-    def window(self) -> int:
-        """The model's window (``model.work_scale``): the largest side, in enlarged pixels, its networks
-        run on; the pipeline tiles a larger pair (0: whole images)."""
-        return 0
-
-    def sampler_defaults(self) -> dict:
-        """The model's own sampler settings in :class:`latentfuse.runtime.pipeline.Pipeline`'s terms (``prior`` /
-        ``prior_sigma`` of its flow DiT, a bundle's sampler section); an explicit argument wins."""
-        return {}
-
-    def detail_settings(self) -> "DetailSettings | None":
-        """The model's pixel-space detail path (``model.detail.DetailSettings``), or None: no such stage."""
         return None
 
     def require_head(self, head: str) -> None:
@@ -156,14 +132,8 @@ class WrappedBackend(Backend):
     def decode(self, latents):
         return self.inner.decode(latents)
 
-    def has_fidelity(self) -> bool:
-        return self.inner.has_fidelity()
-
     def fidelity(self, image, source_a, source_b, embeds, mask):
         return self.inner.fidelity(image, source_a, source_b, embeds, mask)
-
-    def fidelity_halo(self) -> int:
-        return self.inner.fidelity_halo()
 
     def synchronize(self) -> None:
         self.inner.synchronize()
@@ -176,18 +146,6 @@ class WrappedBackend(Backend):
 
     def min_image_size(self):
         return self.inner.min_image_size()
-
-    def work_scale(self) -> int:
-        return self.inner.work_scale()
-
-    def window(self) -> int:
-        return self.inner.window()
-
-    def sampler_defaults(self) -> dict:
-        return self.inner.sampler_defaults()
-
-    def detail_settings(self):
-        return self.inner.detail_settings()
 
     def describe(self) -> str:
         return self.inner.describe()

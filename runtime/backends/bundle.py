@@ -16,9 +16,8 @@ from latentfuse.runtime.manifest import FIDELITY_GRAPH, Bundle
 
 
 class BundleBackend(Backend):
-    """A backend over a deployment bundle (``self.bundle``, a :class:`~latentfuse.runtime.manifest.Bundle`): the model's
-    working scale, window and sampler defaults come from its manifest, and the five graph calls are
-    here once. A subclass runs one graph on named host arrays (:meth:`_run`) and says which graphs it
+    """A backend over a deployment bundle (``self.bundle``, a :class:`~latentfuse.runtime.manifest.Bundle`): the
+    graph calls are here once. A subclass runs one graph on named host arrays (:meth:`_run`) and says which graphs it
     has (:meth:`_has_graph`); inputs are named by role through the manifest (old bundles: by name)."""
 
     bundle: Bundle
@@ -65,30 +64,12 @@ class BundleBackend(Backend):
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return self._call("vae_decoder", latent=as_f32(latents, "latents"))
 
-    def has_fidelity(self) -> bool:
-        return self.bundle.has_fidelity() and self._has_graph(FIDELITY_GRAPH)
-
     def fidelity(self, image, source_a, source_b, embeds, mask) -> np.ndarray:
-        if not self.has_fidelity():
+        if not (self.bundle.has_fidelity() and self._has_graph(FIDELITY_GRAPH)):
             return super().fidelity(image, source_a, source_b, embeds, mask)
         return self._call(FIDELITY_GRAPH, image=as_f32(image, "decoded image"),
                           source_image_a=as_f32(source_a, "source A"), source_image_b=as_f32(source_b, "source B"),
                           prompt_embeds=as_f32(embeds, "prompt embeddings"), prompt_mask=np.asarray(mask, np.int64))
 
-    def fidelity_halo(self) -> int:
-        return self.bundle.fidelity_halo() if self.has_fidelity() else 0
-
     def max_image_size(self):
         return self.bundle.max_image_size()
-
-    def work_scale(self) -> int:
-        return self.bundle.work_scale()
-
-    def window(self) -> int:
-        return self.bundle.window()
-
-    def sampler_defaults(self) -> dict:
-        return self.bundle.sampler_defaults()
-
-    def detail_settings(self):
-        return self.bundle.detail_settings()

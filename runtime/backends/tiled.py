@@ -25,8 +25,8 @@ budget (``Pipeline.plan_memory``).
 
 * **Fidelity decoder** (``model.fidelity``): a local network, so a tall image runs in strips of rows
   (:func:`fidelity_strips`, ``fidelity_rows`` rows each, spread evenly), each with the model's halo of
-  context rows on both sides (``Backend.fidelity_halo``: ``receptive_halo`` on the 16-px grid, from the
-  bundle's manifest); only each strip's own rows are kept, so the result equals the whole image's
+  context rows on both sides (``fidelity_halo``, the model's ``ModelInfo.fidelity_halo``: ``receptive_halo`` on
+  the 16-px grid, from the bundle's manifest); only each strip's own rows are kept, so the result equals the whole image's
   (``tests/runtime/test_fidelity.py``), with no blending.
 
 Windows start on the 16-pixel / 2-latent grid, so the DiT's patches and the VAE's downsampling align
@@ -181,15 +181,17 @@ class TiledBackend(WrappedBackend):
     """``inner`` with DiT calls in batched windows of ``window`` (H, W) pixels, at most ``max_batch`` rows
     per call (``None``: all windows in one), VAE calls split into tiles of ``vae_tile`` pixels only
     where an image exceeds it (``None``: never), and fidelity-decoder calls in strips of at most
-    ``fidelity_rows`` rows (``None``: whole images)."""
+    ``fidelity_rows`` rows (``None``: whole images), each read with ``fidelity_halo`` rows of context on each side
+    (the model's, :class:`latentfuse.runtime.model_info.ModelInfo`)."""
 
     def __init__(self, inner: Backend, window: tuple[int, int] | None, vae_tile: tuple[int, int] | None = None,
                  overlap: int = DIT_OVERLAP, vae_overlap: int = VAE_OVERLAP, max_batch: int | None = None,
-                 fidelity_rows: int | None = None):
+                 fidelity_rows: int | None = None, fidelity_halo: int = 0):
         super().__init__(inner)
         if fidelity_rows is not None and (int(fidelity_rows) < GRID or int(fidelity_rows) % GRID):
             raise LatentfuseError(f"fidelity strips take a positive multiple of {GRID} rows, got {fidelity_rows}")
         self.fidelity_rows = None if fidelity_rows is None else int(fidelity_rows)
+        self.fidelity_halo = int(fidelity_halo)
         self.window_size = _grid_size(window, "a DiT window")
         self.vae_tile = _grid_size(vae_tile, "a VAE tile")
         self.overlap = _clamp_overlap(overlap, self.window_size, "window")
@@ -320,7 +322,7 @@ class TiledBackend(WrappedBackend):
         if self.fidelity_rows is None or self.fidelity_rows >= height:
             self.calls += 1
             return self.inner.fidelity(image, source_a, source_b, embeds, mask)
-        strips = fidelity_strips(height, self.fidelity_rows, self.inner.fidelity_halo())
+        strips = fidelity_strips(height, self.fidelity_rows, self.fidelity_halo)
         out = np.empty(image.shape, np.float32)
         for i, (y0, y1, c0, c1) in enumerate(strips):
             self.calls += 1

@@ -126,9 +126,6 @@ class TorchBackend(Backend):
         with self._torch.inference_mode():
             return self._numpy(self.vae.decode(self._tensor(latents, "latents")))
 
-    def has_fidelity(self) -> bool:
-        return self._fidelity is not None
-
     def fidelity(self, image, source_a, source_b, embeds, mask) -> np.ndarray:
         if self._fidelity is None:
             return super().fidelity(image, source_a, source_b, embeds, mask)
@@ -138,29 +135,9 @@ class TorchBackend(Backend):
                 self._tensor(source_b, "source B"), self._tensor(embeds, "prompt embeddings"),
                 self._torch.from_numpy(np.ascontiguousarray(mask)).to(self.device)))
 
-    def fidelity_halo(self) -> int:
-        if self._fidelity is None:
-            return 0
-        from latentfuse.runtime.backends.tiled import fidelity_halo
-
-        return fidelity_halo(self._fidelity.config)
-
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
-
-    def detail_settings(self):
-        return self.components.detail
-
-    def work_scale(self) -> int:
-        return self.components.work_scale
-
-    def window(self) -> int:
-        return self.components.window
-
-    def sampler_defaults(self) -> dict:
-        flow = self.components.dits.get("flow")
-        return {} if flow is None else {"prior": flow.config.prior, "prior_sigma": flow.config.prior_sigma}
 
     def describe(self) -> str:
         extra = ", torch.compile" if self._compiled else ""

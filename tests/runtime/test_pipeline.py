@@ -236,12 +236,6 @@ class _LocalBackend:
     """Every graph pointwise in space (encode = 8x8 mean pooling, decode = nearest upsampling,
     velocity / regression per latent pixel): tiling must then reproduce the untiled result exactly."""
 
-    def has_fidelity(self):  # no fidelity decoder (runtime.backends.base.Backend)
-        return False
-
-    def fidelity_halo(self):
-        return 0
-
     name, heads = "local", ("flow", "regression")
     low_memory = False
 
@@ -249,17 +243,11 @@ class _LocalBackend:
         self.shapes = []
         self.scale, self.size = scale, window
 
-    def work_scale(self):
-        return self.scale
+    @property
+    def info(self):  # the model's metadata, which the pipeline takes beside the backend
+        from latentfuse.runtime.model_info import ModelInfo
 
-    def window(self):
-        return self.size
-
-    def detail_settings(self):
-        return None
-
-    def sampler_defaults(self):
-        return {}
+        return ModelInfo(heads=self.heads, work_scale=self.scale, window=self.size)
 
     def encode_images(self, x):
         self.shapes.append(x.shape[-2:])
@@ -315,10 +303,10 @@ def test_tiled_processing_equals_untiled_for_a_local_model(mode, monkeypatch):
     from latentfuse.runtime.pipeline import Pipeline
 
     a, b = _rand((100, 150, 3)), _rand((100, 150), seed=1)
-    plain = Pipeline(_LocalBackend())(a, b, task="vif", mode=mode, steps=3 if mode == "flow" else None)
+    plain = Pipeline(_LocalBackend(), _LocalBackend().info)(a, b, task="vif", mode=mode, steps=3 if mode == "flow" else None)
     local = _LocalBackend()
     monkeypatch.setattr(local, "max_image_size", lambda: (64, 96))
-    pipe = Pipeline(local)
+    pipe = Pipeline(local, local.info)
     tiled = pipe(a, b, task="vif", mode=mode, steps=3 if mode == "flow" else None)  # over the limit: tiled without being asked
     assert tiled.info["tiled"] and tiled.image.shape == (100, 150, 3)
     assert max(s[0] for s in local.shapes) <= 64 and max(s[1] for s in local.shapes) <= 96
@@ -339,7 +327,7 @@ def test_working_scale_enlarges_the_pair_for_the_backend_and_shrinks_the_result_
 
     a, b = _rand((40, 56, 3)), _rand((40, 56), seed=1)
     local = _LocalBackend(scale=2)
-    result = Pipeline(local)(a, b, task="vif", mode="regression")
+    result = Pipeline(local, local.info)(a, b, task="vif", mode="regression")
     assert result.image.shape == (40, 56, 3) and result.info["size"] == (40, 56)
     assert local.shapes[0] == (80, 112)  # the VAE encoder saw the pair at twice the size
     # the same steps by hand: enlarge, encode, fuse, decode, shrink
@@ -349,7 +337,7 @@ def test_working_scale_enlarges_the_pair_for_the_backend_and_shrinks_the_result_
     np.testing.assert_allclose(result.image, expected, atol=1e-6)
 
     monkeypatch.setattr(local, "max_image_size", lambda: (64, 96))
-    tiled = Pipeline(local)(a, b, task="vif", mode="regression")  # 112x80 once enlarged: over the limit
+    tiled = Pipeline(local, local.info)(a, b, task="vif", mode="regression")  # 112x80 once enlarged: over the limit
     assert tiled.image.shape == (40, 56, 3) and tiled.info["tiled"]
 
 
@@ -371,13 +359,13 @@ def test_a_model_window_runs_larger_pairs_in_windows_of_that_size():
     from latentfuse.runtime.pipeline import Pipeline
 
     a, b = _rand((40, 56, 3)), _rand((40, 56), seed=1)
-    plain = Pipeline(_LocalBackend(scale=2))(a, b, task="vif", mode="flow", steps=2)
+    plain = Pipeline(_LocalBackend(scale=2), _LocalBackend(scale=2).info)(a, b, task="vif", mode="flow", steps=2)
     local = _LocalBackend(scale=2, window=48)
-    windowed = Pipeline(local)(a, b, task="vif", mode="flow", steps=2)  # no --tile needed: the model asks
+    windowed = Pipeline(local, local.info)(a, b, task="vif", mode="flow", steps=2)  # no --tile needed: the model asks
     assert windowed.info["tiled"] and windowed.image.shape == (40, 56, 3)
     # the VAE once on the whole (enlarged) pair, the DiT in 48 px windows, all windows of a call as one batch
     assert local.shapes[0] == local.shapes[-1] == (80, 112)
     assert len(local.shapes) == 2 + 2 and max(max(s) for s in local.shapes[1:-1]) <= 48
     np.testing.assert_allclose(windowed.image, plain.image, atol=1e-5)  # a local model: windows change nothing
     small = _LocalBackend(scale=2, window=48)
-    assert not Pipeline(small)(a[:24, :24], b[:24, :24], task="vif", mode="regression").info["tiled"]
+    assert not Pipeline(small, small.info)(a[:24, :24], b[:24, :24], task="vif", mode="regression").info["tiled"]
