@@ -2,8 +2,8 @@
 scores, the choice.
 
 A model carries two detail configurations (``model.image_processing.detail.DetailSettings``): *clean*, for the
-task's canonical prompt, and *safe*, for other prompts. They are chosen on the label's VAE round trip F = D(E(label)) of
-*training* scenes (``model/data/split.py``), the ceiling of any latent model with that VAE:
+task's canonical prompt, and *safe*, for other prompts. They are chosen on the label's VAE round trip
+F = D(E(label)) of *training* scenes (``model/data/split.py``), the ceiling of any latent model with that VAE:
 
 * every configuration of :data:`TUNE_GRID` is scored on the clean pairs by the Q^AB/F of F after the detail
   path (mean over tasks of the task means), and on :data:`DEGRADED_VARIANTS` degraded versions of each pair
