@@ -295,8 +295,8 @@ class Evaluator:
         has = {"regression": self._has_head("regression"), "flow": self._has_head("flow"),
                # a model with a fidelity decoder runs no detail stage by default: nothing to turn off
                "regression_no_detail": (self._has_head("regression") and self.pipe.detail is not None
-                                        and not self.pipe.backend.has_fidelity()),
-               "regression_no_fidelity": self._has_head("regression") and self.pipe.backend.has_fidelity(),
+                                        and not self.pipe.info.has_fidelity),
+               "regression_no_fidelity": self._has_head("regression") and self.pipe.info.has_fidelity,
                "average": True, "average_detail": True, "classical": protocol == "degraded"}
         asked = self.settings.methods
         if asked is not None:

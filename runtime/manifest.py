@@ -257,7 +257,8 @@ def open_bundle(directory: str | os.PathLike) -> "Bundle":
 
 class Bundle:
     """The one reader of a bundle, for every host (runtime, engine builder, calibration, export's checks): graph
-    paths and interfaces, tokenizer, prompt cache, limits, engines, the model's defaults. Writing a bundle is
+    paths and interfaces, tokenizer, prompt cache, limits, engines, sections. The model's metadata in the
+    pipeline's terms is :meth:`latentfuse.runtime.model_info.ModelInfo.from_manifest`; writing a bundle is
     :mod:`latentfuse.export.bundle`'s; export's view of a graph (a ``GraphSpec``) is
     :func:`latentfuse.export.graphs.bundle_spec`."""
 
@@ -410,48 +411,13 @@ class Bundle:
                 out[name] = path
         return out
 
-    # limits and defaults
+    # limits and sections
     def max_image_size(self) -> tuple[int, int] | None:
         """(H, W) in pixels: the largest size the bundle's graphs were exported and verified for."""
         res = self.manifest.get("resolution") or {}
         if "max_height" in res and "max_width" in res:
             return int(res["max_height"]), int(res["max_width"])
         return None
-
-    def work_scale(self) -> int:
-        """The working scale of the exported model (``model.work_scale``; 1 in bundles that predate it)."""
-        from latentfuse.model.work_scale import check_work_scale
-
-        value = (self.manifest.get("latent") or {}).get("work_scale", 1)
-        return check_work_scale(value, f"{self.root}/manifest.json latent.work_scale")
-
-    def window(self) -> int:
-        """The window of the exported model (``model.work_scale``; 0, whole images, when absent)."""
-        from latentfuse.model.work_scale import check_window
-
-        value = (self.manifest.get("latent") or {}).get("window", 0)
-        return check_window(value, f"{self.root}/manifest.json latent.window")
-
-    def detail_settings(self):
-        """The model's detail path (manifest ``detail``, ``model.detail.DetailSettings``); None when absent."""
-        from latentfuse.model.image_processing.detail import DetailSettings
-
-        section = self.manifest.get("detail")
-        return None if section is None else DetailSettings.from_dict(section, f"{self.root}/manifest.json detail")
-
-    def sampler_defaults(self) -> dict:
-        """The manifest's sampler section in :class:`latentfuse.runtime.pipeline.Pipeline`'s terms."""
-        s = self.sampler
-        out = {}
-        if s.get("name"):
-            out["sampler"] = s["name"]
-        for key in ("steps", "g", "prior"):
-            if s.get(key) is not None:
-                out[key] = s[key]
-        sigma = s.get("prior_sigma", s.get("sigma"))
-        if sigma is not None:
-            out["prior_sigma"] = sigma
-        return out
 
     @property
     def latent(self) -> dict:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 from latentfuse.runtime.backends import get_backend
 from latentfuse.runtime.backends.base import Backend
 from latentfuse.runtime.backends.tensorrt_backend import tensorrt_unavailable_reason
@@ -144,13 +144,23 @@ def test_heads_and_require_head(backend):
     assert "'upscale'" in msg and backend.name in msg and "flow" in msg and "regression" in msg
 
 
-def test_settings_are_the_models_own(backend):
-    assert type(backend.work_scale()) is int and backend.work_scale() == WORK_SCALE
-    assert type(backend.window()) is int and backend.window() == WINDOW
-    defaults = backend.sampler_defaults()
-    assert isinstance(defaults, dict)
+def test_settings_are_the_models_own(backend, model_and_bundle):
+    """The model's settings reach the pipeline as one ModelInfo, read from where the backend's model lives
+    (components or manifest; a backend runs graphs only); the model directory read without its weights agrees."""
+    from latentfuse.runtime.model_info import ModelInfo
+
+    for method in ("work_scale", "window", "sampler_defaults", "detail_settings", "has_fidelity", "fidelity_halo"):
+        assert not hasattr(backend, method), method
+    info = ModelInfo.of(backend)
+    assert type(info.work_scale) is int and info.work_scale == WORK_SCALE
+    assert type(info.window) is int and info.window == WINDOW
+    defaults = info.sampler_defaults
     assert defaults.get("prior") == PRIOR and defaults.get("prior_sigma") == pytest.approx(PRIOR_SIGMA)
-    assert backend.detail_settings() == DETAIL
+    assert info.detail == DETAIL and info.heads == ("flow", "regression")
+    assert not info.has_fidelity and info.fidelity_halo == 0
+    index = ModelInfo.from_model_index(model_and_bundle[0])
+    assert (index.heads, index.work_scale, index.window, index.detail) == (info.heads, WORK_SCALE, WINDOW, DETAIL)
+    assert index.sampler_defaults["prior"] == PRIOR
     assert isinstance(backend.describe(), str) and backend.describe()
 
 

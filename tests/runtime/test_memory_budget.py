@@ -16,6 +16,7 @@ import tracemalloc
 import numpy as np
 from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 from latentfuse.runtime.backends.base import Backend
+from latentfuse.runtime.model_info import ModelInfo
 
 # the bundled default's parameter sets: sigma 16 px, radius 8, on every RGB channel
 SETTINGS = DetailSettings.for_configs(DetailConfig(sigma=16.0, radius=8, fused_candidate=False, noise_k=0.0,
@@ -47,11 +48,9 @@ class CheapBackend(Backend):
     def decode(self, latents):
         return np.repeat(np.repeat(latents[:, :3], 8, axis=2), 8, axis=3)
 
-    def window(self):
-        return 128
 
-    def detail_settings(self):
-        return SETTINGS
+# the model: a 128 px window and the detail path
+INFO = ModelInfo(heads=CheapBackend.heads, window=128, detail=SETTINGS)
 
 
 def _traced_peak(pipe, height, width):
@@ -70,7 +69,7 @@ def _traced_peak(pipe, height, width):
 def test_memory_grows_with_the_whole_image_arrays_only():
     from latentfuse.runtime.pipeline import Pipeline
 
-    pipe = Pipeline(CheapBackend())
+    pipe = Pipeline(CheapBackend(), INFO)
     width, short, tall = 512, 1536, 4096  # both with middle strips (context above and below)
     peak_short, r_short = _traced_peak(pipe, short, width)
     peak_tall, r_tall = _traced_peak(pipe, tall, width)
