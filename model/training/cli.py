@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--crop", type=int, default=160)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--source-grad-weight", type=float, default=0.5,
+                   help="weight of the edge term on clean tuples: the output's Sobel magnitude towards the stronger "
+                        "source's (default 0.5, the shipped decoder's; 0: label losses only)")
     p.add_argument("--per-pair", type=int, default=6, help="degraded tuples per training pair")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run_train_fidelity)
@@ -87,7 +90,8 @@ def run_train_fidelity(args: argparse.Namespace) -> int:
     from latentfuse.model.training.fidelity import FidelityTrainConfig, run_fidelity_training
     from latentfuse.runtime.pipeline import Pipeline
 
-    cfg = FidelityTrainConfig(steps=args.steps, batch_size=args.batch, crop=args.crop, lr=args.lr)
+    cfg = FidelityTrainConfig(steps=args.steps, batch_size=args.batch, crop=args.crop, lr=args.lr,
+                              source_grad_weight=args.source_grad_weight)
     pipeline = Pipeline.from_checkpoint(args.model, threads=args.threads)
     report = run_fidelity_training(args.model, args.data, args.work, args.out, cfg, pipeline,
                                    per_pair=args.per_pair, threads=args.threads)

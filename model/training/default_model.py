@@ -448,7 +448,7 @@ def fidelity_config(args):
     from latentfuse.model.training.fidelity import FidelityTrainConfig
 
     return FidelityTrainConfig(steps=args.fidelity_steps, batch_size=args.fidelity_batch, crop=args.fidelity_crop,
-                               lr=args.fidelity_lr, seed=args.seed)
+                               lr=args.fidelity_lr, source_grad_weight=args.fidelity_source_grad, seed=args.seed)
 
 
 def fidelity_stage(args, model_dir: Path, model_sha256: str, pipeline) -> dict:

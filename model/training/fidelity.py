@@ -77,6 +77,9 @@ class FidelityTrainConfig:
     warmup_steps: int = 100
     grad_weight: float = 1.0
     flow_share: float = 0.3  # share of crops whose input image is the flow head's (where cached)
+    # on tuples without degradations, an edge term: the output's gradient magnitude towards the stronger
+    # source's, as unsupervised fusion losses do (the labels' own edges are weaker than the sources')
+    source_grad_weight: float = 0.0
     save_every: int = 250
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -86,9 +89,10 @@ class FidelityTrainConfig:
                                                                    ("crop", MULTIPLE)) if getattr(self, name) < least]
         bad += [f"lr {self.lr}"] if not self.lr > 0 else []
         bad += [f"flow_share {self.flow_share}"] if not 0 <= self.flow_share <= 1 else []
+        bad += [f"source_grad_weight {self.source_grad_weight}"] if self.source_grad_weight < 0 else []
         if bad:
             raise LatentfuseError(f"fidelity training: {', '.join(bad)} out of range (steps, batch and save_every >= 1, "
-                                  f"crop >= {MULTIPLE} px, lr > 0, flow_share in [0, 1])")
+                                  f"crop >= {MULTIPLE} px, lr > 0, flow_share in [0, 1], source_grad_weight >= 0)")
 
 
 def load_cache(cache: str | Path) -> list[dict]:
@@ -141,26 +145,44 @@ def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
 
-def fidelity_loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float) -> torch.Tensor:
-    """L1 + ``grad_weight`` x L1 of the finite differences (both in [-1, 1])."""
+def _sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel Sobel gradient magnitude of [B, C, H, W] (the operator Q^AB/F measures edges with)."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
+    kernels = torch.stack([kx, kx.T])[:, None].repeat(x.shape[1], 1, 1, 1)  # [2C, 1, 3, 3]
+    g = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), kernels,
+                                   groups=x.shape[1])
+    return g.unflatten(1, (x.shape[1], 2)).pow(2).sum(2).add(1e-6).sqrt()
+
+
+def fidelity_loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float, a: torch.Tensor | None = None,
+                  b: torch.Tensor | None = None, clean: torch.Tensor | None = None,
+                  source_grad_weight: float = 0.0) -> torch.Tensor:
+    """L1 + ``grad_weight`` x L1 of the finite differences (all in [-1, 1]); with ``source_grad_weight``, plus
+    that weight x L1 between the output's Sobel magnitude and the larger of the sources', on the rows marked
+    ``clean`` (bool [B]: sources without degradations, whose edges are the scene's)."""
     loss = (out - target).abs().mean()
     if grad_weight:
         for go, gt in zip(_gradients(out), _gradients(target)):
             loss = loss + grad_weight * (go - gt).abs().mean()
+    if source_grad_weight and clean is not None and bool(clean.any()):
+        strongest = torch.maximum(_sobel_magnitude(a[clean]), _sobel_magnitude(b[clean]))
+        loss = loss + source_grad_weight * (_sobel_magnitude(out[clean]) - strongest).abs().mean()
     return loss
 
 
 class _Batches:
-    """Random crops of the cached tuples: (F, A, B, label) in [-1, 1] and each row's prompt index."""
+    """Random crops of the cached tuples: (F, A, B, label) in [-1, 1], each row's prompt index and whether its
+    sources are clean."""
 
     def __init__(self, records: list[dict], prompts: list[str], cfg: FidelityTrainConfig):
         self.records, self.cfg = records, cfg
         self.prompt_ids = [prompts.index(r["prompt"]) for r in records]
+        self.clean = [not json.loads(str(r.get("degradations", "[]"))) for r in records]
         self.rng = np.random.default_rng(cfg.seed)
 
     def __call__(self):
         cfg, rng = self.cfg, self.rng
-        rows, pids = [], []
+        rows, pids, clean = [], [], []
         for _ in range(cfg.batch_size):
             i = int(rng.integers(len(self.records)))
             rec = self.records[i]
@@ -175,10 +197,11 @@ class _Batches:
                 stack = stack[:, ::-1]
             rows.append(np.ascontiguousarray(stack))
             pids.append(self.prompt_ids[i])
+            clean.append(self.clean[i])
         size = min(r.shape[1] for r in rows), min(r.shape[2] for r in rows)
         batch = np.stack([r[:, :size[0], :size[1]] for r in rows])  # [B, 4, c, c, 3]
         t = torch.from_numpy(batch).float().div_(127.5).sub_(1.0).permute(1, 0, 4, 2, 3)  # [4, B, 3, c, c]
-        return t[0], t[1], t[2], t[3], torch.tensor(pids)
+        return t[0], t[1], t[2], t[3], torch.tensor(pids), torch.tensor(clean)
 
 
 def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: torch.nn.Module,
@@ -218,11 +241,11 @@ def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: to
     bar = tqdm(total=cfg.steps, initial=step, desc="fidelity", disable=not progress)
     running = None
     while step < cfg.steps:
-        image, a, b, target, pids = batches()
+        image, a, b, target, pids, clean = batches()
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         out = model(image, a, b, embeds[pids], mask[pids])
-        loss = fidelity_loss(out, target, cfg.grad_weight)
+        loss = fidelity_loss(out, target, cfg.grad_weight, a, b, clean, cfg.source_grad_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -283,6 +306,8 @@ def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | P
                       "validation_scenes": sorted({r["pair"] for r in val})}
     components.fidelity = decoder
     components.save_pretrained(out, overwrite=True)
+
+
     with atomic_file(Path(out) / "fidelity" / "training.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -91,6 +91,8 @@ DEFAULT_RECIPE_KEYS: tuple[RecipeKey, ...] = (
     RecipeKey("fidelity", "fidelity_batch", "int", "fidelity decoder batch size"),
     RecipeKey("fidelity", "fidelity_crop", "int", "fidelity decoder training crop (pixels)"),
     RecipeKey("fidelity", "fidelity_lr", "float", "fidelity decoder learning rate (AdamW, cosine schedule with warm-up)"),
+    RecipeKey("fidelity", "fidelity_source_grad", "float", "weight of the fidelity decoder's edge term on clean tuples "
+              "(its Sobel magnitude towards the stronger source's; 0: none)"),
     RecipeKey("fidelity", "fidelity_per_pair", "int", "degraded tuples per training pair of the fidelity decoder's data"),
     RecipeKey("fidelity", "fidelity_size", "int", "long side of the fidelity decoder's training tuples"),
     RecipeKey("fidelity", "fidelity_seed", "int", "seed of the fidelity decoder's tuples"),

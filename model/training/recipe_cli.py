@@ -113,9 +113,11 @@ def check_settings(args: argparse.Namespace) -> None:
     if args.fidelity:
         bad = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in
                ("fidelity_steps", "fidelity_batch", "fidelity_crop", "fidelity_per_pair", "fidelity_size")
-               if getattr(args, name) < 1] + ([f"--fidelity-lr {args.fidelity_lr}"] if args.fidelity_lr <= 0 else [])
+               if getattr(args, name) < 1] + ([f"--fidelity-lr {args.fidelity_lr}"] if args.fidelity_lr <= 0 else []) + (
+                   [f"--fidelity-source-grad {args.fidelity_source_grad}"] if args.fidelity_source_grad < 0 else [])
         if bad:
-            raise LatentfuseError(f"fidelity decoder: {', '.join(bad)}: must be positive")
+            raise LatentfuseError(f"fidelity decoder: {', '.join(bad)}: must be positive (the edge term's weight: "
+                                  "not negative)")
 
 
 def reuse_components(args, report: dict):
@@ -159,7 +161,7 @@ def evaluate_saved(args, model_dir: Path) -> dict:
                             out=args.work / "eval" / model["sha256"][:12], split="heldout" if real else "all",
                             protocols=PROTOCOLS, n=args.eval_limit or None, max_side=args.test_size if real else None,
                             seeds=args.eval_seeds, figures=0)
-    return evaluate(Pipeline.from_checkpoint(model_dir), settings, model=model, progress=False)
+    return evaluate(Pipeline.from_pretrained(model_dir), settings, model=model, progress=False)
 
 
 def run_recipe(args: argparse.Namespace) -> int:
@@ -266,7 +268,7 @@ def run_recipe(args: argparse.Namespace) -> int:
         dm.log(f"6/{steps} fidelity decoder on what the saved model makes of the training scenes")
         from latentfuse.runtime.pipeline import Pipeline
 
-        pipeline = Pipeline.from_checkpoint(args.out, threads=args.threads)
+        pipeline = Pipeline.from_pretrained(args.out, threads=args.threads)
         report["fidelity"] = dm.fidelity_stage(args, args.out, model_key(args.out), pipeline)
         decoder = FusionComponents.from_pretrained(args.out).fidelity
         report["params"]["fidelity"] = sum(p.numel() for p in decoder.parameters())

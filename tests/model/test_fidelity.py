@@ -111,6 +111,21 @@ def test_loss_counts_edges():
     assert fidelity_loss(flat, edge, 1.0) > fidelity_loss(flat, edge, 0.0)
 
 
+def test_source_edge_term_pulls_towards_the_stronger_source_on_clean_rows_only():
+    flat = torch.zeros(2, 3, 8, 8)
+    edge = flat.clone()
+    edge[..., 4:] = 1.0
+    clean = torch.tensor([True, False])
+    base = fidelity_loss(flat, flat, 0.0)
+    # the label is flat, but source B has an edge: on the clean row the flat output is penalised for losing it
+    assert fidelity_loss(flat, flat, 0.0, flat, edge, clean, 1.0) > base
+    assert fidelity_loss(flat, flat, 0.0, flat, edge, torch.tensor([False, False]), 1.0) == base
+    # an output with B's edge meets the term (the stronger source's magnitude), whichever source holds it
+    assert fidelity_loss(edge, flat, 0.0, edge, flat, clean, 1.0) - fidelity_loss(edge, flat, 0.0) < 1e-3
+    with pytest.raises(LatentfuseError, match="source_grad_weight -1"):
+        FidelityTrainConfig(source_grad_weight=-1)
+
+
 class _Prompts(torch.nn.Module):
     hidden_size = 8
 
