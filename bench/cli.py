@@ -158,10 +158,10 @@ def _run_serve(args) -> int:
     import_pytriton()  # a missing extra is one line, before any model loads
     if args.bundle:
         bundle = args.bundle
-    else:
-        from latentfuse.export.bundle_cache import cached_bundle
+    else:  # the model directory's cached export, as Pipeline.from_pretrained runs it
+        from latentfuse.runtime.pipeline import cached_export
 
-        bundle = cached_bundle(args.user_model or str(DEFAULT_MODEL_DIR), "onnxruntime")
+        bundle = cached_export(args.user_model or str(DEFAULT_MODEL_DIR), "onnxruntime")
     rows = run_serve_bench(bundle, threads=args.threads)
     meta = {"bundle": str(bundle), "threads": args.threads, "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -69,7 +69,7 @@ def backend(request, components, device):
         return get_backend("torch", components=components, device=device)
     from latentfuse.runtime.pipeline import Pipeline
 
-    return Pipeline.from_bundle(request.getfixturevalue("bundle_dir"), backend=request.param).backend
+    return Pipeline.from_pretrained(request.getfixturevalue("bundle_dir"), backend=request.param).backend
 
 
 @pytest.fixture(scope="session")

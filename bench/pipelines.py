@@ -234,7 +234,7 @@ def bundle_latent_pipelines(bundle: str, backend: str, components, precision: st
 
     variants = latent_variants() if variants is None else variants
     options = {"threads": int(threads)} if threads and backend == "onnxruntime" else {}
-    pipe = Pipeline.from_bundle(bundle, backend=backend, **options)
+    pipe = Pipeline.from_pretrained(bundle, backend=backend, **options)
     out: list[Any] = []
     for n, v in variants.items():
         if v["mode"] not in pipe.backend.heads:

@@ -165,7 +165,7 @@ def run_serve_bench(bundle: str | os.PathLike, sizes: Sequence[tuple[int, int]] 
         raise LatentfuseError(f"concurrency must be at least 1, got {list(concurrency)}")
     bundle = Path(bundle)
     options = {"threads": threads} if threads else {}
-    pipe = Pipeline.from_bundle(bundle, backend="onnxruntime", providers="cpu", **options)
+    pipe = Pipeline.from_pretrained(bundle, backend="onnxruntime", providers="cpu", **options)
     squeeze = lambda x: x[..., 0] if x.shape[-1] == 1 else x  # noqa: E731 - the wire's HxWx1 gray as HxW
     pairs = {size: tuple(to_wire(x) for x in sample_pair(size)) for size in sizes}
 

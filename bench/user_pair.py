@@ -90,20 +90,16 @@ def sample_pair(size: tuple[int, int], task: str = "vif") -> tuple[np.ndarray, n
 
 
 def _pipelines(model_dir: Path, backends: Sequence[str], threads: int | None):
-    from latentfuse.export.bundle_cache import cached_bundle
     from latentfuse.runtime.pipeline import Pipeline
 
     options = {"threads": threads} if threads else {}
+    per_backend = {"torch": options, "onnxruntime": {"providers": "cpu", **options}, "tensorrt": {}}
     out = {}
     for name in backends:
-        if name == "torch":
-            out[name] = Pipeline.from_checkpoint(model_dir, **options)
-        elif name == "onnxruntime":
-            out[name] = Pipeline.from_bundle(cached_bundle(model_dir, name), backend=name, providers="cpu", **options)
-        elif name == "tensorrt":
-            out[name] = Pipeline.from_bundle(cached_bundle(model_dir, name), backend=name)
-        else:
+        if name not in per_backend:
             raise LatentfuseError(f"unknown backend {name!r} for the user-pair bench")
+        # torch runs the model directory, onnxruntime / tensorrt its cached export
+        out[name] = Pipeline.from_pretrained(model_dir, backend=name, **per_backend[name])
     return out
 
 

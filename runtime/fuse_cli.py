@@ -8,7 +8,8 @@
 resumes), continues past a file that fails and lists every failure at the end (exit 1 if any).
 ``demo`` runs the bundled default model on the shipped sample pairs of each task through ONNX Runtime
 and prints the latency table. A bundle backend given a model directory (``--backend onnxruntime`` with
-no ``--bundle``, and ``demo``) exports it once into the user cache (:mod:`latentfuse.export.bundle_cache`).
+no ``--bundle``, and ``demo``) runs its export, made once into the user cache (``Pipeline.from_pretrained``,
+whose exporter, :mod:`latentfuse.export.bundle_cache`, is found through the ``latentfuse.exporters`` entry point).
 """
 
 from __future__ import annotations
@@ -129,10 +130,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def build_pipeline(args: argparse.Namespace):
     """The Pipeline the model arguments ask for (one error line if they do not fit together)."""
     from latentfuse.model.errors import LatentfuseError
-    from latentfuse.runtime.backends import backend_source
-    from latentfuse.runtime.pipeline import Pipeline
-
     from latentfuse.model.components import DEFAULT_MODEL_DIR
+    from latentfuse.runtime.backends import backend_source
+    from latentfuse.runtime.manifest import check_bundle_dir
+    from latentfuse.runtime.pipeline import Pipeline
 
     if not args.bundle and not args.checkpoint:
         # No model given: the bundled default model directory (eager torch, or a cached bundle of it)
@@ -151,16 +152,15 @@ def build_pipeline(args: argparse.Namespace):
             raise LatentfuseError(f"--threads must be at least 1, got {args.threads}")
         if backend != "tensorrt":
             options["threads"] = args.threads
-    if backend_source(backend) == "bundle":
-        if not args.bundle:
-            # a model directory on a bundle backend: export it once into the user cache and reuse that
-            from latentfuse.export.bundle_cache import cached_bundle
-
-            args.bundle = str(cached_bundle(args.checkpoint, backend))
-        return Pipeline.from_bundle(args.bundle, backend=backend, **options)
-    if not args.checkpoint:
-        raise LatentfuseError("the torch backend runs a model directory: pass --checkpoint DIR")
-    return Pipeline.from_checkpoint(args.checkpoint, backend=backend, **options)
+    if args.bundle:
+        if backend_source(backend) != "bundle":
+            raise LatentfuseError(f"the {backend} backend runs a model directory: pass --checkpoint DIR")
+        check_bundle_dir(args.bundle)  # --bundle names a bundle: never export a model directory given as one
+    # a model directory on onnxruntime / tensorrt: from_pretrained runs its cached export (made once)
+    pipe = Pipeline.from_pretrained(args.bundle or args.checkpoint, backend=backend, **options)
+    if not args.bundle and backend_source(backend) == "bundle":
+        args.bundle = str(pipe.backend.bundle.root)  # later pipelines of these arguments (serve's instances) reuse it
+    return pipe
 
 
 def _call_kwargs(args: argparse.Namespace) -> dict:
@@ -332,9 +332,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from latentfuse.model.data.tasks import TASKS
     from latentfuse.model.image_io import write_image
     from latentfuse.runtime.latency import format_table
-    from latentfuse.runtime.pipeline import Pipeline, load_image
-
     from latentfuse.runtime.backends.torch_backend import quiet_loaders
+    from latentfuse.runtime.manifest import check_bundle_dir
+    from latentfuse.runtime.pipeline import Pipeline, load_image
 
     quiet_loaders()  # no library progress bars / hints between the demo's own lines
     _check_fidelity(args.fidelity)
@@ -348,13 +348,9 @@ def run_demo(args: argparse.Namespace) -> int:
     model_dir, random_weights = (None, False) if getattr(args, "bundle", None) else demo_model_dir(out, args.checkpoint)
     options = {"threads": args.threads} if args.threads and args.backend != "tensorrt" else {}
     if getattr(args, "bundle", None):
-        pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, **options)
-    elif args.backend == "torch":
-        pipe = Pipeline.from_checkpoint(model_dir, **options)
-    else:
-        from latentfuse.export.bundle_cache import cached_bundle
-
-        pipe = Pipeline.from_bundle(cached_bundle(model_dir, args.backend), backend=args.backend, **options)
+        check_bundle_dir(args.bundle)
+    # a model directory on onnxruntime / tensorrt runs its cached export (made once)
+    pipe = Pipeline.from_pretrained(getattr(args, "bundle", None) or model_dir, backend=args.backend, **options)
     print(f"backend: {pipe.backend.describe()}")
     _check_fidelity(args.fidelity, pipe)
     kwargs = dict(mode=args.mode, steps=args.steps, seed=args.seed, detail=args.detail, fidelity=args.fidelity)

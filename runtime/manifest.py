@@ -246,13 +246,18 @@ class GraphEntry:
 
 
 # ---------------------------------------------------------------------- reading a bundle
-def open_bundle(directory: str | os.PathLike) -> "Bundle":
-    """Open and check a bundle (every file present with its recorded size and sha256)."""
+def check_bundle_dir(directory: str | os.PathLike) -> Path:
+    """``directory``, or one error line when it holds no ``manifest.json``."""
     root = Path(directory)
     if not (root / MANIFEST_NAME).is_file():
         raise LatentfuseError(f"{root} is not a deployment bundle (no manifest.json); "
                               "make one with `latentfuse export --checkpoint DIR --out BUNDLE`")
-    return Bundle.open(root)
+    return root
+
+
+def open_bundle(directory: str | os.PathLike) -> "Bundle":
+    """Open and check a bundle (every file present with its recorded size and sha256)."""
+    return Bundle.open(check_bundle_dir(directory))
 
 
 class Bundle:

@@ -1,6 +1,6 @@
 """One fuse call, end to end (docs/design.md "Data flow"; MMAIF section 3.4.2, Algorithm 1).
 
-    pipe = Pipeline.from_bundle("bundle/", backend="onnxruntime")      # or .from_checkpoint(dir)
+    pipe = Pipeline.from_pretrained("bundle/", backend="onnxruntime")  # a bundle or a model directory
     result = pipe("vis.png", "ir.png", task="vif", prompt="remove the haze")
     result.save("fused.png")                                            # result.nfe, result.timings
 
@@ -292,6 +292,25 @@ class Pipeline:
         self.text_encoder_calls = 0
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, backend: str | None = None, **options) -> "Pipeline":
+        """A pipeline over a model directory or a deployment bundle on ``backend`` (diffusers' habit).
+
+        A bundle (``manifest.json``) runs on ``onnxruntime`` (the default) or ``tensorrt`` (:meth:`from_bundle`);
+        a model directory (``model_index.json``) on ``torch`` (the default, :meth:`from_checkpoint`), or on
+        ``onnxruntime`` / ``tensorrt`` through its cached export (:func:`cached_export`: exported once, then
+        reused). ``options`` go to the backend (``threads=``, ``providers=``, ``compile=``, ...)."""
+        from latentfuse.runtime.backends import backend_source
+        from latentfuse.runtime.manifest import MANIFEST_NAME
+
+        root = Path(path)
+        if (root / MANIFEST_NAME).is_file():
+            return cls.from_bundle(root, backend or "onnxruntime", **options)
+        backend = backend or "torch"
+        if backend_source(backend) == "checkpoint":
+            return cls.from_checkpoint(root, backend, **options)
+        return cls.from_bundle(cached_export(root, backend), backend, **options)
+
     @classmethod
     def from_bundle(cls, directory: str | os.PathLike, backend: str = "onnxruntime", **options) -> "Pipeline":
         """A pipeline over a deployment bundle (``latentfuse export``) on ``onnxruntime`` or ``tensorrt``."""
@@ -634,6 +653,26 @@ class Pipeline:
         return summarize(times, label or self.backend.name)
 
 
+EXPORTERS = "latentfuse.exporters"  # entry point group: name = "module:function(model_dir, backend) -> bundle dir"
+
+
+def cached_export(model_dir: str | os.PathLike, backend: str = "onnxruntime") -> Path:
+    """The deployment bundle of ``model_dir`` for ``backend`` (onnxruntime / tensorrt), from the exporter installed
+    under the entry point group :data:`EXPORTERS` (latentfuse's own: ``latentfuse.export.bundle_cache``, which
+    exports once into the user cache and reuses it). The runtime sits below export, so it finds the exporter
+    this way rather than by importing it; none installed is one error line saying what to do."""
+    from importlib.metadata import entry_points
+
+    found = sorted(entry_points(group=EXPORTERS), key=lambda ep: ep.name)
+    if not found:
+        raise LatentfuseError(
+            f"the {backend} backend runs a deployment bundle and no exporter is installed to make one from "
+            f"{model_dir} (entry point group {EXPORTERS!r}, declared by latentfuse's pyproject.toml): reinstall "
+            f"latentfuse (`pip install -e .` in a checkout), or export the bundle with `latentfuse export "
+            f"--checkpoint {model_dir} --out BUNDLE` and pass BUNDLE")
+    return Path(found[0].load()(model_dir, backend))
+
+
 @functools.lru_cache(maxsize=1)
 def _canonical_prompts() -> frozenset[str]:
     from latentfuse.model.data.prompts import canonical_prompts
@@ -661,5 +700,5 @@ def _label(x: Any, default: str) -> str:
     return str(x) if isinstance(x, (str, os.PathLike)) else default
 
 
-__all__ = ["FusionResult", "MemoryPlan", "Pipeline", "load_image", "match_pair", "pad_to_multiple", "parse_memory",
+__all__ = ["FusionResult", "MemoryPlan", "Pipeline", "cached_export", "load_image", "match_pair", "pad_to_multiple", "parse_memory",
            "default_max_memory", "PAD_MULTIPLE", "MODES"]

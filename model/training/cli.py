@@ -92,7 +92,7 @@ def run_train_fidelity(args: argparse.Namespace) -> int:
 
     cfg = FidelityTrainConfig(steps=args.steps, batch_size=args.batch, crop=args.crop, lr=args.lr,
                               source_grad_weight=args.source_grad_weight)
-    pipeline = Pipeline.from_checkpoint(args.model, threads=args.threads)
+    pipeline = Pipeline.from_pretrained(args.model, threads=args.threads)
     report = run_fidelity_training(args.model, args.data, args.work, args.out, cfg, pipeline,
                                    per_pair=args.per_pair, threads=args.threads)
     for task, row in report["validation"].items():
