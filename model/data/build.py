@@ -5,7 +5,8 @@ Output layout (``latentfuse data build``)::
     OUT/build.json                 the build configuration (a re-run must match it)
     OUT/labels/<pair>.png|.json    teacher pseudo-label of each clean pair without dataset GT (cached)
     OUT/samples/<id>/              a.png b.png clean_a.png clean_b.png gt.png meta.json
-    OUT/manifest.jsonl             one JSON record per sample (the samples' meta.json, sorted by id)
+    OUT/index.jsonl                the sample index: one JSON record per sample (the samples' meta.json,
+                                   sorted by id); folders built before it was named read as ``manifest.jsonl``
 
 Real pairs are split by scene name (:mod:`latentfuse.model.data.split`): by default only training scenes are
 written (``split="train"``); ``"heldout"`` writes the held-out scenes (for evaluation), ``"all"`` both.
@@ -15,7 +16,7 @@ pairs come from another seed.
 
 Every sample directory is written atomically (:func:`latentfuse.model.atomic.atomic_dir`), so a sample either
 exists completely or not at all; re-running the same command skips finished samples and rewrites the
-manifest from their ``meta.json``. Sample ``<pair>_<k>`` draws everything from a generator seeded by
+index from their ``meta.json``. Sample ``<pair>_<k>`` draws everything from a generator seeded by
 ``(seed, crc32(pair), k)``: results do not depend on which samples were built before.
 """
 
@@ -43,6 +44,9 @@ from latentfuse.model.image_io import read_image, write_image
 
 FORMAT_VERSION = 1
 SAMPLE_FILES = ("a", "b", "clean_a", "clean_b", "gt")
+INDEX_NAME = "index.jsonl"  # the sample index a build writes (JSON lines, one record per sample)
+# the names the index had before (a folder with one of them is read as it is; a rebuild writes INDEX_NAME)
+LEGACY_INDEX_NAMES = ("manifest.jsonl", "train.jsonl")
 
 
 @dataclass
@@ -51,7 +55,7 @@ class BuildReport:
     total: int
     built: int
     skipped: int
-    manifest: Path
+    index: Path
 
 
 def sample_rng(seed: int, pair: str, k: int) -> np.random.Generator:
@@ -128,15 +132,18 @@ def _write_sample(out: Path, sid: str, pair: ImagePair, k: int, sample, label_me
     return record
 
 
-def _rewrite_manifest(out: Path) -> Path:
+def _rewrite_index(out: Path) -> Path:
+    """The sample index rewritten from the samples' ``meta.json`` (it replaces the ``manifest.jsonl`` of a
+    folder built before the index had its name: the same records)."""
     records = []
     samples = out / "samples"
     if samples.is_dir():
         for meta in sorted(samples.glob("*/meta.json")):
             records.append(json.loads(meta.read_text()))
-    path = out / "manifest.jsonl"
+    path = out / INDEX_NAME
     with atomic_file(path) as tmp:
         tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+    (out / LEGACY_INDEX_NAMES[0]).unlink(missing_ok=True)
     return path
 
 
@@ -166,7 +173,7 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, task: str,
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "build.json") as tmp:
         tmp.write_text(json.dumps(config, indent=1))
-    manifest = _rewrite_manifest(out)  # consistent with what is already on disk
+    index = _rewrite_index(out)  # consistent with what is already on disk
 
     jobs = [(pair, k) for pair in pairs for k in range(per_pair)]
     done = {p.parent.name for p in (out / "samples").glob("*/meta.json")} if (out / "samples").is_dir() else set()
@@ -180,7 +187,7 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, task: str,
         for pair, k in todo:
             by_pair.setdefault(pair.name, []).append(k)
         lookup = {p.name: p for p in pairs}
-        with open(manifest, "a") as log:
+        with open(index, "a") as log:
             for name, ks in by_pair.items():
                 pair = lookup[name]
                 a, b, gt = load_pair(pair, task)
@@ -196,5 +203,5 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, task: str,
                     built += 1
                     bar.update(1)
         bar.close()
-    manifest = _rewrite_manifest(out)
-    return BuildReport(out=out, total=len(jobs), built=built, skipped=len(jobs) - len(todo), manifest=manifest)
+    index = _rewrite_index(out)
+    return BuildReport(out=out, total=len(jobs), built=built, skipped=len(jobs) - len(todo), index=index)

@@ -43,7 +43,7 @@ def _build(args: argparse.Namespace) -> int:
         depth_estimator=load_depth_estimator(args.depth_model), limit=args.limit, split=args.split,
     )
     print(f"{report.built} sample(s) built, {report.skipped} already present, "
-          f"{report.total} in total; manifest: {report.manifest}")
+          f"{report.total} in total; index: {report.index}")
     return 0
 
 
@@ -65,7 +65,7 @@ def register(subparsers) -> None:
     synth.add_argument("--force", action="store_true", help="replace an existing output folder")
     synth.set_defaults(func=_synth)
 
-    build = sub.add_parser("build", help="write degraded/clean/GT/prompt samples with a JSONL manifest")
+    build = sub.add_parser("build", help="write degraded/clean/GT/prompt samples with a JSONL sample index")
     build.add_argument("--task", required=True, choices=tasks)
     build.add_argument("--src", required=True, help="dataset folder (layout auto-detected) or a synth folder")
     build.add_argument("--out", required=True, help="output folder; re-running resumes")

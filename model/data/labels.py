@@ -26,7 +26,7 @@ class PseudoLabel:
     refinement: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        """JSON-friendly record of the choice (stored in manifests)."""
+        """JSON-friendly record of the choice (stored in sample indexes)."""
         return {"teacher": self.teacher, "scores": {k: round(v, 5) for k, v in self.scores.items()},
                 "criteria": {k: {m: round(float(x), 5) for m, x in v.items()} for k, v in self.criteria.items()},
                 "refinement": {k: round(v, 5) for k, v in self.refinement.items()}}

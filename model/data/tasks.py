@@ -19,7 +19,7 @@ TASK_NAMES: dict[str, str] = {
     "mff": "multi-focus image fusion",
 }
 
-# Every degradation type the pipeline knows, in the canonical order used for prompts and manifests.
+# Every degradation type the pipeline knows, in the canonical order used for prompts and sample indexes.
 DEGRADATIONS: tuple[str, ...] = (
     "gaussian_blur",
     "motion_blur",

@@ -54,7 +54,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    root: str = ""                  # a `latentfuse data build` folder (JSONL manifest)
+    root: str = ""                  # a `latentfuse data build` folder (its index.jsonl)
     tasks: list = field(default_factory=lambda: ["vif", "mef", "mff"])
     crop: int = 256                 # training crop in pixels of the enlarged images (a multiple of 16)
     work_scale: int = 1             # images enlarged k times before the VAE (model.work_scale); 1: as they are

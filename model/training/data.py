@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from latentfuse.model.atomic import atomic_file
+from latentfuse.model.data.build import INDEX_NAME, LEGACY_INDEX_NAMES
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.image_processing.color import to_rgb
 from latentfuse.model.work_scale import check_work_scale, upscale
 
 CACHE_FORMAT = 2  # 2: + x_gt
-MANIFEST_NAMES = ("manifest.jsonl", "train.jsonl", "index.jsonl")
+INDEX_NAMES = (INDEX_NAME, *LEGACY_INDEX_NAMES)  # per folder the first present is read
 
 
 @dataclass
@@ -120,25 +121,29 @@ class LatentDataset:
         return cls(**state)
 
 
-# ---------------------------------------------------------------------------------- manifests
+# ---------------------------------------------------------------------------------- sample indexes
 
 
-def find_manifests(root: str | Path) -> list[Path]:
-    """The manifest of a ``latentfuse data build`` folder, or those of its sub-folders (one per task)."""
+def _index_of(folder: Path) -> Path | None:
+    return next((folder / name for name in INDEX_NAMES if (folder / name).is_file()), None)
+
+
+def find_indexes(root: str | Path) -> list[Path]:
+    """The sample index of a ``latentfuse data build`` folder (``index.jsonl``; ``manifest.jsonl`` in folders
+    built before), or those of its sub-folders (one per task); ``root`` may be an index file itself."""
     root = Path(root)
     if root.is_file():
         return [root]
-    for name in MANIFEST_NAMES:
-        if (root / name).is_file():
-            return [root / name]
-    found = sorted(p for name in MANIFEST_NAMES for p in root.glob(f"*/{name}"))
+    if (own := _index_of(root)) is not None:
+        return [own]
+    found = sorted(p for d in (root.iterdir() if root.is_dir() else ()) if d.is_dir() and (p := _index_of(d)))
     if found:
         return found
-    raise LatentfuseError(f"{root} holds no data manifest ({' / '.join(MANIFEST_NAMES)}, itself or in its "
+    raise LatentfuseError(f"{root} holds no sample index ({' / '.join(INDEX_NAMES)}, itself or in its "
                           "sub-folders); make one with `latentfuse data build`")
 
 
-def read_manifest(path: Path) -> list[dict]:
+def read_index(path: Path) -> list[dict]:
     records = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -205,10 +210,10 @@ def _load_rgb(path: Path, size: int, work_scale: int = 1, index: int = 0, count:
     return np.clip(_center_crop(upscale(img, work_scale), size, index, count), 0.0, 1.0)
 
 
-def read_training_manifest(path: Path) -> list[dict]:
-    """:func:`read_manifest` for a training step: a record of a held-out scene (``"split": "heldout"``,
+def read_training_index(path: Path) -> list[dict]:
+    """:func:`read_index` for a training step: a record of a held-out scene (``"split": "heldout"``,
     :mod:`latentfuse.model.data.split`) is refused, so no training step ever reads one."""
-    records = read_manifest(path)
+    records = read_index(path)
     for lineno, rec in enumerate(records, 1):
         if rec.get("split") == "heldout":
             raise LatentfuseError(f"{path} sample {lineno} ({rec.get('pair', '?')}) is from a held-out scene "
@@ -218,8 +223,8 @@ def read_training_manifest(path: Path) -> list[dict]:
 
 
 def _records(root):
-    for path in find_manifests(root):
-        for lineno, rec in enumerate(read_training_manifest(path), 1):
+    for path in find_indexes(root):
+        for lineno, rec in enumerate(read_training_index(path), 1):
             yield path, path.parent, lineno, rec
 
 
@@ -272,7 +277,7 @@ def build_latent_cache(root: str | Path, vae, text_encoder, crop: int, tasks=Non
     for row in rows:
         for p in row[1:6]:
             if not p.is_file():
-                raise LatentfuseError(f"the manifest under {root} references a missing image: {p}")
+                raise LatentfuseError(f"the sample index under {root} references a missing image: {p}")
     if crops_per_tuple > 1:  # one row per crop: (row..., crop index in the grid, grid size)
         from latentfuse.model.image_io import read_image
 

@@ -89,9 +89,9 @@ def make_real_data(work: Path, root: Path, split: str, per_pair: int, size: int,
 
 
 def count_tuples(root: Path) -> int:
-    from latentfuse.model.training.data import find_manifests, read_manifest
+    from latentfuse.model.training.data import find_indexes, read_index
 
-    return sum(len(read_manifest(m)) for m in find_manifests(root))
+    return sum(len(read_index(m)) for m in find_indexes(root))
 
 
 def _reload_stage(folder: Path, key: dict, load):
@@ -155,15 +155,15 @@ def train_stage_vae(args, train_root: Path, test_root: Path, report: dict):
     """Train the VAE stages of :func:`vae_stages`. Each stage's result is kept in ``--work`` with the
     settings of every stage up to it, so a re-run with the same settings (e.g. to try DiT recipes)
     reuses it instead of training it again."""
-    from latentfuse.model.training.data import find_manifests, read_manifest, read_training_manifest
+    from latentfuse.model.training.data import find_indexes, read_index, read_training_index
     from latentfuse.model.training.vae_trainer import (calibrate_scaling, load_images, random_patches, reconstruction_metrics,
                                                        train_vae)
     from latentfuse.model.vae import LatentVAE
 
     def clean_files(root, training=True):
         out = []
-        for m in find_manifests(root):
-            for rec in (read_training_manifest(m) if training else read_manifest(m)):
+        for m in find_indexes(root):
+            for rec in (read_training_index(m) if training else read_index(m)):
                 out += [m.parent / rec["files"][k] for k in ("clean_a", "clean_b", "gt")]
         return out
 

@@ -43,12 +43,12 @@ def build_fidelity_cache(roots: list[str | Path], pipeline, out: str | Path, flo
     from tqdm import tqdm
 
     from latentfuse.model.image_io import read_image
-    from latentfuse.model.training.data import find_manifests, read_training_manifest
+    from latentfuse.model.training.data import find_indexes, read_training_index
 
     pipe = pipeline
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(m.parent, rec) for root in roots for m in find_manifests(root) for rec in read_training_manifest(m)]
+    jobs = [(m.parent, rec) for root in roots for m in find_indexes(root) for rec in read_training_index(m)]
     if not jobs:
         raise LatentfuseError(f"no training tuples under {', '.join(map(str, roots))}")
     todo = [(folder, rec) for folder, rec in jobs if not (out / f"{rec['id']}.npz").is_file()]

@@ -13,7 +13,7 @@ import torch
 
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.training.config import TrainConfig
-from latentfuse.model.training.data import LatentDataset, build_latent_cache, find_manifests
+from latentfuse.model.training.data import LatentDataset, build_latent_cache, find_indexes
 from latentfuse.model.training.trainer import DistInfo, Trainer, init_distributed, resolve_device
 
 
@@ -87,9 +87,10 @@ def prepare_dataset(cfg: TrainConfig, vae, text_encoder, info: DistInfo) -> Late
 
     if not cfg.data.root:
         raise LatentfuseError("data.root is empty: point it at a `latentfuse data build` folder")
-    manifests = find_manifests(cfg.data.root)
-    key = {"manifests": [str(m.resolve()) for m in manifests],
-           "mtimes": [m.stat().st_mtime_ns for m in manifests], "crop": cfg.data.crop,
+    indexes = find_indexes(cfg.data.root)
+    # "manifests": the sample indexes' old name, kept in the key so that caches built before stay valid
+    key = {"manifests": [str(m.resolve()) for m in indexes],
+           "mtimes": [m.stat().st_mtime_ns for m in indexes], "crop": cfg.data.crop,
            "work_scale": cfg.data.work_scale,
            "tasks": sorted(cfg.data.tasks), "max_samples": cfg.data.max_samples,
            "aux_sources": cfg.data.aux_sources, "vae": module_fingerprint(vae),

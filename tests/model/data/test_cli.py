@@ -53,11 +53,11 @@ def test_synth_refuses_to_overwrite(synth_dir):
         run(["data", "synth", "--task", "vif", "--out", str(synth_dir), "-n", "1", "--size", "48"])
 
 
-def test_build_writes_tuples_and_manifest(synth_dir, tmp_path):
+def test_build_writes_tuples_and_index(synth_dir, tmp_path):
     out = tmp_path / "ds"
     assert run(["data", "build", "--task", "vif", "--src", str(synth_dir), "--out", str(out),
                 "--per-pair", "2", "--size", "48", "--seed", "5"]) == 0
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert len(records) == 4 and [r["id"] for r in records] == sorted(r["id"] for r in records)
     for r in records:
         assert 1 <= len(r["degradations"]) <= 3 and r["prompt"]
@@ -73,17 +73,33 @@ def test_build_is_resumable_and_deterministic(synth_dir, tmp_path, capsys):
     kwargs = dict(per_pair=2, long_side=48, seed=1, progress=False)
     first = build_dataset(synth_dir, out, "vif", **kwargs)
     assert (first.built, first.skipped) == (4, 0)
-    manifest = (out / "manifest.jsonl").read_text()
+    index = (out / "index.jsonl").read_text()
     victim = sorted((out / "samples").iterdir())[1]
     before = (victim / "a.png").read_bytes()
     shutil.rmtree(victim)
     again = build_dataset(synth_dir, out, "vif", **kwargs)
     assert (again.built, again.skipped) == (1, 3)
     assert (victim / "a.png").read_bytes() == before
-    assert (out / "manifest.jsonl").read_text() == manifest
+    assert (out / "index.jsonl").read_text() == index
     assert build_dataset(synth_dir, out, "vif", **kwargs).built == 0
     with pytest.raises(LatentfuseError, match="different settings.*seed"):
         build_dataset(synth_dir, out, "vif", **{**kwargs, "seed": 2})
+
+
+def test_folders_built_with_a_manifest_jsonl_still_read(synth_dir, tmp_path):
+    """The sample index was called manifest.jsonl before: such folders are read as they are, and a rebuild
+    writes index.jsonl in its place (one index per folder, never both)."""
+    from latentfuse.model.training.data import find_indexes, read_index
+
+    out = tmp_path / "tasks" / "vif"
+    build_dataset(synth_dir, out, "vif", long_side=48, seed=1, progress=False)
+    (out / "index.jsonl").rename(out / "manifest.jsonl")
+    for root in (out, out.parent):
+        assert find_indexes(root) == [out / "manifest.jsonl"] and len(read_index(out / "manifest.jsonl")) == 2
+    assert build_dataset(synth_dir, out, "vif", long_side=48, seed=1, progress=False).built == 0
+    assert find_indexes(out.parent) == [out / "index.jsonl"] and not (out / "manifest.jsonl").exists()
+    with pytest.raises(LatentfuseError, match="holds no sample index"):
+        find_indexes(tmp_path / "empty")
 
 
 def test_build_labels_real_layout_with_teachers(tmp_path, make_image):
@@ -98,7 +114,7 @@ def test_build_labels_real_layout_with_teachers(tmp_path, make_image):
     report = build_dataset(src, out, "mff", n_degradations=[1], seed=0, teacher_names=["average", "focus"],
                            progress=False, split="all")  # lytro-01 is a held-out scene (model/data/split.py)
     assert report.built == 2
-    rec = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    rec = json.loads((out / "index.jsonl").read_text().splitlines()[0])
     assert rec["label"]["gt_source"] == "teachers" and rec["label"]["teacher"] in ("average", "focus")
     assert (out / "labels" / f"{rec['pair']}.png").is_file()
 

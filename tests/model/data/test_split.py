@@ -133,7 +133,7 @@ def run(argv):
 
 
 def _records(out):
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
 
 
 def test_build_writes_train_scenes_unless_asked(scene_root, tmp_path):
@@ -158,17 +158,17 @@ def test_build_writes_train_scenes_unless_asked(scene_root, tmp_path):
 
 
 def test_training_loader_refuses_heldout_scenes(vif_root, tmp_path):
-    from latentfuse.model.training.data import read_manifest, read_training_manifest
+    from latentfuse.model.training.data import read_index, read_training_index
 
     out = tmp_path / "heldout"
     build_dataset(vif_root, out, "vif", n_degradations=[1], crop=False, teacher_names=["average"],
                   progress=False, split="heldout")
-    assert read_manifest(out / "manifest.jsonl")  # evaluation reads it
+    assert read_index(out / "index.jsonl")  # evaluation reads it
     with pytest.raises(LatentfuseError, match="held-out scene"):
-        read_training_manifest(out / "manifest.jsonl")
+        read_training_index(out / "index.jsonl")
     train = tmp_path / "train"
     build_dataset(vif_root, train, "vif", n_degradations=[1], crop=False, teacher_names=["average"], progress=False)
-    assert len(read_training_manifest(train / "manifest.jsonl")) == 3
+    assert len(read_training_index(train / "index.jsonl")) == 3
 
 
 def test_synthetic_folders_are_not_split(tmp_path):

@@ -214,7 +214,7 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
     assert reg["config"]["model"]["init_from"].endswith("init/dit_regression")
     # training read training scenes only; the evaluation the held-out ones, clean and degraded
     train_root = next((tmp_path / "work" / "build").glob("real_train_*"))
-    trained = {json.loads(line)["pair"] for m in train_root.rglob("manifest.jsonl") for line in m.read_text().splitlines()}
+    trained = {json.loads(line)["pair"] for m in train_root.rglob("index.jsonl") for line in m.read_text().splitlines()}
     assert trained and all(split_of(name) == "train" for name in trained)
     heldout = [s for s in scenes if split_of(s) == "heldout"]
     assert report["data"]["test_samples"] == 3 * len(heldout)
