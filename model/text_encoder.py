@@ -12,7 +12,7 @@ parses ``"</s>"`` typed in a prompt as a control token, so it is not used here.
 
 Presets are data (:data:`T5_PRESETS`): ``tiny`` (a 2-layer gated-GELU T5, d=128, with the tokenizer
 trained on the prompt corpus and shipped in ``model/assets/tokenizer``; see
-``scripts/train_tokenizer.py``) and ``paper`` (the Flan-T5-base architecture, d=768 = the DiT's
+``latentfuse train-tokenizer``) and ``paper`` (the Flan-T5-base architecture, d=768 = the DiT's
 ``text_dim``, random weights, for sizing and export). Real Flan-T5 weights load from a local folder with
 :meth:`PromptEncoder.from_pretrained` (``config.json``, ``model.safetensors``, ``spiece.model``).
 The model uses eager attention: the attention implementation ``torch.onnx.export(dynamo=True)`` handles.

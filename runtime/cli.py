@@ -18,6 +18,7 @@ COMMAND_MODULES = (  # in the order `latentfuse --help` lists them: use, deploy,
     "latentfuse.export.engines_cli",  # build-engines
     "latentfuse.model.data.cli",      # data synth | build
     "latentfuse.model.training.cli",  # train
+    "latentfuse.model.training.tokenizer_cli",  # train-tokenizer
     "latentfuse.model.metrics.cli",   # metrics
     "latentfuse.bench.quality_cli",   # evaluate
     "latentfuse.model.cli",           # info

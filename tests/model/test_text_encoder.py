@@ -1,10 +1,8 @@
 """PromptEncoder and the shipped sentencepiece tokenizer."""
 
 import hashlib
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
@@ -14,7 +12,6 @@ from latentfuse.model.data.prompts import corpus
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.model.text_encoder import SHIPPED_SPIECE, PromptEncoder, SpieceTokenizer
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["remove the rain", "please fuse the visible and infrared images, then remove the noise", ""]
 
 
@@ -25,10 +22,9 @@ def encoder():
 
 @pytest.fixture(scope="module")
 def train_script():
-    spec = importlib.util.spec_from_file_location("train_tokenizer", REPO / "scripts" / "train_tokenizer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from latentfuse.model.training import tokenizer
+
+    return tokenizer
 
 
 def test_tiny_preset(encoder):
@@ -171,7 +167,7 @@ def test_tokenizer_training_is_deterministic_and_shipped_model_is_current(train_
     readme = (SHIPPED_SPIECE.parent / "README.md").read_text()
     recorded = re.search(r"corpus: \d+ prompts, sha256 ([0-9a-f]{64})", readme).group(1)
     assert recorded == train_script.corpus_sha256(texts), \
-        "the prompt corpus changed since the tokenizer was trained: run scripts/train_tokenizer.py"
+        "the prompt corpus changed since the tokenizer was trained: run latentfuse train-tokenizer"
     trained_with = re.search(r"sentencepiece: (\S+),", readme).group(1)
     if trained_with != spm.__version__:
         pytest.skip(f"shipped model was trained with sentencepiece {trained_with}, this is {spm.__version__}")
@@ -180,7 +176,22 @@ def test_tokenizer_training_is_deterministic_and_shipped_model_is_current(train_
 
 
 def test_shipped_tokenizer_keeps_whole_words():
-    """Frequent corpus words are single pieces (the exact-seed workaround in train_tokenizer.py)."""
+    """Frequent corpus words are single pieces (the exact-seed workaround in model/training/tokenizer.py)."""
     tok = SpieceTokenizer.from_file(SHIPPED_SPIECE)
     assert tok.pieces("remove the rain and the noise, then fuse")[:4] == ["▁remove", "▁the", "▁rain", "▁and"]
     assert tok.sp.pad_id() == 0 and tok.sp.eos_id() == 1 and tok.sp.unk_id() == 2 and tok.sp.bos_id() == -1
+
+
+def test_train_tokenizer_command_writes_and_checks(tmp_path, capsys):
+    """`latentfuse train-tokenizer --out X` writes the model and its README; `--check` passes on it and fails
+    on a file that differs."""
+    from latentfuse.runtime.cli import build_parser
+
+    out = tmp_path / "spiece.model"
+    args = build_parser().parse_args(["train-tokenizer", "--out", str(out)])
+    assert args.func(args) == 0 and out.is_file()
+    assert "latentfuse train-tokenizer" in (tmp_path / "README.md").read_text()
+    check = build_parser().parse_args(["train-tokenizer", "--out", str(out), "--check"])
+    assert check.func(check) == 0 and "up to date" in capsys.readouterr().out
+    out.write_bytes(b"other")
+    assert check.func(check) == 1 and "STALE" in capsys.readouterr().out

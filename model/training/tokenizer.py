@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Train the shipped prompt tokenizer: a sentencepiece unigram model on the prompt corpus.
 
 The model follows the Flan-T5 ``spiece.model`` conventions (Kudo 2018 unigram LM; pad=0, eos=1,
@@ -18,23 +17,20 @@ Deterministic: fixed random seed, one thread, no input shuffling, seeds in a fix
 seed-file path is cleared from the stored trainer spec, so re-running writes a byte-identical file
 (``--check`` verifies that against the shipped one).
 
-    python scripts/train_tokenizer.py            # rewrite model/assets/tokenizer/spiece.model
-    python scripts/train_tokenizer.py --check    # exit 1 if retraining would change it
+    latentfuse train-tokenizer            # rewrite model/assets/tokenizer/spiece.model (and its README.md)
+    latentfuse train-tokenizer --check    # exit 1 if retraining would change it
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import io
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "model" / "assets" / "tokenizer" / "spiece.model"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "tokenizer" / "spiece.model"
 DEFAULT_VOCAB_SIZE = 1000       # an upper bound: hard_vocab_limit=False keeps what the corpus supports
 MAX_PIECE_LENGTH = 16           # sentencepiece's default max_sentencepiece_length
 RANDOM_SEED = 0
@@ -108,7 +104,7 @@ def readme_text(model_bytes: bytes, texts: Sequence[str], vocab_size_arg: int) -
     return (
         "# Prompt tokenizer\n\n"
         "`spiece.model`: sentencepiece unigram model (T5 conventions: pad=0, eos=1, unk=2, no bos; byte fallback),\n"
-        "trained by `python scripts/train_tokenizer.py` on `model.data.prompts.corpus()`.\n\n"
+        "trained by `latentfuse train-tokenizer` on `model.data.prompts.corpus()`.\n\n"
         f"- corpus: {len(texts)} prompts, sha256 {corpus_sha256(texts)}\n"
         f"- vocab size: {size} (requested upper bound {vocab_size_arg}, hard_vocab_limit=false)\n"
         f"- sentencepiece: {spm.__version__}, random seed {RANDOM_SEED}, 1 thread\n"
@@ -117,32 +113,25 @@ def readme_text(model_bytes: bytes, texts: Sequence[str], vocab_size_arg: int) -
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write spiece.model")
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    parser.add_argument("--check", action="store_true", help="only verify that retraining reproduces --out")
-    args = parser.parse_args(argv)
-
+def train_tokenizer(out: Path = DEFAULT_OUT, vocab_size: int = DEFAULT_VOCAB_SIZE, check: bool = False) -> int:
+    """Train on the prompt corpus and write ``out`` and the README beside it; with ``check``, only compare
+    with ``out``. Returns the exit status (1: ``out`` is stale)."""
     from latentfuse.model.atomic import atomic_file
     from latentfuse.model.data.prompts import corpus
 
+    out = Path(out)
     texts = corpus()
-    model_bytes = train(texts, args.vocab_size)
-    readme = args.out.with_name("README.md")
-    if args.check:
-        same = args.out.is_file() and args.out.read_bytes() == model_bytes
-        print(f"{args.out}: {'up to date' if same else 'STALE: rerun scripts/train_tokenizer.py'}")
+    model_bytes = train(texts, vocab_size)
+    if check:
+        same = out.is_file() and out.read_bytes() == model_bytes
+        print(f"{out}: {'up to date' if same else 'STALE: rerun latentfuse train-tokenizer'}")
         return 0 if same else 1
-    with atomic_file(args.out) as tmp:
+    readme = out.with_name("README.md")
+    with atomic_file(out) as tmp:
         tmp.write_bytes(model_bytes)
         tmp.chmod(0o644)  # mkstemp creates 0600; a shipped asset must be world-readable
     with atomic_file(readme) as tmp:
-        tmp.write_text(readme_text(model_bytes, texts, args.vocab_size))
+        tmp.write_text(readme_text(model_bytes, texts, vocab_size))
         tmp.chmod(0o644)
-    print(f"wrote {args.out} ({len(model_bytes)} bytes) and {readme}")
+    print(f"wrote {out} ({len(model_bytes)} bytes) and {readme}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
