@@ -107,7 +107,7 @@ def test_smoke_markdown_puts_table5_next_to_the_paper(smoke):
 
 
 def test_a_part_killed_at_its_limit_keeps_its_rows_and_says_so(tmp_path):
-    from latentfuse.bench.device_check import assemble
+    from latentfuse.bench.device_check_report import assemble
 
     work = tmp_path / "work"
     work.mkdir()
