@@ -98,7 +98,8 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     from latentfuse.bench.report import markdown, write_report
-    from latentfuse.bench.sweep import SweepConfig, run_sweep
+    from latentfuse.bench.plan import SweepConfig
+    from latentfuse.bench.sweep import run_sweep
     from latentfuse.model.errors import LatentfuseError
     from latentfuse.runtime.backends import check_backend_name
 

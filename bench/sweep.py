@@ -39,14 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentfuse.bench.analysis import assemble, finish_row, fits, headline, pixel_twin, speedups  # noqa: F401 (re-exported)
+from latentfuse.bench.analysis import assemble, finish_row
 from latentfuse.bench.budget import Allotment
 from latentfuse.bench.flops import matmul_peak_flops
 from latentfuse.bench.memory import PeakMemory
 from latentfuse.bench.pipelines import Unavailable, latent_variants
-from latentfuse.bench.plan import (ANY_PRESET, BACKENDS, PLANNER_NOTE, BENCH_PRECISIONS, PRESET_INDEPENDENT,  # noqa: F401
-                                   WARMUP_NOTE, WEIGHTS_NOTE, BudgetInputs, BudgetPlan, FirstCall, SizePlan, SweepConfig,
-                                   ident, image_size, is_preset_independent, memory_budget, over_budget_reason, parse_aspect,
+from latentfuse.bench.plan import (ANY_PRESET, PRESET_INDEPENDENT, BudgetInputs, BudgetPlan, FirstCall, SizePlan,
+                                   SweepConfig, ident, is_preset_independent, memory_budget, over_budget_reason,
                                    peak_precisions, pipeline_names, plan_budget, plan_sizes, planned_calls, preset_order,
                                    short_reason)
 from latentfuse.model.errors import LatentfuseError

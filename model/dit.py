@@ -23,9 +23,9 @@ from torch.utils.checkpoint import checkpoint
 from latentfuse.model.adaln import LoRAAdaLN, NormNoAffine, modulate
 from latentfuse.model.atomic import atomic_dir
 from latentfuse.model.attention import JointAttention
-from latentfuse.model.config import DiTConfig
+from latentfuse.model.config import DISPATCHES, DiTConfig
 from latentfuse.model.errors import LatentfuseError
-from latentfuse.model.moe import DISPATCHES, MoEGLU
+from latentfuse.model.moe import MoEGLU
 from latentfuse.model.nafblock import NAFBlock
 from latentfuse.model.patchify import check_latent, patchify, unpatchify
 from latentfuse.model.posembed import BlockPositionalEmbedding

@@ -22,7 +22,7 @@ Three numerically identical dispatch forms (they differ only by float summation 
   so it exports TensorRT-safe too. Its price is a copy of the owning expert's weights per block and
   ~20 small index ops per layer, so it pays only with many tokens and wide experts: each preset
   exports the form measured faster (``DiTConfig.export_moe_dispatch``, ``scripts/bench_moe_dispatch.py``).
-  :data:`EXPORT_DISPATCHES` are the forms a graph may use.
+  :data:`~latentfuse.model.config.EXPORT_DISPATCHES` are the forms a graph may use.
 
 The load-balancing loss is Switch-Transformer style, E·Σ_e f_e·P_e, with f_e the fraction of routing
 slots that went to expert e and P_e the mean router probability of e; it is 1 (its minimum) for a
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentfuse.model.config import DISPATCHES, EXPORT_DISPATCHES  # noqa: F401 - re-exported
+from latentfuse.model.config import DISPATCHES
 
 BLOCKS_PER_EXPERT = 4                         # m of the grouped form: padding <= T·k/m rows
 

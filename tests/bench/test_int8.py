@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from latentfuse.bench.pipelines import Unavailable
-from latentfuse.bench.sweep import SweepConfig, build_pipelines
+from latentfuse.bench.plan import SweepConfig
+from latentfuse.bench.sweep import build_pipelines
 from latentfuse.model.errors import LatentfuseError
 
 

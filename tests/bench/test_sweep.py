@@ -7,7 +7,9 @@ import pytest
 import latentfuse.bench.sweep as sweep_mod
 from latentfuse.bench.pipelines import Analytic, BenchPipeline, Unavailable
 from latentfuse.bench.report import markdown, write_report
-from latentfuse.bench.sweep import SweepConfig, fits, image_size, parse_aspect, run_sweep, speedups
+from latentfuse.bench.analysis import fits, speedups
+from latentfuse.bench.plan import SweepConfig, image_size, parse_aspect
+from latentfuse.bench.sweep import run_sweep
 from latentfuse.model.errors import LatentfuseError
 
 PIPELINES = ("latent-reg", "latent-flow-reuse5", "latent-euler2", "nafnet+densefuse", "pixel-dit-reg",
