@@ -266,9 +266,6 @@ def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: to
             "seconds": round(time.perf_counter() - start, 1), "tuples": len(records), "prompts": len(prompts)}
 
 
-
-
-
 def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | Path, out: str | Path,
                           cfg: FidelityTrainConfig, pipeline, per_pair: int = 6, size: int = 384, data_seed: int = 1000,
                           threads: int | None = None, progress: bool = True) -> dict:
@@ -306,10 +303,10 @@ def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | P
                       "validation_scenes": sorted({r["pair"] for r in val})}
     components.fidelity = decoder
     components.save_pretrained(out, overwrite=True)
-
-
     with atomic_file(Path(out) / "fidelity" / "training.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
 __all__ = ["FidelityTrainConfig", "build_fidelity_cache", "load_cache", "train_fidelity", "fidelity_loss",
            "run_fidelity_training", "split_validation", "validate"]
