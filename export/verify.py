@@ -31,7 +31,7 @@ import torch
 from latentfuse.export import checks
 from latentfuse.export.graphs import DEFAULT_SHAPES, GraphSpec, Tolerance, VerifyShape
 from latentfuse.model.errors import LatentfuseError
-from latentfuse.runtime.manifest import TEXT_LENGTH
+from latentfuse.runtime.manifest import QUANTIZED_PRECISIONS, TEXT_LENGTH
 
 
 FP16_TOLERANCE = Tolerance(2e-2, 5e-2)      # FP16 graph on ORT CPU vs FP32 PyTorch
@@ -276,7 +276,7 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
         bar.set_postfix_str(name)
         path = root / entry["file"]
         report.checks.extend(static_checks(path, specs[name], lint=lint))
-        if entry.get("precision") in ("int8", "fp8"):
+        if entry.get("precision") in QUANTIZED_PRECISIONS:
             # A quantized graph's reference is ModelOpt's fake-quantized model, which exists at export only:
             # its parity at these shapes was measured then; against FP32 it is measured on the calibration
             # inputs (random inputs reach outside the calibrated ranges), see ``accuracy``.
@@ -285,7 +285,7 @@ def verify_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike |
             spec = torch_specs[name]
             tol = FP16_TOLERANCE if entry.get("precision") == "fp16" else spec.tolerance
             report.parity.extend(parity(spec, spec.module(components), path, shapes, tolerance=tol))
-    quantized = any(e.get("precision") in ("int8", "fp8") for e in manifest["graphs"].values())
+    quantized = any(e.get("precision") in QUANTIZED_PRECISIONS for e in manifest["graphs"].values())
     if accuracy and quantized:
         if components is None:
             report.accuracy_skipped = f"needs the PyTorch model: {report.parity_skipped}"
@@ -339,5 +339,5 @@ def quantization_fusion_report(bundle_dir, components, manifest: dict, pairs_per
         pairs = draw_crops(sources or None, pairs_per_task * len(tasks), crop=crop, seed=int(prov.get("seed", 0)) + 1)
     heads = [e["head"] for e in manifest["graphs"].values() if e.get("kind") == "dit"]
     reference = Pipeline.from_components(components, device="cpu")
-    candidate = Pipeline.from_bundle(bundle_dir, backend="onnxruntime")
+    candidate = Pipeline.from_pretrained(bundle_dir, backend="onnxruntime")
     return fusion_accuracy(reference, candidate, pairs, heads, progress=progress)

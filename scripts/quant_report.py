@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = [parse_source(s) for s in args.held_out]
-    fp32 = Pipeline.from_bundle(args.fp32, backend="onnxruntime", threads=args.threads)
+    fp32 = Pipeline.from_pretrained(args.fp32, backend="onnxruntime", threads=args.threads)
     report = {"machine": {"processor": platform.processor() or platform.machine(), "threads": args.threads,
                           "python": platform.python_version()},
               "fp32_bundle": str(args.fp32), "held_out": [s.describe() for s in sources], "bundles": {}}
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                            exclude=used)
         heads = [e["head"] for e in manifest["graphs"].values() if e.get("kind") == "dit"]
         t0 = time.perf_counter()
-        candidate = Pipeline.from_bundle(qpath, backend="onnxruntime", threads=args.threads)
+        candidate = Pipeline.from_pretrained(qpath, backend="onnxruntime", threads=args.threads)
         fusion = fusion_accuracy(fp32, candidate, crops, heads, seed=0)
         graphs = {}
         for name, entry in manifest["graphs"].items():

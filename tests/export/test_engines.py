@@ -256,8 +256,6 @@ def test_real_build_strongly_typed_fp16_engine(tmp_path):
     """Build the toy graph as a mixed-precision FP16 engine, then reuse it from the cache."""
     from latentfuse.calibration.fp16 import convert_model
 
-    from latentfuse.export.bundle import record_files
-
     bundle = make_bundle(tmp_path / "b")
     fp16 = convert_model(onnx.load(str(bundle / "toy.onnx")), {"fp32_nodes": []})
     onnx.save(fp16, str(bundle / "toy_fp16.onnx"))

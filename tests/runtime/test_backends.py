@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
+from latentfuse.model.image_processing.detail import DetailConfig, DetailSettings
 from latentfuse.runtime.backends import backend_names, check_backend_name, get_backend
 from latentfuse.runtime.backends.base import Backend
 from latentfuse.runtime.backends.tensorrt_backend import tensorrt_unavailable_reason
