@@ -356,8 +356,8 @@ def part_tensorrt(part: Part, cfg: Settings, work: Path) -> None:
     part.data["build_seconds"] = round(time.monotonic() - t0, 1)
     part.data["engines"] = [{k: j.get(k) for k in ("graph", "precision", "status")} for j in jobs]
     part.save()
-    pipe = Pipeline.from_bundle(bundle, backend="tensorrt")
-    eager = Pipeline.from_checkpoint(DEFAULT_MODEL_DIR, device=cfg.device)
+    pipe = Pipeline.from_pretrained(bundle, backend="tensorrt")
+    eager = Pipeline.from_pretrained(DEFAULT_MODEL_DIR, device=cfg.device)
     compare_with_eager(part, cfg, "tensorrt", pipe, eager)
 
 
