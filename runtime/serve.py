@@ -19,8 +19,8 @@ stub relays each batch of requests to it. One Triton model, ``latentfuse``, batc
 **Dynamic batching.** Triton's dynamic batcher hands the model the requests that queued while it was busy
 (up to ``--max-batch`` pairs); :class:`BatchFuser` groups them by padded size and settings and fuses each group
 in one pass: every pair runs the ordinary :class:`Pipeline` call in a thread of its own, and
-:class:`GatheringBackend` merges the group's graph calls (VAE encode, each DiT step, VAE decode) into one
-batched backend call. Each pair keeps its own seeded noise, sampler and detail stage, so a batched pair is
+:class:`~latentfuse.runtime.gathering.GatheringBackend` merges the group's graph calls (VAE encode, each DiT
+step, VAE decode) into one batched backend call. Each pair keeps its own seeded noise, sampler and detail stage, so a batched pair is
 the pair fused alone; pairs of other sizes are never padded into each other.
 
 **Errors.** A bad request (unknown task or mode, sizes that differ, an empty image, more pixels than
@@ -54,10 +54,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError, MissingDependencyError
-from latentfuse.model.geometry import LATENT_FACTOR
-from latentfuse.runtime.backends.base import Backend, WrappedBackend
 from latentfuse.runtime.modes import DEFAULT_MODE, MODES
-from latentfuse.runtime.pipeline import VAE_MAX_SIDE
+from latentfuse.runtime.gathering import GatheringBackend
 
 MODEL_NAME = "latentfuse"
 PYTRITON_VERSION = "0.7.0"  # the proxy model PER_REQUEST_ERRORS extends is this release's (Makefile pins it)
@@ -69,8 +67,6 @@ DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_DELAY_MS = 5.0  # how long Triton holds a request for others to join its batch
 EXIT_TIMEOUT_S = 3  # tritonserver's wait for in-flight requests on shutdown (keep-alive clients count as such)
 ERROR_KEY = "__latentfuse_error__"  # a response holding only this output becomes a Triton error response
-VAE_MERGE_PIXELS = 2 * VAE_MAX_SIDE ** 2  # most pixels in one merged VAE call: one pair at the VAE's whole-image limit
-GROUP_TIMEOUT_S = 600.0  # one graph call of a batched group; a wedged group gives up instead of hanging
 
 INPUTS = (  # (name, dtype, per-pair shape, optional)
     ("image_a", np.uint8, (-1, -1, -1), False),
@@ -216,168 +212,6 @@ def stub_environment(base: dict | None = None) -> dict:
     rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(([libdir] if libdir else []) + rest)
     return env
-
-
-# ------------------------------------------------------------------------------ batched graph calls
-
-
-class _Diverged(RuntimeError):
-    """The pairs of a group asked for different graph calls: they are fused one by one instead."""
-
-
-class _Group:
-    """N pairs fused in lockstep: each graph call waits for all N, then one batched call serves them."""
-
-    def __init__(self, n: int, run: Callable[[str, list[tuple]], list]):
-        self.calls: list[tuple[str, tuple] | None] = [None] * n
-        self.out: list[Any] = [None] * n
-        self.error: BaseException | None = None
-        self._run = run
-        self.barrier = threading.Barrier(n, action=self._merged)
-
-    def _merged(self) -> None:
-        # runs in the last thread to arrive, before any is released
-        try:
-            methods = {c[0] for c in self.calls}
-            if len(methods) != 1:
-                raise _Diverged(f"graph calls differ within a group: {sorted(methods)}")
-            self.out = self._run(methods.pop(), [c[1] for c in self.calls])
-            self.error = None
-        except BaseException as err:  # noqa: BLE001 - handed to every waiting thread
-            self.error = err
-
-    def call(self, slot: int, method: str, args: tuple):
-        self.calls[slot] = (method, args)
-        self.barrier.wait(timeout=GROUP_TIMEOUT_S)
-        if self.error is not None:
-            raise self.error
-        return self.out[slot]
-
-
-class GatheringBackend(WrappedBackend):
-    """A view of ``inner`` that, for threads fused as one group (:meth:`run_group`), merges their graph
-    calls along the batch axis into one call and hands each thread its rows. Outside a group (one pair)
-    every call goes straight through."""
-
-    GATHERED = ("encode_images", "velocity", "regress", "decode", "fidelity")
-
-    def __init__(self, inner: Backend):
-        super().__init__(inner)
-        self._local = threading.local()
-        self._lock = threading.Lock()  # one call into the inner backend at a time (TensorRT: one context)
-        self.merged_calls = 0  # batched graph calls made for groups (a test reads it)
-
-    # ------------------------------------------------------------------ graph calls
-    def _dispatch(self, method: str, *args):
-        group = getattr(self._local, "group", None)
-        if group is None:
-            with self._lock:
-                return getattr(self.inner, method)(*args)
-        return group.call(self._local.slot, method, args)
-
-    def encode_images(self, images):
-        return self._dispatch("encode_images", images)
-
-    def velocity(self, z_t, t, z_a, z_b, embeds, mask):
-        return self._dispatch("velocity", z_t, t, z_a, z_b, embeds, mask)
-
-    def regress(self, z_a, z_b, embeds, mask):
-        return self._dispatch("regress", z_a, z_b, embeds, mask)
-
-    def decode(self, latents):
-        return self._dispatch("decode", latents)
-
-    def fidelity(self, image, source_a, source_b, embeds, mask):
-        return self._dispatch("fidelity", image, source_a, source_b, embeds, mask)
-
-    def encode_prompts(self, prompts):
-        with self._lock:
-            return self.inner.encode_prompts(prompts)
-
-    # ------------------------------------------------------------------ merging
-    def _row_cap(self, method: str) -> int | None:
-        """Most rows one call of ``method`` takes: the DiT's profile batch; on TensorRT the VAE profile's."""
-        if method in ("velocity", "regress"):
-            return self.inner.max_batch_size()
-        if self.inner.name != "tensorrt":
-            return None
-        graph = {"encode_images": "vae_encoder", "fidelity": "fidelity"}.get(method, "vae_decoder")
-        try:
-            return int(next(iter(self.inner.bundle.profile(graph)["max"].values()))[0])
-        except Exception:  # noqa: BLE001 - no profile to read: do not merge VAE calls
-            return 1
-
-    def _merged_call(self, method: str, per_item: list[tuple]) -> list:
-        rows = [int(np.asarray(args[0]).shape[0]) for args in per_item]
-        cap = self._row_cap(method)
-        if method in ("encode_images", "decode", "fidelity"):
-            # the VAE's memory grows with its pixels (mid-block attention: quadratic): a merged call holds at
-            # most the pixels of one pair at the pipeline's whole-image limit, so batching never needs more
-            # memory than one large request already may
-            h, w = np.asarray(per_item[0][0]).shape[-2:]
-            per_row = int(h) * int(w) * (LATENT_FACTOR ** 2 if method == "decode" else 1)
-            budget = max(1, VAE_MERGE_PIXELS // per_row)
-            cap = budget if cap is None else min(cap, budget)
-        chunks: list[list[int]] = [[]]
-        for i, r in enumerate(rows):  # whole pairs per chunk, at most `cap` rows (a pair alone may be over)
-            if chunks[-1] and cap is not None and sum(rows[j] for j in chunks[-1]) + r > cap:
-                chunks.append([])
-            chunks[-1].append(i)
-        out: list[Any] = [None] * len(per_item)
-        for chunk in chunks:
-            merged = []
-            for k in range(len(per_item[0])):
-                parts = [per_item[i][k] for i in chunk]
-                if any(p is None for p in parts):
-                    if not all(p is None for p in parts):
-                        raise _Diverged(f"{method}: argument {k} is missing for some pairs")
-                    merged.append(None)
-                else:
-                    merged.append(np.concatenate([np.asarray(p) for p in parts]))
-            with self._lock:
-                result = getattr(self.inner, method)(*merged)
-                self.merged_calls += 1
-            start = 0
-            for i in chunk:
-                out[i] = result[start:start + rows[i]]
-                start += rows[i]
-        return out
-
-    def run_group(self, jobs: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]]:
-        """Run ``jobs`` (each one pipeline call) in lockstep threads with merged graph calls; returns
-        (result, error) per job. A job whose group broke (another pair failed, or the calls diverged)
-        is run again alone, so each pair gets its own result or its own error."""
-        n = len(jobs)
-        if n == 1:
-            return [_attempt(jobs[0])]
-        group = _Group(n, self._merged_call)
-        results: list[tuple[Any, BaseException | None]] = [(None, None)] * n
-
-        def worker(slot: int) -> None:
-            self._local.group, self._local.slot = group, slot
-            try:
-                results[slot] = (jobs[slot](), None)
-            except BaseException as err:  # noqa: BLE001 - returned per pair
-                results[slot] = (None, err)
-                group.barrier.abort()  # the others stop waiting for this pair
-            finally:
-                self._local.group = None
-
-        threads = [threading.Thread(target=worker, args=(i,), name=f"latentfuse-pair-{i}", daemon=True)
-                   for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return [_attempt(job) if isinstance(err, (threading.BrokenBarrierError, _Diverged)) else (res, err)
-                for job, (res, err) in zip(jobs, results)]
-
-
-def _attempt(job: Callable[[], Any]) -> tuple[Any, BaseException | None]:
-    try:
-        return job(), None
-    except BaseException as err:  # noqa: BLE001 - returned per pair
-        return None, err
 
 
 # ------------------------------------------------------------------------------ requests
@@ -720,5 +554,5 @@ class FusionServer:
             self.log(f"latentfuse serve: stopped ({time.monotonic() - t0:.1f} s)")
 
 
-__all__ = ["BatchFuser", "FusionServer", "GatheringBackend", "MODEL_NAME", "ServeOptions", "parse_request",
+__all__ = ["BatchFuser", "FusionServer", "MODEL_NAME", "ServeOptions", "parse_request",
            "prepare_stub_env", "stub_environment", "to_uint8"]

@@ -30,8 +30,8 @@ from latentfuse.bench.serve_bench import free_ports  # noqa: E402
 from latentfuse.model.errors import LatentfuseError  # noqa: E402
 from latentfuse.model.image_io import read_image, write_image  # noqa: E402
 from latentfuse.runtime.cli import main  # noqa: E402
-from latentfuse.runtime.serve import (BatchFuser, FusionServer, GatheringBackend, ServeOptions,  # noqa: E402
-                                      to_uint8)
+from latentfuse.runtime.gathering import GatheringBackend  # noqa: E402
+from latentfuse.runtime.serve import BatchFuser, FusionServer, ServeOptions, to_uint8  # noqa: E402
 from latentfuse.runtime.serve_client import FusionClient  # noqa: E402
 
 MAX_PIXELS = 96 * 96  # small, so the over-limit request is cheap to send
