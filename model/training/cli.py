@@ -45,9 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--crop", type=int, default=160)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--source-grad-weight", type=float, default=0.5,
+    p.add_argument("--source-grad-weight", type=float, default=1.5,
                    help="weight of the edge term on clean tuples: the output's Sobel magnitude towards the stronger "
-                        "source's (default 0.5, the shipped decoder's; 0: label losses only)")
+                        "source's (default 1.5, the shipped decoder's; 0: label losses only)")
     p.add_argument("--per-pair", type=int, default=6, help="degraded tuples per training pair")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run_train_fidelity)

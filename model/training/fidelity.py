@@ -79,7 +79,7 @@ class FidelityTrainConfig:
     flow_share: float = 0.3  # share of crops whose input image is the flow head's (where cached)
     # on tuples without degradations, an edge term: the output's gradient magnitude towards the stronger
     # source's, as unsupervised fusion losses do (the labels' own edges are weaker than the sources')
-    source_grad_weight: float = 0.0
+    source_grad_weight: float = 1.5
     save_every: int = 250
     seed: int = 0
     extra: dict = field(default_factory=dict)

@@ -68,9 +68,11 @@ def _fidelity_parts(report: dict) -> tuple[str, str, str]:
     if not fid:
         return "", "", ""
     cfg, data = fid["config"], fid.get("data", {})
+    weight = cfg.get("source_grad_weight", 0)
+    edges = f", edge term x{weight:g} on clean tuples (Sobel magnitude towards the stronger source's)" if weight else ""
     row = (f"| `fidelity/` | fidelity decoder (`model.fidelity`): a pixel-space U-Net on the decoded image and both "
            f"sources, prompt by FiLM | {_millions(report.get('params', {}).get('fidelity'))} | {fid['steps']} steps, batch {cfg['batch_size']}, {cfg['crop']} px crops, L1 + "
-           f"gradient L1 to the label ({fid['seconds']:.0f} s) |\n")
+           f"gradient L1 to the label{edges} ({fid['seconds']:.0f} s) |\n")
     rows = "\n".join(f"| {task.upper()} | {v['n']} | {v['psnr_input']:.2f} | {v['psnr_output']:.2f} |"
                       for task, v in fid.get("validation", {}).items())
     table = ("| task | tuples | PSNR to label, VAE image (dB) | PSNR to label, fidelity decoder (dB) |\n"
