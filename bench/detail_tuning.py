@@ -13,7 +13,8 @@ F = D(E(label)) of *training* scenes (``model/data/split.py``), the ceiling of a
   configurations that cost the degraded pairs at most :data:`MAX_DEGRADED_LOSS_DB`.
 
 The shipped default's ``[detail]`` recipe table was chosen this way (``docs/real-data-ceilings.md`` records the
-measurement). ``python -m latentfuse.bench.detail_tuning --data ../shared/datasets --out tune.json`` runs it.
+measurement). ``python -m latentfuse.bench.detail_tuning --data DATASETS --out tune.json`` runs it (DATASETS: a
+folder holding vif/, mef/, mff/ pairs).
 """
 
 from __future__ import annotations

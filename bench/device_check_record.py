@@ -23,7 +23,7 @@ TASK = "vif"
 SEED = 0
 
 # MMAIF Table 5 ("Whole pipeline latency under 1024x1024 resolution", seconds per image) and section
-# 4.6.4, as printed (../shared/seeds/001_*.txt). The paper does not say which GPU timed them; the
+# 4.6.4, as printed in the paper. It does not say which GPU timed them; the
 # only GPU it names is the training one (2x RTX 4090).
 PAPER = {
     "source": "MMAIF Table 5 and section 4.6.4",
