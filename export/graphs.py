@@ -79,8 +79,8 @@ class Resolution:
 
 
 # How sample inputs are drawn, by tensor role (anything else: a standard-normal latent).
-SAMPLE_KINDS = {"image": "image", "source_image_a": "image", "source_image_b": "image", "timestep": "timestep", "token_ids": "token_ids", "attention_mask": "mask",
-                "prompt_mask": "mask", "prompt_embeds": "embeds"}
+SAMPLE_KINDS = {"image": "image", "source_image_a": "image", "source_image_b": "image", "timestep": "timestep",
+                "token_ids": "token_ids", "attention_mask": "mask", "prompt_mask": "mask", "prompt_embeds": "embeds"}
 
 
 @dataclass(frozen=True)
