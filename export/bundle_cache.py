@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from latentfuse.export.bundle import export_bundle
+from latentfuse.model.components import read_index
 from latentfuse.model.errors import LatentfuseError
 from latentfuse.runtime.manifest import MANIFEST_NAME
 
@@ -52,6 +53,7 @@ def model_key(model_dir: str | os.PathLike) -> str:
 def cached_bundle(model_dir: str | os.PathLike, backend: str = "onnxruntime", progress: bool = True) -> Path:
     """The cached bundle of ``model_dir`` (exported now if missing; engines built for ``tensorrt``)."""
     model_dir = Path(model_dir)
+    read_index(model_dir)  # a model directory, checked before its files are hashed or anything is said
     bundle = cache_root() / "bundles" / model_key(model_dir)[:KEY_LENGTH]
     if not (bundle / MANIFEST_NAME).is_file():
         print(f"exporting {model_dir} to a deployment bundle in {bundle} (once; later calls reuse it) ...",

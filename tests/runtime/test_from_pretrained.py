@@ -64,3 +64,15 @@ def test_a_bundle_refuses_the_torch_backend(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(LatentfuseError, match="the torch backend runs a model directory"):
         Pipeline.from_pretrained(tmp_path, backend="torch")
+
+
+def test_a_folder_that_is_neither_names_it_before_any_export(tmp_path, monkeypatch, capsys):
+    """Neither manifest.json nor model_index.json: one error naming the folder, and the real exporter (found
+    through the entry point) neither announces an export nor writes to the cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"not a model")
+    with pytest.raises(LatentfuseError, match=r"photos is not a latentfuse model directory \(no model_index.json\)"):
+        Pipeline.from_pretrained(tmp_path / "photos", backend="onnxruntime")
+    assert not cache.exists() and "exporting" not in capsys.readouterr().out
