@@ -202,7 +202,7 @@ def run_fuse(args: argparse.Namespace) -> int:
     a, b = match_pair(load_image(args.a, f"image A ({args.a})"), load_image(args.b, f"image B ({args.b})"),
                       args.resize, names=(args.a, args.b))
     if args.max_memory is not None:
-        from latentfuse.runtime.pipeline import parse_memory
+        from latentfuse.runtime.memory import parse_memory
 
         parse_memory(args.max_memory)
     _check_fidelity(args.fidelity)

@@ -13,7 +13,7 @@ import numpy as np
 
 from latentfuse.model.geometry import LATENT_FACTOR
 from latentfuse.runtime.backends.base import Backend, WrappedBackend
-from latentfuse.runtime.pipeline import VAE_MAX_SIDE
+from latentfuse.runtime.memory import VAE_MAX_SIDE
 
 VAE_MERGE_PIXELS = 2 * VAE_MAX_SIDE ** 2  # most pixels in one merged VAE call: one pair at the VAE's whole-image limit
 GROUP_TIMEOUT_S = 600.0  # one graph call of a batched group; a wedged group gives up instead of hanging

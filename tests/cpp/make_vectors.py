@@ -189,7 +189,8 @@ PLAN_CASES = (
 def plan_vectors() -> list[dict]:
     from types import SimpleNamespace
 
-    from latentfuse.runtime.pipeline import VAE_MAX_SIDE, Pipeline
+    from latentfuse.runtime.memory import VAE_MAX_SIDE
+    from latentfuse.runtime.pipeline import Pipeline
 
     cases = []
     for h, w, limit, window, tile in PLAN_CASES:
@@ -223,7 +224,8 @@ def memory_plan_vectors() -> list[dict]:
     from types import SimpleNamespace
 
     from latentfuse.model.image_processing.detail import DetailConfig
-    from latentfuse.runtime.pipeline import MAX_DIT_BATCH, VAE_MAX_SIDE, Pipeline, parse_memory
+    from latentfuse.runtime.memory import VAE_MAX_SIDE, parse_memory
+    from latentfuse.runtime.pipeline import MAX_DIT_BATCH, Pipeline
 
     cases = []
     for height, width, h, w, limit, window, cap, budget, sources, halo in MEMORY_CASES:

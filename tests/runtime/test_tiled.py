@@ -204,7 +204,7 @@ def test_tiled_vae_calls_take_one_image_and_one_tile(windowed, monkeypatch):
 
 
 def test_the_memory_plan_shrinks_to_the_budget_and_refuses_what_it_cannot_meet(windowed):
-    from latentfuse.runtime.pipeline import parse_memory
+    from latentfuse.runtime.memory import parse_memory
 
     roomy = windowed.plan_memory(3008, 4000, (3000, 4000), max_memory="64G")
     tight = windowed.plan_memory(3008, 4000, (3000, 4000), max_memory="1.2G")

@@ -18,7 +18,7 @@
 
 namespace latentfuse {
 
-// runtime/pipeline.py: MAX_SIDE, VAE_MAX_SIDE, MAX_DIT_BATCH (the DiT windows' overlap: tiling.hpp kDitOverlap)
+// runtime/pipeline.py: MAX_SIDE, MAX_DIT_BATCH; runtime/memory.py: VAE_MAX_SIDE (the DiT windows' overlap: tiling.hpp kDitOverlap)
 constexpr int kMaxSide = 1024;     // where a backend states no size limit: the largest side one DiT call takes
 constexpr int kVaeMaxSide = 768;   // the largest side one VAE call takes by default (--tile PX changes it)
 constexpr int kMaxDitBatch = 64;   // DiT windows per graph call (also capped by the backend's max batch)
@@ -32,16 +32,16 @@ struct WindowPlan {
 };
 WindowPlan plan_windows(int height, int width, std::optional<Size2> limit, int window, std::optional<int> tile);
 
-// runtime/pipeline.py's memory model of one fuse call (bytes; measured on ONNX Runtime CPU, the bundled
+// runtime/memory.py's memory model of one fuse call (bytes; measured on ONNX Runtime CPU, the bundled
 // default): a VAE call on an h x w tile of one image kVaeBytesPerPx * h * w + kVaeBytesPerToken2 *
 // (h * w / 64)^2, a DiT call kDitBytesPerPx per pixel of its windows, the process before any image
 // kRuntimeBytes; the detail path's double planes per pixel of a strip; the speed caps.
 constexpr int64_t kVaeBytesPerPx = 640, kVaeBytesPerToken2 = 10, kDitBytesPerPx = 192;
 constexpr int64_t kRuntimeBytes = int64_t{512} << 20;
 constexpr int kDetailPlanes = 40, kDetailStripRows = 512, kMinVaeTile = 256;
-constexpr int64_t kFidelityBytesPerPx = 640;  // runtime/pipeline.py FIDELITY_BYTES_PER_PX (an estimate)
+constexpr int64_t kFidelityBytesPerPx = 640;  // runtime/memory.py FIDELITY_BYTES_PER_PX (an estimate)
 
-// How one fuse splits its work to stay within `budget` bytes (runtime.pipeline.MemoryPlan): the DiT window
+// How one fuse splits its work to stay within `budget` bytes (runtime.memory.MemoryPlan): the DiT window
 // and the largest VAE tile side (as plan_windows; the Tiler spreads its tiles evenly within it), DiT windows
 // per call, rows per detail strip (nullopt: whole), the estimated peak.
 struct MemoryPlan {
@@ -59,9 +59,9 @@ struct MemoryPlan {
 MemoryPlan plan_memory(int height, int width, int h, int w, int64_t sources, std::optional<Size2> limit, int window,
                        std::optional<int> tile, int64_t budget, int max_batch, int detail_halo,
                        int fidelity_halo = -1);  // the fidelity decoder's halo (-1: it does not run)
-// runtime.pipeline.parse_memory: "3G", "2.5GB", "3000M", "512MiB" or bytes (powers of 1024), else an Error.
+// runtime.memory.parse_memory: "3G", "2.5GB", "3000M", "512MiB" or bytes (powers of 1024), else an Error.
 int64_t parse_memory(const std::string& text);
-// runtime.pipeline.default_max_memory: half the machine's memory (or of the cgroup's limit if lower).
+// runtime.memory.default_max_memory: half the machine's memory (or of the cgroup's limit if lower).
 int64_t default_max_memory();
 
 struct FuseOptions {
