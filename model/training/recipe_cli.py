@@ -59,15 +59,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def given_run_flags(args: argparse.Namespace) -> list[str]:
     """The recipe-run flags and recipe keys set in ``args`` (what ``train --config`` must not get)."""
-    from latentfuse.model.training.recipe import DEFAULT_RECIPE_KEYS
+    from latentfuse.model.training.recipe import RECIPE_KEYS
 
-    names = [*RUN_FLAGS, *(k.name for k in DEFAULT_RECIPE_KEYS)]
+    names = [*RUN_FLAGS, *RECIPE_KEYS]
     return (["--" + n.replace("_", "-") for n in names if getattr(args, n, None) is not None]
             + ["--" + n.replace("_", "-") for n in SWITCHES if getattr(args, n, False)])
 
 
 def _flag_text(value) -> str:
-    """A value as its ``--KEY`` takes it (``model.training.recipe._cli_value``)."""
+    """A value as its ``--KEY`` takes it (``model.training.config.parse_flag``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
