@@ -88,6 +88,7 @@ class EvalSettings:
     figures: int = 4
     flow_sampler: str | None = None  # the flow row's sampler and steps (None: the model's defaults)
     flow_steps: int | None = None
+    flow_start: float | None = None  # the flow row's start t0 (None: the model's; model.flow.DEFAULT_START)
 
     def __post_init__(self):
         from latentfuse.model.data.split import check_split
@@ -132,13 +133,18 @@ class EvalSettings:
             samplers.get_sampler(self.flow_sampler)  # an unknown name fails before the model loads
         if self.flow_steps is not None and self.flow_steps < 1:
             raise LatentfuseError(f"--flow-steps must be at least 1, got {self.flow_steps}")
+        if self.flow_start is not None:
+            from latentfuse.model.flow import check_start
+
+            self.flow_start = check_start(self.flow_start, "--flow-start")
 
     def result_key(self) -> dict:
         """The settings a cached per-pair result depends on (a resume must match them)."""
         key = {"max_side": self.max_side, "degradations": list(self.degradations), "resize": self.resize,
                "convention": CONVENTION, "eval_seed": EVAL_SEED}
         # only when set, so the caches of runs without them still resume
-        key.update({k: v for k, v in (("flow_sampler", self.flow_sampler), ("flow_steps", self.flow_steps)) if v})
+        key.update({k: v for k, v in (("flow_sampler", self.flow_sampler), ("flow_steps", self.flow_steps),
+                                      ("flow_start", self.flow_start)) if v is not None})
         return key
 
 
@@ -332,7 +338,8 @@ class Evaluator:
         calls: dict[str, Callable[[], np.ndarray]] = {
             "regression": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="regression", seed=item.seed).image,
             "flow": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="flow", seed=item.seed,
-                                      sampler=self.settings.flow_sampler, steps=self.settings.flow_steps).image,
+                                      sampler=self.settings.flow_sampler, steps=self.settings.flow_steps,
+                                      start=self.settings.flow_start).image,
             "regression_no_detail": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="regression",
                                                       seed=item.seed, detail="off").image,
             "regression_no_fidelity": lambda: self.pipe(a, b, task=task, prompt=prompt, mode="regression",

@@ -67,6 +67,8 @@ def register(subparsers) -> None:
     p.add_argument("--flow-sampler", metavar="NAME", help="the flow row's sampler (euler, midpoint, midpoint_reuse, "
                                                           "*_sde; default: the model's)")
     p.add_argument("--flow-steps", type=int, metavar="N", help="the flow row's sampler steps (default: the model's)")
+    p.add_argument("--flow-start", type=float, metavar="T", help="the flow row's start in [0, 1) (0: from the prior; "
+                                                                   "default: the model's)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per graph (default: all cores)")
     p.add_argument("--out", type=Path, required=True, help="output folder (report.json, report.md, figures/, cache/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -88,7 +90,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         protocols=("clean", "degraded") if args.protocol == "both" else (args.protocol,), n=args.n,
         max_side=args.max_side, seeds=args.seeds, degradations=parse_degradations(args.degradations),
         methods=args.methods, baselines=dict(args.baseline), metrics=tuple(args.metrics), resize=args.resize,
-        figures=args.figures, flow_sampler=args.flow_sampler, flow_steps=args.flow_steps)
+        figures=args.figures, flow_sampler=args.flow_sampler, flow_steps=args.flow_steps,
+        flow_start=args.flow_start)
     pipe = build_pipeline(args)
     report = evaluate(pipe, settings, model=model_identity(args), progress=not args.no_progress)
     json_path, md_path = write_report(report, args.out)

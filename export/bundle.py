@@ -40,7 +40,8 @@ Layout::
               "vocab_size": V},
      "prompt_cache": {"file": "prompt_cache.safetensors", "prompts": {"<id>": "<text>"}},
      "sampler": {"name": ..., "steps": 5, "g": g, "prior": "gaussian|source_a|source_b|source_mean",
-                 "prior_sigma": s (source priors only)},       the prior the flow DiT was trained from
+                 "prior_sigma": s (source priors only),        the prior the flow DiT was trained from
+                 "start": t0 (where the model declares one)},  flow from the regression estimate (model.flow)
      "versions": {"latentfuse": ..., "torch": ..., "onnx": ..., "onnxruntime": ..., "opset": N},
      "source_checkpoint": "<abs path>", "engines": {},
      "quantization": {"precision": "int8|fp8", "level": ..., "target": "tensorrt|onnxruntime",
@@ -131,7 +132,7 @@ def detail_section(components) -> dict:
 def sampler_section(components) -> dict:
     """The manifest's ``sampler`` section: the runtime's defaults and the prior the flow DiT was trained from."""
     section = {"name": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS, "g": DEFAULT_G,
-               "prior": "gaussian"}
+               "prior": "gaussian", **components.sampler}
     flow = components.dits.get("flow")
     if flow is not None and flow.config.prior != "gaussian":
         section.update(prior=flow.config.prior, prior_sigma=float(flow.config.prior_sigma))

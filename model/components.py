@@ -2,8 +2,10 @@
 
     <dir>/model_index.json      {"vae": "vae", "text_encoder": "text_encoder", "dit_flow": ..., ...,
                                  "work_scale": k, "window": w,   (``model.work_scale``; 1 / 0 when absent)
-                                 "detail": {...}}                (``DetailSettings`` of
+                                 "detail": {...},                (``DetailSettings`` of
                                                                   ``model.image_processing.detail``; optional)
+                                 "sampler": {"start": t0, "steps": n}}  (the flow head's own sampling defaults,
+                                                                  ``model.flow.check_model_sampler``; optional)
     <dir>/vae/                  LatentVAE.save_pretrained (diffusers AutoencoderKL layout)
     <dir>/text_encoder/         PromptEncoder.save_pretrained (transformers T5 layout + spiece.model)
     <dir>/dit_flow/             MoEDiT.save_pretrained (flow head), optional
@@ -17,13 +19,14 @@ diffusers pipeline folder, each component knows nothing of the others.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from latentfuse.model.atomic import atomic_dir
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.flow import check_model_sampler
 from latentfuse.model.geometry import HEADS
 from latentfuse.model.image_processing.detail import DetailSettings
 from latentfuse.model.work_scale import check_window, check_work_scale
@@ -47,9 +50,11 @@ def read_index(directory: str | Path) -> dict:
         if key not in index:
             raise LatentfuseError(f"{index_path} lacks the {key!r} entry")
     detail = index.get("detail")
+    heads = [h for h in HEADS if f"dit_{h}" in index]
     return {**index, "work_scale": check_work_scale(index.get("work_scale", 1), f"{index_path}: work_scale"),
             "window": check_window(index.get("window", 0), f"{index_path}: window"),
-            "detail": None if detail is None else DetailSettings.from_dict(detail, f"{index_path}: detail")}
+            "detail": None if detail is None else DetailSettings.from_dict(detail, f"{index_path}: detail"),
+            "sampler": check_model_sampler(index.get("sampler", {}), heads, f"{index_path}: sampler")}
 
 
 @dataclass
@@ -61,10 +66,12 @@ class FusionComponents:
     window: int = 0  # networks run on windows of at most this many enlarged pixels (0: whole images)
     detail: DetailSettings | None = None  # the pixel-space detail path after decoding (model.image_processing.detail)
     fidelity: "torch.nn.Module | None" = None  # the learned fidelity decoder after the VAE (model.fidelity)
+    sampler: dict = field(default_factory=dict)  # the flow head's own sampling defaults (model.flow.MODEL_SAMPLER_KEYS)
 
     def __post_init__(self):
         self.work_scale = check_work_scale(self.work_scale)
         self.window = check_window(self.window)
+        self.sampler = check_model_sampler(self.sampler, list(self.dits), "the model's sampler defaults")
 
     def dit(self, head: str):
         if head not in self.dits:
@@ -115,7 +122,7 @@ class FusionComponents:
             from latentfuse.model.fidelity import FidelityDecoder
 
             fidelity = FidelityDecoder.from_pretrained(directory / index["fidelity"]).eval()
-        return cls(vae, text_encoder, dits, work_scale, window, index["detail"], fidelity)
+        return cls(vae, text_encoder, dits, work_scale, window, index["detail"], fidelity, index["sampler"])
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = True) -> Path:
         directory = Path(directory)
@@ -135,5 +142,7 @@ class FusionComponents:
                 index["window"] = self.window
             if self.detail is not None:
                 index["detail"] = self.detail.to_dict()
+            if self.sampler:
+                index["sampler"] = dict(self.sampler)
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return directory

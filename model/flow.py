@@ -41,7 +41,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -58,7 +58,43 @@ DEFAULT_SOURCE_SIGMA = 0.5
 DEFAULT_SAMPLER = "midpoint_reuse_sde"
 DEFAULT_STEPS = 5
 DEFAULT_G = 0.3
+# Where the flow starts (MMAIF: 0, the prior). A start t0 > 0 first runs the regression DiT and samples from
+# Z_t0 = (1 - t0)·Z0 + t0·Ẑ, its estimate noised to t0 (as DiffBIR starts from its regression stage's output and
+# SDEdit from a guide), then integrates t0 -> 1: the steps go to the refinement, and the flow keeps regression's
+# fidelity. A model declares its own in model_index.json "sampler" (model.components.read_index).
+DEFAULT_START = 0.0
+MODEL_SAMPLER_KEYS = ("start", "steps")  # what model_index.json "sampler" may set
 TIMESTEP_SCHEMES: tuple[str, ...] = ("uniform", "logit_normal")
+
+
+def check_start(start: Any, what: str = "--start") -> float:
+    """A flow start t0 in [0, 1) as a float; a LatentfuseError naming ``what`` otherwise."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start) \
+            or not 0.0 <= start < 1.0:
+        raise LatentfuseError(f"{what} must be a number in [0, 1) (0: from the prior), got {start!r}")
+    return float(start)
+
+
+def check_model_sampler(section: Any, heads: Sequence[str], where: str) -> dict:
+    """A model's own sampler defaults (model_index.json "sampler": ``start``, ``steps``), checked: a start > 0
+    needs the regression DiT beside the flow DiT."""
+    if not isinstance(section, dict):
+        raise LatentfuseError(f"{where} must be an object with keys {', '.join(MODEL_SAMPLER_KEYS)}, got {section!r}")
+    unknown = sorted(set(section) - set(MODEL_SAMPLER_KEYS))
+    if unknown:
+        raise LatentfuseError(f"{where}: unknown key(s) {', '.join(unknown)} (valid: {', '.join(MODEL_SAMPLER_KEYS)})")
+    out = {}
+    if "start" in section:
+        out["start"] = check_start(section["start"], f"{where} start")
+        if out["start"] > 0 and not {"flow", "regression"} <= set(heads):
+            raise LatentfuseError(f"{where} start {out['start']:g} starts the flow from the regression DiT's estimate: "
+                                  "the model needs both DiTs (dit_flow and dit_regression)")
+    if "steps" in section:
+        steps = section["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise LatentfuseError(f"{where} steps must be an integer >= 1, got {steps!r}")
+        out["steps"] = steps
+    return out
 
 
 def is_torch(x: Any) -> bool:

@@ -59,7 +59,11 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help=f"DiT head (default {DEFAULT_MODE}: the shipped flow head is behind it, README 'Modes')")
     p.add_argument("--sampler", help="flow sampler: euler, midpoint, midpoint_reuse, *_sde (default: the bundle's, "
                                      "midpoint_reuse_sde)")
-    p.add_argument("--steps", type=int, help="sampler steps (default 5)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the model's, 4 for the bundled default)")
+    p.add_argument("--start", type=float, metavar="T",
+                   help="where the flow starts, t in [0, 1): 0 samples from the prior (the paper), t > 0 refines the "
+                        "regression DiT's estimate noised to t, one more DiT call (default: the model's, 0.5 for the "
+                        "bundled default)")
     p.add_argument("--g", type=float, help="SDE diffusion norm g (kappa = g sin^2(pi t))")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--prior", choices=("gaussian", "source_a", "source_b", "source_mean"),
@@ -114,7 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     "int8) on onnxruntime / tensorrt, instead of exporting the model")
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime")
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"DiT head (default {DEFAULT_MODE})")
-    p.add_argument("--steps", type=int, help="sampler steps (default 5)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the model's, 4 for the bundled default)")
+    p.add_argument("--start", type=float, metavar="T",
+                   help="where the flow starts, t in [0, 1): 0 samples from the prior (the paper), t > 0 refines the "
+                        "regression DiT's estimate noised to t, one more DiT call (default: the model's, 0.5 for the "
+                        "bundled default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs before timing (default 1)")
     p.add_argument("--runs", type=int, default=3, help="timed runs for the latency table (default 3)")
@@ -165,7 +173,7 @@ def build_pipeline(args: argparse.Namespace):
 
 def _call_kwargs(args: argparse.Namespace) -> dict:
     return dict(task=args.task, prompt=args.prompt, mode=args.mode, sampler=args.sampler, steps=args.steps,
-                g=args.g, seed=args.seed, resize=args.resize, tile=args.tile, prior=args.prior,
+                g=args.g, seed=args.seed, resize=args.resize, tile=args.tile, prior=args.prior, start=args.start,
                 detail=args.detail, max_memory=args.max_memory, fidelity=args.fidelity)
 
 
@@ -353,7 +361,8 @@ def run_demo(args: argparse.Namespace) -> int:
     pipe = Pipeline.from_pretrained(getattr(args, "bundle", None) or model_dir, backend=args.backend, **options)
     print(f"backend: {pipe.backend.describe()}")
     _check_fidelity(args.fidelity, pipe)
-    kwargs = dict(mode=args.mode, steps=args.steps, seed=args.seed, detail=args.detail, fidelity=args.fidelity)
+    kwargs = dict(mode=args.mode, steps=args.steps, seed=args.seed, detail=args.detail, fidelity=args.fidelity,
+                  start=args.start)
     jobs = [(task, pair) for task in TASKS for pair in sample_pairs(task)]
     for task, pair in tqdm(jobs, desc="demo", unit="pair"):
         a, b, name = _pair_paths(pair)

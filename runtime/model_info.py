@@ -7,8 +7,8 @@ A backend (:mod:`latentfuse.runtime.backends`) only runs graphs; the model's met
     ModelInfo.from_manifest(bundle)                              a bundle's manifest.json (runtime.manifest.Bundle)
 
 Fields: the DiT ``heads``; the working scale ``work_scale`` and ``window`` (``model.work_scale``); the
-``sampler_defaults`` in the pipeline's terms (``prior`` / ``prior_sigma`` of the flow DiT; a bundle's sampler
-section also gives ``sampler`` / ``steps`` / ``g``); the pixel-space ``detail`` path (``DetailSettings``, or None);
+``sampler_defaults`` in the pipeline's terms (``prior`` / ``prior_sigma`` of the flow DiT, the ``start`` /
+``steps`` a model declares in model_index.json "sampler"; a bundle's sampler section also gives ``sampler`` / ``g``); the pixel-space ``detail`` path (``DetailSettings``, or None);
 whether the model has the fidelity decoder (``has_fidelity``, ``model.fidelity``) and the rows of context a
 strip of it needs on each side (``fidelity_halo``, a multiple of 16 px; 0 without one).
 """
@@ -51,7 +51,8 @@ class ModelInfo:
 
         flow = model.dits.get("flow")
         return cls(heads=tuple(h for h in HEADS if h in model.dits), work_scale=model.work_scale,
-                   window=model.window, sampler_defaults=_prior_of(flow.config if flow is not None else None),
+                   window=model.window,
+                   sampler_defaults={**_prior_of(flow.config if flow is not None else None), **model.sampler},
                    detail=model.detail, has_fidelity=model.fidelity is not None,
                    fidelity_halo=0 if model.fidelity is None else fidelity_halo(model.fidelity.config))
 
@@ -73,7 +74,8 @@ class ModelInfo:
             path = directory / index["fidelity"] / CONFIG_NAME
             halo = fidelity_halo(FidelityConfig.from_dict(json.loads(path.read_text()), str(path)))
         return cls(heads=heads, work_scale=index["work_scale"], window=index["window"],
-                   sampler_defaults=_prior_of(flow), detail=index["detail"], has_fidelity="fidelity" in index,
+                   sampler_defaults={**_prior_of(flow), **index["sampler"]}, detail=index["detail"],
+                   has_fidelity="fidelity" in index,
                    fidelity_halo=halo)
 
     # ------------------------------------------------------------------ a bundle
@@ -121,7 +123,7 @@ def _sampler_section(section: Mapping) -> dict:
     out = {}
     if section.get("name"):
         out["sampler"] = section["name"]
-    for key in ("steps", "g", "prior"):
+    for key in ("steps", "g", "prior", "start"):
         if section.get(key) is not None:
             out[key] = section[key]
     sigma = section.get("prior_sigma", section.get("sigma"))

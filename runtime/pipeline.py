@@ -30,6 +30,7 @@ latency table measures the text encoder whenever a real deployment would run it)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.flow import DEFAULT_START, check_start
 from latentfuse.model.geometry import PIXEL_MULTIPLE
 from latentfuse.model.image_processing.color import to_gray
 from latentfuse.model.work_scale import check_window, check_work_scale, downscale, upscale
@@ -444,6 +446,7 @@ class Pipeline:
         detail: str | None = None,
         max_memory: int | str | None = None,
         fidelity: float | None = None,
+        start: float | None = None,
     ) -> FusionResult:
         """Fuse images ``a`` and ``b`` (paths or arrays) for ``task``; see the module docstring.
 
@@ -457,6 +460,8 @@ class Pipeline:
         where the model has one; 0 skips it (the VAE's image alone).
         ``max_memory``: the call's memory budget, bytes or '3G' (:meth:`plan_memory`; None: ``self.max_memory``,
         else half the machine's memory): the VAE tiles, DiT windows per call and detail strips are sized to it.
+        ``start``: where the flow starts, t0 in [0, 1) (``model.flow.DEFAULT_START``): 0 samples from the prior,
+        t0 > 0 from the regression DiT's estimate noised to t0 (one more DiT call); None: the model's default.
         """
         from latentfuse.model.data.tasks import check_task
         from latentfuse.model.image_processing.detail import check_detail_mode, restore_detail
@@ -471,7 +476,7 @@ class Pipeline:
             # --steps 10 without --mode flow would otherwise do nothing, silently
             given = [f"{flag} {value}" for flag, value, unset in (
                 ("--sampler", sampler, (None, "regression")), ("--steps", steps, (None, 1)), ("--g", g, (None,)),
-                ("--prior", prior, (None,))) if value not in unset]
+                ("--prior", prior, (None,)), ("--start", start, (None,))) if value not in unset]
             if given:
                 raise LatentfuseError(f"--mode regression makes one network call and takes no {', '.join(given)}: "
                                       "those set the flow head's sampling; add --mode flow")
@@ -482,6 +487,9 @@ class Pipeline:
                 raise LatentfuseError("the regression sampler needs --mode regression")
             samplers.get_sampler(sampler_name)  # unknown names fail before any work
             steps = int(steps if steps is not None else self.defaults["steps"])
+            start = check_start(start if start is not None else self.defaults.get("start", DEFAULT_START))
+            if start:
+                self.backend.require_head("regression")
         if g is None and samplers.get_sampler(sampler_name).stochastic:
             g = self.defaults.get("g")
             g = samplers.DEFAULT_G if g is None else float(g)
@@ -509,13 +517,18 @@ class Pipeline:
                 sigma = self.defaults.get("prior_sigma")
                 extra = {} if sigma is None else {"sigma": float(sigma)}
                 z0, params = samplers.initial_latent(prior_name, z_a, seed, z_a, z_b, **extra)
+                if start:  # the flow refines the regression DiT's estimate (model.flow.DEFAULT_START)
+                    z0 = samplers.start_latent(z0, backend.regress(z_a, z_b, embeds, mask), start)
                 t_batch = np.empty((z_a.shape[0],), np.float32)
 
                 def velocity(z, t):
                     t_batch.fill(t)
                     return backend.velocity(z, t_batch, z_a, z_b, embeds, mask)
 
-                result = samplers.sample(sampler_name, velocity, z0, steps=steps, g=g, seed=seed, prior=params)
+                result = samplers.sample(sampler_name, velocity, z0, steps=steps, g=g, seed=seed, prior=params,
+                                         start=start)
+                if start:  # and the regression call
+                    result = dataclasses.replace(result, nfe=result.nfe + 1)
         with timer.stage("VAE-Dec"):
             decoded = backend.decode(np.asarray(result.latent, np.float32))
         if weight:
@@ -543,7 +556,7 @@ class Pipeline:
                             sampler=result.sampler, steps=steps, seed=seed,
                             info={"backend": self.backend.name, "size": size, "work_scale": k,
                                   "detail": "off" if detail_cfg is None else detail_cfg.as_dict(),
-                                  "fidelity": weight,
+                                  "fidelity": weight, "start": start if mode == "flow" else None,
                                   "tiled": backend is not self.backend, "memory": plan.as_dict(),
                                   "g": g if samplers.get_sampler(sampler_name).stochastic else 0.0})
 

@@ -6,7 +6,8 @@ sampler returns a :class:`SampleResult` with the final latent, the exact number 
 (NFE, counted by wrapping the callable) and the time grid.
 
 Time grid (Algorithm 1 line 1, "arange(0, 1, T)"): N steps on t_k = k / N, k = 0..N, computed in
-float64 as an exact division, so t_0 = 0 and t_N = 1 exactly. Step k goes from t1 = t_k to t2 = t_{k+1};
+float64 as an exact division, so t_0 = 0 and t_N = 1 exactly. With a start t0 > 0 (``start``, from the
+regression DiT's estimate: :func:`start_latent`) the N steps cover [t0, 1]: t_k = t0 + (1 - t0)·k / N. Step k goes from t1 = t_k to t2 = t_{k+1};
 h = t2 - t1, Δ = h / 2, t_mid = (t1 + t2) / 2. All scalar coefficients are float64, the latent keeps
 its own dtype.
 
@@ -87,9 +88,13 @@ class _CountedVelocity:
         return self.fn(z, t)
 
 
-def time_grid(steps: int) -> np.ndarray:
-    """t_k = k / steps for k = 0..steps (float64; t_0 = 0 and t_N = 1 exactly)."""
-    return np.arange(steps + 1, dtype=np.float64) / steps
+def time_grid(steps: int, start: float = 0.0) -> np.ndarray:
+    """t_k = start + (1 - start)·k / steps for k = 0..steps (float64; t_0 = start and t_N = 1 exactly)."""
+    grid = np.arange(steps + 1, dtype=np.float64) / steps
+    if start:
+        grid = start + (1.0 - start) * grid
+        grid[-1] = 1.0
+    return grid
 
 
 def _noise_like(seed: int, z: Array, stream: int) -> Array:
@@ -137,13 +142,14 @@ def _integrate(
     seed: int,
     prior: flow.PriorParams | None,
     name: str,
+    start: float = 0.0,
 ) -> SampleResult:
-    """The shared step loop; ``method`` is 'euler', 'midpoint' or 'midpoint_reuse'."""
+    """The shared step loop from t = ``start`` to 1; ``method`` is 'euler', 'midpoint' or 'midpoint_reuse'."""
     steps, g, seed = _check_common(z0, steps, g, seed)
     prior = prior or flow.PriorParams(mean=None, std=1.0)
     var = float(prior.std) ** 2
     v_fn = _CountedVelocity(velocity)
-    grid = time_grid(steps)
+    grid = time_grid(steps, flow.check_start(start, "the sampler's start"))
     z = z0
     for k in range(steps):
         t1, t2 = float(grid[k]), float(grid[k + 1])
@@ -242,14 +248,14 @@ class SamplerSpec:
 
 
 def _ode(method: str, name: str) -> Callable[..., SampleResult]:
-    def run(velocity, z0, steps, g, seed, prior):
-        return _integrate(velocity, z0, steps, method=method, g=0.0, seed=seed, prior=prior, name=name)
+    def run(velocity, z0, steps, g, seed, prior, start=0.0):
+        return _integrate(velocity, z0, steps, method=method, g=0.0, seed=seed, prior=prior, name=name, start=start)
     return run
 
 
 def _sde(method: str, name: str) -> Callable[..., SampleResult]:
-    def run(velocity, z0, steps, g, seed, prior):
-        return _integrate(velocity, z0, steps, method=method, g=g, seed=seed, prior=prior, name=name)
+    def run(velocity, z0, steps, g, seed, prior, start=0.0):
+        return _integrate(velocity, z0, steps, method=method, g=g, seed=seed, prior=prior, name=name, start=start)
     return run
 
 
@@ -262,8 +268,8 @@ SAMPLERS: Mapping[str, SamplerSpec] = {
     "midpoint_reuse_sde": SamplerSpec(
         "midpoint_reuse_sde", _sde("midpoint_reuse", "midpoint_reuse_sde"), True, 1
     ),
-    "regression": SamplerSpec("regression", lambda velocity, z0, steps, g, seed, prior: regression(velocity, z0),
-                              False, None),
+    "regression": SamplerSpec("regression", lambda velocity, z0, steps, g, seed, prior, start=0.0:
+                              regression(velocity, z0), False, None),
 }
 
 
@@ -283,8 +289,9 @@ def sample(
     g: float | None = None,
     seed: int = 0,
     prior: flow.PriorParams | None = None,
+    start: float = 0.0,
 ) -> SampleResult:
-    """Run sampler ``name`` from ``z0``.
+    """Run sampler ``name`` from ``z0`` at t = ``start`` (0: the prior; see :func:`start_latent`) to t = 1.
 
     ``g`` None means ``DEFAULT_G`` for the SDE samplers and 0 for the others; a g > 0 for a
     deterministic sampler is an error rather than silently ignored. ``prior`` (from
@@ -301,4 +308,12 @@ def sample(
         )
     if spec.name == "regression":
         _check_common(z0, 1, 0.0, seed)
-    return spec.fn(velocity, z0, steps, g, seed, prior)
+        if start:
+            raise LatentfuseError("the regression sampler makes one call and has no start")
+    return spec.fn(velocity, z0, steps, g, seed, prior, start)
+
+
+def start_latent(z0: Array, estimate: Array, start: float) -> Array:
+    """Z_t0 = (1 - t0)·Z0 + t0·Ẑ: the prior draw ``z0`` and the regression DiT's ``estimate`` on the flow's
+    path at t0 = ``start`` (``model.flow.DEFAULT_START``: the flow then refines the estimate, DiffBIR-style)."""
+    return flow.interpolate(z0, estimate, flow.check_start(start, "the sampler's start"))

@@ -432,7 +432,8 @@ def save_fp16(components: FusionComponents, out: Path) -> int:
     half = FusionComponents(copy.deepcopy(components.vae).half(), copy.deepcopy(components.text_encoder).half(),
                             {h: copy.deepcopy(d).half() for h, d in components.dits.items()}, components.work_scale,
                             components.window, components.detail,
-                            None if components.fidelity is None else copy.deepcopy(components.fidelity).half())
+                            None if components.fidelity is None else copy.deepcopy(components.fidelity).half(),
+                            components.sampler)
     half.save_pretrained(out, overwrite=True)
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 

@@ -109,6 +109,9 @@ class RecipeFlow:
     flow_prior: str = setting(help="the flow DiT's prior p0 (model.flow); the model declares it, so every runtime "
                                    "samples from it", choices=("gaussian", "source_a", "source_b", "source_mean"))
     prior_sigma: float = setting(help="σ_p of a source prior (model.flow)")
+    flow_start: float = setting(help="where the runtime's flow starts, t0 in [0, 1) (model.flow.DEFAULT_START): t0 > 0 "
+                                     "refines the regression DiT's estimate noised to t0; 0: from the prior")
+    flow_sample_steps: int = setting(help="the runtime's flow steps over [t0, 1] (NFE: these + 1 with a start)")
 
 
 @dataclass(frozen=True)

@@ -256,9 +256,11 @@ def run_recipe(args: argparse.Namespace) -> int:
 
     dm.log(f"5/{steps} save fp16 model directory")
     components = FusionComponents(vae.eval(), text_encoder, {"flow": dits["flow"], "regression": dits["regression"]},
-                                  work_scale=args.work_scale, window=args.window, detail=dm.detail_settings(args))
+                                  work_scale=args.work_scale, window=args.window, detail=dm.detail_settings(args),
+                                  sampler={"start": args.flow_start, "steps": args.flow_sample_steps})
     report["pipeline"] = {"work_scale": components.work_scale, "window": components.window,
-                          "detail": None if components.detail is None else components.detail.to_dict()}
+                          "detail": None if components.detail is None else components.detail.to_dict(),
+                          "sampler": dict(components.sampler)}
     report["size_bytes"] = dm.save_fp16(components, args.out)
     report["params"] = {"vae": sum(p.numel() for p in vae.parameters()),
                         "text_encoder": sum(p.numel() for p in text_encoder.parameters())}

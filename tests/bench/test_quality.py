@@ -306,3 +306,9 @@ def test_the_flow_row_takes_a_sampler_and_steps_and_they_key_the_cache(checkpoin
     assert _run("--methods", "flow", "--flow-sampler", "heun", checkpoint=checkpoint, data=data,
                 out=tmp_path / "other") == 2
     assert "unknown sampler 'heun'" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    assert _run("--methods", "flow", "--flow-sampler", "euler", "--flow-steps", "2", "--flow-start", "0",
+                checkpoint=checkpoint, data=data, out=tmp_path / "out") == 2  # a start keys the cache too
+    assert "flow_start: None -> 0.0" in capsys.readouterr().err
+    assert _run("--methods", "flow", "--flow-start", "1", checkpoint=checkpoint, data=data,
+                out=tmp_path / "other") == 2
+    assert "--flow-start must be a number in [0, 1)" in capsys.readouterr().err and not (tmp_path / "other").exists()

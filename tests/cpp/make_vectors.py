@@ -6,7 +6,8 @@ Each file is produced by the Python runtime itself, so C++ is compared with the 
 
 * ``samplers.json``: every sampler of :mod:`latentfuse.runtime.samplers` on an affine, time-dependent velocity
   field ``v(z, t) = a·z + b·t + c`` (float32, element-wise), Gaussian and source priors, plus the
-  initial latent of :func:`latentfuse.runtime.samplers.initial_latent`.
+  initial latent of :func:`latentfuse.runtime.samplers.initial_latent`; and started at t0 = 0.4 from
+  :func:`latentfuse.runtime.samplers.start_latent` (``z_b`` standing in for the regression estimate).
 * ``tokenizer.json``: ``model.text_encoder.SpieceTokenizer.ids`` (sentencepiece ids + EOS 1) of the
   shipped tokenizer ``model/assets/tokenizer/spiece.model`` on assorted prompts.
 * ``padding.json``: :func:`latentfuse.runtime.pipeline.pad_to_size` (numpy reflect / edge padding) at the sizes
@@ -57,6 +58,9 @@ def _short(x) -> list[float]:
     return [float(f"{v:.7g}") for v in np.asarray(x, np.float32).ravel()]
 
 
+START = 0.4  # the start of the started sampler cases
+
+
 def sampler_vectors() -> dict:
     from latentfuse.runtime import samplers
 
@@ -82,6 +86,13 @@ def sampler_vectors() -> dict:
                     out = samplers.sample(name, velocity, z0, steps=steps, g=g, seed=seed, prior=params)
                     cases.append({"sampler": name, "prior": prior_name, "sigma": 0.5, "seed": seed, "steps": steps,
                                   "g": g, "nfe": out.nfe, "z0": _floats(z0), "latent": _floats(out.latent)})
+                    if seed == 0:  # the flow started from an estimate (model.flow.DEFAULT_START)
+                        z_start = samplers.start_latent(z0, z_b, START)
+                        out = samplers.sample(name, velocity, z_start, steps=steps, g=g, seed=seed, prior=params,
+                                              start=START)
+                        cases.append({"sampler": name, "prior": prior_name, "sigma": 0.5, "seed": seed,
+                                      "steps": steps, "g": g, "nfe": out.nfe, "z0": _floats(z0), "start": START,
+                                      "z_start": _floats(z_start), "latent": _floats(out.latent)})
     return {"generator": "tests/cpp/make_vectors.py (runtime.samplers)",
             "velocity": "v(z, t) = a*z + b*t + c, float32 element-wise, evaluated left to right",
             "shape": list(shape), "a": _floats(a), "b": _floats(b), "c": _floats(c), "z_a": _floats(z_a),

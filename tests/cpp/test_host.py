@@ -213,6 +213,28 @@ def test_a_pair_over_the_model_window_runs_in_windows_as_in_python(components, b
     assert "VAE tiled" not in proc.stdout
 
 
+def test_a_flow_started_from_the_regression_estimate_matches_python(components, bundle, pair, tmp_path):
+    """The start the manifest declares (model_index.json "sampler"), in windows: the regression DiT's estimate
+    blended over the windows, noised to t0, then the flow's steps over [t0, 1], as Python; --start overrides it."""
+    import dataclasses
+    import json
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["latent"]["window"] = 64
+    manifest["sampler"]["start"] = 0.4
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    declared = dataclasses.replace(components, window=64, sampler={"start": 0.4})
+    proc = _compare(declared, copy, pair, tmp_path, "flow", ["--steps", 2], steps=2)
+    assert "NFE 3" in proc.stdout
+    proc = _compare(declared, copy, pair, tmp_path, "flow", ["--steps", 2, "--start", 0], steps=2, start=0.0)
+    assert "NFE 2" in proc.stdout
+    line = _error(host(*pair, "--task", "vif", "--bundle", copy, "--mode", "flow", "--start", 1, "-o",
+                       tmp_path / "x.png", check=False))
+    assert "--start must be a number in [0, 1)" in line
+
+
 def test_tile_px_runs_the_vae_in_tiles_as_in_python(components, bundle, pair, tmp_path):
     # the pair works at 144x80: VAE tiles of 64 px (overlap clamped to 32): 2 x 4 tiles, one image per call
     # (2 x 8 encoder calls, 8 decoder calls), the DiT whole (no model window, under the 1024 px limit) for its

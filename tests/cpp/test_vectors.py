@@ -38,8 +38,12 @@ def test_sampler_vectors_cover_every_sampler_and_both_prior_kinds():
     assert covered == set(SAMPLERS) - {"regression"}
     assert {c["prior"] for c in data["cases"]} == {"gaussian", "source_mean"}
     # the SDE cases really are stochastic: different seeds give different latents
-    sde = [c for c in data["cases"] if c["sampler"] == "midpoint_reuse_sde" and c["steps"] == 3 and c["prior"] == "gaussian"]
+    sde = [c for c in data["cases"] if c["sampler"] == "midpoint_reuse_sde" and c["steps"] == 3
+           and c["prior"] == "gaussian" and "start" not in c]
     assert len(sde) == 2 and sde[0]["latent"] != sde[1]["latent"]
+    # every sampler also started from an estimate (model.flow.DEFAULT_START), on both prior kinds
+    started = [c for c in data["cases"] if c.get("start", 0) > 0]
+    assert {(c["sampler"], c["prior"]) for c in started} == {(s, p) for s in covered for p in ("gaussian", "source_mean")}
 
 
 def test_detail_vectors_cover_the_configs_and_prompts_the_brief_names():

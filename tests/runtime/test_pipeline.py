@@ -146,6 +146,58 @@ def test_a_pipeline_samples_from_the_prior_its_flow_dit_declares():
     assert np.abs(declared.image - pipe(a, b, task="mef", mode="flow", steps=2, seed=3, prior="gaussian").image).max() > 1e-4
 
 
+def test_a_flow_start_refines_the_regression_estimate(pipe, monkeypatch):
+    """start t0 > 0: one regression call, then the steps over [t0, 1] from its estimate noised to t0; start 0
+    is the paper's sampler; regression mode refuses it, and a model without the regression DiT cannot start."""
+    from latentfuse.model.components import FusionComponents
+    from latentfuse.runtime.pipeline import Pipeline
+
+    a, b = _rand((32, 48, 3)), _rand((32, 48, 3), seed=1)
+    calls = []
+    regress = pipe.backend.regress
+    monkeypatch.setattr(pipe.backend, "regress", lambda *args: calls.append(1) or regress(*args))
+    started = pipe(a, b, task="vif", mode="flow", steps=2, seed=3, start=0.5)
+    assert started.nfe == 3 and len(calls) == 1 and started.info["start"] == 0.5
+    plain = pipe(a, b, task="vif", mode="flow", steps=2, seed=3, start=0.0)
+    assert plain.nfe == 2 and len(calls) == 1 and np.abs(started.image - plain.image).max() > 1e-4
+    np.testing.assert_array_equal(plain.image, pipe(a, b, task="vif", mode="flow", steps=2, seed=3).image)
+    with pytest.raises(LatentfuseError, match="--mode regression .* takes no --start 0.5"):
+        pipe(a, b, task="vif", mode="regression", start=0.5)
+    with pytest.raises(LatentfuseError, match=r"--start must be a number in \[0, 1\)"):
+        pipe(a, b, task="vif", mode="flow", start=1.0)
+    flow_only = Pipeline.from_components(FusionComponents.from_preset("tiny", heads=("flow",), seed=0))
+    with pytest.raises(LatentfuseError, match="regression"):
+        flow_only(a, b, task="vif", mode="flow", steps=2, start=0.5)
+
+
+def test_a_model_declares_its_flow_start_and_steps(tmp_path):
+    """model_index.json "sampler" sets the flow's start and steps for every runtime (the bundle's manifest too);
+    a bad one is a one-line error naming the file."""
+    import json
+
+    from latentfuse.model.components import INDEX_NAME, FusionComponents, read_index
+    from latentfuse.runtime.model_info import ModelInfo
+
+    comps = FusionComponents.from_preset("tiny", seed=0)
+    comps.sampler = {"start": 0.3, "steps": 3}
+    folder = comps.save_pretrained(tmp_path / "model")
+    assert json.loads((folder / INDEX_NAME).read_text())["sampler"] == {"start": 0.3, "steps": 3}
+    info = ModelInfo.from_model_index(folder)
+    assert info.sampler_defaults["start"] == 0.3 and info.sampler_defaults["steps"] == 3
+    assert ModelInfo.from_model_index(FusionComponents.from_pretrained(folder)).sampler_defaults == info.sampler_defaults
+    index = json.loads((folder / INDEX_NAME).read_text())
+    for bad, message in (({"start": 1.5}, r"sampler start must be a number in \[0, 1\)"),
+                         ({"steps": 0}, "sampler steps must be an integer >= 1"),
+                         ({"begin": 0.3}, "sampler: unknown key.*begin")):
+        (folder / INDEX_NAME).write_text(json.dumps({**index, "sampler": bad}))
+        with pytest.raises(LatentfuseError, match=f"{INDEX_NAME}: {message}"):
+            read_index(folder)
+    del index["dit_regression"]
+    (folder / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(LatentfuseError, match="needs both DiTs"):
+        read_index(folder)
+
+
 def test_tiny_images_are_padded_up_and_cropped_back(pipe, monkeypatch):
     monkeypatch.setattr(pipe, "min_size", 64)  # e.g. a TensorRT profile minimum of 64 px
     result = pipe(_rand((8, 21, 3)), _rand((8, 21)), task="vif", mode="regression")

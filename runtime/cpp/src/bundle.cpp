@@ -216,6 +216,9 @@ double Bundle::default_g() const { return get_or<double>(manifest_.value("sample
 std::string Bundle::default_prior() const {
   return get_or<std::string>(manifest_.value("sampler", json::object()), "prior", "gaussian");
 }
+double Bundle::default_start() const {
+  return get_or<double>(manifest_.value("sampler", json::object()), "start", 0.0);
+}
 double Bundle::prior_sigma() const {
   const json s = manifest_.value("sampler", json::object());
   return get_or<double>(s, "prior_sigma", get_or<double>(s, "sigma", 0.5));

@@ -31,7 +31,7 @@ namespace {
 const char* kUsage =
     "usage: latentfuse-host A B --task {vif,mef,mff} --bundle DIR -o OUT [--backend aoti|tensorrt]\n"
     "                       [--mode flow|regression] [--sampler NAME] [--steps N] [--g G] [--seed S]\n"
-    "                       [--prompt TEXT] [--prior gaussian|source_a|source_b|source_mean]\n"
+    "                       [--prompt TEXT] [--prior gaussian|source_a|source_b|source_mean] [--start T]\n"
     "                       [--bit-depth 8|16] [--tile [PX]] [--detail auto|clean|safe|off] [--warmup N]\n"
     "                       [--runs M] [--max-memory SIZE] [--fidelity W] [--no-verify]\n"
     "  --tile PX   run the VAE in tiles of at most PX working pixels per side, to bound memory (default:\n"
@@ -54,7 +54,7 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   static const std::vector<std::string> valued = {"--task", "--bundle", "--backend", "--mode", "--sampler", "--steps",
-                                                  "--g", "--seed", "--prompt", "--prior", "--bit-depth", "--warmup",
+                                                  "--g", "--seed", "--prompt", "--prior", "--start", "--bit-depth", "--warmup",
                                                   "--runs", "-o", "--out", "--tile", "--detail", "--max-memory",
                                                   "--fidelity"};
   Args args;
@@ -130,6 +130,7 @@ int run(int argc, char** argv) {
   o.sampler = opt("--sampler");
   o.prior = opt("--prior");
   if (opt("--steps")) o.steps = static_cast<int>(to_int("--steps", *opt("--steps")));
+  if (opt("--start")) o.start = to_double("--start", *opt("--start"));
   if (opt("--g")) {
     o.g = to_double("--g", *opt("--g"));
     if (!(*o.g >= 0)) throw Error("argument --g: the diffusion norm must be >= 0, got " + *opt("--g"));

@@ -225,6 +225,7 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   const std::string dit = bundle_.dit_graph(o.mode);
   std::string sampler_name = "regression";
   int steps = 1;
+  double flow_start = 0.0;
   if (o.mode == "regression") {
     // the flow head's settings are refused, not ignored (runtime/pipeline.py: regression is the default mode)
     std::vector<std::string> given;
@@ -236,6 +237,11 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
       given.push_back("--g " + g.str());
     }
     if (o.prior) given.push_back("--prior " + *o.prior);
+    if (o.start) {
+      std::ostringstream t;
+      t << *o.start;
+      given.push_back("--start " + t.str());
+    }
     if (!given.empty()) {
       std::string list;
       for (const auto& item : given) list += (list.empty() ? "" : ", ") + item;
@@ -248,6 +254,10 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
     samplers::get_sampler(sampler_name);
     steps = o.steps.value_or(bundle_.default_steps());
     if (steps < 1) throw Error("--steps must be >= 1, got " + std::to_string(steps));
+    flow_start = o.start.value_or(bundle_.default_start());
+    if (!(std::isfinite(flow_start) && flow_start >= 0.0 && flow_start < 1.0))
+      throw Error("--start must be a number in [0, 1) (0: from the prior), got " + std::to_string(flow_start));
+    if (flow_start > 0.0) bundle_.dit_graph("regression");  // the estimate it starts from: an Error without that head
   }
   const bool stochastic = samplers::get_sampler(sampler_name).stochastic;
   double g = o.g.value_or(stochastic ? bundle_.default_g() : 0.0);  // < 0: the sampler default
@@ -328,11 +338,21 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   } else {
     auto [z0, prior] = samplers::initial_latent(o.prior.value_or(bundle_.default_prior()), z_a, o.seed, z_a, z_b,
                                                 bundle_.prior_sigma());
+    if (flow_start > 0.0) {  // the flow refines the regression DiT's estimate (runtime/pipeline.py)
+      const std::string regression = bundle_.dit_graph("regression");
+      auto reg_call = [&](const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared) {
+        return run(regression, {{"prompt_embeds", shared.at(0)}, {"prompt_mask", shared.at(1)},
+                                {"source_latent_a", spatial.at(0)}, {"source_latent_b", spatial.at(1)}}).at(0);
+      };
+      const Tensor estimate = tiler ? tiler->dit({z_a, z_b}, {embeds, mask}, reg_call) : reg_call({z_a, z_b}, {embeds, mask});
+      z0 = samplers::start_latent(z0, estimate, flow_start);
+    }
     samplers::Velocity velocity = [&](const Tensor& z, double t) {
       const Tensor tt = Tensor::from_float({z.shape.at(0)}, std::vector<float>(z.shape.at(0), static_cast<float>(t)));
       return dit_run({z, z_a, z_b}, {embeds, mask, tt});
     };
-    result = samplers::sample(sampler_name, velocity, z0, steps, g, o.seed, prior);
+    result = samplers::sample(sampler_name, velocity, z0, steps, g, o.seed, prior, flow_start);
+    if (flow_start > 0.0) ++result.nfe;  // and the regression call
   }
   runner_->synchronize();
   times.dit = ms_since(t0);

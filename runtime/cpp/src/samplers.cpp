@@ -72,10 +72,28 @@ std::vector<std::string> sampler_names() {
   return out;
 }
 
-std::vector<double> time_grid(int steps) {
+std::vector<double> time_grid(int steps, double start) {
   std::vector<double> grid(steps + 1);
   for (int k = 0; k <= steps; ++k) grid[k] = static_cast<double>(k) / steps;
+  if (start != 0.0) {
+    for (double& t : grid) t = start + (1.0 - start) * t;
+    grid[steps] = 1.0;
+  }
   return grid;
+}
+
+static void check_start(double start) {
+  if (!(std::isfinite(start) && start >= 0.0 && start < 1.0))
+    throw Error("--start must be a number in [0, 1) (0: from the prior), got " + std::to_string(start));
+}
+
+Tensor start_latent(const Tensor& z0, const Tensor& estimate, double start) {
+  check_start(start);
+  check_same(z0, estimate, "regression estimate");
+  Tensor z = z0;  // (1 - t0) * z0 + t0 * estimate, as model.flow.interpolate computes it in float32
+  const float a = static_cast<float>(1.0 - start), b = static_cast<float>(start);
+  for (size_t k = 0; k < z.f.size(); ++k) z.f[k] = a * z0.f[k] + b * estimate.f[k];
+  return z;
 }
 
 std::pair<Tensor, Prior> initial_latent(const std::string& prior, const Tensor& like, uint64_t seed,
@@ -97,7 +115,8 @@ std::pair<Tensor, Prior> initial_latent(const std::string& prior, const Tensor& 
 }
 
 SampleResult sample(const std::string& name, const Velocity& velocity, const Tensor& z0, int steps, double g,
-                    uint64_t seed, const Prior& prior) {
+                    uint64_t seed, const Prior& prior, double start) {
+  check_start(start);
   const SamplerSpec& spec = get_sampler(name);
   if (spec.method == "regression") throw Error("the regression sampler makes one call of the regression graph");
   if (steps < 1) throw Error("sampling steps must be an integer >= 1, got " + std::to_string(steps));
@@ -109,7 +128,7 @@ SampleResult sample(const std::string& name, const Velocity& velocity, const Ten
   if (z0.dtype != DType::Float32) throw Error("the initial latent must be float32");
   if (prior.mean) check_same(z0, *prior.mean, "prior mean");
   const double var = prior.std * prior.std;
-  const std::vector<double> grid = time_grid(steps);
+  const std::vector<double> grid = time_grid(steps, start);
   SampleResult result;
   result.sampler = name;
   auto v_fn = [&](const Tensor& z, double t) {

@@ -94,6 +94,7 @@ class Bundle {
   double default_g() const;  // < 0 when absent
   std::string default_prior() const;
   double prior_sigma() const;
+  double default_start() const;  // where the flow starts (model.flow.DEFAULT_START); 0 when absent
 
   // Canonical prompts: id -> text, and the cached embeddings keyed by normalised text.
   std::map<std::string, std::string> prompts() const;

@@ -72,6 +72,7 @@ struct FuseOptions {
   std::optional<int> steps;            // default: the manifest's
   std::optional<double> g;             // default: the manifest's for SDE samplers, 0 otherwise
   std::optional<std::string> prior;    // default: the manifest's (the flow DiT's training prior)
+  std::optional<double> start;         // where the flow starts, t0 in [0, 1) (default: the manifest's, else 0)
   uint64_t seed = 0;
   std::optional<int> tile;             // --tile PX: the largest VAE tile side (default kVaeMaxSide)
   std::string detail = "auto";         // --detail auto|clean|safe|off (the bundle's DetailSettings; none: no stage)

@@ -44,8 +44,12 @@ struct SamplerSpec {
 const SamplerSpec& get_sampler(const std::string& name);
 std::vector<std::string> sampler_names();
 
-// t_k = k / steps, float64.
-std::vector<double> time_grid(int steps);
+// t_k = start + (1 - start) * k / steps, float64 (t_N = 1 exactly; runtime.samplers.time_grid).
+std::vector<double> time_grid(int steps, double start = 0.0);
+
+// Z_t0 = (1 - t0) * z0 + t0 * estimate: the prior draw and the regression DiT's estimate on the flow's path at
+// t0 = start (runtime.samplers.start_latent; model.flow.DEFAULT_START).
+Tensor start_latent(const Tensor& z0, const Tensor& estimate, double start);
 
 // Z0 = mu0 + sigma0 * eps, eps = noise stream 0 (runtime.samplers.initial_latent); prior is
 // gaussian | source_a | source_b | source_mean.
@@ -53,8 +57,9 @@ std::pair<Tensor, Prior> initial_latent(const std::string& prior, const Tensor& 
                                         const Tensor& z_a, const Tensor& z_b, double sigma = 0.5);
 
 // Run sampler `name` (not "regression") from z0; g < 0 means "the default" (kDefaultG for SDE
-// samplers, 0 otherwise); a g > 0 for a deterministic sampler is an Error, as in Python.
+// samplers, 0 otherwise); a g > 0 for a deterministic sampler is an Error, as in Python. The steps cover
+// [start, 1] (start in [0, 1): 0 from the prior, t0 > 0 from start_latent).
 SampleResult sample(const std::string& name, const Velocity& velocity, const Tensor& z0, int steps, double g,
-                    uint64_t seed, const Prior& prior = {});
+                    uint64_t seed, const Prior& prior = {}, double start = 0.0);
 
 }  // namespace latentfuse::samplers
