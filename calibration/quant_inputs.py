@@ -12,7 +12,9 @@ FP32 PyTorch pipeline (:class:`latentfuse.runtime.pipeline.Pipeline` on the torc
   the flow DiT's own prior), so the timesteps calibrated are the ones the sampler visits;
 * ``dit_regression``: its single call; both DiTs get the VAE latents of the pair and the text
   encoder's embedding of the task's canonical prompt (a sample pair's own prompt);
-* ``vae_decoder``: the fused latents of both heads.
+* ``vae_decoder``: the fused latents of both heads;
+* ``fidelity`` (a model with a fidelity decoder, ``model.fidelity``): the decoded image of both heads,
+  the pair in model range and the prompt's embedding, as the pipeline passes them after the decoder.
 
 A crop is the model's window in input pixels (``window / work_scale``: one DiT window, the size the
 DiT was trained on and always runs at), or ``DEFAULT_CROP`` for a model without a window; smaller images
@@ -191,6 +193,12 @@ class RecordingBackend(WrappedBackend):
     def decode(self, latents):
         self._keep("vae_decoder", latent=np.asarray(latents, np.float32))
         return self.inner.decode(latents)
+
+    def fidelity(self, image, source_a, source_b, embeds, mask):
+        self._keep("fidelity", image=np.asarray(image, np.float32), source_a=np.asarray(source_a, np.float32),
+                   source_b=np.asarray(source_b, np.float32), prompt_embeds=np.asarray(embeds, np.float32),
+                   prompt_mask=np.asarray(mask, np.int64))
+        return self.inner.fidelity(image, source_a, source_b, embeds, mask)
 
 
 @dataclass

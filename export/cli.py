@@ -3,7 +3,8 @@
     latentfuse export --checkpoint DIR --out BUNDLE [--heads flow,regression] [--precision fp32|fp16
                       [--plan PLAN]] [--opset N] [--exporter auto|dynamo|torchscript] [--force] [--no-lint] [--aoti]
     latentfuse export --checkpoint DIR --out BUNDLE --precision int8|fp8 [--calibration-data TASK=DIR ...]
-                      [--calibration-samples N] [--quant-level conv|ffn|qkv|all-linear] [--quant-graphs dit,...]
+                      [--calibration-samples N] [--quant-level conv|ffn|qkv|all-linear]
+                      [--quant-graphs dit,fidelity,...]
     latentfuse export --verify BUNDLE [--checkpoint DIR] [--no-lint] [--held-out N]
 """
 
@@ -40,8 +41,9 @@ def register(subparsers) -> None:
                    help="which layers are candidates: conv, ffn (+ MoE experts), qkv (+ attention projections), "
                         "all-linear (every Linear / Conv; default); measured error decides which stay FP32")
     q.add_argument("--quant-graphs", default=None, metavar="KINDS",
-                   help="graph kinds to quantize, comma-separated: dit, vae_decoder, vae_encoder (default dit: the "
-                        "VAE measured slower in INT8 on ONNX Runtime's CPU provider)")
+                   help="graph kinds to quantize, comma-separated: dit, vae_decoder, vae_encoder, fidelity "
+                        "(default dit: the VAE and the fidelity decoder measured no faster in INT8 on ONNX Runtime's "
+                        "CPU provider; TensorRT may run their convolutions faster)")
     q.add_argument("--quant-target", choices=("tensorrt", "onnxruntime"), default=None,
                    help="tensorrt (default): every chosen layer gets Q/DQ (TensorRT runs them all in INT8 / FP8); "
                         "onnxruntime: layers ONNX Runtime's CPU provider would run dequantized (convolutions, 2-D "
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     heads = [h.strip() for h in args.heads.split(",") if h.strip()] if args.heads else None
     if args.plan and args.precision != "fp16":
         raise LatentfuseError("--plan is only used with --precision fp16")
-    quantization = _quant_options(args)
+    quantization = _quant_options(args, checkpoint)
     if args.aoti and quantization is not None:
         raise LatentfuseError(f"--aoti compiles the FP32 PyTorch graphs for the C++ host; a --precision {args.precision} "
                               "bundle runs its Q/DQ graphs on ONNX Runtime or TensorRT (export --aoti separately)")
@@ -120,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quant_options(args: argparse.Namespace):
-    """The QuantOptions of an int8 / fp8 export (None otherwise); quantization flags need such a precision."""
+def _quant_options(args: argparse.Namespace, checkpoint=None):
+    """The QuantOptions of an int8 / fp8 export (None otherwise); quantization flags need such a precision, and a
+    graph kind the model has (``fidelity``: a model with a fidelity decoder), checked before any export."""
+    from pathlib import Path
+
     from latentfuse.model.errors import LatentfuseError
     from latentfuse.runtime.manifest import QUANTIZED_PRECISIONS
 
@@ -137,9 +142,16 @@ def _quant_options(args: argparse.Namespace):
     from latentfuse.export.quantize import DEFAULT_GRAPH_TOLERANCE, DEFAULT_GRAPHS, DEFAULT_LAYER_TOLERANCE, DEFAULT_LEVEL, QuantOptions
 
     graphs = tuple(g.strip() for g in args.quant_graphs.split(",")) if args.quant_graphs else DEFAULT_GRAPHS
-    return QuantOptions(
+    options = QuantOptions(
         precision=args.precision, level=args.quant_level or DEFAULT_LEVEL, graphs=graphs,
         calibration_samples=args.calibration_samples, calibration_data=tuple(args.calibration_data),
         seed=args.calibration_seed, target=args.quant_target or "tensorrt",
         graph_tolerance=DEFAULT_GRAPH_TOLERANCE if args.quant_tolerance is None else args.quant_tolerance,
         layer_tolerance=DEFAULT_LAYER_TOLERANCE if args.quant_layer_tolerance is None else args.quant_layer_tolerance)
+    if "fidelity" in options.graphs and checkpoint is not None and (Path(checkpoint) / "model_index.json").is_file():
+        from latentfuse.runtime.model_info import ModelInfo
+
+        if not ModelInfo.from_model_index(checkpoint).has_fidelity:
+            raise LatentfuseError(f"--quant-graphs fidelity: the model in {checkpoint} has no fidelity decoder "
+                                  "(model.fidelity) to quantize")
+    return options

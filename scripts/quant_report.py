@@ -3,6 +3,8 @@
     python scripts/quant_report.py --fp32 B32 --quantized B8 [--quantized B8FP8] \\
         --held-out vif=../shared/datasets/vif/TNO --held-out mef=../shared/datasets/mef/input \\
         --held-out mff=../shared/datasets/mff/input --pairs 4 --crop 128 --out docs/quant/report
+    python scripts/quant_report.py --fp32 B32 --quantized B8FIDELITY --samples --split train \
+        --held-out vif=../shared/datasets/vif/RoadScene --pairs 3 --crop 480 --fidelity-size 640x480 --out ...
 
 For each quantized bundle:
 
@@ -10,11 +12,14 @@ For each quantized bundle:
   model and of ONNX Runtime against FP32, ONNX Runtime vs fake quant at the verify shapes) and the
   integer kernels ONNX Runtime's CPU provider runs after its graph optimisation;
 * per task and head, on ``--pairs`` held-out pairs per task (crops of ``--crop`` input pixels of pairs
-  the calibration did not use, seeded): fused-image PSNR of the quantized bundle against the FP32
-  bundle (both on ONNX Runtime, same seeds) and both Q^AB/F (:func:`latentfuse.export.quantize.fusion_accuracy`);
-* DiT latency on ONNX Runtime (CPU, ``--threads``): the FP32 and the quantized graph interleaved, at the
-  shapes the pipeline feeds it (a batch of ``--windows`` windows of the model's window size, and one
-  window), median of ``--repeat`` calls each, several rounds.
+  the calibration did not use, seeded; ``--split train|heldout``: only the pairs of that side of
+  ``model.data.split``): fused-image PSNR of the quantized bundle against the FP32 bundle (both on ONNX
+  Runtime, same seeds) and both Q^AB/F (:func:`latentfuse.export.quantize.fusion_accuracy`); ``--samples``:
+  the same on the shipped sample pairs, whole, with their own prompts;
+* latency on ONNX Runtime (CPU, ``--threads``) of each quantized int8 graph against its FP32 graph, in
+  one process, interleaved: a DiT at the shapes the pipeline feeds it (a batch of ``--windows`` windows
+  of the model's window size, and one window), the fidelity decoder at ``--fidelity-size`` working
+  pixels; median of ``--repeat`` calls each, median of ``--rounds`` rounds.
 
 Writes ``report.json`` and ``report.md`` into ``--out`` and prints the markdown.
 """
@@ -36,36 +41,84 @@ ROOT = Path(__file__).resolve().parents[1]
 def _dit_latency(fp32_bundle: Path, quant_bundle: Path, graph: str, *, windows: int, repeat: int, rounds: int,
                  threads: int) -> dict:
     """Median seconds per call of the FP32 and the quantized DiT graph, interleaved, on recorded-like inputs."""
+    from latentfuse.runtime.manifest import Bundle
+
+    side = int(Bundle.open(fp32_bundle).latent.get("window") or 256) // 8
+    cases = [(f"batch{batch}", f"{batch}x16x{side}x{side} latent ({batch} window(s) of {side * 8} px)", batch,
+              side * 8, side * 8) for batch in sorted({1, windows})]
+    return _latency(fp32_bundle, quant_bundle, graph, cases, repeat=repeat, rounds=rounds, threads=threads)
+
+
+def _image_latency(fp32_bundle: Path, quant_bundle: Path, graph: str, *, size: tuple[int, int], repeat: int,
+                   rounds: int, threads: int) -> dict:
+    """The same for an image graph (the fidelity decoder): one image of ``size`` (W, H) working pixels."""
+    w, h = size
+    case = (f"{w}x{h}", f"1x3x{h}x{w} image ({w}x{h} working px)", 1, h, w)
+    return _latency(fp32_bundle, quant_bundle, graph, [case], repeat=repeat, rounds=rounds, threads=threads)
+
+
+def _latency(fp32_bundle: Path, quant_bundle: Path, graph: str, cases, *, repeat: int, rounds: int,
+             threads: int) -> dict:
+    """Per case (key, label, batch, height, width): the FP32 and the quantized graph in one process, one
+    ONNX Runtime session each (``threads`` intra-op threads), a warm-up call each, then ``rounds`` rounds
+    in turn of ``repeat`` calls; the median of a round's calls, the median over rounds."""
     from latentfuse.export.graphs import bundle_spec
     from latentfuse.export.quantize import ort_session
     from latentfuse.runtime.manifest import Bundle
 
     b32, bq = Bundle.open(fp32_bundle), Bundle.open(quant_bundle)
-    latent = b32.latent
-    side = int(latent.get("window") or 256) // 8
     spec = bundle_spec(b32, graph)
+    sessions = {"fp32": ort_session(b32.graph_path(graph), threads=threads),
+                "quantized": ort_session(bq.graph_path(graph), threads=threads)}
     out = {}
-    for batch in sorted({1, windows}):
-        inputs = spec.sample_inputs(batch, side * 8, side * 8, 12, seed=0)
+    for key, label, batch, height, width in cases:
+        inputs = spec.sample_inputs(batch, height, width, 12, seed=0)
         feed = {k: v.numpy() for k, v in inputs.items()}
-        sessions = {"fp32": ort_session(b32.graph_path(graph), threads=threads),
-                    "quantized": ort_session(bq.graph_path(graph), threads=threads)}
         for s in sessions.values():
             s.run(None, feed)
         times = {k: [] for k in sessions}
         for _ in range(rounds):
-            for key, s in sessions.items():
+            for name, s in sessions.items():
                 calls = []
                 for _ in range(repeat):
                     t0 = time.perf_counter()
                     s.run(None, feed)
                     calls.append(time.perf_counter() - t0)
-                times[key].append(statistics.median(calls))
+                times[name].append(statistics.median(calls))
         f32, q = statistics.median(times["fp32"]), statistics.median(times["quantized"])
-        out[f"batch{batch}"] = {"shape": f"{batch}x16x{side}x{side} latent ({batch} window(s) of {side * 8} px)",
-                                "fp32_s": f32, "quantized_s": q, "speedup": f32 / q,
-                                "rounds_fp32_s": times["fp32"], "rounds_quantized_s": times["quantized"]}
+        out[key] = {"shape": label, "fp32_s": f32, "quantized_s": q, "speedup": f32 / q,
+                    "rounds_fp32_s": times["fp32"], "rounds_quantized_s": times["quantized"]}
     return out
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = str(text).lower().partition("x")
+    try:
+        return int(w), int(h)
+    except ValueError:
+        raise SystemExit(f"--fidelity-size takes WxH (e.g. 640x480), got {text!r}") from None
+
+
+def _sample_crops() -> list:
+    """The shipped sample pairs, whole, with their own prompts (as calibration_inputs reads them)."""
+    from latentfuse.calibration.quant_inputs import TASKS, CalibrationCrop, _read, _sample_pair_list
+
+    crops = []
+    for task in TASKS:
+        for name, pair in _sample_pair_list(task):
+            a, b, prompt = _read(task, pair)
+            crops.append(CalibrationCrop(task, f"{name}@whole", a, b, prompt))
+    return crops
+
+
+def _split_exclusions(sources, split: str) -> list[str]:
+    """Names (as draw_crops writes them) of the pairs of ``sources`` whose scene is not in ``split``."""
+    from latentfuse.calibration.quant_inputs import _pairs_of
+    from latentfuse.model.data.split import in_split
+
+    if split == "all":
+        return []
+    return [name for source in sources for name, pair in _pairs_of(source) if not in_split(pair.name, split)]
 
 
 def main(argv=None) -> int:
@@ -74,14 +127,22 @@ def main(argv=None) -> int:
     p.add_argument("--quantized", action="append", required=True, help="int8 / fp8 bundle of the same model")
     p.add_argument("--held-out", action="append", default=[], metavar="TASK=DIR",
                    help="folders of real pairs to evaluate on (calibration pairs excluded)")
+    p.add_argument("--split", choices=("all", "train", "heldout"), default="all",
+                   help="only the pairs of --held-out whose scene is in this split (model.data.split; default all)")
+    p.add_argument("--samples", action="store_true",
+                   help="also the shipped sample pairs, whole, with their own prompts (calibration crops of them "
+                        "may have been used: a check of the graph, not a held-out score)")
     p.add_argument("--pairs", type=int, default=4, help="held-out pairs per task (default 4)")
     p.add_argument("--crop", type=int, default=128, help="input pixels per held-out crop (default 128)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--windows", type=int, default=16, help="DiT windows per timed call (default 16)")
+    p.add_argument("--fidelity-size", default="640x480", metavar="WxH",
+                   help="working size of the fidelity graph's timed call (default 640x480)")
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--no-fusion", action="store_true", help="skip the fused-image accuracy (timings only)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -101,12 +162,16 @@ def main(argv=None) -> int:
         manifest = load_manifest(qpath)
         section = manifest.get("quantization") or {}
         used = {p.split("@", 1)[0] for p in (section.get("calibration") or {}).get("pairs", [])}
-        crops = draw_crops(sources or None, args.pairs * max(len(sources), 1), crop=args.crop, seed=args.seed,
-                           exclude=used)
+        crops = []
+        if not args.no_fusion and (sources or not args.samples):
+            crops = draw_crops(sources or None, args.pairs * max(len(sources), 1), crop=args.crop, seed=args.seed,
+                               exclude=used | set(_split_exclusions(sources, args.split)))
         heads = [e["head"] for e in manifest["graphs"].values() if e.get("kind") == "dit"]
         t0 = time.perf_counter()
         candidate = Pipeline.from_pretrained(qpath, backend="onnxruntime", threads=args.threads)
-        fusion = fusion_accuracy(fp32, candidate, crops, heads, seed=0)
+        fusion = fusion_accuracy(fp32, candidate, crops, heads, seed=0) if crops else []
+        samples = (fusion_accuracy(fp32, candidate, _sample_crops(), heads, seed=0)
+                   if args.samples and not args.no_fusion else [])
         graphs = {}
         for name, entry in manifest["graphs"].items():
             q = entry.get("quantization")
@@ -118,22 +183,28 @@ def main(argv=None) -> int:
             g["excluded_layers"] = q.get("excluded_layers")
             if entry["precision"] == "int8":
                 g["onnxruntime_cpu"] = ort_kernel_report(Path(qpath) / entry["file"], q.get("quantized_layers", []))
-                if not args.no_speed:
+                if not args.no_speed and entry.get("kind") == "fidelity":
+                    g["latency"] = _image_latency(Path(args.fp32), Path(qpath), name, size=_size(args.fidelity_size),
+                                                  repeat=args.repeat, rounds=args.rounds, threads=args.threads)
+                elif not args.no_speed and entry.get("kind") == "dit":
                     g["latency"] = _dit_latency(Path(args.fp32), Path(qpath), name, windows=args.windows,
                                                 repeat=args.repeat, rounds=args.rounds, threads=args.threads)
             graphs[name] = g
         report["bundles"][str(qpath)] = {
             "precision": section.get("precision"), "calibration": section.get("calibration"),
-            "held_out_pairs": [c.name for c in crops], "graphs": graphs,
-            "fusion": [{"task": f.task, "head": f.head, "pairs": f.pairs, "psnr_db": f.psnr_db,
-                        "psnr_min_db": f.psnr_min_db, "qabf_fp32": f.qabf_fp32, "qabf_quantized": f.qabf_quant,
-                        "qabf_change": f.qabf_change} for f in fusion],
+            "held_out_pairs": [c.name for c in crops], "split": args.split, "graphs": graphs,
+            "fusion": [_fusion_row(f) for f in fusion], "samples": [_fusion_row(f) for f in samples],
             "seconds": time.perf_counter() - t0}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     md = markdown(report)
     (out_dir / "report.md").write_text(md)
     print(md)
     return 0
+
+
+def _fusion_row(f) -> dict:
+    return {"task": f.task, "head": f.head, "pairs": f.pairs, "psnr_db": f.psnr_db, "psnr_min_db": f.psnr_min_db,
+            "qabf_fp32": f.qabf_fp32, "qabf_quantized": f.qabf_quant, "qabf_change": f.qabf_change}
 
 
 def markdown(report: dict) -> str:
@@ -149,12 +220,20 @@ def markdown(report: dict) -> str:
             get = lambda k: (e.get(k) or {}).get("rel_rms", "-")  # noqa: E731
             lines.append(f"| {name} | {g['quantized_layers']}/{g['candidates']} | {len(g['excluded_layers'] or {})} | "
                          f"{get('fake_quant_vs_fp32')} | {get('onnxruntime_vs_fp32')} | {get('onnxruntime_vs_fake_quant')} |")
-        lines += ["", "Relative RMS error of the graph output on the calibration inputs.", "",
-                  "| task | head | pairs | PSNR vs FP32 (dB) | min (dB) | Q^AB/F FP32 | Q^AB/F quantized | change |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for f in b["fusion"]:
-            lines.append(f"| {f['task']} | {f['head']} | {f['pairs']} | {f['psnr_db']:.2f} | {f['psnr_min_db']:.2f} | "
-                         f"{f['qabf_fp32']:.4f} | {f['qabf_quantized']:.4f} | {f['qabf_change']:+.4f} |")
+        lines += ["", "Relative RMS error of the graph output on the calibration inputs."]
+        pairs_title = f"Pairs of {', '.join(report['held_out'])} (split {b.get('split', 'all')})"
+        for title, rows in ((pairs_title, b["fusion"]),
+                            ("Shipped sample pairs, whole, own prompts", b.get("samples") or [])):
+            if not rows:
+                continue
+            lines += ["", title + ":", "",
+                      "| task | head | pairs | PSNR vs FP32 (dB) | min (dB) | Q^AB/F FP32 | Q^AB/F quantized "
+                      "| change |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|"]
+            for f in rows:
+                lines.append(f"| {f['task']} | {f['head']} | {f['pairs']} | {f['psnr_db']:.2f} | "
+                             f"{f['psnr_min_db']:.2f} | {f['qabf_fp32']:.4f} | {f['qabf_quantized']:.4f} | "
+                             f"{f['qabf_change']:+.4f} |")
         for name, g in b["graphs"].items():
             lat = g.get("latency")
             k = g.get("onnxruntime_cpu")

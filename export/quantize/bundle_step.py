@@ -34,8 +34,9 @@ def quantize_bundle_graphs(tmp: Path, results: dict, specs: Mapping, components,
     require_modelopt(options.precision)
     log = log or (lambda s: tqdm.write(s))
     targets = [n for n, s in specs.items() if options.quantizes(s.kind)]
-    if not targets:
-        raise LatentfuseError(f"the model has no graph of kind {', '.join(options.graphs)} to quantize")
+    missing = [k for k in options.graphs if not any(s.kind == k for s in specs.values())]
+    if missing:   # the optional fidelity decoder (model.fidelity): asked for and absent is an error, not nothing
+        raise LatentfuseError(f"the model has no graph of kind {', '.join(missing)} to quantize")
     heads = [s.head for s in specs.values() if s.kind == "dit"]
     recorded = calibration_inputs(components, heads, sources=options.calibration_data or None,
                                   samples=options.calibration_samples, seed=options.seed, progress=progress)

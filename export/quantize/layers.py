@@ -21,7 +21,7 @@ def layer_role(name: str, module) -> str:
         return "qkv"
     if (leaf == "proj" and parts[-2:-1] == ["attn"]) or "to_out" in parts:
         return "attn_out"
-    if "adaln" in parts:
+    if "adaln" in parts or leaf == "film":      # the fidelity decoder's prompt FiLM: a modulation like AdaLN
         return "adaln"
     if any(p in ("x_embed", "cond_embed", "t_embed", "pos_embed", "prompt_proj") for p in parts):
         return "embed"

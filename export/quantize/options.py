@@ -15,7 +15,9 @@ LEVELS = ("conv", "ffn", "qkv", "all-linear")
 DEFAULT_LEVEL = "all-linear"
 
 
-QUANTIZABLE_KINDS = ("dit", "vae_encoder", "vae_decoder")
+# "fidelity": the optional fifth graph (model.fidelity), a local conv net after the VAE decoder; quantizable
+# by option (docs/quantization.md, "The fidelity graph": no faster in INT8 on ONNX Runtime's CPU provider)
+QUANTIZABLE_KINDS = ("dit", "vae_encoder", "vae_decoder", "fidelity")
 
 
 # What the graph is tuned for: TensorRT runs every Q/DQ'd Linear / Conv as an INT8 / FP8 kernel; ONNX
@@ -92,7 +94,7 @@ class QuantOptions:
 
     precision: str = "int8"
     level: str = DEFAULT_LEVEL
-    graphs: tuple[str, ...] = DEFAULT_GRAPHS        # kinds: dit, vae_encoder, vae_decoder
+    graphs: tuple[str, ...] = DEFAULT_GRAPHS        # kinds: dit, vae_encoder, vae_decoder, fidelity
     calibration_samples: int = 24
     calibration_data: tuple = ()                   # calibration.quant_inputs.PairSource, or "TASK=DIR"
     seed: int = 0
