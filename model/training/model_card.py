@@ -12,7 +12,7 @@ from pathlib import Path
 from string import Template
 
 from latentfuse.model.atomic import atomic_file
-from latentfuse.model.flow import describe_prior
+from latentfuse.model.flow import DEFAULT_STEPS, describe_prior
 from latentfuse.model.training.default_model import PAPER_VAE
 
 TEMPLATE = "model_card.md"
@@ -115,6 +115,12 @@ def card_fields(report: dict, table_md: str) -> dict:
         scale_line += (f"\nWindow {window} px: the networks run on at most {window}×{window} enlarged pixels, a larger pair in "
                        "overlapping windows\n(`runtime.backends.tiled`): the DiT does not carry what it learnt on its "
                        "training crops to much larger latent grids.")
+    sampler = pipeline.get("sampler") or {}
+    sampling_line = (f"Sampling (model_index.json `sampler`): `--mode flow` starts from the regression DiT's estimate "
+                     f"noised to t0 = {sampler['start']:g}\nand takes {sampler.get('steps', DEFAULT_STEPS)} steps "
+                     f"({sampler.get('steps', DEFAULT_STEPS) + 1} NFE with the regression call; `--start 0`: from the "
+                     "prior, as the paper samples)." if sampler.get("start") else
+                     f"Sampling: `--mode flow` from the prior, {sampler.get('steps', DEFAULT_STEPS)} steps.")
     short = _shortfalls(report["evaluation"])
     verdict = ("every model row beats it on Q^AB/F" if not short else
                "the rows that do not beat it on Q^AB/F: " + ", ".join(short))
@@ -213,7 +219,7 @@ def card_fields(report: dict, table_md: str) -> dict:
         "aux_weight": loss["aux_weight"], "label_weight": loss["label_weight"],
         "aux_samples": loss["aux_samples"] or "all", "ema": r["config"]["ema"]["decay"],
         "flow_prior": describe_prior(flow_prior.get("prior", "gaussian"), flow_prior.get("prior_sigma", 0.5)),
-        "scale_line": scale_line,
+        "scale_line": scale_line, "sampling_line": sampling_line,
         "main_loss": (f"regression {r['first_main_loss']:.4f} → {r['final_main_loss']:.4f}; flow "
                       f"{f['first_main_loss']:.4f} → {f['final_main_loss']:.4f}"
                       + (f" → {ft['final_main_loss']:.4f} (second stage)" if ft else "")),
