@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source-grad-weight", type=float, default=1.5,
                    help="weight of the edge term on clean tuples: the output's Sobel magnitude towards the stronger "
                         "source's (default 1.5, the shipped decoder's; 0: label losses only)")
+    p.add_argument("--edge-sources", choices=("clean", "all"), default="clean",
+                   help="where the edge term looks: clean, on the tuples without degradations at their sources (the "
+                        "shipped decoder's); all, on every tuple at its sources before degradation")
     p.add_argument("--per-pair", type=int, default=6, help="degraded tuples per training pair")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run_train_fidelity)
@@ -91,7 +94,7 @@ def run_train_fidelity(args: argparse.Namespace) -> int:
     from latentfuse.runtime.pipeline import Pipeline
 
     cfg = FidelityTrainConfig(steps=args.steps, batch_size=args.batch, crop=args.crop, lr=args.lr,
-                              source_grad_weight=args.source_grad_weight)
+                              source_grad_weight=args.source_grad_weight, edge_sources=args.edge_sources)
     pipeline = Pipeline.from_pretrained(args.model, threads=args.threads)
     report = run_fidelity_training(args.model, args.data, args.work, args.out, cfg, pipeline,
                                    per_pair=args.per_pair, threads=args.threads)

@@ -56,6 +56,9 @@ def build_fidelity_cache(roots: list[str | Path], pipeline, out: str | Path, flo
         sample = folder / "samples" / rec["id"]
         a, b, gt = (read_image(sample / f"{name}.png") for name in ("a", "b", "gt"))
         arrays = {"a": _uint8(a), "b": _uint8(b), "gt": _uint8(gt)}
+        for name in ("clean_a", "clean_b"):  # the sources before degradation: the edge term's target (EDGE_SOURCES)
+            if (sample / f"{name}.png").is_file():
+                arrays[name] = _uint8(read_image(sample / f"{name}.png"))
         common = dict(task=rec["task"], prompt=rec["prompt"], detail="off", fidelity=0.0)
         arrays["regression"] = _uint8(pipe(a, b, mode="regression", **common).image)
         if pipe.backend.heads.count("flow") and int(rec.get("variant", i)) % flow_every == 0:
@@ -65,6 +68,12 @@ def build_fidelity_cache(roots: list[str | Path], pipeline, out: str | Path, flo
                 np.savez(fh, prompt=np.array(rec["prompt"]), task=np.array(rec["task"]),
                          degradations=np.array(json.dumps(rec.get("degradations", []))), **arrays)
     return len(jobs)
+
+
+#: Where the edge term looks: ``clean``, on the tuples without degradations, at their sources; ``all``, on every
+#: tuple, at its sources before degradation (the cache's clean_a / clean_b): the scene's edges, not the rain
+#: streaks, JPEG blocks or stripes of the degraded pair the decoder reads.
+EDGE_SOURCES = ("clean", "all")
 
 
 @dataclass
@@ -77,9 +86,10 @@ class FidelityTrainConfig:
     warmup_steps: int = 100
     grad_weight: float = 1.0
     flow_share: float = 0.3  # share of crops whose input image is the flow head's (where cached)
-    # on tuples without degradations, an edge term: the output's gradient magnitude towards the stronger
-    # source's, as unsupervised fusion losses do (the labels' own edges are weaker than the sources')
+    # an edge term: the output's gradient magnitude towards the stronger source's, as unsupervised fusion losses
+    # do (the labels' own edges are weaker than the sources'); on which tuples, against which sources: EDGE_SOURCES
     source_grad_weight: float = 1.5
+    edge_sources: str = "clean"
     save_every: int = 250
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -90,6 +100,9 @@ class FidelityTrainConfig:
         bad += [f"lr {self.lr}"] if not self.lr > 0 else []
         bad += [f"flow_share {self.flow_share}"] if not 0 <= self.flow_share <= 1 else []
         bad += [f"source_grad_weight {self.source_grad_weight}"] if self.source_grad_weight < 0 else []
+        if self.edge_sources not in EDGE_SOURCES:
+            raise LatentfuseError(f"fidelity training: edge_sources must be one of {', '.join(EDGE_SOURCES)}, "
+                                  f"got {self.edge_sources!r}")
         if bad:
             raise LatentfuseError(f"fidelity training: {', '.join(bad)} out of range (steps, batch and save_every >= 1, "
                                   f"crop >= {MULTIPLE} px, lr > 0, flow_share in [0, 1], source_grad_weight >= 0)")
@@ -171,13 +184,20 @@ def fidelity_loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float, a
 
 
 class _Batches:
-    """Random crops of the cached tuples: (F, A, B, label) in [-1, 1], each row's prompt index and whether its
-    sources are clean."""
+    """Random crops of the cached tuples: (F, A, B, label, edge A, edge B) in [-1, 1], each row's prompt index and
+    whether the edge term applies to it (``FidelityTrainConfig.edge_sources``)."""
 
     def __init__(self, records: list[dict], prompts: list[str], cfg: FidelityTrainConfig):
         self.records, self.cfg = records, cfg
         self.prompt_ids = [prompts.index(r["prompt"]) for r in records]
         self.clean = [not json.loads(str(r.get("degradations", "[]"))) for r in records]
+        if cfg.edge_sources == "all":
+            lacking = [r.get("id", "?") for r in records if "clean_a" not in r or "clean_b" not in r]
+            if lacking:
+                raise LatentfuseError(f"edge_sources 'all' needs the clean sources in the fidelity cache; {len(lacking)} "
+                                      f"tuple(s) lack them (e.g. {lacking[0]}): rebuild the cache")
+            self.clean = [True] * len(records)
+        self.edges = ("clean_a", "clean_b") if cfg.edge_sources == "all" else ("a", "b")
         self.rng = np.random.default_rng(cfg.seed)
 
     def __call__(self):
@@ -190,7 +210,8 @@ class _Batches:
             c = min(cfg.crop, h, w) // MULTIPLE * MULTIPLE
             y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
             image = rec["flow"] if "flow" in rec and rng.random() < cfg.flow_share else rec["regression"]
-            stack = np.stack([image, rec["a"], rec["b"], rec["gt"]])[:, y:y + c, x:x + c]
+            stack = np.stack([image, rec["a"], rec["b"], rec["gt"], rec[self.edges[0]], rec[self.edges[1]]])
+            stack = stack[:, y:y + c, x:x + c]
             if rng.random() < 0.5:
                 stack = stack[:, :, ::-1]
             if rng.random() < 0.5:
@@ -199,9 +220,9 @@ class _Batches:
             pids.append(self.prompt_ids[i])
             clean.append(self.clean[i])
         size = min(r.shape[1] for r in rows), min(r.shape[2] for r in rows)
-        batch = np.stack([r[:, :size[0], :size[1]] for r in rows])  # [B, 4, c, c, 3]
-        t = torch.from_numpy(batch).float().div_(127.5).sub_(1.0).permute(1, 0, 4, 2, 3)  # [4, B, 3, c, c]
-        return t[0], t[1], t[2], t[3], torch.tensor(pids), torch.tensor(clean)
+        batch = np.stack([r[:, :size[0], :size[1]] for r in rows])  # [B, 6, c, c, 3]
+        t = torch.from_numpy(batch).float().div_(127.5).sub_(1.0).permute(1, 0, 4, 2, 3)  # [6, B, 3, c, c]
+        return t[0], t[1], t[2], t[3], t[4], t[5], torch.tensor(pids), torch.tensor(clean)
 
 
 def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: torch.nn.Module,
@@ -241,11 +262,11 @@ def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: to
     bar = tqdm(total=cfg.steps, initial=step, desc="fidelity", disable=not progress)
     running = None
     while step < cfg.steps:
-        image, a, b, target, pids, clean = batches()
+        image, a, b, target, edge_a, edge_b, pids, on = batches()
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         out = model(image, a, b, embeds[pids], mask[pids])
-        loss = fidelity_loss(out, target, cfg.grad_weight, a, b, clean, cfg.source_grad_weight)
+        loss = fidelity_loss(out, target, cfg.grad_weight, edge_a, edge_b, on, cfg.source_grad_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -308,5 +329,5 @@ def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | P
     return report
 
 
-__all__ = ["FidelityTrainConfig", "build_fidelity_cache", "load_cache", "train_fidelity", "fidelity_loss",
+__all__ = ["EDGE_SOURCES", "FidelityTrainConfig", "build_fidelity_cache", "load_cache", "train_fidelity", "fidelity_loss",
            "run_fidelity_training", "split_validation", "validate"]

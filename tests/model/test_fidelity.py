@@ -164,6 +164,36 @@ def test_training_learns_resumes_and_validates(tmp_path):
         assert torch.equal(p, q)
 
 
+def test_edge_term_on_every_tuple_reads_the_clean_sources(monkeypatch, tmp_path):
+    """edge_sources 'all': every row is under the edge term, against the sources before degradation (the cache's
+    clean_a / clean_b), not the degraded pair the decoder reads; a cache without them is a one-line error."""
+    import latentfuse.model.training.fidelity as fid
+
+    records = _records(n=4)
+    for rec in records:
+        rec["clean_a"], rec["clean_b"] = np.full_like(rec["a"], 7), np.full_like(rec["b"], 9)
+        rec["degradations"] = '["rain"]'
+    seen = []
+    real_loss = fid.fidelity_loss
+    monkeypatch.setattr(fid, "fidelity_loss", lambda out, target, gw, a, b, on, sw: seen.append((a, b, on))
+                        or real_loss(out, target, gw, a, b, on, sw))
+    cfg = FidelityTrainConfig(steps=2, batch_size=2, crop=32, warmup_steps=1, edge_sources="all")
+    train_fidelity(FidelityDecoder(SMALL), records, _Prompts(), cfg, tmp_path / "all", progress=False)
+    a, b, on = seen[-1]
+    assert bool(on.all()) and torch.allclose(a, torch.full_like(a, 7 / 127.5 - 1)) and torch.allclose(
+        b, torch.full_like(b, 9 / 127.5 - 1))
+    seen.clear()
+    train_fidelity(FidelityDecoder(SMALL), records, _Prompts(), FidelityTrainConfig(steps=2, batch_size=2, crop=32,
+                   warmup_steps=1), tmp_path / "clean", progress=False)
+    assert not bool(seen[-1][2].any())  # 'clean': degraded rows are not under the term
+    for rec in records:
+        del rec["clean_a"]
+    with pytest.raises(LatentfuseError, match="needs the clean sources in the fidelity cache.*rebuild"):
+        train_fidelity(FidelityDecoder(SMALL), records, _Prompts(), cfg, tmp_path / "old", progress=False)
+    with pytest.raises(LatentfuseError, match="edge_sources must be one of clean, all"):
+        FidelityTrainConfig(edge_sources="degraded")
+
+
 def test_validation_split_is_by_scene():
     records = [{"pair": f"scene{i // 3}", "prompt": "p"} for i in range(300)]
     train, val = split_validation(records)
