@@ -69,7 +69,9 @@ def _fidelity_parts(report: dict) -> tuple[str, str, str]:
         return "", "", ""
     cfg, data = fid["config"], fid.get("data", {})
     weight = cfg.get("source_grad_weight", 0)
-    edges = f", edge term x{weight:g} on clean tuples (Sobel magnitude towards the stronger source's)" if weight else ""
+    where = ("every tuple, towards the stronger clean source's" if cfg.get("edge_sources") == "all" else
+             "clean tuples, towards the stronger source's")
+    edges = f", edge term x{weight:g} on {where} Sobel magnitude" if weight else ""
     row = (f"| `fidelity/` | fidelity decoder (`model.fidelity`): a pixel-space U-Net on the decoded image and both "
            f"sources, prompt by FiLM | {_millions(report.get('params', {}).get('fidelity'))} | {fid['steps']} steps, batch {cfg['batch_size']}, {cfg['crop']} px crops, L1 + "
            f"gradient L1 to the label{edges} ({fid['seconds']:.0f} s) |\n")
