@@ -48,9 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source-grad-weight", type=float, default=1.5,
                    help="weight of the edge term on clean tuples: the output's Sobel magnitude towards the stronger "
                         "source's (default 1.5, the shipped decoder's; 0: label losses only)")
-    p.add_argument("--edge-sources", choices=("clean", "all"), default="clean",
+    p.add_argument("--edge-sources", choices=("clean", "all", "corruptions"), default="clean",
                    help="where the edge term looks: clean, on the tuples without degradations at their sources (the "
-                        "shipped decoder's); all, on every tuple at its sources before degradation")
+                        "shipped decoder's); all, on every tuple at its sources before degradation; corruptions, on "
+                        "the clean tuples and those only rained, snowed, striped, JPEG'd or noised, at those")
     p.add_argument("--per-pair", type=int, default=6, help="degraded tuples per training pair")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run_train_fidelity)

@@ -72,8 +72,11 @@ def build_fidelity_cache(roots: list[str | Path], pipeline, out: str | Path, flo
 
 #: Where the edge term looks: ``clean``, on the tuples without degradations, at their sources; ``all``, on every
 #: tuple, at its sources before degradation (the cache's clean_a / clean_b): the scene's edges, not the rain
-#: streaks, JPEG blocks or stripes of the degraded pair the decoder reads.
-EDGE_SOURCES = ("clean", "all")
+#: streaks, JPEG blocks or stripes of the degraded pair the decoder reads; ``corruptions``, the same on the clean
+#: tuples and those whose every degradation is in CORRUPTIONS (it adds false detail over edges the pair still
+#: holds), not where detail is lost (blur, downsampling, haze, contrast, exposure).
+EDGE_SOURCES = ("clean", "all", "corruptions")
+CORRUPTIONS = frozenset({"rain", "snow", "ir_strips", "jpeg", "noise"})
 
 
 @dataclass
@@ -190,14 +193,16 @@ class _Batches:
     def __init__(self, records: list[dict], prompts: list[str], cfg: FidelityTrainConfig):
         self.records, self.cfg = records, cfg
         self.prompt_ids = [prompts.index(r["prompt"]) for r in records]
-        self.clean = [not json.loads(str(r.get("degradations", "[]"))) for r in records]
-        if cfg.edge_sources == "all":
+        degradations = [set(json.loads(str(r.get("degradations", "[]")))) for r in records]
+        self.clean = [not d for d in degradations]  # whether the edge term applies to the row
+        self.edges = ("a", "b")
+        if cfg.edge_sources != "clean":
             lacking = [r.get("id", "?") for r in records if "clean_a" not in r or "clean_b" not in r]
             if lacking:
-                raise LatentfuseError(f"edge_sources 'all' needs the clean sources in the fidelity cache; {len(lacking)} "
-                                      f"tuple(s) lack them (e.g. {lacking[0]}): rebuild the cache")
-            self.clean = [True] * len(records)
-        self.edges = ("clean_a", "clean_b") if cfg.edge_sources == "all" else ("a", "b")
+                raise LatentfuseError(f"edge_sources {cfg.edge_sources!r} needs the clean sources in the fidelity cache; "
+                                      f"{len(lacking)} tuple(s) lack them (e.g. {lacking[0]}): rebuild the cache")
+            self.clean = [cfg.edge_sources == "all" or d <= CORRUPTIONS for d in degradations]
+            self.edges = ("clean_a", "clean_b")
         self.rng = np.random.default_rng(cfg.seed)
 
     def __call__(self):
@@ -329,5 +334,5 @@ def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | P
     return report
 
 
-__all__ = ["EDGE_SOURCES", "FidelityTrainConfig", "build_fidelity_cache", "load_cache", "train_fidelity", "fidelity_loss",
+__all__ = ["CORRUPTIONS", "EDGE_SOURCES", "FidelityTrainConfig", "build_fidelity_cache", "load_cache", "train_fidelity", "fidelity_loss",
            "run_fidelity_training", "split_validation", "validate"]

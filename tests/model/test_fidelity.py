@@ -188,10 +188,23 @@ def test_edge_term_on_every_tuple_reads_the_clean_sources(monkeypatch, tmp_path)
     assert not bool(seen[-1][2].any())  # 'clean': degraded rows are not under the term
     for rec in records:
         del rec["clean_a"]
-    with pytest.raises(LatentfuseError, match="needs the clean sources in the fidelity cache.*rebuild"):
+    with pytest.raises(LatentfuseError, match="'all' needs the clean sources in the fidelity cache.*rebuild"):
         train_fidelity(FidelityDecoder(SMALL), records, _Prompts(), cfg, tmp_path / "old", progress=False)
-    with pytest.raises(LatentfuseError, match="edge_sources must be one of clean, all"):
+    with pytest.raises(LatentfuseError, match="edge_sources must be one of clean, all, corruptions"):
         FidelityTrainConfig(edge_sources="degraded")
+
+
+def test_edge_term_on_corruptions_skips_tuples_that_lost_detail():
+    """'corruptions': the clean tuples and those only rained / snowed / striped / JPEG'd / noised are under the term
+    (at their clean sources); a tuple with any detail-losing degradation (blur, downsampling, haze) is not."""
+    from latentfuse.model.training.fidelity import _Batches
+
+    records = _records(n=4)
+    for rec, degr in zip(records, ('[]', '["rain", "jpeg"]', '["gaussian_blur"]', '["noise", "haze"]')):
+        rec["clean_a"], rec["clean_b"], rec["degradations"] = rec["a"], rec["b"], degr
+    batches = _Batches(records, ["p0", "p1"], FidelityTrainConfig(edge_sources="corruptions"))
+    assert batches.clean == [True, True, False, False] and batches.edges == ("clean_a", "clean_b")
+    assert _Batches(records, ["p0", "p1"], FidelityTrainConfig()).clean == [True, False, False, False]
 
 
 def test_validation_split_is_by_scene():
