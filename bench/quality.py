@@ -38,7 +38,6 @@ stopped; ``OUT/report.json`` (schema: docs/evaluate.md), ``OUT/report.md`` and t
 from __future__ import annotations
 
 import json
-import os
 import time
 import zlib
 from dataclasses import asdict, dataclass, field

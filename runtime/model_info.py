@@ -8,7 +8,8 @@ A backend (:mod:`latentfuse.runtime.backends`) only runs graphs; the model's met
 
 Fields: the DiT ``heads``; the working scale ``work_scale`` and ``window`` (``model.work_scale``); the
 ``sampler_defaults`` in the pipeline's terms (``prior`` / ``prior_sigma`` of the flow DiT, the ``start`` /
-``steps`` a model declares in model_index.json "sampler"; a bundle's sampler section also gives ``sampler`` / ``g``); the pixel-space ``detail`` path (``DetailSettings``, or None);
+``steps`` a model declares in model_index.json "sampler"; a bundle's sampler section also gives ``sampler`` /
+``g``); the pixel-space ``detail`` path (``DetailSettings``, or None);
 whether the model has the fidelity decoder (``has_fidelity``, ``model.fidelity``) and the rows of context a
 strip of it needs on each side (``fidelity_halo``, a multiple of 16 px; 0 without one).
 """

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from latentfuse.export.quantize.calibrate import QuantizedGraph
 from latentfuse.export.quantize.modelopt_utils import quiet_modelopt
 from latentfuse.export.quantize.options import FP8_MAX, MIN_OPSET
 from latentfuse.model.errors import LatentfuseError
+
+if TYPE_CHECKING:  # only named in an annotation: export.onnx imports torch
+    from latentfuse.export.onnx import ExportedGraph
 
 
 def _attr(node, name: str, default=None):
