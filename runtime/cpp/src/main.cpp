@@ -1,7 +1,7 @@
 // latentfuse-host: the C++ twin of `latentfuse fuse`, running a deployment bundle without Python.
 //
 //   latentfuse-host A B --task vif --bundle DIR [--backend aoti|tensorrt] [--mode flow|regression]
-//                   [--sampler NAME] [--steps N] [--g G] [--seed S] [--prompt TEXT] [--prior NAME]
+//                   [--sampler NAME] [--steps N] [--g G] [--seed S] [--prompt TEXT] [--prior NAME] [--start T]
 //                   [--bit-depth 8|16] [--tile [PX]] [--detail auto|clean|safe|off] [--warmup N --runs M]
 //                   [--no-verify] -o OUT
 //
@@ -34,6 +34,9 @@ const char* kUsage =
     "                       [--prompt TEXT] [--prior gaussian|source_a|source_b|source_mean] [--start T]\n"
     "                       [--bit-depth 8|16] [--tile [PX]] [--detail auto|clean|safe|off] [--warmup N]\n"
     "                       [--runs M] [--max-memory SIZE] [--fidelity W] [--no-verify]\n"
+    "  --start T   where the flow starts, T in [0, 1): 0 samples from the prior (the paper), T > 0 refines\n"
+    "              the regression graph's estimate noised to T, one more DiT call (default: the manifest's\n"
+    "              sampler.start, else 0)\n"
     "  --tile PX   run the VAE in tiles of at most PX working pixels per side, to bound memory (default:\n"
     "              whole images up to 768 px, tiled only over that or the bundle's size limit)\n"
     "  --max-memory SIZE  memory budget of one fuse, e.g. 3G or 1500M: VAE tiles, DiT windows per call and\n"
