@@ -56,7 +56,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=("vif", "mef", "mff"), help="fusion task")
     p.add_argument("--prompt", help="instruction, e.g. 'remove the rain and the noise' (default: the task's canonical prompt)")
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
-                   help=f"DiT head (default {DEFAULT_MODE}: the shipped flow head is behind it, README 'Modes')")
+                   help=f"DiT head (default {DEFAULT_MODE}: one DiT call; flow refines its estimate in five, level with it)")
     p.add_argument("--sampler", help="flow sampler: euler, midpoint, midpoint_reuse, *_sde (default: the bundle's, "
                                      "midpoint_reuse_sde)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's, 4 for the bundled default)")
