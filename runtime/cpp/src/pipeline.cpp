@@ -254,9 +254,7 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
     samplers::get_sampler(sampler_name);
     steps = o.steps.value_or(bundle_.default_steps());
     if (steps < 1) throw Error("--steps must be >= 1, got " + std::to_string(steps));
-    flow_start = o.start.value_or(bundle_.default_start());
-    if (!(std::isfinite(flow_start) && flow_start >= 0.0 && flow_start < 1.0))
-      throw Error("--start must be a number in [0, 1) (0: from the prior), got " + std::to_string(flow_start));
+    flow_start = samplers::check_start(o.start.value_or(bundle_.default_start()));
     if (flow_start > 0.0) bundle_.dit_graph("regression");  // the estimate it starts from: an Error without that head
   }
   const bool stochastic = samplers::get_sampler(sampler_name).stochastic;
@@ -320,13 +318,15 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   t0 = Clock::now();
   samplers::SampleResult result;
   // one DiT call: spatial {z_t,} z_a, z_b (windows stacked along the batch when tiled), shared embeds,
-  // mask{, t} (repeated per window); velocity lists z_t first, as TiledBackend.velocity does
+  // mask{, t} (repeated per window); velocity lists z_t first, as TiledBackend.velocity does. A call without
+  // z_t is the regression graph's: regression mode, or the estimate a started flow begins from.
+  const std::string regression = o.mode == "regression" ? dit : flow_start > 0.0 ? bundle_.dit_graph("regression") : "";
   auto dit_call = [&](const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared) {
     std::map<std::string, Tensor> feeds = {{"prompt_embeds", shared.at(0)}, {"prompt_mask", shared.at(1)}};
     const size_t off = spatial.size() > 2 ? 1 : 0;
     if (off) feeds["noisy_latent"] = spatial[0], feeds["timestep"] = shared.at(2);
     feeds["source_latent_a"] = spatial.at(off), feeds["source_latent_b"] = spatial.at(off + 1);
-    return run(dit, feeds).at(0);
+    return run(off ? dit : regression, feeds).at(0);
   };
   auto dit_run = [&](const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared) {
     return tiler ? tiler->dit(spatial, shared, dit_call) : dit_call(spatial, shared);
@@ -338,15 +338,8 @@ FuseResult Pipeline::fuse(const fs::path& a, const fs::path& b, const FuseOption
   } else {
     auto [z0, prior] = samplers::initial_latent(o.prior.value_or(bundle_.default_prior()), z_a, o.seed, z_a, z_b,
                                                 bundle_.prior_sigma());
-    if (flow_start > 0.0) {  // the flow refines the regression DiT's estimate (runtime/pipeline.py)
-      const std::string regression = bundle_.dit_graph("regression");
-      auto reg_call = [&](const std::vector<Tensor>& spatial, const std::vector<Tensor>& shared) {
-        return run(regression, {{"prompt_embeds", shared.at(0)}, {"prompt_mask", shared.at(1)},
-                                {"source_latent_a", spatial.at(0)}, {"source_latent_b", spatial.at(1)}}).at(0);
-      };
-      const Tensor estimate = tiler ? tiler->dit({z_a, z_b}, {embeds, mask}, reg_call) : reg_call({z_a, z_b}, {embeds, mask});
-      z0 = samplers::start_latent(z0, estimate, flow_start);
-    }
+    if (flow_start > 0.0)  // the flow refines the regression DiT's estimate (runtime/pipeline.py)
+      z0 = samplers::start_latent(z0, dit_run({z_a, z_b}, {embeds, mask}), flow_start);
     samplers::Velocity velocity = [&](const Tensor& z, double t) {
       const Tensor tt = Tensor::from_float({z.shape.at(0)}, std::vector<float>(z.shape.at(0), static_cast<float>(t)));
       return dit_run({z, z_a, z_b}, {embeds, mask, tt});

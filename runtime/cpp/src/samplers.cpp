@@ -82,9 +82,10 @@ std::vector<double> time_grid(int steps, double start) {
   return grid;
 }
 
-static void check_start(double start) {
+double check_start(double start) {
   if (!(std::isfinite(start) && start >= 0.0 && start < 1.0))
     throw Error("--start must be a number in [0, 1) (0: from the prior), got " + std::to_string(start));
+  return start;
 }
 
 Tensor start_latent(const Tensor& z0, const Tensor& estimate, double start) {

@@ -47,6 +47,9 @@ std::vector<std::string> sampler_names();
 // t_k = start + (1 - start) * k / steps, float64 (t_N = 1 exactly; runtime.samplers.time_grid).
 std::vector<double> time_grid(int steps, double start = 0.0);
 
+// A flow start in [0, 1) (model.flow.check_start), else an Error naming --start.
+double check_start(double start);
+
 // Z_t0 = (1 - t0) * z0 + t0 * estimate: the prior draw and the regression DiT's estimate on the flow's path at
 // t0 = start (runtime.samplers.start_latent; model.flow.DEFAULT_START).
 Tensor start_latent(const Tensor& z0, const Tensor& estimate, double start);
