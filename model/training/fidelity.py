@@ -174,8 +174,8 @@ def fidelity_loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float, a
                   b: torch.Tensor | None = None, clean: torch.Tensor | None = None,
                   source_grad_weight: float = 0.0) -> torch.Tensor:
     """L1 + ``grad_weight`` x L1 of the finite differences (all in [-1, 1]); with ``source_grad_weight``, plus
-    that weight x L1 between the output's Sobel magnitude and the larger of the sources', on the rows marked
-    ``clean`` (bool [B]: sources without degradations, whose edges are the scene's)."""
+    that weight x L1 between the output's Sobel magnitude and the larger of the sources' ``a`` / ``b``, on the rows
+    marked ``clean`` (bool [B]: rows whose ``a`` / ``b`` hold the scene's edges; ``EDGE_SOURCES``)."""
     loss = (out - target).abs().mean()
     if grad_weight:
         for go, gt in zip(_gradients(out), _gradients(target)):
@@ -194,20 +194,20 @@ class _Batches:
         self.records, self.cfg = records, cfg
         self.prompt_ids = [prompts.index(r["prompt"]) for r in records]
         degradations = [set(json.loads(str(r.get("degradations", "[]")))) for r in records]
-        self.clean = [not d for d in degradations]  # whether the edge term applies to the row
+        self.edge_rows = [not d for d in degradations]  # whether the edge term applies to the row
         self.edges = ("a", "b")
         if cfg.edge_sources != "clean":
             lacking = [r.get("id", "?") for r in records if "clean_a" not in r or "clean_b" not in r]
             if lacking:
                 raise LatentfuseError(f"edge_sources {cfg.edge_sources!r} needs the clean sources in the fidelity cache; "
                                       f"{len(lacking)} tuple(s) lack them (e.g. {lacking[0]}): rebuild the cache")
-            self.clean = [cfg.edge_sources == "all" or d <= CORRUPTIONS for d in degradations]
+            self.edge_rows = [cfg.edge_sources == "all" or d <= CORRUPTIONS for d in degradations]
             self.edges = ("clean_a", "clean_b")
         self.rng = np.random.default_rng(cfg.seed)
 
     def __call__(self):
         cfg, rng = self.cfg, self.rng
-        rows, pids, clean = [], [], []
+        rows, pids, on = [], [], []
         for _ in range(cfg.batch_size):
             i = int(rng.integers(len(self.records)))
             rec = self.records[i]
@@ -223,11 +223,11 @@ class _Batches:
                 stack = stack[:, ::-1]
             rows.append(np.ascontiguousarray(stack))
             pids.append(self.prompt_ids[i])
-            clean.append(self.clean[i])
+            on.append(self.edge_rows[i])
         size = min(r.shape[1] for r in rows), min(r.shape[2] for r in rows)
         batch = np.stack([r[:, :size[0], :size[1]] for r in rows])  # [B, 6, c, c, 3]
         t = torch.from_numpy(batch).float().div_(127.5).sub_(1.0).permute(1, 0, 4, 2, 3)  # [6, B, 3, c, c]
-        return t[0], t[1], t[2], t[3], t[4], t[5], torch.tensor(pids), torch.tensor(clean)
+        return t[0], t[1], t[2], t[3], t[4], t[5], torch.tensor(pids), torch.tensor(on)
 
 
 def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: torch.nn.Module,

@@ -203,8 +203,8 @@ def test_edge_term_on_corruptions_skips_tuples_that_lost_detail():
     for rec, degr in zip(records, ('[]', '["rain", "jpeg"]', '["gaussian_blur"]', '["noise", "haze"]')):
         rec["clean_a"], rec["clean_b"], rec["degradations"] = rec["a"], rec["b"], degr
     batches = _Batches(records, ["p0", "p1"], FidelityTrainConfig(edge_sources="corruptions"))
-    assert batches.clean == [True, True, False, False] and batches.edges == ("clean_a", "clean_b")
-    assert _Batches(records, ["p0", "p1"], FidelityTrainConfig()).clean == [True, False, False, False]
+    assert batches.edge_rows == [True, True, False, False] and batches.edges == ("clean_a", "clean_b")
+    assert _Batches(records, ["p0", "p1"], FidelityTrainConfig()).edge_rows == [True, False, False, False]
 
 
 def test_validation_split_is_by_scene():
