@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.flow import Prior
 from latentfuse.model.training.config import (add_flags, config_sections, flat_keys, read_config_file,
                                               sections_from_dict, setting)
 
@@ -107,7 +108,7 @@ class RecipeFlow:
     flow_finetune_steps: int = setting(help="a second flow stage from the first one's weights (0: none)")
     flow_finetune_lr: float = setting(help="learning rate of the flow's second stage")
     flow_prior: str = setting(help="the flow DiT's prior p0 (model.flow); the model declares it, so every runtime "
-                                   "samples from it", choices=("gaussian", "source_a", "source_b", "source_mean"))
+                                   "samples from it", choices=tuple(p.value for p in Prior))
     prior_sigma: float = setting(help="σ_p of a source prior (model.flow)")
     flow_start: float = setting(help="where the runtime's flow starts, t0 in [0, 1) (model.flow.DEFAULT_START): t0 > 0 "
                                      "refines the regression DiT's estimate noised to t0; 0: from the prior")
