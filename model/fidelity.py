@@ -11,16 +11,20 @@ resolution, in [-1, 1]) and predicts the residual that makes F the fused image::
            2: 2x2 stride-2 conv -> blocks                H/4,  c2
            3: 2x2 stride-2 conv -> blocks (+ prompt)     H/8,  c3   FiLM from the prompt's masked mean
            up: 1x1 conv -> pixel-shuffle 2, + skip -> blocks   back to H/2
-    head   pixel-shuffle(1x1 conv(level 1))             [B, 3·n_bands + 3, H, W]: per band, logits over
+    head   pixel-shuffle(1x1 conv(level 1))             [B, 3·n_sel + 3, H, W]: per selection, logits over
                                                         {A, B, F}; and a residual image r
     bands  L_k(X) = bilinear-up_k(box-mean_k(X))        a fixed low-pass per band size k (4, 16 px):
            D1_X = X - L_4(X),  D2_X = L_4(X) - L_16(X)  the fine and the middle band of each image
     out    = L_16(F) + Σ_band Σ_X softmax(logits_band)_X · D_band,X + r
+    select_coarse: the coarse band is chosen too, its luma Y and its colour C = L_16 - Y apart:
+           + Σ_X softmax(logits_Y)_X · (Y_X - Y_F) + Σ_X softmax(logits_C)_X · (C_X - C_F)
 
 so the network decides, per pixel and per band, whose detail the fused image gets (a source's, or the
-VAE image's own where a source's is degraded) and what to restore on top (r); the coarse band stays the
-DiT's. Its weights are shared by the RGB channels (colour edges come from the same source as luma edges).
-The logits start with a bias towards F: an untrained decoder returns about F.
+VAE image's own where a source's is degraded) and what to restore on top (r); without ``select_coarse`` the
+coarse band stays the DiT's, with it the network may take a source's intensity or colour (a focus rule's
+pixels, a visible image's colour) where the DiT's is off. Its weights are shared by the RGB channels (colour
+edges come from the same source as luma edges). The logits start with a bias towards F: an untrained decoder
+returns about F.
 
 Everything is local: each block is NAFNet's without its global channel attention (a LayerNorm over
 channels, 1x1 convs, a 3x3 depthwise conv, a simple gate), so the receptive field is bounded
@@ -64,6 +68,10 @@ class FidelityConfig:
     dec_blocks: tuple[int, int] = (1, 0)  # at H/4, then H/2
     expand: int = 2
     bands: tuple[int, ...] = (4, 16)  # box sizes of the low-pass bands, increasing, each dividing MULTIPLE
+    # whether the coarse band (L_16) is chosen per pixel among {A, B, F} too, as the finer bands are, instead of
+    # being F's: a fusion rule weighs the sources' intensities, not only their detail. Its luma and its colour
+    # are chosen apart (a gray infrared source has intensity to give, not colour) (False: the decoders before it)
+    select_coarse: bool = False
 
     def __post_init__(self):
         if len(self.widths) != 3 or len(self.enc_blocks) != 3 or len(self.dec_blocks) != 2:
@@ -110,12 +118,18 @@ class FidelityDecoder(nn.Module):
         self.dec2 = _blocks(c2, cfg.dec_blocks[0], cfg.expand)
         self.up1 = nn.Sequential(nn.Conv2d(c2, c1 * 4, 1), nn.PixelShuffle(2))
         self.dec1 = _blocks(c1, cfg.dec_blocks[1], cfg.expand)
-        self.head = nn.Conv2d(c1, (3 * len(cfg.bands) + 3) * 4, 1)
+        self.head = nn.Conv2d(c1, (3 * self.selections + 3) * 4, 1)
         self.shuffle = nn.PixelShuffle(2)
         for layer in (self.film, self.head):  # start at about F (F_PRIOR), the prompt without effect
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         self.register_buffer("prior", torch.tensor([0.0, 0.0, F_PRIOR]).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def selections(self) -> int:
+        """Bands whose content is chosen among {A, B, F}: the finer ones, and the coarse luma and colour if
+        selected."""
+        return len(self.config.bands) + 2 * int(self.config.select_coarse)
 
     def forward(self, image: torch.Tensor, source_a: torch.Tensor, source_b: torch.Tensor,
                 prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
@@ -132,11 +146,16 @@ class FidelityDecoder(nn.Module):
         out = self.shuffle(self.head(h))
         images = (source_a, source_b, image)
         lows = [images] + [tuple(lowpass(x, k) for x in images) for k in self.config.bands]
-        fused = lows[-1][2] + out[:, 3 * len(self.config.bands):]  # the coarse band of F, plus r
-        for band in range(len(self.config.bands)):
+        bands = [tuple(hi - lo for hi, lo in zip(lows[k], lows[k + 1])) for k in range(len(self.config.bands))]
+        fused = out[:, 3 * self.selections:] + lows[-1][2]  # r + the coarse band of F
+        if self.config.select_coarse:  # + the chosen coarse luma's and colour's differences to F's (F's own: none)
+            ys = [luma(x) for x in lows[-1]]
+            bands.append(tuple(y - ys[2] for y in ys))
+            bands.append(tuple(x - y - (lows[-1][2] - ys[2]) for x, y in zip(lows[-1], ys)))
+        for band, parts in enumerate(bands):
             weights = torch.softmax(out[:, 3 * band:3 * band + 3] + self.prior, dim=1)
             for i in range(3):
-                fused = fused + weights[:, i:i + 1] * (lows[band][i] - lows[band + 1][i])
+                fused = fused + weights[:, i:i + 1] * parts[i]
         return fused
 
     # ------------------------------------------------------------------ persistence
@@ -170,6 +189,11 @@ class FidelityDecoder(nn.Module):
             raise LatentfuseError(f"{directory / WEIGHTS_NAME} does not match its config {config}")
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
         return model
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma of [B, 3, H, W], kept [B, 1, H, W] (broadcast over the channels when added)."""
+    return 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def lowpass(x: torch.Tensor, k: int) -> torch.Tensor:

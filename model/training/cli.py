@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where the edge term looks: clean, on the tuples without degradations at their sources (the "
                         "shipped decoder's); all, on every tuple at its sources before degradation; corruptions, on "
                         "the clean tuples and those only rained, snowed, striped, JPEG'd or noised, at those")
+    p.add_argument("--select-coarse", action="store_true",
+                   help="the decoder chooses the coarse band's luma and colour among the sources and the VAE image too, "
+                        "not only the finer bands' detail (model.fidelity FidelityConfig.select_coarse)")
     p.add_argument("--per-pair", type=int, default=6, help="degraded tuples per training pair")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run_train_fidelity)
@@ -98,7 +101,7 @@ def run_train_fidelity(args: argparse.Namespace) -> int:
                               source_grad_weight=args.source_grad_weight, edge_sources=args.edge_sources)
     pipeline = Pipeline.from_pretrained(args.model, threads=args.threads)
     report = run_fidelity_training(args.model, args.data, args.work, args.out, cfg, pipeline,
-                                   per_pair=args.per_pair, threads=args.threads)
+                                   per_pair=args.per_pair, threads=args.threads, select_coarse=args.select_coarse)
     for task, row in report["validation"].items():
         print(f"{task}: PSNR to the label on held-aside training scenes {row['psnr_input']:.2f} dB (VAE image) -> "
               f"{row['psnr_output']:.2f} dB (fidelity decoder), {row['n']} tuples")

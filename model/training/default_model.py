@@ -470,7 +470,8 @@ def fidelity_stage(args, model_dir: Path, model_sha256: str, pipeline) -> dict:
     write_json(made_with, {"sha256": model_sha256, "model": str(model_dir)})
     report = run_fidelity_training(model_dir, fidelity_data(args), work, model_dir, fidelity_config(args),
                                    pipeline, per_pair=args.fidelity_per_pair, size=args.fidelity_size,
-                                   data_seed=args.fidelity_seed, threads=args.threads, progress=False)
+                                   data_seed=args.fidelity_seed, threads=args.threads, progress=False,
+                                   select_coarse=args.fidelity_select_coarse)
     # run_fidelity_training writes the components back in fp32: the shipped model keeps every weight fp16
     save_fp16(FusionComponents.from_pretrained(model_dir), model_dir)
     write_json(model_dir / "fidelity" / "training.json", report)

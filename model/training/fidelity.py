@@ -294,12 +294,13 @@ def train_fidelity(model: torch.nn.Module, records: list[dict], text_encoder: to
 
 def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | Path, out: str | Path,
                           cfg: FidelityTrainConfig, pipeline, per_pair: int = 6, size: int = 384, data_seed: int = 1000,
-                          threads: int | None = None, progress: bool = True) -> dict:
+                          threads: int | None = None, progress: bool = True, select_coarse: bool = False) -> dict:
     """The whole recipe, each step resumable in ``work``: degraded tuples with teacher labels from the training
     scenes of the real pairs under ``data`` (``<data>/<task>``), the decoded-image cache by the model in
     ``model_dir`` (``pipeline``, a Pipeline over it: :func:`build_fidelity_cache`), training, validation on
-    held-aside training scenes; then ``out`` = ``model_dir``'s
-    components plus the trained decoder (written atomically; ``fidelity/training.json`` holds the report)."""
+    held-aside training scenes; then ``out`` = ``model_dir``'s components plus the trained decoder (written
+    atomically; ``fidelity/training.json`` holds the report). ``select_coarse``: the decoder's
+    ``FidelityConfig.select_coarse``."""
     from latentfuse.model.components import FusionComponents
     from latentfuse.model.data.build import build_dataset
     from latentfuse.model.data.tasks import TASKS
@@ -321,7 +322,7 @@ def run_fidelity_training(model_dir: str | Path, data: str | Path, work: str | P
     components = FusionComponents.from_pretrained(model_dir)
     text_encoder = components.text_encoder
     torch.manual_seed(cfg.seed)
-    decoder = FidelityDecoder(FidelityConfig(text_dim=text_encoder.hidden_size))
+    decoder = FidelityDecoder(FidelityConfig(text_dim=text_encoder.hidden_size, select_coarse=select_coarse))
     report = train_fidelity(decoder, train, text_encoder, cfg, work / "train", progress=progress)
     report["validation"] = validate(decoder, val, text_encoder)
     report["data"] = {"root": str(data), "per_pair": per_pair, "size": size, "seed": data_seed,

@@ -72,6 +72,8 @@ def _fidelity_parts(report: dict) -> tuple[str, str, str]:
     where = ("every tuple, towards the stronger clean source's" if cfg.get("edge_sources") == "all" else
              "clean tuples, towards the stronger source's")
     edges = f", edge term x{weight:g} on {where} Sobel magnitude" if weight else ""
+    if cfg.get("model", {}).get("select_coarse"):
+        edges += "; the coarse band's luma and colour chosen among the sources and the VAE image too"
     row = (f"| `fidelity/` | fidelity decoder (`model.fidelity`): a pixel-space U-Net on the decoded image and both "
            f"sources, prompt by FiLM | {_millions(report.get('params', {}).get('fidelity'))} | {fid['steps']} steps, batch {cfg['batch_size']}, {cfg['crop']} px crops, L1 + "
            f"gradient L1 to the label{edges} ({fid['seconds']:.0f} s) |\n")

@@ -134,6 +134,9 @@ class RecipeFidelity:
     fidelity_lr: float = setting(help="fidelity decoder learning rate (AdamW, cosine schedule with warm-up)")
     fidelity_source_grad: float = setting(help="weight of the fidelity decoder's edge term on clean tuples "
                                                "(its Sobel magnitude towards the stronger source's; 0: none)")
+    fidelity_select_coarse: bool = setting(help="the fidelity decoder chooses the coarse band's luma and colour among "
+                                                "the sources and the VAE image too (model.fidelity "
+                                                "FidelityConfig.select_coarse)")
     fidelity_per_pair: int = setting(help="degraded tuples per training pair of the fidelity decoder's data")
     fidelity_size: int = setting(help="long side of the fidelity decoder's training tuples")
     fidelity_seed: int = setting(help="seed of the fidelity decoder's tuples")

@@ -12,6 +12,7 @@ from latentfuse.model.training.fidelity import (FidelityTrainConfig, fidelity_lo
                                                 train_fidelity, validate)
 
 SMALL = FidelityConfig(text_dim=8, widths=(8, 8, 8), enc_blocks=(1, 1, 1), dec_blocks=(1, 1))
+COARSE = FidelityConfig(text_dim=8, widths=(8, 8, 8), enc_blocks=(1, 1, 1), dec_blocks=(1, 1), select_coarse=True)
 
 
 def _inputs(h=32, w=48, seed=0):
@@ -29,10 +30,11 @@ def _perturbed(config=SMALL, seed=0):
     return model
 
 
-def test_untrained_decoder_returns_about_its_input():
+@pytest.mark.parametrize("config", [SMALL, COARSE])
+def test_untrained_decoder_returns_about_its_input(config):
     x = _inputs()
     with torch.no_grad():
-        out = FidelityDecoder(SMALL)(*x)
+        out = FidelityDecoder(config)(*x)
     assert (out - x[0]).abs().mean() < 0.1 * (x[1] - x[0]).abs().mean()
 
 
@@ -49,6 +51,22 @@ def test_decoder_picks_a_sources_detail():
     assert torch.allclose(out, a - lowpass(a, 16), atol=1e-4)
 
 
+def test_decoder_with_coarse_selection_picks_a_sources_coarse_luma():
+    """With select_coarse, logits that choose B's coarse luma and A's coarse colour give those over F's."""
+    from latentfuse.model.fidelity import lowpass, luma
+
+    model = FidelityDecoder(COARSE)
+    assert model.selections == 4
+    with torch.no_grad():
+        model.head.bias.view(-1, 4)[[0, 3]] = 50.0  # A's detail in both finer bands
+        model.head.bias.view(-1, 4)[7] = 50.0  # B's coarse luma (logits 6, 7, 8: A, B, F)
+        model.head.bias.view(-1, 4)[9] = 50.0  # A's coarse colour (logits 9, 10, 11)
+        image, a, b, embeds, mask = _inputs(32, 32)
+        out = model(image, a, b, embeds, mask)
+    coarse = luma(lowpass(b, 16)) + lowpass(a, 16) - luma(lowpass(a, 16))
+    assert torch.allclose(out, a - lowpass(a, 16) + coarse, atol=1e-4)
+
+
 def test_prompt_mask_hides_padding_tokens():
     model = _perturbed()
     image, a, b, embeds, mask = _inputs()
@@ -59,7 +77,7 @@ def test_prompt_mask_hides_padding_tokens():
         assert not torch.allclose(model(image, a, b, embeds, mask), model(image, a, b, embeds + 1.0, mask))
 
 
-@pytest.mark.parametrize("config", [SMALL, FidelityConfig(text_dim=8, widths=(4, 4, 4))])
+@pytest.mark.parametrize("config", [SMALL, COARSE, FidelityConfig(text_dim=8, widths=(4, 4, 4))])
 def test_receptive_halo_bounds_the_reach(config):
     """A strip with ``receptive_halo`` rows of context gives its rows as the whole image does."""
     model = _perturbed(config).double()
@@ -78,14 +96,25 @@ def test_receptive_halo_bounds_the_reach(config):
     assert torch.allclose(strip[..., halo:halo + 32, :], whole[..., top:top + 32, :], atol=1e-10)
 
 
-def test_save_and_load_round_trip(tmp_path):
-    model = _perturbed()
+@pytest.mark.parametrize("config", [SMALL, COARSE])
+def test_save_and_load_round_trip(tmp_path, config):
+    model = _perturbed(config)
     model.save_pretrained(tmp_path / "fidelity")
     loaded = FidelityDecoder.from_pretrained(tmp_path / "fidelity")
-    assert loaded.config == SMALL
+    assert loaded.config == config
     x = _inputs()
     with torch.no_grad():
         assert torch.equal(model(*x), loaded(*x))
+
+
+def test_a_config_without_select_coarse_loads_as_before(tmp_path):
+    """Decoders saved before the option read as coarse band = F's."""
+    import json
+
+    FidelityDecoder(SMALL).save_pretrained(tmp_path / "f")
+    path = tmp_path / "f" / "config.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "select_coarse"}))
+    assert FidelityDecoder.from_pretrained(tmp_path / "f").config.select_coarse is False
 
 
 def test_load_errors_name_the_problem(tmp_path):

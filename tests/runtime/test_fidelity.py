@@ -105,6 +105,24 @@ def test_export_verifies_the_fidelity_graph(exported):
     assert Bundle.open(exported["bundle"]).fidelity_halo() == 64
 
 
+def test_a_decoder_that_selects_the_coarse_band_exports_and_verifies(tmp_path, perturb):
+    """FidelityConfig.select_coarse (the coarse band's luma and colour chosen too): the same graph interface and
+    halo, and ONNX Runtime parity at the exporter's unseen shapes."""
+    from latentfuse.export.onnx import export_graph
+    from latentfuse.export.verify import parity
+    from latentfuse.model.fidelity import FidelityConfig, FidelityDecoder
+
+    comps = fidelity_components(perturb)
+    comps.fidelity = FidelityDecoder(FidelityConfig(text_dim=comps.text_encoder.hidden_size, select_coarse=True))
+    perturb(comps)
+    spec = graph_specs(comps, ["regression"])["fidelity"]
+    assert spec.to_manifest()["halo"] == 64
+    module = spec.module(comps)
+    exported = export_graph(spec, module, tmp_path)
+    rows = parity(spec, module, exported.path)
+    assert len(rows) == 3 and all(r.passed and r.max_abs <= 1e-4 for r in rows)
+
+
 # ------------------------------------------------------------------ backends
 def test_onnxruntime_matches_torch(exported):
     comps = exported["components"]

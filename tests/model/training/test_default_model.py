@@ -203,7 +203,7 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
             "--flow-steps", "4", "--flow-finetune-steps", "0", "--ema", "0", "--threads", "1", "--dit-workers", "1",
             "--lr", "2e-3", "--detail-clean", "3,2,0,0,rgb", "--detail-safe", "1.5,1,1,3,luma",
             "--fidelity-steps", "2", "--fidelity-batch", "2", "--fidelity-crop", "32", "--fidelity-per-pair", "1",
-            "--fidelity-size", "160"]
+            "--fidelity-size", "160", "--fidelity-select-coarse", "true"]
     assert run(args) == 0
 
     out = tmp_path / "model"
@@ -245,6 +245,9 @@ def test_real_layout_recipe_trains_from_a_model_directory_and_scores_held_out_sc
 
     assert {t.dtype for t in load_file(next((out / "fidelity").glob("*.safetensors"))).values()} == {__import__("torch").float16}
     assert "## Fidelity decoder" in card and "| `fidelity/` |" in card
+    # the recipe's decoder shape reaches the decoder and its card row
+    assert saved.fidelity.config.select_coarse and fidelity["config"]["model"]["select_coarse"]
+    assert "coarse band's luma and colour chosen" in card
     assert "Built by `latentfuse train --recipe`" in card and report["command"].startswith("latentfuse train --recipe ")
     assert "--fidelity-steps 2" in report["command"]
     assert "regression_no_fidelity" in report["evaluation"]["tasks"]["vif"]["clean"]["methods"]
