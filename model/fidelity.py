@@ -48,6 +48,7 @@ from torch.nn import functional as nnf
 
 from latentfuse.model.atomic import atomic_dir
 from latentfuse.model.errors import LatentfuseError
+from latentfuse.model.image_processing.color import BT601
 from latentfuse.model.nafblock import NAFBlock
 
 CONFIG_NAME = "config.json"
@@ -193,7 +194,8 @@ class FidelityDecoder(nn.Module):
 
 def luma(x: torch.Tensor) -> torch.Tensor:
     """BT.601 luma of [B, 3, H, W], kept [B, 1, H, W] (broadcast over the channels when added)."""
-    return 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    kr, kg, kb = BT601
+    return kr * x[:, :1] + kg * x[:, 1:2] + kb * x[:, 2:3]
 
 
 def lowpass(x: torch.Tensor, k: int) -> torch.Tensor:
