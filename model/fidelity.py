@@ -77,6 +77,8 @@ class FidelityConfig:
     def __post_init__(self):
         if len(self.widths) != 3 or len(self.enc_blocks) != 3 or len(self.dec_blocks) != 2:
             raise LatentfuseError("fidelity config: widths and enc_blocks take 3 values, dec_blocks 2")
+        if not isinstance(self.select_coarse, bool):
+            raise LatentfuseError(f"fidelity config: select_coarse is true or false, got {self.select_coarse!r}")
         if min(self.widths) < 1 or min(self.enc_blocks + self.dec_blocks) < 0 or self.text_dim < 1:
             raise LatentfuseError(f"fidelity config: sizes must be positive, got {self}")
         if (not self.bands or list(self.bands) != sorted(set(self.bands))

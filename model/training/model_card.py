@@ -69,8 +69,10 @@ def _fidelity_parts(report: dict) -> tuple[str, str, str]:
         return "", "", ""
     cfg, data = fid["config"], fid.get("data", {})
     weight = cfg.get("source_grad_weight", 0)
-    where = ("every tuple, towards the stronger clean source's" if cfg.get("edge_sources") == "all" else
-             "clean tuples, towards the stronger source's")
+    where = {"all": "every tuple, towards the stronger clean source's",
+             "corruptions": "clean tuples and those only rained, snowed, striped, JPEG'd or noised, towards the "
+                            "stronger clean source's"}.get(cfg.get("edge_sources"), "clean tuples, towards the stronger "
+                                                                                 "source's")
     edges = f", edge term x{weight:g} on {where} Sobel magnitude" if weight else ""
     if cfg.get("model", {}).get("select_coarse"):
         edges += "; the coarse band's luma and colour chosen among the sources and the VAE image too"

@@ -130,6 +130,22 @@ def test_load_errors_name_the_problem(tmp_path):
         FidelityConfig(widths=(8, 8))
     with pytest.raises(LatentfuseError, match="bands"):
         FidelityConfig(bands=(16, 4))
+    with pytest.raises(LatentfuseError, match="select_coarse is true or false, got 'yes'"):
+        FidelityConfig.from_dict({"select_coarse": "yes"})
+
+
+def test_train_fidelity_offers_the_edge_sources_the_trainer_knows():
+    """The command line keeps its own list (its module does not import torch for --help): it must be EDGE_SOURCES."""
+    import argparse
+
+    from latentfuse.model.training.cli import register
+    from latentfuse.model.training.fidelity import EDGE_SOURCES
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    sub = parser._subparsers._group_actions[0].choices["train-fidelity"]
+    action = next(a for a in sub._actions if a.dest == "edge_sources")
+    assert tuple(action.choices) == EDGE_SOURCES
 
 
 def test_loss_counts_edges():

@@ -291,3 +291,19 @@ def test_the_card_template_ships_with_the_package_and_names_the_command():
     text = model_card.template().template
     assert "Built by `latentfuse train --recipe`" in text and "$fidelity_section" in text
     assert "scripts/" not in text
+
+
+@pytest.mark.parametrize("edge_sources, words", [("clean", "on clean tuples, towards the stronger source's"),
+                                                  ("all", "on every tuple, towards the stronger clean source's"),
+                                                  ("corruptions", "only rained, snowed, striped, JPEG'd or noised")])
+def test_the_card_says_where_the_fidelity_edge_term_looked(edge_sources, words):
+    from latentfuse.model.training.model_card import _fidelity_parts
+
+    report = {"params": {"fidelity": 348196}, "fidelity": {
+        "config": {"source_grad_weight": 1.5, "edge_sources": edge_sources, "batch_size": 6, "crop": 160, "lr": 2e-3,
+                   "model": {"select_coarse": False}},
+        "steps": 3000, "seconds": 10.0, "tuples": 5, "prompts": 2, "final_loss": 0.3, "validation": {}, "data": {}}}
+    row, _, _ = _fidelity_parts(report)
+    assert words in row and "coarse band" not in row
+    report["fidelity"]["config"]["model"]["select_coarse"] = True
+    assert "coarse band's luma and colour chosen" in _fidelity_parts(report)[0]
