@@ -65,6 +65,9 @@ MAX_STEPS = 200  # a bound on the work one request may ask for
 DEFAULT_MAX_PIXELS = 2048 * 2048
 DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_DELAY_MS = 5.0  # how long Triton holds a request for others to join its batch
+# PyTriton's Python-backend stub connects to the handshake socket of this process while it comes up; on a loaded
+# machine the connection is sometimes refused and the model fails to load. A fresh tritonserver then starts.
+START_ATTEMPTS = 2
 EXIT_TIMEOUT_S = 3  # tritonserver's wait for in-flight requests on shutdown (keep-alive clients count as such)
 ERROR_KEY = "__latentfuse_error__"  # a response holding only this output becomes a Triton error response
 
@@ -459,6 +462,12 @@ def check_options(opts: ServeOptions) -> None:
         raise LatentfuseError(f"--batch-delay-ms must be in [0, 1000], got {opts.batch_delay_ms}")
 
 
+def is_handshake_race(err: BaseException) -> bool:
+    """Whether a failed start is the stub's refused handshake (``START_ATTEMPTS``), not a lasting error."""
+    text = str(err)
+    return "get_config_from_handshake_server" in text and "Connection refused" in text
+
+
 class FusionServer:
     """tritonserver (a child process, with its Python-backend stub) serving ``fusers`` as the model
     ``latentfuse``, one model instance per fuser. ``start`` returns once the model is ready; ``stop``
@@ -481,6 +490,24 @@ class FusionServer:
         triton_server.get_triton_python_backend_python_env = lambda: stub
         _patch_proxy_model(models)
         os.environ.update(stub_environment())  # tritonserver and the stub inherit os.environ
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._run_triton(triton_mod, model_config)
+                return self
+            except Exception as err:
+                log = self.server_log()
+                self.stop()
+                if attempt < START_ATTEMPTS and is_handshake_race(err):
+                    self.log("latentfuse serve: the Python backend's handshake with tritonserver was refused (a "
+                             "start-up race on a loaded machine); starting tritonserver again")
+                    continue
+                if log and not opts.verbose:
+                    self.log(log)
+                raise LatentfuseError(f"tritonserver did not start: {type(err).__name__}: {err}") from err
+
+    def _run_triton(self, triton_mod, model_config) -> None:
+        """One tritonserver with the model bound, run until the model is ready (raises when it is not)."""
+        opts = self.opts
         config = triton_mod.TritonConfig(
             http_address=opts.host, http_port=opts.http_port, grpc_address=opts.host, grpc_port=opts.grpc_port,
             metrics_address=opts.host, metrics_port=opts.metrics_port, exit_timeout_secs=EXIT_TIMEOUT_S,
@@ -488,25 +515,17 @@ class FusionServer:
         self.triton = triton_mod.Triton(config=config)
         self._quiet_server_log(opts.verbose)
         Tensor = model_config.Tensor
-        try:
-            self.triton.bind(
-                model_name=MODEL_NAME,
-                infer_func=self.fusers if len(self.fusers) > 1 else self.fusers[0],
-                inputs=[Tensor(name=n, dtype=d, shape=s, optional=o) for n, d, s, o in INPUTS],
-                outputs=[Tensor(name=OUTPUT[0], dtype=OUTPUT[1], shape=OUTPUT[2])],
-                config=model_config.ModelConfig(
-                    max_batch_size=opts.max_batch,
-                    batcher=model_config.DynamicBatcher(
-                        max_queue_delay_microseconds=int(round(opts.batch_delay_ms * 1000)))),
-                strict=False)
-            self.triton.run()
-        except Exception as err:
-            log = self.server_log()
-            self.stop()
-            if log and not opts.verbose:
-                self.log(log)
-            raise LatentfuseError(f"tritonserver did not start: {type(err).__name__}: {err}") from err
-        return self
+        self.triton.bind(
+            model_name=MODEL_NAME,
+            infer_func=self.fusers if len(self.fusers) > 1 else self.fusers[0],
+            inputs=[Tensor(name=n, dtype=d, shape=s, optional=o) for n, d, s, o in INPUTS],
+            outputs=[Tensor(name=OUTPUT[0], dtype=OUTPUT[1], shape=OUTPUT[2])],
+            config=model_config.ModelConfig(
+                max_batch_size=opts.max_batch,
+                batcher=model_config.DynamicBatcher(
+                    max_queue_delay_microseconds=int(round(opts.batch_delay_ms * 1000)))),
+            strict=False)
+        self.triton.run()
 
     def _quiet_server_log(self, verbose: bool) -> None:
         """PyTriton echoes tritonserver's whole log to stdout; keep it (for errors) and print it only with
@@ -554,5 +573,5 @@ class FusionServer:
             self.log(f"latentfuse serve: stopped ({time.monotonic() - t0:.1f} s)")
 
 
-__all__ = ["BatchFuser", "FusionServer", "MODEL_NAME", "ServeOptions", "parse_request",
+__all__ = ["BatchFuser", "FusionServer", "MODEL_NAME", "ServeOptions", "is_handshake_race", "parse_request",
            "prepare_stub_env", "stub_environment", "to_uint8"]

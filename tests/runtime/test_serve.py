@@ -388,6 +388,60 @@ def test_port_in_use_and_bad_options_are_clear_errors(reference):
         FusionServer([], ServeOptions(max_batch=0))
 
 
+HANDSHAKE_REFUSED = ("[400] load failed for model 'latentfuse': Model initialize error: Traceback: in "
+                     "get_config_from_handshake_server: ConnectionRefusedError: [Errno 111] Connection refused")
+
+
+@pytest.mark.parametrize("failures, started", [(1, True), (2, False)])
+def test_a_refused_stub_handshake_starts_tritonserver_once_more(monkeypatch, failures, started):
+    """PyTriton's stub is sometimes refused its handshake on a loaded machine (a start-up race): start tries a
+    fresh tritonserver once more; any other failure, or a second refusal, is the one-line error."""
+    import latentfuse.runtime.serve as serve
+
+    runs, stopped, logs = [], [], []
+
+    class FakeTriton:
+        def __init__(self, config):
+            self._triton_server = None
+
+        def _initialize_server(self):
+            pass
+
+        def bind(self, **kw):
+            pass
+
+        def run(self):
+            runs.append(1)
+            if len(runs) <= failures:
+                raise RuntimeError(HANDSHAKE_REFUSED)
+
+        def stop(self):
+            stopped.append(1)
+
+    class Config:
+        def __init__(self, **kw):
+            pass
+
+    triton_mod = type("m", (), {"Triton": FakeTriton, "TritonConfig": Config})
+    model_config = type("m", (), {"Tensor": Config, "ModelConfig": Config, "DynamicBatcher": Config})
+    monkeypatch.setattr(serve, "import_pytriton", lambda: (triton_mod, model_config, None, type("m", (), {})))
+    monkeypatch.setattr(serve, "check_port_free", lambda *a: None)
+    monkeypatch.setattr(serve, "prepare_stub_env", lambda log: Path("/stub"))
+    monkeypatch.setattr(serve, "_patch_proxy_model", lambda models: None)
+    monkeypatch.setattr(serve, "stub_environment", lambda: {})
+    server = FusionServer([object()], ServeOptions(http_port=9100, grpc_port=9101, metrics_port=9102), log=logs.append)
+    if started:
+        assert server.start() is server and server.triton is not None
+    else:
+        with pytest.raises(LatentfuseError, match="tritonserver did not start: RuntimeError: .*handshake"):
+            server.start()
+        assert server.triton is None
+    assert len(runs) == 2 and len(stopped) == failures
+    assert sum("handshake with tritonserver was refused" in m for m in logs) == 1
+    assert serve.is_handshake_race(RuntimeError(HANDSHAKE_REFUSED))
+    assert not serve.is_handshake_race(RuntimeError("port 8000 is not free"))
+
+
 def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pytriton.triton", None)  # import fails as if not installed
     assert main(["serve"]) == 2
